@@ -1,0 +1,57 @@
+/* spa: what a transport driver fills in (drivers/<name>/). Control operations (listen, accept,
+ * connect, close) are apart from the fast path (send_frame, recv_frame, release_frame).
+ *
+ * A driver moves frames: one header + payload as built by runtime/link.c, never more than
+ * max_frame bytes. It neither parses nor checks them beyond what it needs to delimit a frame
+ * (a byte-stream driver reads the header's payload_len through spa_wire_hdr_decode). */
+#ifndef SPA_DRV_LINK_H
+#define SPA_DRV_LINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "../error.h"
+#include "../link.h"
+
+struct spa_link_driver;
+
+/* Every driver's link and listener begin with these (the driver's own state follows). */
+struct spa_link_base {
+	const struct spa_link_driver *drv;
+};
+struct spa_listener_base {
+	const struct spa_link_driver *drv;
+};
+
+struct spa_link_driver {
+	const char *scheme;   /* "shm", "tcp" */
+	size_t max_frame;     /* largest frame (header + payload) the driver moves */
+
+	/* control */
+	int (*listen)(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err);
+	int (*accept)(struct spa_listener_base *l, struct spa_link_base **out, int64_t timeout_ns,
+		      struct spa_errbuf *err);
+	void (*listener_close)(struct spa_listener_base *l);
+	int (*connect)(struct spa_link_base **out, const char *addr, int64_t timeout_ns,
+		       struct spa_errbuf *err);
+	void (*close)(struct spa_link_base *l);
+
+	/* fast path */
+	/* Send one frame made of iov (total <= max_frame). Returns 0, -SPA_ECLOSED, -errno. */
+	int (*send_frame)(struct spa_link_base *l, const struct iovec *iov, int n_iov);
+	/* Poll for one frame until deadline_ns (CLOCK_MONOTONIC, < 0: forever). On 0, *frame and
+	 * *len describe it, valid until release_frame (zero copy where the driver can: shm hands
+	 * out ring memory). Returns 0, -ETIMEDOUT, -SPA_ECLOSED, -SPA_EPROTO, -errno. */
+	int (*recv_frame)(struct spa_link_base *l, const uint8_t **frame, size_t *len,
+			  int64_t deadline_ns);
+	void (*release_frame)(struct spa_link_base *l);
+};
+
+extern const struct spa_link_driver spa_drv_shm;
+extern const struct spa_link_driver spa_drv_tcp;
+
+/* CLOCK_MONOTONIC in ns. */
+int64_t spa_now_ns(void);
+
+#endif

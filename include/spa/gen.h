@@ -1,0 +1,34 @@
+/* spa: synthetic base models (runtime/gen.c): Llama-architecture GGUF files with random
+ * weights and a synthetic tokenizer, for tests and benchmarks (spa-gen base). */
+#ifndef SPA_GEN_H
+#define SPA_GEN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "model.h"
+
+/* Shapes: "tiny" (4 blocks, H 128, FFN 344, 4 heads, 2 KV heads, vocab 1024, ctx 512: ~4 MB
+ * in F32), "default" (32 blocks, H 512, FFN 1376, 8 heads, 4 KV heads, vocab 32000, ctx 2048),
+ * "1b" (8 blocks, H 2048, FFN 5632, 16 heads, 16 KV heads, vocab 32000), "llama-7b" (32 blocks,
+ * H 4096, FFN 11008, 32 heads, 32 KV heads, vocab 32000, ctx 4096). rms_eps 1e-5, rope 10000.
+ * Returns 0 or -SPA_EUSAGE for an unknown name. */
+int spa_gen_shape(const char *name, struct spa_hparams *hp);
+
+/* Write a base model of shape hp with weights of type `type` (F32 or F16; norms F32), random
+ * and deterministic in seed (matrices uniform in +-sqrt(3/fan_in)·gain, norms near 1), untied
+ * output.weight, and a synthetic tokenizer of hp->n_vocab tokens. Streams tensor data, so the
+ * 7B shape does not need its size in memory. Progress on stderr when show_progress. */
+int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
+		 const char *path, bool show_progress, struct spa_errbuf *err);
+
+/* Deterministic random numbers (xoshiro256** seeded by splitmix64), shared by the generators
+ * and the tests. */
+struct spa_rng { uint64_t s[4]; };
+void spa_rng_seed(struct spa_rng *r, uint64_t seed);
+uint64_t spa_rng_next(struct spa_rng *r);
+/* Uniform float in [-1, 1). */
+float spa_rng_uniform(struct spa_rng *r);
+
+#endif

@@ -1,0 +1,65 @@
+/* spa: CPU kernels (kernels/cpu/). Scalar references plus, where the CPU has them, AVX2/FMA/F16C
+ * versions chosen at run time. All are on the hot path: no allocation, no locking.
+ *
+ * Determinism: every output element is produced by one thread with a fixed summation order
+ * that does not depend on the thread count, so results are bit-identical across thread counts
+ * and across processes on the same machine (the split-equals-local invariant relies on it). */
+#ifndef SPA_KERNELS_H
+#define SPA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "pool.h"
+
+/* A 2-D weight matrix in a GGUF type: `rows` rows of `cols` elements, each row
+ * spa_dtype_row_size(type, cols) bytes, rows contiguous (GGUF ne[0] = cols, ne[1] = rows). */
+struct spa_tensor {
+	enum spa_dtype type;
+	uint64_t cols;
+	uint64_t rows;
+	const void *data;
+};
+
+/* IEEE half <-> float, exact (round to nearest even for float -> half). */
+float spa_fp16_to_fp32(uint16_t h);
+uint16_t spa_fp32_to_fp16(float f);
+float spa_bf16_to_fp32(uint16_t h);
+uint16_t spa_fp32_to_bf16(float f);
+
+/* Dequantize/convert one row of n elements of w->type starting at src into dst (float).
+ * Supported: F32, F16, BF16 (more formats later). */
+void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t n);
+/* Whether the kernels can compute with this weight type. */
+int spa_kernels_supports(enum spa_dtype type);
+
+/* y[rows] = W x[cols]. Rows split across the pool. */
+void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
+/* Y[n][rows] = X[n][cols] W^T, row-major, for a batch of n vectors (prefill). Same per-element
+ * summation order as spa_matvec, so a batch gives the same bits as n single calls. */
+void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y,
+		uint32_t n);
+/* Plain f32 row-major helpers for small plugin matrices (single thread):
+ * y[rows] = W[rows][cols] x + b (b may be NULL). */
+void spa_matvec_f32(const float *w, const float *b, const float *x, float *y, uint32_t rows,
+		    uint32_t cols);
+
+/* out = x / rms(x) * weight, n elements; out may alias x. */
+void spa_rmsnorm(float *out, const float *x, const float *weight, uint32_t n, float eps);
+/* Rotary embedding in place on n_heads heads of head_dim at position pos (Llama/GGUF "normal"
+ * pairing: (x[2i], x[2i+1]) rotated by pos * base^(-2i/head_dim)). */
+void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float base);
+/* Numerically stable softmax in place. */
+void spa_softmax(float *x, uint32_t n);
+/* out[i] = silu(gate[i]) * up[i]; out may alias gate. */
+void spa_swiglu(float *out, const float *gate, const float *up, uint32_t n);
+/* Dot product with a fixed summation order (the one spa_matvec uses for F32). */
+float spa_dot_f32(const float *a, const float *b, uint32_t n);
+/* Index of the largest element (the lowest index on ties). */
+uint32_t spa_argmax(const float *x, uint32_t n);
+
+/* Name of the kernel variant chosen at run time ("avx2-fma-f16c" or "scalar"). */
+const char *spa_kernels_variant(void);
+
+#endif

@@ -1,0 +1,75 @@
+/* spa: links between cloud and edge (runtime/link.c over the drivers in drivers/).
+ *
+ * URIs: shm:/NAME (same host, shared-memory rings), tcp://HOST:PORT. The cloud listens and
+ * accepts one edge at a time; the edge connects. A link moves whole messages: it frames them
+ * (header + CRC32C, docs/wire-protocol.md), fragments those larger than the driver's frame
+ * limit, reassembles and checks them on receipt (magic, version, lengths, CRC, sequence), and
+ * can add an emulated one-way delay. Send and receive are on the hot path: no allocation, no
+ * logging; a fault ends the session with a negative code and a message in spa_link_error(). */
+#ifndef SPA_LINK_H
+#define SPA_LINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "wire.h"
+
+struct spa_link;
+struct spa_listener;
+
+struct spa_link_opts {
+	int64_t delay_ns;   /* emulated one-way delay added by the receiver: a frame is handed
+			       over no earlier than its tx_ns + delay_ns (same-host clocks) */
+	size_t max_msg;     /* largest message this side will accept (0: SPA_WIRE_MAX_MSG) */
+};
+
+struct spa_link_stats {
+	uint64_t msgs_tx, msgs_rx;
+	uint64_t bytes_tx, bytes_rx;   /* header + payload bytes of every frame */
+	uint64_t frames_tx, frames_rx;
+	uint64_t bad_frames;           /* frames refused (bad header, CRC, sequence) */
+	uint64_t copied_rx;            /* payload bytes copied on receive */
+};
+
+/* One received message. payload points into the caller's buffer. */
+struct spa_msg {
+	uint8_t type, dtype;
+	uint32_t session, seq, pos;
+	uint16_t layer, n_rows;
+	uint32_t aux;
+	uint64_t tx_ns;
+	uint32_t len;     /* payload bytes */
+	void *payload;
+};
+
+/* Cloud: start listening on uri. Returns 0 or a negative code with err filled. */
+int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa_link_opts *o,
+		    struct spa_errbuf *err);
+/* Wait up to timeout_ns (< 0: forever) for an edge. Returns 0, -ETIMEDOUT, or an error. */
+int spa_link_accept(struct spa_listener *l, struct spa_link **out, int64_t timeout_ns,
+		    struct spa_errbuf *err);
+void spa_listener_destroy(struct spa_listener *l);
+/* Edge: connect to a listening cloud (waits up to timeout_ns for it to appear). */
+int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_link_opts *o,
+		     int64_t timeout_ns, struct spa_errbuf *err);
+/* Close (the peer sees -SPA_ECLOSED on its next receive) and free. NULL: nothing. */
+void spa_link_destroy(struct spa_link *l);
+
+/* Send a message: hdr fields type, dtype, session, pos, layer, n_rows, aux are taken from m
+ * (m->len and m->payload ignored); seq and tx_ns are filled by the link. Blocks only while the
+ * peer's ring is full or the socket buffer is. Returns 0 or a negative code. */
+int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len);
+/* Receive the next message into buf[cap] (reassembling fragments). Waits up to timeout_ns
+ * (< 0: forever). Returns 0, -ETIMEDOUT, -SPA_ECLOSED, -SPA_EPROTO, -SPA_ECRC, -SPA_ETOOBIG
+ * (message larger than cap). After an error other than -ETIMEDOUT the link is unusable. */
+int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
+		  int64_t timeout_ns);
+
+const struct spa_link_stats *spa_link_stats(const struct spa_link *l);
+/* The last error's message ("" when none). */
+const char *spa_link_error(const struct spa_link *l);
+/* Scheme of the link ("shm", "tcp"). */
+const char *spa_link_scheme(const struct spa_link *l);
+
+#endif

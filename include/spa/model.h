@@ -1,0 +1,75 @@
+/* spa: a Llama-family base model loaded from GGUF (runtime/model.c).
+ *
+ * Tensor names and keys as GGUF's "llama" architecture: token_embd.weight, blk.N.attn_norm,
+ * attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down, output_norm,
+ * output.weight (absent: tied to token_embd). Keys llama.block_count, llama.embedding_length,
+ * llama.feed_forward_length, llama.attention.head_count, llama.attention.head_count_kv,
+ * llama.attention.layer_norm_rms_epsilon, llama.rope.freq_base, llama.context_length, and the
+ * tokenizer (tokenizer.ggml.*). Norm weights are F32; matrices any type the kernels support. */
+#ifndef SPA_MODEL_H
+#define SPA_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "kernels.h"
+
+struct spa_tokenizer;
+
+struct spa_hparams {
+	uint32_t n_layers;   /* L */
+	uint32_t n_embd;     /* H */
+	uint32_t n_ff;
+	uint32_t n_heads;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;   /* n_embd / n_heads */
+	uint32_t n_vocab;    /* V */
+	uint32_t n_ctx;      /* trained context length */
+	float rms_eps;
+	float rope_base;
+};
+
+struct spa_layer {
+	const float *attn_norm;  /* (H) */
+	struct spa_tensor wq;    /* (H -> H) */
+	struct spa_tensor wk;    /* (H -> kv_dim) */
+	struct spa_tensor wv;    /* (H -> kv_dim) */
+	struct spa_tensor wo;    /* (H -> H) */
+	const float *ffn_norm;   /* (H) */
+	struct spa_tensor w_gate;/* (H -> n_ff) */
+	struct spa_tensor w_up;  /* (H -> n_ff) */
+	struct spa_tensor w_down;/* (n_ff -> H) */
+};
+
+struct spa_model {
+	struct spa_hparams hp;
+	struct spa_tensor tok_embd;  /* (V rows of H) */
+	const float *output_norm;    /* (H) */
+	struct spa_tensor output;    /* (H -> V); same data as tok_embd when tied */
+	bool tied;
+	struct spa_layer *layers;    /* L */
+	enum spa_dtype wtype;        /* type of most matrices (for reports) */
+	uint64_t n_params;
+	char fingerprint[17];        /* 16 hex digits, see spa_model_fingerprint */
+	struct spa_tokenizer *tok;
+	struct spa_gguf *gguf;
+	void *data;                  /* tensor data (owned) */
+	size_t data_size;
+};
+
+/* Check that an opened GGUF is a loadable llama model (architecture, hyperparameters in range
+ * and consistent, every tensor present with the right shape and a supported type, tokenizer
+ * valid) without reading tensor data. Fills hp. Returns 0 or -SPA_EMODEL/-SPA_EFORMAT. */
+int spa_model_check(const struct spa_gguf *g, struct spa_hparams *hp, struct spa_errbuf *err);
+/* Open, check and load a model (data read with io_uring). Not thread-safe against destroy. */
+int spa_model_load(struct spa_model **out, const char *path, bool show_progress,
+		   struct spa_errbuf *err);
+void spa_model_destroy(struct spa_model *m);
+
+/* 64-bit FNV-1a over the hyperparameters, the tensor table (names, types, shapes) and, for
+ * each tensor, its first and last 4 KiB of data, as 16 lowercase hex digits + NUL. Identifies
+ * a base model for plugin pairing without hashing gigabytes. Reads with pread. */
+int spa_model_fingerprint(const struct spa_gguf *g, char out[17], struct spa_errbuf *err);
+
+#endif

@@ -1,0 +1,20 @@
+/* spa: split cloud/edge LLM inference with side plugin adaptation. One include for all. */
+#ifndef SPA_SPA_H
+#define SPA_SPA_H
+
+#include "error.h"
+#include "gguf.h"
+#include "kernels.h"
+#include "pool.h"
+#include "pin.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "sampler.h"
+#include "engine.h"
+#include "plugin.h"
+#include "wire.h"
+#include "link.h"
+#include "gen.h"
+#include "session.h"
+
+#endif

@@ -23,12 +23,4 @@ int spa_gen_shape(const char *name, struct spa_hparams *hp);
 int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		 const char *path, bool show_progress, struct spa_errbuf *err);
 
-/* Deterministic random numbers (xoshiro256** seeded by splitmix64), shared by the generators
- * and the tests. */
-struct spa_rng { uint64_t s[4]; };
-void spa_rng_seed(struct spa_rng *r, uint64_t seed);
-uint64_t spa_rng_next(struct spa_rng *r);
-/* Uniform float in [-1, 1). */
-float spa_rng_uniform(struct spa_rng *r);
-
 #endif

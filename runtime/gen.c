@@ -1,1 +1,307 @@
-/* placeholder: being written */
+/* spa: synthetic Llama base models with random weights (spa-gen base).
+ *
+ * The file is what llama.cpp's converter writes for a Llama model: the same keys, tensor
+ * names, order and shapes, so other GGUF tools read it. Weights are random but shaped so that
+ * a forward pass behaves like a trained model numerically: the residual stream keeps an RMS
+ * near 1 over all blocks (each block's output projections are scaled by 1/sqrt(2L)), attention
+ * scores have unit variance, and the logits spread over a few units so that greedy tokens vary
+ * and sampling is not trivial. Each tensor's values depend only on (seed, tensor index), and
+ * are produced by a fill callback while the file is written: the 7B shape never holds more
+ * than what the writer asks for at once. */
+#include "spa/gen.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spa/error.h"
+#include "spa/gguf.h"
+#include "spa/kernels.h"
+#include "spa/sampler.h"
+#include "spa/tokenizer.h"
+
+int spa_gen_shape(const char *name, struct spa_hparams *hp)
+{
+	static const struct {
+		const char *name;
+		uint32_t L, H, ff, heads, kv, vocab, ctx;
+	} shapes[] = {
+		{ "tiny", 4, 128, 344, 4, 2, 1024, 512 },
+		{ "default", 32, 512, 1376, 8, 4, 32000, 2048 },
+		{ "1b", 8, 2048, 5632, 16, 16, 32000, 2048 },
+		{ "llama-7b", 32, 4096, 11008, 32, 32, 32000, 4096 },
+	};
+	for (size_t i = 0; name && i < sizeof shapes / sizeof shapes[0]; i++) {
+		if (strcmp(name, shapes[i].name) != 0)
+			continue;
+		*hp = (struct spa_hparams){
+			.n_layers = shapes[i].L,
+			.n_embd = shapes[i].H,
+			.n_ff = shapes[i].ff,
+			.n_heads = shapes[i].heads,
+			.n_kv_heads = shapes[i].kv,
+			.head_dim = shapes[i].H / shapes[i].heads,
+			.n_vocab = shapes[i].vocab,
+			.n_ctx = shapes[i].ctx,
+			.rms_eps = 1e-5f,
+			.rope_base = 10000.0f,
+		};
+		return 0;
+	}
+	return -SPA_EUSAGE;
+}
+
+/* How a tensor's values are drawn. */
+enum fill_kind {
+	FILL_UNIFORM, /* uniform in +-scale */
+	FILL_NORM,    /* 1 + uniform in +-scale */
+};
+
+struct gen_progress {
+	const char *path;
+	uint64_t done, total; /* bytes */
+	int shown;            /* last percentage printed, -1 before the first */
+};
+
+struct fill_ctx {
+	struct spa_rng rng;
+	enum fill_kind kind;
+	enum spa_dtype type;
+	float scale;
+	uint8_t carry[4];  /* bytes of the element a previous call split */
+	uint32_t n_carry;  /* of carry[] not yet handed out (taken from its end) */
+	struct gen_progress *prog;
+};
+
+static inline float fill_value(struct fill_ctx *c)
+{
+	float u = spa_rng_uniform(&c->rng) * c->scale;
+	return c->kind == FILL_NORM ? 1.0f + u : u;
+}
+
+static void fill_elems(struct fill_ctx *c, uint8_t *dst, size_t n)
+{
+	if (c->type == SPA_TYPE_F16) {
+		for (size_t i = 0; i < n; i++) {
+			uint16_t h = spa_fp32_to_fp16(fill_value(c));
+			memcpy(dst + 2 * i, &h, 2);
+		}
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			float f = fill_value(c);
+			memcpy(dst + 4 * i, &f, 4);
+		}
+	}
+}
+
+static void progress_add(struct gen_progress *p, size_t bytes)
+{
+	if (!p)
+		return;
+	p->done += bytes;
+	int pct = p->total ? (int)(p->done * 100 / p->total) : 100;
+	if (pct == p->shown)
+		return;
+	p->shown = pct;
+	fprintf(stderr, "\rspa-gen: writing %s: %3d%% (%.1f of %.1f MB)", p->path, pct,
+		(double)p->done / 1e6, (double)p->total / 1e6);
+	if (pct >= 100)
+		fputc('\n', stderr);
+}
+
+/* Writer callback: the next `size` bytes of the tensor. The writer may ask in pieces of any
+ * size, so an element split across two calls is carried over. */
+static int gen_fill(void *ctx, void *dst, size_t size)
+{
+	struct fill_ctx *c = ctx;
+	uint8_t *d = dst;
+	size_t es = c->type == SPA_TYPE_F16 ? 2 : 4, left = size, shown = 0;
+
+	while (left && c->n_carry) {
+		*d++ = c->carry[es - c->n_carry--];
+		left--;
+	}
+	/* In slices, so that progress moves within the big matrices of the 7B shape. */
+	for (size_t whole = left / es; whole;) {
+		size_t k = whole < (1u << 22) ? whole : (1u << 22);
+		fill_elems(c, d, k);
+		d += k * es;
+		left -= k * es;
+		whole -= k;
+		progress_add(c->prog, k * es);
+		shown += k * es;
+	}
+	if (left) {
+		fill_elems(c, c->carry, 1);
+		c->n_carry = (uint32_t)es;
+		while (left) {
+			*d++ = c->carry[es - c->n_carry--];
+			left--;
+		}
+	}
+	progress_add(c->prog, size - shown);
+	return 0;
+}
+
+static int check_hparams(const struct spa_hparams *hp, enum spa_dtype type,
+			 struct spa_errbuf *err)
+{
+	if (type != SPA_TYPE_F32 && type != SPA_TYPE_F16)
+		return spa_err(err, -SPA_EUSAGE, "spa_gen_base: weight type %s: only f32 and f16 "
+			       "can be generated", spa_dtype_name(type) ? spa_dtype_name(type) : "?");
+	if (!hp->n_layers || !hp->n_embd || !hp->n_ff || !hp->n_heads || !hp->n_kv_heads ||
+	    !hp->n_ctx || hp->n_layers > 4096 || hp->n_embd > 65536 || hp->n_ff > 262144 ||
+	    hp->n_embd % hp->n_heads || hp->n_heads % hp->n_kv_heads ||
+	    hp->head_dim != hp->n_embd / hp->n_heads || hp->head_dim % 2 ||
+	    hp->n_vocab < 300 || hp->n_vocab > (1u << 19) ||
+	    !(hp->rms_eps > 0) || !(hp->rope_base > 0))
+		return spa_err(err, -SPA_EUSAGE, "spa_gen_base: inconsistent shape (L %u, H %u, FFN "
+			       "%u, heads %u/%u, head_dim %u, vocab %u): H must split into an even "
+			       "head_dim, heads into KV groups, and vocab be 300 to 524288",
+			       hp->n_layers, hp->n_embd, hp->n_ff, hp->n_heads, hp->n_kv_heads,
+			       hp->head_dim, hp->n_vocab);
+	return 0;
+}
+
+struct gen_tensor {
+	char name[48];
+	enum spa_dtype type;
+	uint64_t ne[2];
+	uint32_t n_dims;
+	enum fill_kind kind;
+	float scale;
+};
+
+int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
+		 const char *path, bool show_progress, struct spa_errbuf *err)
+{
+	struct spa_gguf_writer *w = NULL;
+	struct gen_tensor *tens = NULL;
+	struct fill_ctx *ctx = NULL;
+	struct gen_progress prog = { path, 0, 0, -1 };
+	char name[48];
+	int rc;
+
+	rc = check_hparams(hp, type, err);
+	if (rc < 0)
+		return rc;
+
+	const uint32_t L = hp->n_layers;
+	const uint64_t H = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
+	const uint64_t kv_dim = (uint64_t)hp->n_kv_heads * hp->head_dim;
+	const uint32_t n_tens = 9 * L + 3;
+	const float res_gain = 1.0f / sqrtf(2.0f * (float)L);
+	/* uniform(+-sqrt(3/fan_in)) has variance 1/fan_in: unit-variance outputs for unit inputs. */
+	const float s_h = sqrtf(3.0f / (float)H), s_f = sqrtf(3.0f / (float)F);
+	/* Logits with a standard deviation of about 2 (the final norm makes f's RMS about 1). */
+	const float out_gain = 2.0f;
+	const float norm_noise = 0.1f;
+
+	rc = -ENOMEM;
+	tens = calloc(n_tens, sizeof *tens);
+	ctx = calloc(n_tens, sizeof *ctx);
+	if (!tens || !ctx)
+		goto err;
+	uint32_t t = 0;
+#define TENSOR(nm, ty, n0, n1, nd, k, sc) do {                                   \
+		snprintf(tens[t].name, sizeof tens[t].name, "%s", nm);           \
+		tens[t].type = ty;                                               \
+		tens[t].ne[0] = n0;                                              \
+		tens[t].ne[1] = n1;                                              \
+		tens[t].n_dims = nd;                                             \
+		tens[t].kind = k;                                                \
+		tens[t].scale = sc;                                              \
+		t++;                                                             \
+	} while (0)
+	TENSOR("token_embd.weight", type, H, V, 2, FILL_UNIFORM, 1.0f);
+	for (uint32_t i = 0; i < L; i++) {
+		static const char *const nm[9] = {
+			"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+			"ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+		};
+#define BLK(j) (snprintf(name, sizeof name, "blk.%u.%s.weight", i, nm[j]), name)
+		TENSOR(BLK(0), SPA_TYPE_F32, H, 1, 1, FILL_NORM, norm_noise);
+		TENSOR(BLK(1), type, H, H, 2, FILL_UNIFORM, s_h);
+		TENSOR(BLK(2), type, H, kv_dim, 2, FILL_UNIFORM, s_h);
+		TENSOR(BLK(3), type, H, kv_dim, 2, FILL_UNIFORM, s_h);
+		TENSOR(BLK(4), type, H, H, 2, FILL_UNIFORM, s_h * res_gain);
+		TENSOR(BLK(5), SPA_TYPE_F32, H, 1, 1, FILL_NORM, norm_noise);
+		TENSOR(BLK(6), type, H, F, 2, FILL_UNIFORM, s_h);
+		TENSOR(BLK(7), type, H, F, 2, FILL_UNIFORM, s_h);
+		TENSOR(BLK(8), type, F, H, 2, FILL_UNIFORM, s_f * res_gain);
+#undef BLK
+	}
+	TENSOR("output_norm.weight", SPA_TYPE_F32, H, 1, 1, FILL_NORM, norm_noise);
+	TENSOR("output.weight", type, H, V, 2, FILL_UNIFORM, s_h * out_gain);
+#undef TENSOR
+
+	rc = spa_gguf_writer_create(&w);
+	if (rc < 0)
+		goto err;
+	char gname[96];
+	snprintf(gname, sizeof gname, "spa synthetic llama L%u H%u V%u seed %llu", L,
+		 (unsigned)H, (unsigned)V, (unsigned long long)seed);
+	rc = spa_gguf_writer_set_str(w, "general.architecture", "llama");
+	if (rc == 0)
+		rc = spa_gguf_writer_set_str(w, "general.name", gname);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.context_length", hp->n_ctx);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.embedding_length", hp->n_embd);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.block_count", hp->n_layers);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.feed_forward_length", hp->n_ff);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.rope.dimension_count", hp->head_dim);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.attention.head_count", hp->n_heads);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.attention.head_count_kv", hp->n_kv_heads);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon",
+					     hp->rms_eps);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_f32(w, "llama.rope.freq_base", hp->rope_base);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "llama.vocab_size", hp->n_vocab);
+	/* llama.cpp's llama_ftype: 0 all F32, 1 mostly F16. */
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u32(w, "general.file_type", type == SPA_TYPE_F16 ? 1 : 0);
+	if (rc == 0)
+		rc = spa_gguf_writer_set_u64(w, "spa.gen.seed", seed);
+	if (rc == 0)
+		rc = spa_tokenizer_write_synthetic(w, hp->n_vocab);
+	if (rc < 0) {
+		spa_err(err, rc, "%s: cannot describe the model: %s", path, spa_strerror(rc));
+		goto err;
+	}
+
+	for (uint32_t i = 0; i < n_tens; i++) {
+		struct fill_ctx *c = &ctx[i];
+		/* Per-tensor stream: the same tensor gets the same values whatever comes before. */
+		spa_rng_seed(&c->rng, seed ^ (0x9e3779b97f4a7c15ull * (i + 1)));
+		c->kind = tens[i].kind;
+		c->type = tens[i].type;
+		c->scale = tens[i].scale;
+		c->prog = show_progress ? &prog : NULL;
+		prog.total += tens[i].ne[0] * tens[i].ne[1] * (c->type == SPA_TYPE_F16 ? 2 : 4);
+		rc = spa_gguf_writer_add_tensor_fn(w, tens[i].name, tens[i].type, tens[i].n_dims,
+						   tens[i].ne, gen_fill, c);
+		if (rc < 0) {
+			spa_err(err, rc, "%s: cannot add tensor %s: %s", path, tens[i].name,
+				spa_strerror(rc));
+			goto err;
+		}
+	}
+	rc = spa_gguf_writer_write(w, path, false, err);
+	if (rc < 0 && show_progress && prog.shown >= 0 && prog.shown < 100)
+		fputc('\n', stderr);
+err:
+	spa_gguf_writer_destroy(w);
+	free(ctx);
+	free(tens);
+	return rc;
+}

@@ -1,1 +1,273 @@
-/* placeholder: being written */
+/* spa: token sampling and the project's random numbers (see include/spa/sampler.h).
+ *
+ * Pipeline for temp > 0: logits / temp -> top-k (the k largest, ties to the lower index) ->
+ * softmax -> top-p (the smallest prefix of the probability-sorted tokens whose mass reaches
+ * top_p) -> one uniform u in [0, 1) (53 bits) -> the first kept token whose cumulative mass
+ * exceeds u times the kept mass. Every order is a total order (value, then index), so the same
+ * logits, parameters and seed give the same token everywhere. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spa/error.h"
+#include "spa/kernels.h"
+#include "spa/sampler.h"
+
+/* ---- rng: xoshiro256** (Blackman & Vigna), state seeded by splitmix64 ------------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+void spa_rng_seed(struct spa_rng *r, uint64_t seed)
+{
+	uint64_t x = seed;
+	for (int i = 0; i < 4; i++)
+		r->s[i] = splitmix64(&x); /* never all zero: splitmix64 is a bijection of x */
+}
+
+uint64_t spa_rng_next(struct spa_rng *r)
+{
+	uint64_t *s = r->s;
+	uint64_t res = rotl(s[1] * 5, 7) * 9;
+	uint64_t t = s[1] << 17;
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return res;
+}
+
+float spa_rng_uniform(struct spa_rng *r)
+{
+	/* top 24 bits (the best ones of xoshiro), k * 2^-23 - 1 is exact in a float */
+	return (float)(spa_rng_next(r) >> 40) * 0x1.0p-23f - 1.0f;
+}
+
+/* ---- sampler -------------------------------------------------------------------------- */
+
+struct cand {
+	float v; /* scaled logit, then unnormalised probability */
+	uint32_t i;
+};
+
+struct spa_sampler {
+	uint32_t n_vocab;
+	struct spa_sampler_params p;
+	struct spa_rng rng;
+	struct cand *c; /* [n_vocab] scratch */
+};
+
+/* Descending value, then ascending index: a total order (values are never NaN here). */
+static int cand_cmp(const void *a_, const void *b_)
+{
+	const struct cand *a = a_, *b = b_;
+	if (a->v != b->v)
+		return a->v > b->v ? -1 : 1;
+	return a->i < b->i ? -1 : a->i > b->i;
+}
+
+/* "a comes before b" in cand_cmp's order */
+static inline int cand_before(const struct cand *a, const struct cand *b)
+{
+	return a->v > b->v || (a->v == b->v && a->i < b->i);
+}
+
+/* Min-heap (root = the candidate that comes last in cand_cmp's order) of the k best. */
+static void heap_sift_down(struct cand *h, uint32_t k, uint32_t j)
+{
+	for (;;) {
+		uint32_t l = 2 * j + 1, r = l + 1, m = j;
+		if (l < k && cand_before(&h[m], &h[l]))
+			m = l;
+		if (r < k && cand_before(&h[m], &h[r]))
+			m = r;
+		if (m == j)
+			return;
+		struct cand t = h[j];
+		h[j] = h[m];
+		h[m] = t;
+		j = m;
+	}
+}
+
+/* Max-heap (root = the candidate that comes first in cand_cmp's order). */
+static void maxheap_sift_down(struct cand *h, uint32_t k, uint32_t j)
+{
+	for (;;) {
+		uint32_t l = 2 * j + 1, r = l + 1, m = j;
+		if (l < k && cand_before(&h[l], &h[m]))
+			m = l;
+		if (r < k && cand_before(&h[r], &h[m]))
+			m = r;
+		if (m == j)
+			return;
+		struct cand t = h[j];
+		h[j] = h[m];
+		h[m] = t;
+		j = m;
+	}
+}
+
+/* The smallest prefix, in cand_cmp's order, of c[m] whose mass reaches target: moved to
+ * c[0..returned count), in that order; *mass receives its mass. Heap selection costs
+ * O(m + count log m), so a peaked distribution (a small nucleus) is cheap. */
+static uint32_t nucleus(struct cand *c, uint32_t m, double target, double *mass)
+{
+	for (uint32_t j = m / 2; j-- > 0;)
+		maxheap_sift_down(c, m, j);
+	double cum = 0;
+	uint32_t end = m; /* popped tokens collect in c[end..m), the best at c[m - 1] */
+	while (end > 0) {
+		struct cand t = c[0];
+		c[0] = c[--end];
+		c[end] = t;
+		maxheap_sift_down(c, end, 0);
+		cum += t.v;
+		if (cum >= target)
+			break;
+	}
+	uint32_t cnt = m - end;
+	for (uint32_t a = end, b = m - 1; a < b; a++, b--) { /* best first */
+		struct cand t = c[a];
+		c[a] = c[b];
+		c[b] = t;
+	}
+	memmove(c, c + end, cnt * sizeof(*c));
+	*mass = cum;
+	return cnt;
+}
+
+/* Keeps the k first candidates of c[n] in cand_cmp's order, sorted, in c[0..k). */
+static void top_k(struct cand *c, uint32_t n, uint32_t k)
+{
+	for (uint32_t j = k / 2; j-- > 0;)
+		heap_sift_down(c, k, j);
+	for (uint32_t i = k; i < n; i++)
+		if (cand_before(&c[i], &c[0])) {
+			c[0] = c[i];
+			heap_sift_down(c, k, 0);
+		}
+	qsort(c, k, sizeof(*c), cand_cmp);
+}
+
+int spa_sampler_create(struct spa_sampler **out, uint32_t n_vocab,
+		       const struct spa_sampler_params *p)
+{
+	*out = NULL;
+	if (n_vocab == 0 || !p)
+		return -SPA_EUSAGE;
+	if (!isfinite(p->temp) || p->temp < 0)
+		return -SPA_EUSAGE; /* temperature must be a finite number >= 0 */
+	if (isnan(p->top_p) || p->top_p <= 0)
+		return -SPA_EUSAGE; /* top_p must be in (0, 1]; >= 1 turns it off */
+
+	struct spa_sampler *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->c = malloc(sizeof(*s->c) * (size_t)n_vocab);
+	if (!s->c) {
+		free(s);
+		return -ENOMEM;
+	}
+	s->n_vocab = n_vocab;
+	s->p = *p;
+	spa_rng_seed(&s->rng, p->seed);
+	*out = s;
+	return 0;
+}
+
+void spa_sampler_destroy(struct spa_sampler *s)
+{
+	if (!s)
+		return;
+	free(s->c);
+	free(s);
+}
+
+int32_t spa_sampler_sample(struct spa_sampler *s, float *logits)
+{
+	uint32_t n = s->n_vocab;
+
+	if (s->p.temp == 0)
+		return (int32_t)spa_argmax(logits, n);
+
+	struct cand *c = s->c;
+	float max = -INFINITY;
+	for (uint32_t i = 0; i < n; i++) {
+		float v = logits[i] / s->p.temp;
+		if (isnan(v))
+			v = -INFINITY; /* a NaN logit is never picked (and keeps the order total) */
+		c[i] = (struct cand){ v, i };
+		if (v > max)
+			max = v;
+	}
+	if (max == -INFINITY || max == INFINITY)
+		return (int32_t)spa_argmax(logits, n); /* nothing to weigh: stay deterministic */
+
+	uint32_t m = n;    /* candidates c[0..m) */
+	int sorted = 0;
+	if (s->p.top_k > 0 && s->p.top_k < n) {
+		top_k(c, n, s->p.top_k);
+		m = s->p.top_k;
+		sorted = 1;
+	}
+
+	/* softmax, unnormalised: sum is the mass of c[0..m) */
+	double sum = 0;
+	for (uint32_t j = 0; j < m; j++) {
+		c[j].v = expf(c[j].v - max);
+		sum += c[j].v;
+	}
+
+	if (s->p.top_p < 1.0f && m > 1) {
+		double target = (double)s->p.top_p * sum;
+		if (!sorted) {
+			/* Tokens below (1 - p) / (m - 1) of the mass cannot be in the nucleus: all
+			 * of them together are less than 1 - p. Select among the others only. */
+			double cut = (1.0 - (double)s->p.top_p) * sum / (double)(m - 1);
+			if (cut > 1.0)
+				cut = 1.0; /* the top token (exp(0) = 1) always stays */
+			uint32_t k = 0;
+			for (uint32_t j = 0; j < m; j++)
+				if (c[j].v >= cut)
+					c[k++] = c[j];
+			m = nucleus(c, k, target, &sum);
+		} else {
+			double cum = 0;
+			uint32_t j = 0;
+			while (j < m) {
+				cum += c[j++].v;
+				if (cum >= target)
+					break;
+			}
+			m = j;
+			sum = cum;
+		}
+	}
+
+	double u = (double)(spa_rng_next(&s->rng) >> 11) * 0x1.0p-53; /* [0, 1) */
+	double r = u * sum, cum = 0;
+	for (uint32_t j = 0; j < m; j++) {
+		cum += c[j].v;
+		if (cum > r)
+			return (int32_t)c[j].i;
+	}
+	/* rounding left r at the very top of the mass: the last token with any */
+	for (uint32_t j = m; j-- > 0;)
+		if (c[j].v > 0)
+			return (int32_t)c[j].i;
+	return (int32_t)c[0].i;
+}

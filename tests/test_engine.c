@@ -1,1 +1,891 @@
-/* placeholder: being written */
+/* Model loader and CPU decode engine, checked against a naive reference forward pass written
+ * here from RUNTIME.md §2 alone: double precision, plain loops over weights dequantized from the
+ * GGUF file, every position recomputed from scratch on every call. It shares nothing with the
+ * engine except reading the weights. */
+#include <criterion/criterion.h>
+#include <criterion/hooks.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "spa/spa.h"
+#include "testutil.h"
+
+/* Criterion runs the tests of this file in parallel processes, and most of them want
+ * tu_tiny_model(): make it once here, in the runner, before any test starts, so that they do
+ * not race to write the same file. Same path and recipe as tests/testutil.c; failures are left
+ * for the tests to report. */
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+	(void)set;
+	const char *b = getenv("SPA_BUILD_DIR");
+	char dir[512], path[600];
+	struct spa_hparams hp;
+	if (!b || !*b || spa_gen_shape("tiny", &hp) < 0)
+		return;
+	snprintf(dir, sizeof dir, "%s/tests/models", b);
+	mkdir(dir, 0755);
+	snprintf(path, sizeof path, "%s/tiny-f32.gguf", dir);
+	if (access(path, R_OK) != 0)
+		spa_gen_base(&hp, SPA_TYPE_F32, 1, path, false, NULL);
+}
+
+/* ---------------------------------------------------------------- reference model */
+
+struct rmat {
+	uint64_t rows, cols;
+	double *w; /* rows x cols */
+};
+
+struct rlayer {
+	double *attn_norm, *ffn_norm;
+	struct rmat wq, wk, wv, wo, gate, up, down;
+};
+
+struct ref {
+	struct spa_hparams hp;
+	struct rmat embd, out;
+	double *out_norm;
+	struct rlayer *l;
+};
+
+static double *read_tensor(struct spa_gguf *g, const char *name, uint64_t *rows, uint64_t *cols)
+{
+	const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, name);
+	if (!t)
+		return NULL;
+	void *raw = malloc(t->size);
+	cr_assert(raw);
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gguf_pread(g, t->offset, raw, t->size, &err), 0, "%s", err.msg);
+	double *d = malloc(t->n_elems * sizeof(double));
+	cr_assert(d);
+	for (uint64_t i = 0; i < t->n_elems; i++) {
+		if (t->type == SPA_TYPE_F32)
+			d[i] = ((const float *)raw)[i];
+		else if (t->type == SPA_TYPE_F16)
+			d[i] = spa_fp16_to_fp32(((const uint16_t *)raw)[i]);
+		else if (t->type == SPA_TYPE_BF16)
+			d[i] = spa_bf16_to_fp32(((const uint16_t *)raw)[i]);
+		else
+			cr_assert_fail("reference: unexpected type %d of %s", t->type, name);
+	}
+	free(raw);
+	if (rows) {
+		*cols = t->ne[0];
+		*rows = t->ne[1];
+	}
+	return d;
+}
+
+static void ref_mat(struct spa_gguf *g, const char *name, struct rmat *m)
+{
+	m->w = read_tensor(g, name, &m->rows, &m->cols);
+	cr_assert(m->w, "reference: no tensor %s", name);
+}
+
+static void ref_load(struct ref *r, const char *path)
+{
+	struct spa_gguf *g = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	memset(r, 0, sizeof *r);
+	cr_assert_eq(spa_model_check(g, &r->hp, &err), 0, "%s", err.msg);
+	ref_mat(g, "token_embd.weight", &r->embd);
+	r->out.w = read_tensor(g, "output.weight", &r->out.rows, &r->out.cols);
+	if (!r->out.w) { /* tied */
+		r->out = r->embd;
+	}
+	r->out_norm = read_tensor(g, "output_norm.weight", NULL, NULL);
+	r->l = calloc(r->hp.n_layers, sizeof *r->l);
+	char n[64];
+	for (uint32_t i = 0; i < r->hp.n_layers; i++) {
+		struct rlayer *ly = &r->l[i];
+#define N(s) (snprintf(n, sizeof n, "blk.%u." s ".weight", i), n)
+		ly->attn_norm = read_tensor(g, N("attn_norm"), NULL, NULL);
+		ly->ffn_norm = read_tensor(g, N("ffn_norm"), NULL, NULL);
+		ref_mat(g, N("attn_q"), &ly->wq);
+		ref_mat(g, N("attn_k"), &ly->wk);
+		ref_mat(g, N("attn_v"), &ly->wv);
+		ref_mat(g, N("attn_output"), &ly->wo);
+		ref_mat(g, N("ffn_gate"), &ly->gate);
+		ref_mat(g, N("ffn_up"), &ly->up);
+		ref_mat(g, N("ffn_down"), &ly->down);
+#undef N
+	}
+	spa_gguf_close(g);
+}
+
+static void ref_free(struct ref *r)
+{
+	if (r->out.w != r->embd.w)
+		free(r->out.w);
+	free(r->embd.w);
+	free(r->out_norm);
+	for (uint32_t i = 0; i < r->hp.n_layers; i++) {
+		struct rlayer *ly = &r->l[i];
+		free(ly->attn_norm), free(ly->ffn_norm);
+		free(ly->wq.w), free(ly->wk.w), free(ly->wv.w), free(ly->wo.w);
+		free(ly->gate.w), free(ly->up.w), free(ly->down.w);
+	}
+	free(r->l);
+}
+
+static void rmv(const struct rmat *m, const double *x, double *y)
+{
+	for (uint64_t i = 0; i < m->rows; i++) {
+		double s = 0;
+		for (uint64_t c = 0; c < m->cols; c++)
+			s += m->w[i * m->cols + c] * x[c];
+		y[i] = s;
+	}
+}
+
+static void rrms(const double *x, const double *w, double *y, uint32_t n, double eps)
+{
+	double ss = 0;
+	for (uint32_t i = 0; i < n; i++)
+		ss += x[i] * x[i];
+	double k = 1.0 / sqrt(ss / n + eps);
+	for (uint32_t i = 0; i < n; i++)
+		y[i] = x[i] * k * w[i];
+}
+
+static void rrope(double *x, uint32_t n_heads, uint32_t hd, uint32_t pos, double base)
+{
+	for (uint32_t h = 0; h < n_heads; h++)
+		for (uint32_t i = 0; i < hd; i += 2) {
+			double th = pos * pow(base, -(double)i / hd);
+			double a = x[h * hd + i], b = x[h * hd + i + 1];
+			x[h * hd + i] = a * cos(th) - b * sin(th);
+			x[h * hd + i + 1] = a * sin(th) + b * cos(th);
+		}
+}
+
+/* Test hooks: LoRA dq = s_l Bq (Aq x), dv = s_l Bv (Av x) with rank 2; adapter
+ * delta = s Uw relu(Dw h) with bottleneck 4. The engine's hooks compute them in float, the
+ * reference in double, from the same matrices. */
+#define RANK 2
+#define BOT 4
+struct hookp {
+	uint32_t H, kv_dim;
+	float *aq, *bq, *av, *bv; /* (RANK,H) (H,RANK) (RANK,H) (kv_dim,RANK) */
+	float *dw, *uw;           /* (BOT,H) (H,BOT) */
+	bool lora, adapter;
+	int fail_layer;           /* lora hook returns -EIO at this layer; -1 never */
+	uint32_t n_lora_calls, n_adapter_calls, last_n_tok;
+};
+
+static void hookp_init(struct hookp *p, uint32_t H, uint32_t kv_dim)
+{
+	memset(p, 0, sizeof *p);
+	p->H = H, p->kv_dim = kv_dim, p->fail_layer = -1;
+	p->aq = malloc(RANK * H * sizeof(float)), p->bq = malloc(H * RANK * sizeof(float));
+	p->av = malloc(RANK * H * sizeof(float)), p->bv = malloc(kv_dim * RANK * sizeof(float));
+	p->dw = malloc(BOT * H * sizeof(float)), p->uw = malloc(H * BOT * sizeof(float));
+	tu_rand(p->aq, RANK * H, 11, 0.2f), tu_rand(p->bq, H * RANK, 12, 0.5f);
+	tu_rand(p->av, RANK * H, 13, 0.2f), tu_rand(p->bv, kv_dim * RANK, 14, 0.5f);
+	tu_rand(p->dw, BOT * H, 15, 0.2f), tu_rand(p->uw, H * BOT, 16, 0.5f);
+}
+
+static void hookp_fini(struct hookp *p)
+{
+	free(p->aq), free(p->bq), free(p->av), free(p->bv), free(p->dw), free(p->uw);
+}
+
+static double lora_scale(uint32_t layer) { return 0.1 * (layer + 1); }
+static double adapter_scale(uint32_t layer, uint32_t which) { return 0.05 * (layer + 1 + which); }
+
+static void low_rank_f(const float *a, const float *b, uint32_t in, uint32_t r, uint32_t out,
+		       const float *x, float *y, float s, bool relu)
+{
+	float t[8];
+	for (uint32_t k = 0; k < r; k++) {
+		float acc = 0;
+		for (uint32_t c = 0; c < in; c++)
+			acc += a[k * in + c] * x[c];
+		t[k] = relu && acc < 0 ? 0 : acc;
+	}
+	for (uint32_t i = 0; i < out; i++) {
+		float acc = 0;
+		for (uint32_t k = 0; k < r; k++)
+			acc += b[i * r + k] * t[k];
+		y[i] = s * acc;
+	}
+}
+
+static void low_rank_d(const float *a, const float *b, uint32_t in, uint32_t r, uint32_t out,
+		       const double *x, double *y, double s, bool relu)
+{
+	double t[8];
+	for (uint32_t k = 0; k < r; k++) {
+		double acc = 0;
+		for (uint32_t c = 0; c < in; c++)
+			acc += a[k * in + c] * x[c];
+		t[k] = relu && acc < 0 ? 0 : acc;
+	}
+	for (uint32_t i = 0; i < out; i++) {
+		double acc = 0;
+		for (uint32_t k = 0; k < r; k++)
+			acc += b[i * r + k] * t[k];
+		y[i] += s * acc; /* added in place */
+	}
+}
+
+static int lora_hook(void *ctx, uint32_t layer, uint32_t n_tok, const float *x, float *dq,
+		     float *dv)
+{
+	struct hookp *p = ctx;
+	p->n_lora_calls++;
+	p->last_n_tok = n_tok;
+	if ((int)layer == p->fail_layer)
+		return -EIO;
+	for (uint32_t j = 0; j < n_tok; j++) {
+		low_rank_f(p->aq, p->bq, p->H, RANK, p->H, x + j * p->H, dq + j * p->H,
+			   (float)lora_scale(layer), false);
+		low_rank_f(p->av, p->bv, p->H, RANK, p->kv_dim, x + j * p->H, dv + j * p->kv_dim,
+			   (float)lora_scale(layer), false);
+	}
+	return 0;
+}
+
+static int adapter_hook(void *ctx, uint32_t layer, uint32_t which, uint32_t n_tok,
+			const float *h, float *delta)
+{
+	struct hookp *p = ctx;
+	p->n_adapter_calls++;
+	for (uint32_t j = 0; j < n_tok; j++)
+		low_rank_f(p->dw, p->uw, p->H, BOT, p->H, h + j * p->H, delta + j * p->H,
+			   (float)adapter_scale(layer, which), true);
+	return 0;
+}
+
+/* The whole sequence toks[0..n) from scratch; outputs for the last position. */
+static void ref_forward(const struct ref *r, const int32_t *toks, uint32_t n,
+			const struct hookp *hk, double *logits, double *resid, double *f)
+{
+	const struct spa_hparams *hp = &r->hp;
+	const uint32_t H = hp->n_embd, hd = hp->head_dim, F = hp->n_ff;
+	const uint32_t kvd = hp->n_kv_heads * hd, grp = hp->n_heads / hp->n_kv_heads;
+	double *X = malloc((size_t)n * H * sizeof(double));
+	double *Q = malloc((size_t)n * H * sizeof(double));
+	double *K = malloc((size_t)n * kvd * sizeof(double));
+	double *Vv = malloc((size_t)n * kvd * sizeof(double));
+	double *xn = malloc(H * sizeof(double)), *o = malloc(H * sizeof(double));
+	double *A = malloc((size_t)n * H * sizeof(double));
+	double *g = malloc(F * sizeof(double)), *u = malloc(F * sizeof(double));
+	double *sc = malloc(n * sizeof(double));
+
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t c = 0; c < H; c++)
+			X[(size_t)i * H + c] = r->embd.w[(size_t)toks[i] * H + c];
+	memcpy(resid, X + (size_t)(n - 1) * H, H * sizeof(double));
+	for (uint32_t l = 0; l < hp->n_layers; l++) {
+		const struct rlayer *ly = &r->l[l];
+		for (uint32_t i = 0; i < n; i++) {
+			rrms(X + (size_t)i * H, ly->attn_norm, xn, H, hp->rms_eps);
+			rmv(&ly->wq, xn, Q + (size_t)i * H);
+			rmv(&ly->wk, xn, K + (size_t)i * kvd);
+			rmv(&ly->wv, xn, Vv + (size_t)i * kvd);
+			if (hk && hk->lora) {
+				low_rank_d(hk->aq, hk->bq, H, RANK, H, xn, Q + (size_t)i * H,
+					   lora_scale(l), false);
+				low_rank_d(hk->av, hk->bv, H, RANK, kvd, xn, Vv + (size_t)i * kvd,
+					   lora_scale(l), false);
+			}
+			rrope(Q + (size_t)i * H, hp->n_heads, hd, i, hp->rope_base);
+			rrope(K + (size_t)i * kvd, hp->n_kv_heads, hd, i, hp->rope_base);
+		}
+		for (uint32_t i = 0; i < n; i++)
+			for (uint32_t h = 0; h < hp->n_heads; h++) {
+				const double *q = Q + (size_t)i * H + h * hd;
+				uint32_t kh = h / grp;
+				double mx = -INFINITY, sum = 0;
+				for (uint32_t t = 0; t <= i; t++) {
+					double s = 0;
+					for (uint32_t d = 0; d < hd; d++)
+						s += q[d] * K[(size_t)t * kvd + kh * hd + d];
+					sc[t] = s / sqrt((double)hd);
+					mx = fmax(mx, sc[t]);
+				}
+				for (uint32_t t = 0; t <= i; t++)
+					sum += (sc[t] = exp(sc[t] - mx));
+				for (uint32_t d = 0; d < hd; d++) {
+					double s = 0;
+					for (uint32_t t = 0; t <= i; t++)
+						s += sc[t] / sum * Vv[(size_t)t * kvd + kh * hd + d];
+					A[(size_t)i * H + h * hd + d] = s;
+				}
+			}
+		for (uint32_t i = 0; i < n; i++) {
+			double *x = X + (size_t)i * H;
+			rmv(&ly->wo, A + (size_t)i * H, o);
+			if (hk && hk->adapter) {
+				double hin[512];
+				memcpy(hin, o, H * sizeof(double));
+				low_rank_d(hk->dw, hk->uw, H, BOT, H, hin, o, adapter_scale(l, 0), true);
+			}
+			for (uint32_t c = 0; c < H; c++)
+				x[c] += o[c];
+			rrms(x, ly->ffn_norm, xn, H, hp->rms_eps);
+			rmv(&ly->gate, xn, g);
+			rmv(&ly->up, xn, u);
+			for (uint32_t c = 0; c < F; c++)
+				g[c] = g[c] / (1.0 + exp(-g[c])) * u[c];
+			rmv(&ly->down, g, o);
+			if (hk && hk->adapter) {
+				double hin[512];
+				memcpy(hin, o, H * sizeof(double));
+				low_rank_d(hk->dw, hk->uw, H, BOT, H, hin, o, adapter_scale(l, 1), true);
+			}
+			for (uint32_t c = 0; c < H; c++)
+				x[c] += o[c];
+		}
+		memcpy(resid + (size_t)(l + 1) * H, X + (size_t)(n - 1) * H, H * sizeof(double));
+	}
+	rrms(X + (size_t)(n - 1) * H, r->out_norm, f, H, hp->rms_eps);
+	rmv(&r->out, f, logits);
+	free(X), free(Q), free(K), free(Vv), free(xn), free(o), free(A), free(g), free(u);
+	free(sc);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static struct spa_model *load(const char *path)
+{
+	struct spa_model *m = NULL;
+	struct spa_errbuf err = {{0}};
+	int rc = spa_model_load(&m, path, false, &err);
+	cr_assert_eq(rc, 0, "load %s: %s", path, err.msg);
+	return m;
+}
+
+static void rand_tokens(int32_t *t, uint32_t n, uint32_t V, uint64_t seed)
+{
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
+	for (uint32_t i = 0; i < n; i++)
+		t[i] = (int32_t)(spa_rng_next(&r) % V);
+}
+
+/* Relative to the logit scale: max |a - b| / max(1, max |b|). */
+static double rel_diff(const float *a, const double *b, uint32_t n)
+{
+	double md = 0, mb = 1;
+	for (uint32_t i = 0; i < n; i++) {
+		md = fmax(md, fabs(a[i] - b[i]));
+		mb = fmax(mb, fabs(b[i]));
+	}
+	return md / mb;
+}
+
+/* Float engine vs double reference, over 4 F32 blocks: observed ~1e-6; allow 1e-4. */
+#define TOL_F32 1e-4
+/* F16 weights: the kernels may round activations to f16 for the dot products. */
+#define TOL_F16 1e-2
+
+/* Run toks through the engine in batches of `chunk` (a last smaller one allowed), comparing
+ * logits, resid and f with the reference after every call. Returns the worst relative diff. */
+static double run_vs_ref(const char *path, const int32_t *toks, uint32_t n, uint32_t chunk,
+			 struct hookp *hk, double tol)
+{
+	struct spa_model *m = load(path);
+	struct ref r;
+	ref_load(&r, path);
+	const uint32_t H = m->hp.n_embd, V = m->hp.n_vocab, L = m->hp.n_layers;
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 64, chunk, NULL), 0);
+	struct spa_engine_hooks hooks = {
+		.ctx = hk,
+		.lora = hk && hk->lora ? lora_hook : NULL,
+		.adapter = hk && hk->adapter ? adapter_hook : NULL,
+	};
+	float *lg = malloc(V * sizeof(float));
+	double *rl = malloc(V * sizeof(double)), *rr = malloc((L + 1) * H * sizeof(double));
+	double *rf = malloc(H * sizeof(double));
+	double worst = 0;
+	for (uint32_t i = 0; i < n;) {
+		uint32_t c = n - i < chunk ? n - i : chunk;
+		cr_assert_eq(spa_engine_forward(e, toks + i, c, hk ? &hooks : NULL), 0);
+		i += c;
+		cr_assert_eq(spa_engine_pos(e), i);
+		spa_engine_logits(e, spa_engine_final(e), lg);
+		ref_forward(&r, toks, i, hk, rl, rr, rf);
+		double d = rel_diff(lg, rl, V);
+		cr_assert_lt(d, tol, "logits after %u tokens: relative diff %g", i, d);
+		cr_assert_lt(rel_diff(spa_engine_resid(e), rr, (L + 1) * H), tol, "resid at %u", i);
+		cr_assert_lt(rel_diff(spa_engine_final(e), rf, H), tol, "final at %u", i);
+		worst = fmax(worst, d);
+	}
+	free(lg), free(rl), free(rr), free(rf);
+	spa_engine_destroy(e);
+	spa_model_destroy(m);
+	ref_free(&r);
+	return worst;
+}
+
+/* Copy a GGUF file with one change. */
+struct edit {
+	const char *drop_tensor;   /* leave this tensor out */
+	const char *swap_tensor;   /* write this 2-D tensor with ne0 and ne1 exchanged */
+	const char *drop_kv;       /* leave this key out */
+	const char *u32_key;       /* then set this key ... */
+	uint32_t u32_val;
+	const char *str_key;
+	const char *str_val;
+};
+
+static void rewrite(const char *src, const char *dst, const struct edit *ed)
+{
+	struct spa_gguf *g = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gguf_open(&g, src, &err), 0, "%s", err.msg);
+	void *data = NULL;
+	size_t size = 0;
+	cr_assert_eq(spa_gguf_load_data(g, &data, &size, false, &err), 0, "%s", err.msg);
+	struct spa_gguf_writer *w = NULL;
+	cr_assert_eq(spa_gguf_writer_create(&w), 0);
+	for (uint64_t i = 0; i < g->n_kv; i++) {
+		const char *k = g->kv[i].key.data;
+		if ((ed->drop_kv && !strcmp(k, ed->drop_kv)) || (ed->u32_key && !strcmp(k, ed->u32_key)) ||
+		    (ed->str_key && !strcmp(k, ed->str_key)))
+			continue;
+		cr_assert_eq(spa_gguf_writer_copy_kv(w, &g->kv[i]), 0);
+	}
+	if (ed->u32_key)
+		cr_assert_eq(spa_gguf_writer_set_u32(w, ed->u32_key, ed->u32_val), 0);
+	if (ed->str_key)
+		cr_assert_eq(spa_gguf_writer_set_str(w, ed->str_key, ed->str_val), 0);
+	for (uint64_t i = 0; i < g->n_tensors; i++) {
+		const struct spa_gguf_tensor *t = &g->tensors[i];
+		if (ed->drop_tensor && !strcmp(t->name.data, ed->drop_tensor))
+			continue;
+		uint64_t ne[4] = { t->ne[0], t->ne[1], t->ne[2], t->ne[3] };
+		if (ed->swap_tensor && !strcmp(t->name.data, ed->swap_tensor)) {
+			ne[0] = t->ne[1];
+			ne[1] = t->ne[0];
+		}
+		cr_assert_eq(spa_gguf_writer_add_tensor(w, t->name.data, t->type, t->n_dims, ne,
+							(const uint8_t *)data + t->offset), 0);
+	}
+	cr_assert_eq(spa_gguf_writer_write(w, dst, false, &err), 0, "%s", err.msg);
+	spa_gguf_writer_destroy(w);
+	free(data);
+	spa_gguf_close(g);
+}
+
+/* spa_model_check on a file; returns its code, message in err. */
+static int check_file(const char *path, struct spa_errbuf *err)
+{
+	struct spa_gguf *g = NULL;
+	cr_assert_eq(spa_gguf_open(&g, path, err), 0, "%s", err->msg);
+	struct spa_hparams hp;
+	int rc = spa_model_check(g, &hp, err);
+	spa_gguf_close(g);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- model */
+
+Test(engine, model_loads_tiny_with_its_metadata)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	struct spa_hparams want;
+	cr_assert_eq(spa_gen_shape("tiny", &want), 0);
+	const struct spa_hparams *hp = &m->hp;
+	cr_assert_eq(hp->n_layers, want.n_layers);
+	cr_assert_eq(hp->n_embd, want.n_embd);
+	cr_assert_eq(hp->n_ff, want.n_ff);
+	cr_assert_eq(hp->n_heads, want.n_heads);
+	cr_assert_eq(hp->n_kv_heads, want.n_kv_heads);
+	cr_assert_eq(hp->head_dim, want.n_embd / want.n_heads);
+	cr_assert_eq(hp->n_vocab, want.n_vocab);
+	cr_assert_eq(hp->n_ctx, want.n_ctx);
+	cr_assert_float_eq(hp->rms_eps, 1e-5f, 1e-12);
+	cr_assert_float_eq(hp->rope_base, 10000.0f, 1e-3);
+	cr_assert_eq(m->wtype, SPA_TYPE_F32);
+	cr_assert(!m->tied);
+	cr_assert_eq(spa_tokenizer_n_vocab(m->tok), hp->n_vocab);
+	/* n_params = every tensor's elements */
+	uint64_t H = hp->n_embd, F = hp->n_ff, KV = (uint64_t)hp->n_kv_heads * hp->head_dim;
+	uint64_t want_params = 2 * H * hp->n_vocab + H +
+			       hp->n_layers * (2 * H + 2 * H * H + 2 * H * KV + 3 * H * F);
+	cr_assert_eq(m->n_params, want_params);
+	/* the data pointers land on the file's tensors */
+	struct spa_gguf *g = m->gguf;
+	const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, "blk.3.ffn_down.weight");
+	float probe[16];
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gguf_pread(g, t->offset + 4 * 100, probe, sizeof probe, &err), 0);
+	cr_assert_eq(memcmp(probe, (const float *)m->layers[3].w_down.data + 100, sizeof probe), 0);
+	cr_assert_eq(m->layers[3].w_down.cols, F);
+	cr_assert_eq(m->layers[3].w_down.rows, H);
+	cr_assert_eq(m->layers[1].wk.rows, KV);
+	spa_model_destroy(m);
+	spa_model_destroy(NULL);
+}
+
+Test(engine, check_refuses_a_missing_tensor)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/m.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path, &(struct edit){ .drop_tensor = "blk.2.ffn_up.weight" });
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "'blk.2.ffn_up.weight' is missing"), "%s", err.msg);
+	struct spa_model *m = (void *)1;
+	cr_assert_eq(spa_model_load(&m, path, false, &err), -SPA_EMODEL);
+	cr_assert_null(m);
+}
+
+Test(engine, check_refuses_a_wrong_shape)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/m.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path, &(struct edit){ .swap_tensor = "blk.3.attn_k.weight" });
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "tensor 'blk.3.attn_k.weight' has shape [64, 128], expected "
+			 "[128, 64]"), "%s", err.msg);
+}
+
+Test(engine, check_refuses_bad_metadata)
+{
+	const char *dir = tu_tmpdir();
+	char path[256];
+	struct spa_errbuf err = {{0}};
+	snprintf(path, sizeof path, "%s/a.gguf", dir);
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .str_key = "general.architecture", .str_val = "gpt2" });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "'gpt2'"), "%s", err.msg);
+
+	snprintf(path, sizeof path, "%s/b.gguf", dir);
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .u32_key = "llama.attention.head_count", .u32_val = 3 });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "not divisible"), "%s", err.msg);
+
+	snprintf(path, sizeof path, "%s/c.gguf", dir);
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .u32_key = "llama.attention.head_count_kv", .u32_val = 3 });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "KV head"), "%s", err.msg);
+
+	snprintf(path, sizeof path, "%s/d.gguf", dir);
+	rewrite(tu_tiny_model(), path, &(struct edit){ .drop_kv = "llama.block_count" });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "llama.block_count"), "%s", err.msg);
+
+	/* more blocks promised than present: the first missing one is named */
+	snprintf(path, sizeof path, "%s/e.gguf", dir);
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .u32_key = "llama.block_count", .u32_val = 5 });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "'blk.4.attn_norm.weight' is missing"), "%s", err.msg);
+
+	/* a vocabulary size that disagrees with the tensors */
+	snprintf(path, sizeof path, "%s/f.gguf", dir);
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .u32_key = "llama.vocab_size", .u32_val = 1000 });
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "token_embd.weight"), "%s", err.msg);
+}
+
+Test(engine, fingerprint_is_stable_and_tells_models_apart)
+{
+	struct spa_model *a = load(tu_tiny_model()), *b = load(tu_tiny_model());
+	cr_assert_eq(strlen(a->fingerprint), 16);
+	for (int i = 0; i < 16; i++)
+		cr_assert(strchr("0123456789abcdef", a->fingerprint[i]));
+	cr_assert_str_eq(a->fingerprint, b->fingerprint);
+	char fp[17];
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_model_fingerprint(a->gguf, fp, &err), 0);
+	cr_assert_str_eq(fp, a->fingerprint);
+
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	char path[256];
+	snprintf(path, sizeof path, "%s/seed3.gguf", tu_tmpdir());
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_F32, 3, path, false, &err), 0, "%s", err.msg);
+	struct spa_model *c = load(path);
+	cr_assert_str_neq(c->fingerprint, a->fingerprint);
+	spa_model_destroy(a), spa_model_destroy(b), spa_model_destroy(c);
+}
+
+/* ---------------------------------------------------------------- engine vs reference */
+
+Test(engine, token_by_token_matches_reference)
+{
+	int32_t toks[10];
+	rand_tokens(toks, 10, 1024, 7);
+	toks[0] = 1;
+	double d = run_vs_ref(tu_tiny_model(), toks, 10, 1, NULL, TOL_F32);
+	cr_log_info("token by token: worst relative logit diff %g", d);
+}
+
+Test(engine, batch_then_decode_matches_reference)
+{
+	int32_t toks[12];
+	rand_tokens(toks, 12, 1024, 8);
+	/* batches of 7, then 5 (the engine's max_batch is 7) */
+	run_vs_ref(tu_tiny_model(), toks, 12, 7, NULL, TOL_F32);
+	/* prefill 7, then token by token */
+	struct spa_model *m = load(tu_tiny_model());
+	struct ref r;
+	ref_load(&r, tu_tiny_model());
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 32, 7, NULL), 0);
+	float lg[1024];
+	double rl[1024], rr[5 * 128], rf[128];
+	cr_assert_eq(spa_engine_forward(e, toks, 7, NULL), 0);
+	for (uint32_t i = 7; i <= 12; i++) {
+		if (i > 7)
+			cr_assert_eq(spa_engine_forward(e, toks + i - 1, 1, NULL), 0);
+		spa_engine_logits(e, spa_engine_final(e), lg);
+		ref_forward(&r, toks, i, NULL, rl, rr, rf);
+		cr_assert_lt(rel_diff(lg, rl, 1024), TOL_F32, "after %u tokens", i);
+	}
+	spa_engine_destroy(e);
+	spa_model_destroy(m);
+	ref_free(&r);
+}
+
+Test(engine, tied_output_uses_the_embedding)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/tied.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path, &(struct edit){ .drop_tensor = "output.weight" });
+	struct spa_model *m = load(path);
+	cr_assert(m->tied);
+	cr_assert_eq(m->output.data, m->tok_embd.data);
+	spa_model_destroy(m);
+	int32_t toks[5] = { 1, 500, 77, 1023, 3 };
+	run_vs_ref(path, toks, 5, 2, NULL, TOL_F32);
+}
+
+static void run_bits(const struct spa_model *m, struct spa_pool *pool, const int32_t *toks,
+		     const uint32_t *chunks, uint32_t n_chunks, float *logits, float *resid,
+		     float *f)
+{
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 40, 16, pool), 0);
+	uint32_t at = 0;
+	for (uint32_t c = 0; c < n_chunks; c++) {
+		cr_assert_eq(spa_engine_forward(e, toks + at, chunks[c], NULL), 0);
+		at += chunks[c];
+	}
+	spa_engine_logits(e, spa_engine_final(e), logits);
+	memcpy(resid, spa_engine_resid(e), (m->hp.n_layers + 1) * m->hp.n_embd * sizeof(float));
+	memcpy(f, spa_engine_final(e), m->hp.n_embd * sizeof(float));
+	spa_engine_destroy(e);
+}
+
+Test(engine, batched_prefill_equals_token_by_token_bit_for_bit)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	const uint32_t V = m->hp.n_vocab, RS = (m->hp.n_layers + 1) * m->hp.n_embd;
+	int32_t toks[23];
+	rand_tokens(toks, 23, V, 9);
+	const uint32_t ones[23] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+				    1, 1, 1 };
+	const uint32_t mixed[] = { 13, 1, 9 }, mixed2[] = { 16, 7 }, mixed3[] = { 3, 11, 1, 1, 7 };
+	float l1[1024], l2[1024], f1[128], f2[128];
+	float *r1 = malloc(RS * sizeof(float)), *r2 = malloc(RS * sizeof(float));
+	run_bits(m, NULL, toks, ones, 23, l1, r1, f1);
+	const uint32_t *plans[] = { mixed, mixed2, mixed3 };
+	const uint32_t n_plans[] = { 3, 2, 5 };
+	for (int p = 0; p < 3; p++) {
+		run_bits(m, NULL, toks, plans[p], n_plans[p], l2, r2, f2);
+		cr_assert_eq(memcmp(l1, l2, sizeof l1), 0, "logits, plan %d", p);
+		cr_assert_eq(memcmp(r1, r2, RS * sizeof(float)), 0, "resid, plan %d", p);
+		cr_assert_eq(memcmp(f1, f2, sizeof f1), 0, "final, plan %d", p);
+	}
+	free(r1), free(r2);
+	spa_model_destroy(m);
+}
+
+Test(engine, thread_counts_give_identical_bits)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	const uint32_t RS = (m->hp.n_layers + 1) * m->hp.n_embd;
+	int32_t toks[19];
+	rand_tokens(toks, 19, m->hp.n_vocab, 10);
+	const uint32_t plan[] = { 15, 1, 1, 1, 1 };
+	float l[3][1024], f[3][128];
+	float *r[3];
+	struct spa_pool *p1 = NULL, *p2 = NULL;
+	cr_assert_eq(spa_pool_create(&p1, 1, NULL), 0);
+	cr_assert_eq(spa_pool_create(&p2, 2, NULL), 0);
+	struct spa_pool *pools[3] = { NULL, p1, p2 };
+	for (int i = 0; i < 3; i++) {
+		r[i] = malloc(RS * sizeof(float));
+		run_bits(m, pools[i], toks, plan, 5, l[i], r[i], f[i]);
+	}
+	for (int i = 1; i < 3; i++) {
+		cr_assert_eq(memcmp(l[0], l[i], sizeof l[0]), 0, "logits, pool %d", i);
+		cr_assert_eq(memcmp(r[0], r[i], RS * sizeof(float)), 0, "resid, pool %d", i);
+		cr_assert_eq(memcmp(f[0], f[i], sizeof f[0]), 0, "final, pool %d", i);
+	}
+	for (int i = 0; i < 3; i++)
+		free(r[i]);
+	spa_pool_destroy(p1);
+	spa_pool_destroy(p2);
+	spa_model_destroy(m);
+}
+
+Test(engine, resid_starts_with_the_embedding_and_final_is_its_rmsnorm)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	const uint32_t H = m->hp.n_embd, L = m->hp.n_layers;
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 16, 4, NULL), 0);
+	const int32_t toks[6] = { 5, 900, 1023, 0, 42, 17 };
+	cr_assert_eq(spa_engine_forward(e, toks, 4, NULL), 0);
+	cr_assert_eq(spa_engine_forward(e, toks + 4, 2, NULL), 0);
+	const float *res = spa_engine_resid(e);
+	/* e of the last position: row 17 of token_embd, exactly */
+	cr_assert_eq(memcmp(res, (const float *)m->tok_embd.data + 17 * H, H * sizeof(float)), 0);
+	/* f = RMSNorm_final(y_{L-1}) */
+	double ss = 0;
+	for (uint32_t i = 0; i < H; i++)
+		ss += (double)res[L * H + i] * res[L * H + i];
+	double k = 1.0 / sqrt(ss / H + m->hp.rms_eps);
+	const float *f = spa_engine_final(e);
+	for (uint32_t i = 0; i < H; i++)
+		cr_assert_float_eq(f[i], res[L * H + i] * k * m->output_norm[i],
+				   1e-5 * (1 + fabs(f[i])), "f[%u]", i);
+	/* blocks change the stream */
+	cr_assert_neq(memcmp(res, res + H, H * sizeof(float)), 0);
+	spa_engine_destroy(e);
+	spa_model_destroy(m);
+}
+
+Test(engine, lora_hook_matches_reference)
+{
+	struct hookp hk;
+	hookp_init(&hk, 128, 64);
+	hk.lora = true;
+	int32_t toks[9];
+	rand_tokens(toks, 9, 1024, 21);
+	run_vs_ref(tu_tiny_model(), toks, 9, 4, &hk, TOL_F32);
+	cr_assert_eq(hk.n_lora_calls, 3 * 4, "one call per block per forward");
+	cr_assert_eq(hk.last_n_tok, 1);
+	/* the deltas matter: without them the reference differs */
+	struct ref r;
+	ref_load(&r, tu_tiny_model());
+	double a[1024], b[1024], rr[5 * 128], rf[128];
+	ref_forward(&r, toks, 9, &hk, a, rr, rf);
+	ref_forward(&r, toks, 9, NULL, b, rr, rf);
+	double md = 0;
+	for (int i = 0; i < 1024; i++)
+		md = fmax(md, fabs(a[i] - b[i]));
+	cr_assert_gt(md, 1e-2);
+	ref_free(&r);
+	hookp_fini(&hk);
+}
+
+Test(engine, adapter_hook_matches_reference)
+{
+	struct hookp hk;
+	hookp_init(&hk, 128, 64);
+	hk.adapter = true;
+	int32_t toks[8];
+	rand_tokens(toks, 8, 1024, 22);
+	run_vs_ref(tu_tiny_model(), toks, 8, 3, &hk, TOL_F32);
+	cr_assert_eq(hk.n_adapter_calls, 3 * 4 * 2, "two calls per block per forward");
+	hk.lora = true;
+	hk.n_adapter_calls = 0;
+	run_vs_ref(tu_tiny_model(), toks, 8, 8, &hk, TOL_F32);
+	cr_assert_eq(hk.n_adapter_calls, 4 * 2);
+	hookp_fini(&hk);
+}
+
+Test(engine, hook_error_aborts_the_forward)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	struct hookp hk;
+	hookp_init(&hk, 128, 64);
+	hk.lora = true;
+	hk.fail_layer = 2;
+	struct spa_engine_hooks hooks = { .ctx = &hk, .lora = lora_hook };
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 16, 4, NULL), 0);
+	const int32_t toks[3] = { 1, 2, 3 };
+	cr_assert_eq(spa_engine_forward(e, toks, 3, &hooks), -EIO);
+	cr_assert_eq(hk.n_lora_calls, 3, "stopped at the failing block");
+	cr_assert_eq(spa_engine_pos(e), 0);
+	/* the failed call left nothing behind: the engine still matches a fresh one */
+	float a[1024], b[1024];
+	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
+	spa_engine_logits(e, spa_engine_final(e), a);
+	struct spa_engine *e2 = NULL;
+	cr_assert_eq(spa_engine_create(&e2, m, 16, 4, NULL), 0);
+	cr_assert_eq(spa_engine_forward(e2, toks, 3, NULL), 0);
+	spa_engine_logits(e2, spa_engine_final(e2), b);
+	cr_assert_eq(memcmp(a, b, sizeof a), 0);
+	spa_engine_destroy(e);
+	spa_engine_destroy(e2);
+	hookp_fini(&hk);
+	spa_model_destroy(m);
+}
+
+Test(engine, refuses_bad_calls_without_harm)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 5, 6, NULL), -SPA_EUSAGE, "batch above context");
+	cr_assert_null(e);
+	cr_assert_eq(spa_engine_create(&e, m, 0, 1, NULL), -SPA_EUSAGE);
+	cr_assert_eq(spa_engine_create(&e, m, 5, 0, NULL), -SPA_EUSAGE);
+	cr_assert_eq(spa_engine_create(&e, m, 5, 3, NULL), 0);
+	const int32_t toks[6] = { 1, 2, 3, 4, 5, 6 };
+	cr_assert_eq(spa_engine_forward(e, toks, 4, NULL), -SPA_EUSAGE, "batch too big");
+	cr_assert_eq(spa_engine_forward(e, toks, 0, NULL), -SPA_EUSAGE, "empty batch");
+	cr_assert_eq(spa_engine_forward(e, NULL, 1, NULL), -SPA_EUSAGE);
+	const int32_t bad[3][2] = { { 1, -1 }, { 1024, 2 }, { 3, INT32_MAX } };
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(spa_engine_forward(e, bad[i], 2, NULL), -SPA_EUSAGE, "token %d", i);
+	cr_assert_eq(spa_engine_pos(e), 0);
+	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
+	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), -SPA_EUSAGE, "cache full");
+	cr_assert_eq(spa_engine_pos(e), 3);
+	cr_assert_eq(spa_engine_forward(e, toks, 2, NULL), 0);
+	cr_assert_eq(spa_engine_pos(e), 5);
+	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), -SPA_EUSAGE, "cache full");
+	/* reset: the same tokens give the same bits again */
+	float a[1024], b[1024];
+	spa_engine_logits(e, spa_engine_final(e), a);
+	spa_engine_reset(e);
+	cr_assert_eq(spa_engine_pos(e), 0);
+	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
+	cr_assert_eq(spa_engine_forward(e, toks, 2, NULL), 0);
+	spa_engine_logits(e, spa_engine_final(e), b);
+	cr_assert_eq(memcmp(a, b, sizeof a), 0);
+	spa_engine_destroy(e);
+	spa_engine_destroy(NULL);
+	spa_model_destroy(m);
+}
+
+Test(engine, f16_model_agrees_with_its_reference)
+{
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	char path[256];
+	struct spa_errbuf err = {{0}};
+	snprintf(path, sizeof path, "%s/f16.gguf", tu_tmpdir());
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_F16, 1, path, false, &err), 0, "%s", err.msg);
+	struct spa_model *m = load(path);
+	cr_assert_eq(m->wtype, SPA_TYPE_F16);
+	cr_assert_eq(m->layers[0].wq.type, SPA_TYPE_F16);
+	spa_model_destroy(m);
+	int32_t toks[7];
+	rand_tokens(toks, 7, hp.n_vocab, 23);
+	double d = run_vs_ref(path, toks, 7, 3, NULL, TOL_F16);
+	cr_log_info("f16: worst relative logit diff %g", d);
+}

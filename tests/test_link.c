@@ -1,1 +1,961 @@
-/* placeholder: being written */
+/* Links over shm and tcp (runtime/link.c, drivers/shm, drivers/tcp). The cloud side runs in
+ * the test process, the edge in a forked child; each test uses names and ports unique to its
+ * process. A child reports failure through its exit status (it never returns into Criterion). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "spa/drv/link.h"
+#include "spa/link.h"
+
+#define SEC 1000000000ll
+#define HDR SPA_WIRE_HDR_SIZE
+#define BIG (3u << 20)
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static uint64_t xs(uint64_t *s)
+{
+	*s ^= *s >> 12;
+	*s ^= *s << 25;
+	*s ^= *s >> 27;
+	return *s * 2685821657736338717ull;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t seed)
+{
+	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t v = xs(&s);
+		memcpy(p + i, &v, 8);
+	}
+	for (; i < n; i++)
+		p[i] = (uint8_t)xs(&s);
+}
+
+struct srv {
+	struct spa_listener *lst;
+	char uri[128];
+};
+
+static int uri_counter;
+
+/* Listen on a fresh shm name or tcp port (retrying ports that are taken). */
+static void srv_start(struct srv *s, const char *scheme, const struct spa_link_opts *o)
+{
+	struct spa_errbuf e = { "" };
+	int rc = -1;
+	for (int t = 0; t < 50; t++) {
+		int n = uri_counter++;
+		if (!strcmp(scheme, "shm")) {
+			snprintf(s->uri, sizeof s->uri, "shm:/test-%d-%d", (int)getpid(), n);
+		} else {
+			unsigned port = 20000 + ((unsigned)getpid() * 131u + (unsigned)n * 7919u +
+						 (unsigned)t * 104729u) % 40000u;
+			snprintf(s->uri, sizeof s->uri, "tcp://127.0.0.1:%u", port);
+		}
+		rc = spa_link_listen(&s->lst, s->uri, o, &e);
+		if (rc != -EADDRINUSE)
+			break;
+	}
+	cr_assert_eq(rc, 0, "listen %s: %s", s->uri, e.msg);
+}
+
+static struct spa_link *srv_accept(struct srv *s)
+{
+	struct spa_link *l = NULL;
+	struct spa_errbuf e = { "" };
+	int rc = spa_link_accept(s->lst, &l, 20 * SEC, &e);
+	cr_assert_eq(rc, 0, "accept %s: %d %s", s->uri, rc, e.msg);
+	cr_assert_str_eq(spa_link_scheme(l), !strncmp(s->uri, "shm", 3) ? "shm" : "tcp");
+	return l;
+}
+
+typedef int (*child_fn)(const char *uri, void *arg);
+
+static pid_t spawn(child_fn fn, const char *uri, void *arg)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(fn(uri, arg));
+	return pid;
+}
+
+/* Exit status of a child, or 1000 + signal. */
+static int reap(pid_t pid)
+{
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
+}
+
+static struct spa_link *edge_connect(const char *uri, const struct spa_link_opts *o)
+{
+	struct spa_link *l = NULL;
+	struct spa_errbuf e = { "" };
+	int rc = spa_link_connect(&l, uri, o, 20 * SEC, &e);
+	if (rc) {
+		fprintf(stderr, "child: connect %s: %s\n", uri, e.msg);
+		return NULL;
+	}
+	return l;
+}
+
+/* Wait until the cloud closes (the edge then sees -SPA_ECLOSED). */
+static int edge_wait_close(struct spa_link *l)
+{
+	uint8_t b[64];
+	struct spa_msg m;
+	int rc = spa_link_recv(l, &m, b, sizeof b, 20 * SEC);
+	spa_link_destroy(l);
+	return rc == -SPA_ECLOSED ? 0 : 50;
+}
+
+/* Build one raw frame (valid CRC unless the caller damages it afterwards). */
+static size_t mk_frame(uint8_t *out, struct spa_wire_hdr h, const void *payload)
+{
+	h.crc = 0;
+	spa_wire_hdr_encode(&h, out);
+	h.crc = spa_wire_frame_crc(out, payload, h.payload_len);
+	spa_wire_hdr_encode(&h, out);
+	memcpy(out + HDR, payload, h.payload_len);
+	return HDR + h.payload_len;
+}
+
+static struct spa_wire_hdr hdr_tmpl(uint32_t seq, uint32_t len)
+{
+	return (struct spa_wire_hdr){ .magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION,
+				      .type = SPA_MSG_TAPS, .dtype = SPA_WIRE_F32, .seq = seq,
+				      .n_rows = 1, .payload_len = len, .msg_len = len };
+}
+
+static int raw_send(struct spa_link *l, const void *frame, size_t len)
+{
+	struct spa_link_base *b = spa_link_driver_base(l);
+	struct iovec iov = { (void *)frame, len };
+	return b->drv->send_frame(b, &iov, 1);
+}
+
+/* ---- round trip ------------------------------------------------------------------------ */
+
+#define N_MSG 24
+
+static size_t msg_size(int i, size_t max_payload)
+{
+	static const int64_t fixed[] = { 0, 1, 7, 55, 56, 57, 63, 64, 65, 4093 };
+	const int nf = sizeof fixed / sizeof fixed[0];
+	if (i < nf)
+		return (size_t)fixed[i];
+	switch (i) {
+	case 10: return max_payload - 1;
+	case 11: return max_payload;
+	case 12: return max_payload + 1;
+	case 13: return 2 * max_payload;
+	case 14: return BIG;
+	case 15: return BIG - 1;
+	}
+	uint64_t s = (uint64_t)i * 1234567 + 89;
+	return (size_t)(xs(&s) % (i & 1 ? BIG + 1 : 70000));
+}
+
+/* Edge: echo every message back as SIDE_OUT with the same fields, until BYE. */
+static int echo_child(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	uint8_t *buf = malloc(BIG);
+	for (;;) {
+		struct spa_msg m;
+		int rc = spa_link_recv(l, &m, buf, BIG, 20 * SEC);
+		if (rc) {
+			fprintf(stderr, "child: recv: %s\n", spa_link_error(l));
+			return 11;
+		}
+		if (m.type == SPA_MSG_BYE)
+			break;
+		struct spa_msg r = m;
+		r.type = SPA_MSG_SIDE_OUT;
+		if (spa_link_send(l, &r, m.payload, m.len)) {
+			fprintf(stderr, "child: send: %s\n", spa_link_error(l));
+			return 12;
+		}
+	}
+	const struct spa_link_stats *st = spa_link_stats(l);
+	int bad = st->msgs_rx != N_MSG + 1 || st->msgs_tx != N_MSG || st->bad_frames;
+	spa_link_destroy(l);
+	free(buf);
+	return bad ? 13 : 0;
+}
+
+static void round_trip(const char *scheme)
+{
+	struct srv s;
+	srv_start(&s, scheme, NULL);
+	pid_t child = spawn(echo_child, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	size_t maxp = spa_link_driver_base(l)->drv->max_frame - HDR;
+	uint8_t *out = malloc(BIG), *in = malloc(BIG);
+	uint64_t frames = 0, bytes = 0;
+	for (int i = 0; i < N_MSG; i++) {
+		size_t n = msg_size(i, maxp);
+		fill(out, n, (uint64_t)i);
+		struct spa_msg m = { .type = SPA_MSG_TAPS, .dtype = SPA_WIRE_F32, .pos = (uint32_t)i,
+				     .layer = (uint16_t)(i * 3), .n_rows = (uint16_t)(i + 1),
+				     .aux = 0xabc00000u + (uint32_t)i };
+		cr_assert_eq(spa_link_send(l, &m, out, n), 0, "%s", spa_link_error(l));
+		struct spa_msg r;
+		memset(in, 0xee, n + 1 <= BIG ? n + 1 : BIG);
+		int64_t t0 = spa_now_ns();
+		cr_assert_eq(spa_link_recv(l, &r, in, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
+		cr_assert_eq(r.type, SPA_MSG_SIDE_OUT);
+		cr_assert_eq(r.dtype, SPA_WIRE_F32);
+		cr_assert_eq(r.seq, (uint32_t)i, "replies arrive in order");
+		cr_assert_eq(r.pos, (uint32_t)i);
+		cr_assert_eq(r.layer, i * 3);
+		cr_assert_eq(r.n_rows, i + 1);
+		cr_assert_eq(r.aux, 0xabc00000u + (uint32_t)i);
+		cr_assert_eq(r.len, n, "message %d: %u bytes back, sent %zu", i, r.len, n);
+		cr_assert(r.payload == in);
+		cr_assert_eq(memcmp(in, out, n), 0, "message %d (%zu bytes) corrupted", i, n);
+		if (n < BIG)
+			cr_assert_eq(in[n], 0xee, "wrote past the message");
+		cr_assert_leq((int64_t)r.tx_ns, spa_now_ns());
+		cr_assert_geq((int64_t)r.tx_ns, t0 - 20 * SEC);
+		frames += n ? (n + maxp - 1) / maxp : 1;
+		bytes += n;
+	}
+	struct spa_msg bye = { .type = SPA_MSG_BYE };
+	cr_assert_eq(spa_link_send(l, &bye, NULL, 0), 0);
+	cr_assert_eq(reap(child), 0, "edge side failed");
+
+	const struct spa_link_stats *st = spa_link_stats(l);
+	cr_assert_eq(st->msgs_tx, N_MSG + 1);
+	cr_assert_eq(st->msgs_rx, N_MSG);
+	cr_assert_eq(st->frames_tx, frames + 1);
+	cr_assert_eq(st->frames_rx, frames);
+	cr_assert_eq(st->bytes_tx, (frames + 1) * HDR + bytes);
+	cr_assert_eq(st->bytes_rx, frames * HDR + bytes);
+	cr_assert_eq(st->copied_rx, bytes, "each payload byte is copied once on receive");
+	cr_assert_eq(st->bad_frames, 0);
+	cr_assert_str_eq(spa_link_error(l), "");
+
+	/* the edge is gone: the next receive says so, and keeps saying so */
+	struct spa_msg r;
+	cr_assert_eq(spa_link_recv(l, &r, in, BIG, 5 * SEC), -SPA_ECLOSED);
+	cr_assert(strstr(spa_link_error(l), "closed"), "%s", spa_link_error(l));
+	cr_assert_eq(spa_link_recv(l, &r, in, BIG, 5 * SEC), -SPA_ECLOSED);
+	cr_assert_eq(spa_link_send(l, &bye, NULL, 0), -SPA_ECLOSED);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(out);
+	free(in);
+}
+
+Test(link, shm_messages_of_random_sizes_round_trip_in_order, .timeout = 60)
+{
+	round_trip("shm");
+}
+
+Test(link, tcp_messages_of_random_sizes_round_trip_in_order, .timeout = 60)
+{
+	round_trip("tcp");
+}
+
+/* ---- bad frames ------------------------------------------------------------------------ */
+
+enum bad_case {
+	BAD_CRC, BAD_MAGIC, BAD_VERSION, BAD_TYPE, BAD_PAYLOAD_LEN, BAD_SEQ_GAP, BAD_FRAG_GAP,
+	BAD_FRAG_OVERLAP, BAD_FRAG_MSGLEN, BAD_FRAG_FIRST, BAD_SESSION, BAD_TOOBIG, BAD_MAXMSG,
+	BAD_TRUNC_SHORT, BAD_TRUNC_PAYLOAD, /* shm only: the rest of a stream carries on */
+	BAD_END
+};
+
+static const struct {
+	int code;
+	const char *word;
+} bad_expect[BAD_END] = {
+	[BAD_CRC] = { -SPA_ECRC, "CRC32C" },
+	[BAD_MAGIC] = { -SPA_EPROTO, "magic" },
+	[BAD_VERSION] = { -SPA_EPROTO, "version" },
+	[BAD_TYPE] = { -SPA_EPROTO, "unknown message type" },
+	[BAD_PAYLOAD_LEN] = { -SPA_EPROTO, "payload bytes" },
+	[BAD_SEQ_GAP] = { -SPA_EPROTO, "sequence number 2, expected 1" },
+	[BAD_FRAG_GAP] = { -SPA_EPROTO, "gap" },
+	[BAD_FRAG_OVERLAP] = { -SPA_EPROTO, "overlaps" },
+	[BAD_FRAG_MSGLEN] = { -SPA_EPROTO, "disagrees" },
+	[BAD_FRAG_FIRST] = { -SPA_EPROTO, "first fragment" },
+	[BAD_SESSION] = { -SPA_EPROTO, "session" },
+	[BAD_TOOBIG] = { -SPA_ETOOBIG, "receive buffer" },
+	[BAD_MAXMSG] = { -SPA_ETOOBIG, "limit" },
+	[BAD_TRUNC_SHORT] = { -SPA_EPROTO, "truncated" },
+	[BAD_TRUNC_PAYLOAD] = { -SPA_EPROTO, "truncated" },
+};
+
+#define BAD_CAP 4096
+
+struct case_list {
+	int n;
+	int c[BAD_END];
+};
+
+/* Edge: one session per case, each sending that case's damaged traffic. */
+static int bad_child(const char *uri, void *arg)
+{
+	const struct case_list *cl = arg;
+	static uint8_t f[2 * HDR + 8192], p[8192];
+	fill(p, sizeof p, 99);
+	for (int k = 0; k < cl->n; k++) {
+		int c = cl->c[k];
+		struct spa_link *l = edge_connect(uri, NULL);
+		if (!l)
+			return 10;
+		struct spa_wire_hdr h = hdr_tmpl(0, 200);
+		size_t n;
+		int rc = 0;
+		switch (c) {
+		case BAD_CRC:
+			n = mk_frame(f, h, p);
+			f[HDR + 137] ^= 0x08;
+			rc = raw_send(l, f, n);
+			break;
+		case BAD_MAGIC:
+			h.magic = 0x31415054;
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		case BAD_VERSION:
+			h.version = 2;
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		case BAD_TYPE:
+			h.type = 99;
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		case BAD_PAYLOAD_LEN:
+			/* a header claiming more than a frame can carry (only the header is sent) */
+			h.payload_len = h.msg_len = 2u << 20;
+			spa_wire_hdr_encode(&h, f);
+			rc = raw_send(l, f, HDR);
+			break;
+		case BAD_SEQ_GAP: {
+			struct spa_msg m = { .type = SPA_MSG_TAPS };
+			rc = spa_link_send(l, &m, p, 100);
+			h.seq = 2;
+			if (!rc)
+				rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		}
+		case BAD_FRAG_GAP:
+		case BAD_FRAG_OVERLAP:
+		case BAD_FRAG_MSGLEN:
+			h.msg_len = 300;
+			h.payload_len = 100;
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			h.frag_off = c == BAD_FRAG_GAP ? 200 : c == BAD_FRAG_OVERLAP ? 50 : 100;
+			if (c == BAD_FRAG_MSGLEN)
+				h.msg_len = 400;
+			if (!rc)
+				rc = raw_send(l, f, mk_frame(f, h, p + h.frag_off));
+			break;
+		case BAD_FRAG_FIRST:
+			h.msg_len = 300;
+			h.payload_len = 100;
+			h.frag_off = 100;
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		case BAD_SESSION:
+			h.session = 9; /* before any HELLO_OK named a session */
+			rc = raw_send(l, f, mk_frame(f, h, p));
+			break;
+		case BAD_TOOBIG: {
+			struct spa_msg m = { .type = SPA_MSG_UPLOAD };
+			rc = spa_link_send(l, &m, p, BAD_CAP + 1);
+			break;
+		}
+		case BAD_MAXMSG: {
+			struct spa_msg m = { .type = SPA_MSG_UPLOAD };
+			rc = spa_link_send(l, &m, p, 1000);
+			if (!rc)
+				rc = spa_link_send(l, &m, p, 1001);
+			break;
+		}
+		case BAD_TRUNC_SHORT:
+			mk_frame(f, h, p);
+			rc = raw_send(l, f, 30);
+			break;
+		case BAD_TRUNC_PAYLOAD:
+			mk_frame(f, h, p);
+			rc = raw_send(l, f, HDR + 150);
+			break;
+		}
+		if (rc) {
+			fprintf(stderr, "child: case %d: send failed %d\n", c, rc);
+			return 20 + c;
+		}
+		rc = edge_wait_close(l);
+		if (rc)
+			return 100 + c;
+	}
+	return 0;
+}
+
+static void bad_frames(const char *scheme, const struct case_list *cl,
+		       const struct spa_link_opts *o)
+{
+	struct srv s;
+	srv_start(&s, scheme, o);
+	pid_t child = spawn(bad_child, s.uri, (void *)cl);
+	uint8_t buf[8192];
+	for (int k = 0; k < cl->n; k++) {
+		int c = cl->c[k];
+		struct spa_link *l = srv_accept(&s);
+		struct spa_msg m;
+		int rc;
+		if (c == BAD_SEQ_GAP || c == BAD_MAXMSG) {
+			cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s",
+				     spa_link_error(l));
+			cr_assert_eq(m.len, c == BAD_MAXMSG ? 1000 : 100);
+		}
+		size_t cap = c == BAD_TOOBIG ? BAD_CAP : sizeof buf;
+		rc = spa_link_recv(l, &m, buf, cap, 20 * SEC);
+		cr_assert_eq(rc, bad_expect[c].code, "case %d: got %d (%s), want %d", c, rc,
+			     spa_link_error(l), bad_expect[c].code);
+		cr_assert(strstr(spa_link_error(l), bad_expect[c].word),
+			  "case %d: message \"%s\" lacks \"%s\"", c, spa_link_error(l),
+			  bad_expect[c].word);
+		cr_assert(strstr(spa_link_error(l), s.uri), "message names the link: %s",
+			  spa_link_error(l));
+		cr_assert_eq(spa_link_stats(l)->bad_frames, 1, "case %d", c);
+		/* the link stays failed */
+		cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 0), rc);
+		struct spa_msg hb = { .type = SPA_MSG_HEARTBEAT };
+		cr_assert_eq(spa_link_send(l, &hb, NULL, 0), rc);
+		spa_link_destroy(l);
+	}
+	cr_assert_eq(reap(child), 0, "edge side failed");
+	spa_listener_destroy(s.lst);
+}
+
+static const struct case_list common_cases = {
+	12, { BAD_CRC, BAD_MAGIC, BAD_VERSION, BAD_TYPE, BAD_PAYLOAD_LEN, BAD_SEQ_GAP,
+	      BAD_FRAG_GAP, BAD_FRAG_OVERLAP, BAD_FRAG_MSGLEN, BAD_FRAG_FIRST, BAD_SESSION,
+	      BAD_TOOBIG }
+};
+
+Test(link, shm_bad_frames_are_refused_with_the_right_code, .timeout = 60)
+{
+	bad_frames("shm", &common_cases, NULL);
+	/* frame boundaries are the driver's on shm: a frame can be cut short */
+	static const struct case_list trunc = { 2, { BAD_TRUNC_SHORT, BAD_TRUNC_PAYLOAD } };
+	bad_frames("shm", &trunc, NULL);
+}
+
+Test(link, tcp_bad_frames_are_refused_with_the_right_code, .timeout = 60)
+{
+	bad_frames("tcp", &common_cases, NULL);
+}
+
+Test(link, messages_over_the_max_msg_option_are_refused, .timeout = 30)
+{
+	static const struct case_list one = { 1, { BAD_MAXMSG } };
+	struct spa_link_opts o = { .max_msg = 1000 };
+	bad_frames("shm", &one, &o);
+	bad_frames("tcp", &one, &o);
+}
+
+/* ---- peer death, close, timeouts ------------------------------------------------------- */
+
+/* Edge: send one message, then wait to be killed. */
+static int send_and_hang(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	struct spa_msg m = { .type = SPA_MSG_HEARTBEAT };
+	if (spa_link_send(l, &m, "alive", 5))
+		return 11;
+	for (;;)
+		pause();
+}
+
+static void peer_killed(const char *scheme)
+{
+	struct srv s;
+	srv_start(&s, scheme, NULL);
+	pid_t child = spawn(send_and_hang, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	char buf[64];
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(m.len, 5);
+	cr_assert_eq(memcmp(buf, "alive", 5), 0);
+	kill(child, SIGKILL);
+	/* not reaped yet: a zombie must count as gone too */
+	int64_t t0 = spa_now_ns();
+	int rc = spa_link_recv(l, &m, buf, sizeof buf, 30 * SEC);
+	int64_t dt = spa_now_ns() - t0;
+	cr_assert_eq(rc, -SPA_ECLOSED, "got %d: %s", rc, spa_link_error(l));
+	cr_assert_lt(dt, 3 * SEC, "took %.3f s to notice the dead peer", dt / 1e9);
+	cr_assert_eq(reap(child), 1000 + SIGKILL);
+	/* sending to the dead peer fails the same way */
+	cr_assert_eq(spa_link_send(l, &m, NULL, 0), -SPA_ECLOSED);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+}
+
+Test(link, shm_killed_peer_gives_eclosed_not_a_hang, .timeout = 30)
+{
+	peer_killed("shm");
+}
+
+Test(link, tcp_killed_peer_gives_eclosed_not_a_hang, .timeout = 30)
+{
+	peer_killed("tcp");
+}
+
+/* Edge: send three messages (one fragmented), close cleanly, exit. */
+static int send_three_and_close(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	uint8_t *p = malloc(BIG);
+	fill(p, BIG, 5);
+	for (uint32_t i = 0; i < 3; i++) {
+		struct spa_msg m = { .type = SPA_MSG_SIDE_OUT, .pos = i };
+		if (spa_link_send(l, &m, p, i == 1 ? BIG : 1000 + i))
+			return 11;
+	}
+	spa_link_destroy(l);
+	free(p);
+	return 0;
+}
+
+static void close_delivers_pending(const char *scheme)
+{
+	struct srv s;
+	srv_start(&s, scheme, NULL);
+	pid_t child = spawn(send_three_and_close, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	cr_assert_eq(reap(child), 0); /* the edge is gone before we read anything */
+	uint8_t *p = malloc(BIG), *q = malloc(BIG);
+	fill(p, BIG, 5);
+	for (uint32_t i = 0; i < 3; i++) {
+		struct spa_msg m;
+		cr_assert_eq(spa_link_recv(l, &m, q, BIG, 5 * SEC), 0, "msg %u: %s", i,
+			     spa_link_error(l));
+		cr_assert_eq(m.pos, i);
+		cr_assert_eq(m.len, i == 1 ? BIG : 1000 + i);
+		cr_assert_eq(memcmp(p, q, m.len), 0);
+	}
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, q, BIG, 5 * SEC), -SPA_ECLOSED);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(p);
+	free(q);
+}
+
+Test(link, shm_messages_sent_before_close_are_delivered_then_eclosed, .timeout = 30)
+{
+	close_delivers_pending("shm");
+}
+
+Test(link, tcp_messages_sent_before_close_are_delivered_then_eclosed, .timeout = 30)
+{
+	close_delivers_pending("tcp");
+}
+
+/* Edge: first half of a 2-fragment message, wait for "go", second half, then a whole one. */
+static int half_then_rest(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	static uint8_t f[HDR + 3000], p[3000];
+	fill(p, sizeof p, 17);
+	struct spa_wire_hdr h = hdr_tmpl(0, 1000);
+	h.msg_len = 3000;
+	if (raw_send(l, f, mk_frame(f, h, p)))
+		return 11;
+	struct spa_msg m;
+	char b[16];
+	if (spa_link_recv(l, &m, b, sizeof b, 20 * SEC) || m.type != SPA_MSG_PROMPT)
+		return 12;
+	h.frag_off = 1000;
+	h.payload_len = 2000;
+	if (raw_send(l, f, mk_frame(f, h, p + 1000)))
+		return 13;
+	/* the link's own counter goes on from where the raw frames left it: send a fresh
+	 * message with raw seq 1 */
+	h = hdr_tmpl(1, 10);
+	h.type = SPA_MSG_TOKEN;
+	if (raw_send(l, f, mk_frame(f, h, "0123456789")))
+		return 14;
+	return edge_wait_close(l);
+}
+
+static void timeout_then_works(const char *scheme)
+{
+	struct srv s;
+	srv_start(&s, scheme, NULL);
+	pid_t child = spawn(half_then_rest, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t buf[4000], p[3000];
+	fill(p, sizeof p, 17);
+	struct spa_msg m;
+	for (int64_t to = 0; to <= 40000000; to += 20000000) {
+		int64_t t0 = spa_now_ns();
+		int rc = spa_link_recv(l, &m, buf, sizeof buf, to);
+		int64_t dt = spa_now_ns() - t0;
+		cr_assert_eq(rc, -ETIMEDOUT, "timeout %lld ns: got %d (%s)", (long long)to, rc,
+			     spa_link_error(l));
+		cr_assert_geq(dt, to);
+		cr_assert_lt(dt, to + SEC, "a %lld ns timeout took %lld ns", (long long)to,
+			     (long long)dt);
+		cr_assert_str_eq(spa_link_error(l), "", "a timeout is not an error");
+	}
+	struct spa_msg go = { .type = SPA_MSG_PROMPT };
+	cr_assert_eq(spa_link_send(l, &go, NULL, 0), 0);
+	/* the first fragment was taken before the timeouts; the rest completes the message */
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(m.len, 3000);
+	cr_assert_eq(m.seq, 0);
+	cr_assert_eq(memcmp(buf, p, 3000), 0);
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(m.type, SPA_MSG_TOKEN);
+	cr_assert_eq(m.len, 10);
+	cr_assert_eq(memcmp(buf, "0123456789", 10), 0);
+	cr_assert_eq(spa_link_stats(l)->bad_frames, 0);
+	spa_link_destroy(l);
+	cr_assert_eq(reap(child), 0);
+	spa_listener_destroy(s.lst);
+}
+
+Test(link, shm_receive_timeout_leaves_the_link_working, .timeout = 30)
+{
+	timeout_then_works("shm");
+}
+
+Test(link, tcp_receive_timeout_leaves_the_link_working, .timeout = 30)
+{
+	timeout_then_works("tcp");
+}
+
+/* ---- sessions -------------------------------------------------------------------------- */
+
+/* Edge: n sessions one after another, each: HELLO, expect HELLO_OK(session), PROMPT. */
+static int hello_sessions(const char *uri, void *arg)
+{
+	int n = *(int *)arg;
+	for (int i = 0; i < n; i++) {
+		struct spa_link *l = edge_connect(uri, NULL);
+		if (!l)
+			return 10;
+		struct spa_msg m = { .type = SPA_MSG_HELLO };
+		uint32_t v = 1000 + (uint32_t)i;
+		if (spa_link_send(l, &m, &v, 4))
+			return 11;
+		char b[64];
+		if (spa_link_recv(l, &m, b, sizeof b, 20 * SEC) || m.type != SPA_MSG_HELLO_OK ||
+		    m.session != 77 + (uint32_t)i || m.seq != 0)
+			return 12;
+		struct spa_msg p = { .type = SPA_MSG_PROMPT, .session = m.session };
+		if (spa_link_send(l, &p, "hi", 2))
+			return 13;
+		/* a frame naming another session */
+		struct spa_msg q = { .type = SPA_MSG_PROMPT, .session = m.session + 1 };
+		if (spa_link_send(l, &q, "no", 2))
+			return 14;
+		if (edge_wait_close(l))
+			return 15;
+	}
+	return 0;
+}
+
+static void sessions(const char *scheme)
+{
+	struct srv s;
+	srv_start(&s, scheme, NULL);
+	int n = 3;
+	pid_t child = spawn(hello_sessions, s.uri, &n);
+	for (int i = 0; i < n; i++) {
+		struct spa_link *l = srv_accept(&s);
+		struct spa_msg m;
+		uint32_t v;
+		cr_assert_eq(spa_link_recv(l, &m, &v, 4, 20 * SEC), 0, "session %d: %s", i,
+			     spa_link_error(l));
+		cr_assert_eq(m.type, SPA_MSG_HELLO);
+		cr_assert_eq(m.seq, 0, "sequence numbers restart with each session");
+		cr_assert_eq(v, 1000u + (uint32_t)i);
+		struct spa_msg ok = { .type = SPA_MSG_HELLO_OK, .session = 77 + (uint32_t)i };
+		cr_assert_eq(spa_link_send(l, &ok, NULL, 0), 0);
+		char b[8];
+		cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 20 * SEC), 0, "%s", spa_link_error(l));
+		cr_assert_eq(m.type, SPA_MSG_PROMPT);
+		cr_assert_eq(m.session, 77u + (uint32_t)i);
+		cr_assert_eq(memcmp(b, "hi", 2), 0);
+		cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 20 * SEC), -SPA_EPROTO);
+		cr_assert(strstr(spa_link_error(l), "session"), "%s", spa_link_error(l));
+		spa_link_destroy(l);
+	}
+	cr_assert_eq(reap(child), 0);
+	spa_listener_destroy(s.lst);
+}
+
+Test(link, shm_listener_serves_sessions_one_after_another, .timeout = 30)
+{
+	sessions("shm");
+}
+
+Test(link, tcp_listener_serves_sessions_one_after_another, .timeout = 30)
+{
+	sessions("tcp");
+}
+
+static int try_connect_briefly(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = NULL;
+	struct spa_errbuf e = { "" };
+	int rc = spa_link_connect(&l, uri, NULL, 200000000, &e);
+	if (rc != -EBUSY) {
+		fprintf(stderr, "second edge: got %d (%s)\n", rc, e.msg);
+		return 1;
+	}
+	return strstr(e.msg, "another edge") ? 0 : 2;
+}
+
+static int stay_attached(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	return l ? edge_wait_close(l) : 10;
+}
+
+Test(link, shm_second_edge_gets_ebusy_while_one_is_attached, .timeout = 30)
+{
+	struct srv s;
+	srv_start(&s, "shm", NULL);
+	pid_t a = spawn(stay_attached, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	pid_t b = spawn(try_connect_briefly, s.uri, NULL);
+	cr_assert_eq(reap(b), 0, "the second edge was not refused with -EBUSY");
+	/* accepting again while the first session's link is open is refused too */
+	struct spa_link *l2 = NULL;
+	struct spa_errbuf e = { "" };
+	cr_assert_eq(spa_link_accept(s.lst, &l2, 0, &e), -EBUSY);
+	cr_assert(strstr(e.msg, "still open"), "%s", e.msg);
+	spa_link_destroy(l);
+	cr_assert_eq(reap(a), 0);
+	/* nobody waiting now: accept times out */
+	int64_t t0 = spa_now_ns();
+	cr_assert_eq(spa_link_accept(s.lst, &l2, 30000000, &e), -ETIMEDOUT);
+	cr_assert_geq(spa_now_ns() - t0, 30000000);
+	spa_listener_destroy(s.lst);
+	/* the segment is gone with the listener */
+	char path[160];
+	snprintf(path, sizeof path, "/dev/shm/spa-%s", s.uri + 5);
+	cr_assert_neq(access(path, F_OK), 0, "%s still exists", path);
+}
+
+Test(link, shm_listen_removes_a_stale_segment, .timeout = 30)
+{
+	char uri[96], path[128];
+	snprintf(uri, sizeof uri, "shm:stale-%d", (int)getpid());
+	snprintf(path, sizeof path, "/dev/shm/spa-stale-%d", (int)getpid());
+	FILE *f = fopen(path, "w");
+	cr_assert(f);
+	fputs("garbage left by a crash", f);
+	fclose(f);
+	struct spa_listener *lst;
+	struct spa_errbuf e = { "" };
+	cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), 0, "%s", e.msg);
+	/* a second listener on the same live name is refused */
+	struct spa_listener *lst2;
+	pid_t c = fork();
+	if (c == 0)
+		_exit(spa_link_listen(&lst2, uri, NULL, &e) == -EADDRINUSE ? 0 : 1);
+	cr_assert_eq(reap(c), 0, "a second cloud took over a live segment");
+	spa_listener_destroy(lst);
+	cr_assert_neq(access(path, F_OK), 0);
+}
+
+/* ---- delay emulation ------------------------------------------------------------------- */
+
+static int ping_child(const char *uri, void *arg)
+{
+	const struct spa_link_opts *o = arg;
+	struct spa_link *l = edge_connect(uri, o);
+	if (!l)
+		return 10;
+	uint8_t *p = malloc(BIG);
+	for (int i = 0; i < 6; i++) {
+		struct spa_msg m;
+		if (spa_link_recv(l, &m, p, BIG, 20 * SEC))
+			return 11;
+		int64_t late = spa_now_ns() - (int64_t)m.tx_ns;
+		if (late < o->delay_ns)
+			return 12;
+		if (spa_link_send(l, &m, p, m.len))
+			return 13;
+	}
+	free(p);
+	return edge_wait_close(l);
+}
+
+static void delay_emulation(const char *scheme)
+{
+	struct spa_link_opts o = { .delay_ns = 3000000 };
+	struct srv s;
+	srv_start(&s, scheme, &o);
+	pid_t child = spawn(ping_child, s.uri, &o);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t *p = malloc(BIG);
+	for (int i = 0; i < 6; i++) {
+		size_t n = i == 3 ? BIG : (size_t)i * 1000;
+		struct spa_msg m = { .type = SPA_MSG_TAPS };
+		int64_t t0 = spa_now_ns();
+		cr_assert_eq(spa_link_send(l, &m, p, n), 0);
+		cr_assert_eq(spa_link_recv(l, &m, p, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
+		int64_t now = spa_now_ns();
+		cr_assert_geq(now - (int64_t)m.tx_ns, o.delay_ns, "one-way delay below delay_ns");
+		cr_assert_geq(now - t0, 2 * o.delay_ns, "round trip below 2 x delay_ns");
+		cr_assert_eq(m.len, n);
+	}
+	spa_link_destroy(l);
+	cr_assert_eq(reap(child), 0, "the edge saw a message before its delay");
+	spa_listener_destroy(s.lst);
+	free(p);
+}
+
+Test(link, shm_delay_emulation_adds_at_least_delay_ns, .timeout = 30)
+{
+	delay_emulation("shm");
+}
+
+Test(link, tcp_delay_emulation_adds_at_least_delay_ns, .timeout = 30)
+{
+	delay_emulation("tcp");
+}
+
+/* ---- URIs ------------------------------------------------------------------------------ */
+
+Test(link, bad_uris_are_refused_with_a_message)
+{
+	static const char *const bad[] = {
+		"", "shm", "shm:", "shm:/", "shm://x", "shm:/a/b", "shm:/a b", "shm:/na$me",
+		"tcp://", "tcp://host", "tcp://host:", "tcp://:80", "tcp://host:0",
+		"tcp://host:65536", "tcp://host:99999999", "tcp://host:8x", "tcp://[::1:80",
+		"tcp://[]:80", "tcp://::1:80", "tcp://[::g]:80", "tcp://ho st:80", "udp://h:1",
+		"http://x", "TCP://h:1", "tcp:/h:1",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		struct spa_listener *lst = NULL;
+		struct spa_link *l = NULL;
+		struct spa_errbuf e = { "" };
+		int rc = spa_link_listen(&lst, bad[i], NULL, &e);
+		cr_assert_eq(rc, -SPA_EUSAGE, "listen \"%s\": got %d", bad[i], rc);
+		cr_assert(strstr(e.msg, "shm:/NAME") && strstr(e.msg, "tcp://HOST:PORT"),
+			  "\"%s\": message does not name the accepted forms: %s", bad[i], e.msg);
+		e.msg[0] = 0;
+		rc = spa_link_connect(&l, bad[i], NULL, 0, &e);
+		cr_assert_eq(rc, -SPA_EUSAGE, "connect \"%s\": got %d", bad[i], rc);
+		cr_assert(strstr(e.msg, "tcp://HOST:PORT"), "%s", e.msg);
+	}
+	struct spa_errbuf e;
+	struct spa_link *l;
+	cr_assert_eq(spa_link_connect(&l, NULL, NULL, 0, &e), -SPA_EUSAGE);
+}
+
+Test(link, accepted_uri_forms_work, .timeout = 30)
+{
+	char uri[128];
+	struct spa_listener *lst;
+	struct spa_link *c, *a;
+	struct spa_errbuf e = { "" };
+	/* shm:NAME without the slash */
+	snprintf(uri, sizeof uri, "shm:plain-%d", (int)getpid());
+	cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), 0, "%s", e.msg);
+	/* connect from this process: the claim does not need accept to have started */
+	cr_assert_eq(spa_link_connect(&c, uri, NULL, SEC, &e), 0, "%s", e.msg);
+	cr_assert_eq(spa_link_accept(lst, &a, SEC, &e), 0, "%s", e.msg);
+	struct spa_msg m = { .type = SPA_MSG_TOKEN, .pos = 5 };
+	int tok = 42;
+	cr_assert_eq(spa_link_send(c, &m, &tok, 4), 0);
+	cr_assert_eq(spa_link_recv(a, &m, &tok, 4, SEC), 0);
+	cr_assert_eq(tok, 42);
+	spa_link_destroy(c);
+	spa_link_destroy(a);
+	spa_listener_destroy(lst);
+
+	/* tcp with a host name, and an IPv6 literal when the machine has IPv6 */
+	static const char *const hosts[] = { "localhost", "[::1]", "127.0.0.1" };
+	for (int h = 0; h < 3; h++) {
+		int rc = -1;
+		for (int t = 0; t < 20 && rc; t++) {
+			snprintf(uri, sizeof uri, "tcp://%s:%d", hosts[h],
+				 21000 + ((int)getpid() * 17 + h * 1031 + t * 7) % 30000);
+			rc = spa_link_listen(&lst, uri, NULL, &e);
+			if (rc && rc != -EADDRINUSE)
+				break;
+		}
+		if (rc && h == 1) {
+			cr_log_warn("no IPv6 loopback here (%s): [::1] not checked", e.msg);
+			continue;
+		}
+		cr_assert_eq(rc, 0, "%s: %s", uri, e.msg);
+		cr_assert_eq(spa_link_connect(&c, uri, NULL, SEC, &e), 0, "%s", e.msg);
+		cr_assert_eq(spa_link_accept(lst, &a, SEC, &e), 0, "%s", e.msg);
+		cr_assert_eq(spa_link_send(a, &m, &h, sizeof h), 0);
+		int got = -1;
+		cr_assert_eq(spa_link_recv(c, &m, &got, sizeof got, SEC), 0, "%s",
+			     spa_link_error(c));
+		cr_assert_eq(got, h);
+		spa_link_destroy(c);
+		spa_link_destroy(a);
+		spa_listener_destroy(lst);
+	}
+}
+
+Test(link, connect_waits_for_a_cloud_that_starts_later, .timeout = 30)
+{
+	for (int k = 0; k < 2; k++) {
+		struct srv s;
+		/* find a free address, release it, start the edge, then listen again */
+		srv_start(&s, k ? "tcp" : "shm", NULL);
+		spa_listener_destroy(s.lst);
+		pid_t child = spawn(stay_attached, s.uri, NULL);
+		usleep(150000);
+		struct spa_errbuf e = { "" };
+		cr_assert_eq(spa_link_listen(&s.lst, s.uri, NULL, &e), 0, "%s", e.msg);
+		struct spa_link *l = srv_accept(&s);
+		spa_link_destroy(l);
+		cr_assert_eq(reap(child), 0);
+		spa_listener_destroy(s.lst);
+	}
+	/* and gives up with -ETIMEDOUT and a message when none comes */
+	struct spa_link *l;
+	struct spa_errbuf e = { "" };
+	char uri[96];
+	snprintf(uri, sizeof uri, "shm:/nobody-%d", (int)getpid());
+	int64_t t0 = spa_now_ns();
+	cr_assert_eq(spa_link_connect(&l, uri, NULL, 50000000, &e), -ETIMEDOUT);
+	cr_assert_geq(spa_now_ns() - t0, 50000000);
+	cr_assert(strstr(e.msg, "no cloud"), "%s", e.msg);
+	cr_assert_eq(spa_link_connect(&l, "tcp://127.0.0.1:1", NULL, 50000000, &e), -ETIMEDOUT);
+	cr_assert(strstr(e.msg, "listening"), "%s", e.msg);
+}

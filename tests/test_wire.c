@@ -1,1 +1,269 @@
-/* placeholder: being written */
+/* Wire format: header layout and validation, CRC32C (runtime/wire.c). */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spa/drv/link.h"
+#include "spa/error.h"
+#include "spa/wire.h"
+
+static uint64_t rng_state;
+static uint64_t rnd(void)
+{
+	/* xorshift64* */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 2685821657736338717ull;
+}
+static uint32_t rnd_below(uint64_t n)
+{
+	return (uint32_t)(rnd() % n);
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
+{
+	struct spa_wire_hdr h = {
+		.magic = SPA_WIRE_MAGIC,
+		.version = SPA_WIRE_VERSION,
+		.type = (uint8_t)(1 + rnd_below(SPA_MSG_TYPE_END - 1)),
+		.dtype = (uint8_t)rnd_below(SPA_WIRE_DTYPE_END),
+		.session = (uint32_t)rnd(),
+		.seq = (uint32_t)rnd(),
+		.pos = (uint32_t)rnd(),
+		.layer = (uint16_t)rnd(),
+		.n_rows = (uint16_t)rnd(),
+		.aux = (uint32_t)rnd(),
+		.tx_ns = rnd(),
+		.crc = (uint32_t)rnd(),
+	};
+	h.msg_len = rnd_below((uint64_t)SPA_WIRE_MAX_MSG + 1);
+	h.payload_len = rnd_below((h.msg_len < max_payload ? h.msg_len : max_payload) + 1);
+	h.frag_off = rnd_below((uint64_t)h.msg_len - h.payload_len + 1);
+	return h;
+}
+
+Test(wire, header_round_trips_random_fields_in_documented_layout)
+{
+	rng_state = 0x9e3779b97f4a7c15ull;
+	const size_t maxp = (1u << 20) - SPA_WIRE_HDR_SIZE;
+	for (int it = 0; it < 5000; it++) {
+		struct spa_wire_hdr h = random_valid_hdr(maxp), d;
+		uint8_t b[SPA_WIRE_HDR_SIZE];
+		memset(b, 0xa5, sizeof b);
+		spa_wire_hdr_encode(&h, b);
+		/* the byte layout wire.h documents */
+		cr_assert_eq(b[0], 0x53);
+		cr_assert_eq(b[1], 0x50);
+		cr_assert_eq(b[2], 0x41);
+		cr_assert_eq(b[3], 0x31);
+		cr_assert_eq(b[4], h.version);
+		cr_assert_eq(b[5], h.type);
+		cr_assert_eq(b[6], h.dtype);
+		cr_assert_eq(b[7], 0);
+		cr_assert_eq(le32(b + 8), h.session);
+		cr_assert_eq(le32(b + 12), h.seq);
+		cr_assert_eq(le32(b + 16), h.pos);
+		cr_assert_eq(b[20] | b[21] << 8, h.layer);
+		cr_assert_eq(b[22] | b[23] << 8, h.n_rows);
+		cr_assert_eq(le32(b + 24), h.payload_len);
+		cr_assert_eq(le32(b + 28), h.frag_off);
+		cr_assert_eq(le32(b + 32), h.msg_len);
+		cr_assert_eq(le32(b + 36), h.aux);
+		cr_assert_eq(le32(b + 40) | (uint64_t)le32(b + 44) << 32, h.tx_ns);
+		cr_assert_eq(le32(b + 48), h.crc);
+		cr_assert_eq(le32(b + 52), 0);
+
+		struct spa_errbuf e = { "" };
+		cr_assert_eq(spa_wire_hdr_decode(b, &d, maxp, &e), 0, "%s", e.msg);
+		cr_assert_eq(memcmp(&h, &d, sizeof h), 0, "decode(encode(h)) != h at iteration %d",
+			     it);
+	}
+}
+
+/* Decode h after one change; expect -SPA_EPROTO with word in the message. */
+static void expect_refused(struct spa_wire_hdr h, size_t maxp, const char *word)
+{
+	uint8_t b[SPA_WIRE_HDR_SIZE];
+	struct spa_wire_hdr d;
+	struct spa_errbuf e = { "" };
+	spa_wire_hdr_encode(&h, b);
+	int rc = spa_wire_hdr_decode(b, &d, maxp, &e);
+	cr_assert_eq(rc, -SPA_EPROTO, "expected -SPA_EPROTO (%s), got %d", word, rc);
+	cr_assert(strstr(e.msg, word), "message \"%s\" does not mention \"%s\"", e.msg, word);
+	/* NULL errbuf is allowed */
+	cr_assert_eq(spa_wire_hdr_decode(b, &d, maxp, NULL), -SPA_EPROTO);
+}
+
+static void expect_ok(struct spa_wire_hdr h, size_t maxp)
+{
+	uint8_t b[SPA_WIRE_HDR_SIZE];
+	struct spa_wire_hdr d;
+	struct spa_errbuf e = { "" };
+	spa_wire_hdr_encode(&h, b);
+	cr_assert_eq(spa_wire_hdr_decode(b, &d, maxp, &e), 0, "%s", e.msg);
+}
+
+Test(wire, each_invalid_field_is_refused_with_a_message)
+{
+	rng_state = 12345;
+	const size_t maxp = 1000;
+	for (int it = 0; it < 200; it++) {
+		struct spa_wire_hdr g = random_valid_hdr(maxp), h;
+		expect_ok(g, maxp);
+
+		h = g; h.magic = (uint32_t)rnd() | 1; if (h.magic == SPA_WIRE_MAGIC) h.magic ^= 2;
+		expect_refused(h, maxp, "magic");
+		h = g; h.magic = 0x53504131; /* byte-swapped magic: a big-endian writer */
+		expect_refused(h, maxp, "magic");
+		h = g; h.version = (uint8_t)(SPA_WIRE_VERSION + 1 + rnd_below(250));
+		expect_refused(h, maxp, "version");
+		h = g; h.version = 0;
+		expect_refused(h, maxp, "version");
+		h = g; h.type = 0;
+		expect_refused(h, maxp, "type");
+		h = g; h.type = (uint8_t)(SPA_MSG_TYPE_END + rnd_below(256 - SPA_MSG_TYPE_END));
+		expect_refused(h, maxp, "type");
+		h = g; h.dtype = (uint8_t)(SPA_WIRE_DTYPE_END + rnd_below(256 - SPA_WIRE_DTYPE_END));
+		expect_refused(h, maxp, "dtype");
+		h = g; h.flags = (uint8_t)(1 + rnd_below(255));
+		expect_refused(h, maxp, "flags");
+		h = g; h.reserved = (uint32_t)rnd() | 0x100;
+		expect_refused(h, maxp, "reserved");
+		h = g; h.payload_len = (uint32_t)(maxp + 1 + rnd_below(1u << 30)); h.msg_len = SPA_WIRE_MAX_MSG; h.frag_off = 0;
+		expect_refused(h, maxp, "payload bytes");
+		h = g; h.msg_len = SPA_WIRE_MAX_MSG + 1 + rnd_below(1u << 30);
+		expect_refused(h, maxp, "protocol limit");
+		h = g; h.msg_len = rnd_below(1000); h.payload_len = 1 + rnd_below(maxp);
+		h.frag_off = h.msg_len - (h.payload_len <= h.msg_len ? h.payload_len : h.msg_len) + 1;
+		expect_refused(h, maxp, "outside");
+		/* frag_off + payload_len wrapping around 2^32 must not pass */
+		h = g; h.msg_len = 100; h.payload_len = 10; h.frag_off = 0xfffffffcu;
+		expect_refused(h, maxp, "outside");
+	}
+}
+
+Test(wire, boundary_values_are_accepted)
+{
+	struct spa_wire_hdr h = { .magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION,
+				  .type = SPA_MSG_TYPE_END - 1, .dtype = SPA_WIRE_DTYPE_END - 1 };
+	h.msg_len = SPA_WIRE_MAX_MSG;
+	h.payload_len = 777;
+	h.frag_off = SPA_WIRE_MAX_MSG - 777;
+	expect_ok(h, 777);
+	h.type = 1;
+	h.msg_len = h.payload_len = h.frag_off = 0;
+	expect_ok(h, 0);
+	h.layer = h.n_rows = 0xffff;
+	h.session = h.seq = h.pos = h.aux = h.crc = 0xffffffffu;
+	h.tx_ns = ~0ull;
+	expect_ok(h, 0);
+}
+
+Test(wire, crc32c_known_vectors)
+{
+	static const uint8_t zeros[32], ones[32] = {
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+	uint8_t inc[32], dec[32];
+	for (int i = 0; i < 32; i++) {
+		inc[i] = (uint8_t)i;
+		dec[i] = (uint8_t)(31 - i);
+	}
+	uint32_t (*const fns[3])(uint32_t, const void *, size_t) = { spa_crc32c, spa_crc32c_sw,
+								     spa_crc32c_hw };
+	for (int f = 0; f < 3; f++) {
+		cr_assert_eq(fns[f](0, "123456789", 9), 0xe3069283u, "impl %d", f);
+		cr_assert_eq(fns[f](0, zeros, 32), 0x8a9136aau, "impl %d", f);
+		/* RFC 3720 B.4 vectors */
+		cr_assert_eq(fns[f](0, ones, 32), 0x62a8ab43u, "impl %d", f);
+		cr_assert_eq(fns[f](0, inc, 32), 0x46dd794eu, "impl %d", f);
+		cr_assert_eq(fns[f](0, dec, 32), 0x113fdb5cu, "impl %d", f);
+		cr_assert_eq(fns[f](0, "", 0), 0u, "impl %d", f);
+		/* chaining */
+		uint32_t c = fns[f](0, "12345", 5);
+		cr_assert_eq(fns[f](c, "6789", 4), 0xe3069283u, "impl %d", f);
+	}
+	if (!spa_crc32c_have_hw())
+		cr_log_warn("CPU without SSE4.2: the hardware CRC32C path could not be checked");
+}
+
+Test(wire, crc32c_hardware_equals_software_on_odd_lengths_and_alignments)
+{
+	rng_state = 777;
+	enum { N = 5000 };
+	uint8_t *buf = malloc(N + 64);
+	for (int i = 0; i < N + 64; i++)
+		buf[i] = (uint8_t)rnd();
+	for (int it = 0; it < 3000; it++) {
+		size_t off = rnd_below(64);
+		size_t len = it < 100 ? (size_t)it : rnd_below(N);
+		uint32_t seed = it & 1 ? (uint32_t)rnd() : 0;
+		uint32_t sw = spa_crc32c_sw(seed, buf + off, len);
+		uint32_t hw = spa_crc32c_hw(seed, buf + off, len);
+		cr_assert_eq(sw, hw, "len %zu off %zu: sw 0x%08x hw 0x%08x", len, off, sw, hw);
+		cr_assert_eq(spa_crc32c(seed, buf + off, len), sw);
+		/* chaining at a random split equals the whole */
+		size_t cut = len ? rnd_below(len + 1) : 0;
+		cr_assert_eq(spa_crc32c(spa_crc32c(seed, buf + off, cut), buf + off + cut, len - cut),
+			     sw);
+	}
+	/* a single flipped bit always changes the CRC */
+	for (int it = 0; it < 500; it++) {
+		size_t len = 1 + rnd_below(N);
+		uint32_t a = spa_crc32c(0, buf, len);
+		size_t bit = rnd_below(len * 8);
+		buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		cr_assert_neq(spa_crc32c(0, buf, len), a);
+		buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+	}
+	free(buf);
+}
+
+Test(wire, frame_crc_covers_header_with_crc_zeroed_and_payload)
+{
+	rng_state = 4242;
+	uint8_t payload[333];
+	for (size_t i = 0; i < sizeof payload; i++)
+		payload[i] = (uint8_t)rnd();
+	for (int it = 0; it < 200; it++) {
+		struct spa_wire_hdr h = random_valid_hdr(333);
+		uint8_t b[SPA_WIRE_HDR_SIZE], z[SPA_WIRE_HDR_SIZE + 333];
+		spa_wire_hdr_encode(&h, b);
+		size_t n = h.payload_len;
+		memcpy(z, b, SPA_WIRE_HDR_SIZE);
+		memset(z + 48, 0, 4);
+		memcpy(z + SPA_WIRE_HDR_SIZE, payload, n);
+		uint32_t want = spa_crc32c(0, z, SPA_WIRE_HDR_SIZE + n);
+		cr_assert_eq(spa_wire_frame_crc(b, payload, n), want);
+		/* the value in the crc field does not matter */
+		h.crc ^= 0xffffffffu;
+		spa_wire_hdr_encode(&h, b);
+		cr_assert_eq(spa_wire_frame_crc(b, payload, n), want);
+		/* any other header byte does */
+		int k = (int)rnd_below(SPA_WIRE_HDR_SIZE - 4);
+		if (k >= 48)
+			k += 4;
+		b[k] ^= 0x10;
+		cr_assert_neq(spa_wire_frame_crc(b, payload, n), want);
+	}
+}
+
+Test(wire, message_type_names)
+{
+	cr_assert_str_eq(spa_msg_type_name(SPA_MSG_HELLO), "HELLO");
+	cr_assert_str_eq(spa_msg_type_name(SPA_MSG_TAPS), "TAPS");
+	cr_assert_str_eq(spa_msg_type_name(SPA_MSG_ADAPTER_D), "ADAPTER_D");
+	cr_assert_str_eq(spa_msg_type_name(SPA_MSG_DONE), "DONE");
+	cr_assert_str_eq(spa_msg_type_name(0), "?");
+	cr_assert_str_eq(spa_msg_type_name(SPA_MSG_TYPE_END), "?");
+	cr_assert_str_eq(spa_msg_type_name(~0u), "?");
+	for (unsigned t = 1; t < SPA_MSG_TYPE_END; t++)
+		cr_assert_str_neq(spa_msg_type_name(t), "?", "type %u has no name", t);
+}

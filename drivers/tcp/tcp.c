@@ -1,1 +1,425 @@
-/* placeholder: being written */
+/* tcp: a link over one kernel TCP connection ("tcp://HOST:PORT"), the baseline and fallback.
+ *
+ * Frames follow each other on the byte stream with nothing in between: the 56-byte header says
+ * how many payload bytes follow (payload_len), so the receiver reads the header exactly, decodes
+ * it with spa_wire_hdr_decode to learn payload_len, then reads exactly that much into a
+ * per-link buffer of MAX_FRAME bytes, which recv_frame hands out. A header that does not decode
+ * means the stream has lost its framing: the driver hands those 56 bytes up as a (short) frame
+ * so that the link layer reports precisely what is wrong, and refuses everything after.
+ *
+ * The socket is non-blocking: receive waits with ppoll until the deadline, keeping a partly
+ * read frame for the next call after -ETIMEDOUT; send gathers the frame's iovecs with sendmsg
+ * (MSG_NOSIGNAL), resuming after partial writes and EINTR and waiting for POLLOUT when the
+ * socket buffer is full. TCP_NODELAY is on: a frame is sent as soon as it is written. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "spa/drv/link.h"
+
+#define HDR SPA_WIRE_HDR_SIZE
+#define MAX_FRAME (1u << 20)
+#define MAX_IOV 8
+
+struct tcp_link {
+	struct spa_link_base base;
+	int fd;
+	int broken;      /* the stream lost its framing: no more frames */
+	size_t have;     /* bytes of the current frame read so far */
+	size_t need;     /* bytes the current frame has (HDR until the header is in) */
+	int handed;      /* the frame in buf is handed out until release_frame */
+	uint8_t *buf;    /* MAX_FRAME bytes */
+};
+
+struct tcp_listener {
+	struct spa_listener_base base;
+	int fd;
+	char addr[256];
+};
+
+/* "HOST:PORT" or "[V6]:PORT" (already checked by runtime/link.c) into host and port. */
+static int split_addr(const char *addr, char *host, size_t host_size, char *port,
+		      size_t port_size, struct spa_errbuf *err)
+{
+	const char *colon = strrchr(addr, ':');
+	const char *h = addr;
+	size_t hlen;
+	if (!colon)
+		return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected HOST:PORT", addr);
+	hlen = (size_t)(colon - addr);
+	if (addr[0] == '[') {
+		if (hlen < 2 || addr[hlen - 1] != ']')
+			return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected [IPV6]:PORT", addr);
+		h = addr + 1;
+		hlen -= 2;
+	}
+	if (hlen == 0 || hlen >= host_size || strlen(colon + 1) >= port_size)
+		return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected HOST:PORT", addr);
+	memcpy(host, h, hlen);
+	host[hlen] = 0;
+	strcpy(port, colon + 1);
+	return 0;
+}
+
+static int resolve(const char *addr, int passive, struct addrinfo **res, struct spa_errbuf *err)
+{
+	char host[256], port[16];
+	int rc = split_addr(addr, host, sizeof host, port, sizeof port, err);
+	if (rc)
+		return rc;
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0),
+	};
+	rc = getaddrinfo(host, port, &hints, res);
+	if (rc == EAI_SYSTEM)
+		return spa_err(err, -errno, "tcp://%s: cannot resolve \"%s\": %s", addr, host,
+			       strerror(errno));
+	if (rc)
+		return spa_err(err, rc == EAI_AGAIN ? -EAGAIN : -EHOSTUNREACH,
+			       "tcp://%s: cannot resolve \"%s\": %s: check the host name", addr,
+			       host, gai_strerror(rc));
+	return 0;
+}
+
+static struct timespec ns_to_ts(int64_t ns)
+{
+	return (struct timespec){ ns / 1000000000, ns % 1000000000 };
+}
+
+/* Wait for events on fd until deadline (< 0: forever). 1 when ready, 0 at the deadline, or
+ * -errno. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = events };
+		struct timespec ts, *tp = NULL;
+		if (deadline >= 0) {
+			int64_t left = deadline - spa_now_ns();
+			if (left <= 0)
+				return 0;
+			ts = ns_to_ts(left);
+			tp = &ts;
+		}
+		int n = ppoll(&p, 1, tp, NULL);
+		if (n > 0)
+			return 1;
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int sock_setup(int fd)
+{
+	int one = 1;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one))
+		return -errno;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK))
+		return -errno;
+	return 0;
+}
+
+static int link_make(struct spa_link_base **out, int fd)
+{
+	struct tcp_link *l = calloc(1, sizeof *l);
+	if (!l)
+		return -ENOMEM;
+	l->buf = malloc(MAX_FRAME);
+	if (!l->buf) {
+		free(l);
+		return -ENOMEM;
+	}
+	l->base.drv = &spa_drv_tcp;
+	l->fd = fd;
+	l->need = HDR;
+	*out = &l->base;
+	return 0;
+}
+
+/* ---- fast path ------------------------------------------------------------------------- */
+
+static int tcp_send_frame(struct spa_link_base *b, const struct iovec *iov_in, int n_iov)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	struct iovec iov[MAX_IOV];
+	if (n_iov > MAX_IOV)
+		return -EINVAL;
+	size_t total = 0;
+	int n = 0;
+	for (int i = 0; i < n_iov; i++) {
+		total += iov_in[i].iov_len;
+		if (iov_in[i].iov_len)
+			iov[n++] = iov_in[i];
+	}
+	if (total > MAX_FRAME)
+		return -EMSGSIZE;
+	struct iovec *v = iov;
+	while (n > 0) {
+		struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
+		ssize_t k = sendmsg(l->fd, &mh, MSG_NOSIGNAL);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				int rc = wait_fd(l->fd, POLLOUT, -1);
+				if (rc < 0)
+					return rc;
+				continue;
+			}
+			if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
+				return -SPA_ECLOSED;
+			return -errno;
+		}
+		size_t done = (size_t)k;
+		while (n > 0 && done >= v->iov_len) {
+			done -= v->iov_len;
+			v++;
+			n--;
+		}
+		if (n > 0) {
+			v->iov_base = (uint8_t *)v->iov_base + done;
+			v->iov_len -= done;
+		}
+	}
+	return 0;
+}
+
+static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t *len,
+			  int64_t deadline_ns)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	if (l->broken)
+		return -SPA_EPROTO;
+	while (!l->handed) {
+		if (l->have < l->need) {
+			ssize_t k = recv(l->fd, l->buf + l->have, l->need - l->have, MSG_DONTWAIT);
+			if (k == 0)
+				return -SPA_ECLOSED; /* EOF; mid-frame too: the peer went away */
+			if (k < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EAGAIN || errno == EWOULDBLOCK) {
+					int rc = wait_fd(l->fd, POLLIN, deadline_ns);
+					if (rc < 0)
+						return rc;
+					if (rc == 0)
+						return -ETIMEDOUT; /* the partial frame is kept */
+					continue;
+				}
+				if (errno == ECONNRESET)
+					return -SPA_ECLOSED;
+				return -errno;
+			}
+			l->have += (size_t)k;
+			continue;
+		}
+		if (l->need == HDR) {
+			struct spa_wire_hdr h;
+			if (spa_wire_hdr_decode(l->buf, &h, MAX_FRAME - HDR, NULL)) {
+				/* Lost framing: let the link layer decode and report it. */
+				l->broken = 1;
+				l->handed = 1;
+				break;
+			}
+			l->need = HDR + h.payload_len;
+			if (l->have < l->need)
+				continue;
+		}
+		l->handed = 1;
+	}
+	*frame = l->buf;
+	*len = l->need;
+	return 0;
+}
+
+static void tcp_release_frame(struct spa_link_base *b)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	l->handed = 0;
+	l->have = 0;
+	l->need = HDR;
+}
+
+/* ---- control --------------------------------------------------------------------------- */
+
+static int tcp_listen(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err)
+{
+	struct addrinfo *res;
+	int rc = resolve(addr, 1, &res, err), fd = -1, e = 0;
+	if (rc)
+		return rc;
+	for (struct addrinfo *a = res; a; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			    a->ai_protocol);
+		if (fd < 0) {
+			e = errno;
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (!bind(fd, a->ai_addr, a->ai_addrlen) && !listen(fd, 4))
+			break;
+		e = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return spa_err(err, -e, "tcp://%s: cannot listen: %s%s", addr, strerror(e),
+			       e == EADDRINUSE ? " (pick another port or stop the other server)" : "");
+	struct tcp_listener *l = calloc(1, sizeof *l);
+	if (!l) {
+		close(fd);
+		return spa_err(err, -ENOMEM, "tcp://%s: out of memory", addr);
+	}
+	l->base.drv = &spa_drv_tcp;
+	l->fd = fd;
+	snprintf(l->addr, sizeof l->addr, "%s", addr);
+	*out = &l->base;
+	return 0;
+}
+
+static int tcp_accept(struct spa_listener_base *b, struct spa_link_base **out, int64_t timeout_ns,
+		      struct spa_errbuf *err)
+{
+	struct tcp_listener *l = (struct tcp_listener *)b;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	for (;;) {
+		int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0) {
+			int rc = sock_setup(fd);
+			if (!rc)
+				rc = link_make(out, fd);
+			if (rc) {
+				close(fd);
+				return spa_err(err, rc, "tcp://%s: cannot set up the connection: %s",
+					       l->addr, strerror(-rc));
+			}
+			return 0;
+		}
+		if (errno == EINTR || errno == ECONNABORTED)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return spa_err(err, -errno, "tcp://%s: accept failed: %s", l->addr,
+				       strerror(errno));
+		int rc = wait_fd(l->fd, POLLIN, deadline);
+		if (rc < 0)
+			return spa_err(err, rc, "tcp://%s: poll failed: %s", l->addr, strerror(-rc));
+		if (rc == 0)
+			return spa_err(err, -ETIMEDOUT, "tcp://%s: no edge connected in time",
+				       l->addr);
+	}
+}
+
+static void tcp_listener_close(struct spa_listener_base *b)
+{
+	struct tcp_listener *l = (struct tcp_listener *)b;
+	if (!l)
+		return;
+	close(l->fd);
+	free(l);
+}
+
+/* One non-blocking connect attempt to a, bounded by deadline. fd >= 0 or -errno. */
+static int try_connect(const struct addrinfo *a, int64_t deadline)
+{
+	int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			a->ai_protocol);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, a->ai_addr, a->ai_addrlen)) {
+		if (errno != EINPROGRESS) {
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+		int rc = wait_fd(fd, POLLOUT, deadline);
+		int soerr = 0;
+		socklen_t sl = sizeof soerr;
+		if (rc <= 0) {
+			close(fd);
+			return rc ? rc : -ETIMEDOUT;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) || soerr) {
+			close(fd);
+			return -(soerr ? soerr : errno);
+		}
+	}
+	return fd;
+}
+
+static int tcp_connect(struct spa_link_base **out, const char *addr, int64_t timeout_ns,
+		       struct spa_errbuf *err)
+{
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	struct addrinfo *res = NULL;
+	int rc, last = -ECONNREFUSED;
+	/* The cloud may start after the edge: retry until the deadline. */
+	for (;;) {
+		if (!res) {
+			rc = resolve(addr, 0, &res, err);
+			if (rc && rc != -EAGAIN)
+				return rc;
+			if (rc)
+				last = rc;
+		}
+		for (struct addrinfo *a = res; a; a = a->ai_next) {
+			int fd = try_connect(a, deadline);
+			if (fd >= 0) {
+				freeaddrinfo(res);
+				rc = sock_setup(fd);
+				if (!rc)
+					rc = link_make(out, fd);
+				if (rc) {
+					close(fd);
+					return spa_err(err, rc, "tcp://%s: cannot set up the "
+						       "connection: %s", addr, strerror(-rc));
+				}
+				return 0;
+			}
+			last = fd;
+		}
+		if (deadline >= 0 && spa_now_ns() >= deadline)
+			break;
+		struct timespec ts = { 0, 5000000 };
+		nanosleep(&ts, NULL);
+	}
+	if (res)
+		freeaddrinfo(res);
+	return spa_err(err, -ETIMEDOUT, "tcp://%s: cannot connect in time (last error: %s): is "
+		       "the cloud running and listening there?", addr, strerror(-last));
+}
+
+static void tcp_close(struct spa_link_base *b)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	if (!l)
+		return;
+	close(l->fd);
+	free(l->buf);
+	free(l);
+}
+
+const struct spa_link_driver spa_drv_tcp = {
+	.scheme = "tcp",
+	.max_frame = MAX_FRAME,
+	.listen = tcp_listen,
+	.accept = tcp_accept,
+	.listener_close = tcp_listener_close,
+	.connect = tcp_connect,
+	.close = tcp_close,
+	.send_frame = tcp_send_frame,
+	.recv_frame = tcp_recv_frame,
+	.release_frame = tcp_release_frame,
+};

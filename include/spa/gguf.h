@@ -157,7 +157,12 @@ int spa_gguf_pread(const struct spa_gguf *g, uint64_t off, void *dst, size_t siz
  * 32 bytes (general.alignment is not written unless set). Data is borrowed, or produced by a
  * fill callback at write time, so that files larger than memory can be written. */
 struct spa_gguf_writer;
+/* Fills dst with the tensor's `size` bytes; returns 0 or a negative code (fails the write). */
 typedef int (*spa_gguf_fill_fn)(void *ctx, void *dst, size_t size);
+
+/* The setters copy what they are given and return 0, -EINVAL (empty key, bad type, bool not
+ * 0/1) or -ENOMEM. Setting a key again replaces its value (any type) in place, keeping the
+ * key's position. Not thread-safe on one writer. */
 
 int spa_gguf_writer_create(struct spa_gguf_writer **out);
 void spa_gguf_writer_destroy(struct spa_gguf_writer *w);
@@ -175,7 +180,9 @@ int spa_gguf_writer_set_arr_str(struct spa_gguf_writer *w, const char *key,
 /* Copy a kv (any type, arrays included) from an opened file. */
 int spa_gguf_writer_copy_kv(struct spa_gguf_writer *w, const struct spa_gguf_kv *kv);
 /* Add a tensor whose data is borrowed (must live until write), or made by fill(ctx, dst, size)
- * at write time. ne[0] is the row dimension, as in the reader. */
+ * at write time. ne[0] is the row dimension, as in the reader. Returns 0, -EEXIST for a name
+ * already added, -EINVAL for a name of 0 or >= 64 bytes, n_dims outside 1..4, an ne of 0, an
+ * unknown type, a row not a multiple of the type's block or a size that overflows. */
 int spa_gguf_writer_add_tensor(struct spa_gguf_writer *w, const char *name, enum spa_dtype type,
 			       uint32_t n_dims, const uint64_t *ne, const void *data);
 int spa_gguf_writer_add_tensor_fn(struct spa_gguf_writer *w, const char *name,

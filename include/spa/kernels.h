@@ -59,7 +59,11 @@ float spa_dot_f32(const float *a, const float *b, uint32_t n);
 /* Index of the largest element (the lowest index on ties). */
 uint32_t spa_argmax(const float *x, uint32_t n);
 
-/* Name of the kernel variant chosen at run time ("avx2-fma-f16c" or "scalar"). */
+/* Name of the kernel variant chosen at run time ("avx2-fma-f16c" or "scalar"). The choice is
+ * made once per process, on first use: AVX2/FMA/F16C when the CPU has all three, unless the
+ * environment variable SPA_KERNELS=scalar forces the portable one (SPA_KERNELS=auto or unset:
+ * automatic). The variants sum in different orders, so processes that must agree bit for bit
+ * (cloud and edge of one machine) must make the same choice. Thread-safe. */
 const char *spa_kernels_variant(void);
 
 #endif

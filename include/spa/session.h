@@ -1,4 +1,148 @@
-/* spa: sessions (runtime/session.c): being written. */
+/* spa: generation with a plugin, on one side or across a link (runtime/session.c).
+ *
+ * The runner is the cloud's per-session state: engine, sampler, the cloud-resident part of the
+ * plugin, and an exchange function through which it asks the edge (RUNTIME.md §3-4). The same
+ * runner serves spa-cloud (the exchange goes over a link) and spa-run (the exchange calls the
+ * edge's code in the same process): one code path, so a link can change latency, never tokens.
+ *
+ * Decoding: spa_runner_prefill takes the prompt and runs all of it but its last token as a batch
+ * (LoRA/adapter exchanges happen batched, once per block step; the side network needs nothing
+ * for positions whose logits are not needed). Each spa_runner_next then runs one position (the
+ * last prompt token first), computes the logits with the method, and samples: N calls give N
+ * tokens, and M = exchanges during those calls / N. */
 #ifndef SPA_SESSION_H
 #define SPA_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "link.h"
+#include "model.h"
+#include "plugin.h"
+#include "sampler.h"
+#include "wire.h"
+
+/* Blocking exchange with the edge: send req (TAPS, RESID, LORA_X, ADAPTER_Y) with out[n_out]
+ * floats, wait for the reply's n_in floats into in. *edge_ns: the edge's compute time for it.
+ * Returns 0 or a negative code (the session cannot go on). Hot path. */
+struct spa_xchg {
+	void *ctx;
+	int (*call)(void *ctx, enum spa_msg_type req, uint32_t layer, uint32_t n_rows, uint32_t pos,
+		    const float *out, size_t n_out, float *in, size_t n_in, uint64_t *edge_ns);
+};
+
+struct spa_gen_cfg {
+	enum spa_method method;
+	enum spa_split split;
+	enum spa_merge merge;
+	struct spa_sampler_params sp;
+};
+
+/* Per-token accounting (decode steps). */
+struct spa_step_stats {
+	uint64_t wall_ns;      /* forward + exchanges + head + sampling */
+	uint64_t xchg_ns;      /* wall time inside blocking exchanges */
+	uint64_t edge_ns;      /* edge compute reported in the replies */
+	uint32_t n_xchg;       /* blocking exchanges */
+	uint32_t sigma;        /* spa/lst: 1 when the side path was taken */
+};
+
+struct spa_runner;
+
+/* cloud_plugin: the plugin's cloud part (side methods), or NULL for base/lora/adapter. The
+ * runner holds n_ctx positions and batches of up to max_batch. Borrowed: m, cloud_plugin, pool,
+ * x (must outlive the runner). Returns 0, -ENOMEM, -SPA_EUSAGE, -SPA_EMISMATCH. */
+int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
+		      const struct spa_plugin *cloud_plugin, const struct spa_gen_cfg *cfg,
+		      uint32_t n_ctx, uint32_t max_batch, struct spa_pool *pool,
+		      const struct spa_xchg *x, struct spa_errbuf *err);
+void spa_runner_destroy(struct spa_runner *r);
+/* Feed the prompt (n >= 1 ids). Exchanges counted in *st (may be NULL). */
+int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
+		       struct spa_step_stats *st);
+/* One token. Returns 0 and *tok, or a negative code (-SPA_EUSAGE when the context is full). */
+int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st);
+
+/* The edge's compute, answering one request (used by spa-edge over a link and by spa-run in
+ * process). Scratch sized at create for max_batch rows. Hot path. */
+struct spa_edge;
+int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t max_batch);
+void spa_edge_destroy(struct spa_edge *e);
+/* in: the request's payload floats. Writes the reply's floats into out[out_cap], sets *n_out and
+ * *reply. Returns 0, or -SPA_EPROTO when the request does not fit the plugin (wrong type for
+ * the method, wrong size, layer out of range) with a message in err. */
+int spa_edge_respond(struct spa_edge *e, enum spa_msg_type req, uint32_t layer, uint32_t n_rows,
+		     const float *in, size_t n_in, float *out, size_t out_cap, size_t *n_out,
+		     enum spa_msg_type *reply, struct spa_errbuf *err);
+/* Floats in the reply to a request of n_rows rows (0 when req is not a request type). */
+size_t spa_edge_reply_len(const struct spa_plugin *p, enum spa_msg_type req, uint32_t n_rows);
+
+/* An in-process exchange for spa-run: calls spa_edge_respond directly. */
+struct spa_local_xchg {
+	struct spa_xchg x;
+	struct spa_edge *edge;
+	struct spa_errbuf err;
+};
+void spa_local_xchg_init(struct spa_local_xchg *lx, struct spa_edge *edge);
+
+/* ---- the two processes ---- */
+
+/* Statistics of a finished generation, measured on the cloud (sent in DONE). */
+struct spa_gen_stats {
+	uint32_t n_tokens, n_prompt;
+	uint32_t n_xchg;          /* blocking exchanges during the n_tokens decode steps */
+	uint32_t n_side;          /* tokens that took the side path (spa, lst) */
+	uint64_t prefill_ns, prefill_xchg;
+	uint64_t wall_ns;         /* sum of the decode steps' wall time */
+	uint64_t xchg_ns;         /* wall time in blocking exchanges */
+	uint64_t edge_ns;         /* edge compute inside them */
+	uint64_t bytes_out, bytes_in; /* link bytes cloud->edge / edge->cloud during decode */
+	uint64_t base_params, plugin_params;
+	uint32_t n_layers;
+	uint64_t *step_ns;        /* n_tokens per-token wall times (owned by the holder) */
+};
+
+struct spa_cloud_opts {
+	const char *uri;
+	struct spa_link_opts link;
+	uint32_t max_sessions;    /* 0: serve forever */
+	int64_t timeout_ns;       /* longest wait for an edge message inside a session */
+	uint32_t max_batch;       /* prefill batch (0: 64) */
+	bool quiet;
+};
+/* Serve sessions one after another until max_sessions have ended (or forever). A session that
+ * fails is ended with an ERROR to its edge and a line on stderr; serving goes on. Returns 0, or
+ * a negative code when the link cannot be set up. */
+int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
+		    const struct spa_cloud_opts *o, struct spa_errbuf *err);
+
+struct spa_edge_opts {
+	const char *uri;
+	struct spa_link_opts link;
+	struct spa_gen_cfg cfg;
+	uint32_t n_gen;
+	int64_t timeout_ns;       /* connect, and each wait for the cloud */
+	void (*on_token)(void *ctx, int32_t id);  /* as tokens arrive */
+	void *ctx;
+};
+struct spa_edge_result {
+	struct spa_gen_stats cloud; /* from DONE (step_ns malloc'd: free it) */
+	struct spa_link_stats link;
+	uint64_t edge_compute_ns;   /* measured here */
+	uint64_t wall_ns;           /* PROMPT sent .. DONE received */
+	uint64_t first_token_ns;    /* PROMPT sent .. first TOKEN */
+	int32_t *tokens;            /* n_gen ids (malloc'd: free it) */
+	uint32_t n_tokens;
+	uint32_t session;
+};
+/* Run one session as the edge: HELLO, UPLOAD, PROMPT, answer requests, collect tokens. Returns
+ * 0, or a negative code with err filled (the cloud's ERROR message included). */
+int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_prompt,
+		 const struct spa_edge_opts *o, struct spa_edge_result *res, struct spa_errbuf *err);
+
+/* Percentile (0..100) of n values (sorted copy; n > 0). */
+uint64_t spa_percentile_u64(const uint64_t *v, uint32_t n, double pct);
+
 #endif

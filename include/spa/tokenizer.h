@@ -23,12 +23,16 @@ uint32_t spa_tokenizer_n_vocab(const struct spa_tokenizer *t);
 int32_t spa_tokenizer_bos(const struct spa_tokenizer *t);
 int32_t spa_tokenizer_eos(const struct spa_tokenizer *t);
 
-/* Encode UTF-8 text (BOS first when add_bos) into ids[max_ids]; *n_ids set. Returns 0,
- * -SPA_ETOOBIG when max_ids is too small. Not on the hot path. */
+/* Encode UTF-8 text (BOS first when add_bos) into ids[max_ids]; *n_ids set to the number of
+ * tokens the text needs. Returns 0, -SPA_ETOOBIG when max_ids is too small (ids[0..max_ids)
+ * filled) or the text is longer than 256 KiB, -ENOMEM. Invalid UTF-8 goes out as byte tokens.
+ * Thread-safe (the tokenizer is read-only); allocates: not on the hot path. */
 int spa_tokenizer_encode(const struct spa_tokenizer *t, const char *text, bool add_bos,
 			 int32_t *ids, uint32_t max_ids, uint32_t *n_ids);
-/* Text of token id when it follows prev (drops the leading space after BOS, turns byte tokens
- * into their byte). Pointer valid for the tokenizer's life; "" for control tokens or bad ids. */
+/* Text of token id when it follows prev (drops the leading space after BOS, or at the start of
+ * the text when prev < 0; turns byte tokens into their byte, so a character split over byte
+ * tokens comes out whole when the pieces are concatenated). Pointer valid for the tokenizer's
+ * life; "" for control tokens, bad ids and <0x00>; "▅" for the unknown token, as llama.cpp. */
 const char *spa_tokenizer_piece(const struct spa_tokenizer *t, int32_t prev, int32_t id);
 
 /* Write this tokenizer's tokenizer.ggml.* keys into w (a plugin carries its base's tokenizer). */

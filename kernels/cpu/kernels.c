@@ -1,1 +1,408 @@
-/* placeholder: being written */
+/* spa: CPU kernels, scalar reference and run-time dispatch (see include/spa/kernels.h).
+ *
+ * Determinism is the contract: each output element of a matvec/matmul is one call of the
+ * variant's dot routine on one thread, so the bits do not depend on the thread count or on
+ * the batch size, and the variant is fixed for the life of the process. */
+#include <assert.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels_impl.h"
+
+/* ---- conversions ---------------------------------------------------------------------- */
+
+float spa_fp16_to_fp32(uint16_t h)
+{
+	return spa__fp16_to_fp32(h);
+}
+
+uint16_t spa_fp32_to_fp16(float f)
+{
+	uint32_t x = spa__f32_bits(f);
+	uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+	x &= 0x7fffffffu;
+
+	if (x >= 0x7f800000u) {
+		if (x == 0x7f800000u)
+			return sign | 0x7c00;
+		/* nan: keep the top of the payload; a payload that would truncate to zero
+		 * would read as inf, so make it a quiet nan instead */
+		uint16_t m = (uint16_t)((x >> 13) & 0x3ff);
+		return sign | 0x7c00 | m | (m ? 0 : 0x200);
+	}
+	if (x >= 0x477ff000u) /* >= 65520: rounds (to even) past the largest half, 65504 */
+		return sign | 0x7c00;
+	if (x >= 0x38800000u) { /* normal half: rebias 127 -> 15, round 23 -> 10 bits */
+		uint32_t r = x - 0x38000000u;
+		r += 0xfffu + ((r >> 13) & 1);
+		return sign | (uint16_t)(r >> 13);
+	}
+	if (x <= 0x33000000u) /* <= 2^-25, half the smallest subnormal: ties to even 0 */
+		return sign;
+	/* subnormal half: value = m * 2^(e-150), in units of 2^-24 = m >> (126 - e) */
+	uint32_t e = x >> 23;
+	uint32_t m = (x & 0x7fffffu) | 0x800000u;
+	uint32_t shift = 126 - e; /* 14..24 */
+	uint32_t q = m >> shift;
+	uint32_t rem = m & ((1u << shift) - 1);
+	uint32_t half = 1u << (shift - 1);
+	if (rem > half || (rem == half && (q & 1)))
+		q++; /* may carry into the smallest normal, which is the right encoding */
+	return sign | (uint16_t)q;
+}
+
+float spa_bf16_to_fp32(uint16_t h)
+{
+	return spa__bf16_to_fp32(h);
+}
+
+uint16_t spa_fp32_to_bf16(float f)
+{
+	uint32_t x = spa__f32_bits(f);
+	if ((x & 0x7fffffffu) > 0x7f800000u) { /* nan: as for fp16, never turn it into inf */
+		uint16_t h = (uint16_t)(x >> 16);
+		return (h & 0x7f) ? h : (uint16_t)(h | 0x40);
+	}
+	x += 0x7fffu + ((x >> 16) & 1); /* round to nearest even; overflow rounds to inf */
+	return (uint16_t)(x >> 16);
+}
+
+/* ---- scalar row kernels ----------------------------------------------------------------
+ * Eight partial sums, element i going to sum i % 8 (the tail too), combined as
+ * ((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7)). Written so that the compiler can keep the eight sums
+ * in one vector register; the order is what it is whether or not it does. */
+
+#define SPA_DOT_SCALAR(name, wtype, conv)                                                  \
+	float name(const void *w_, const float *x, size_t n)                               \
+	{                                                                                  \
+		const wtype *w = w_;                                                       \
+		float s[8] = { 0 };                                                        \
+		size_t i = 0;                                                              \
+		for (; i + 8 <= n; i += 8)                                                 \
+			for (int j = 0; j < 8; j++)                                        \
+				s[j] += conv(w[i + j]) * x[i + j];                         \
+		for (int j = 0; i + j < n; j++)                                            \
+			s[j] += conv(w[i + j]) * x[i + j];                                 \
+		return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));  \
+	}
+
+#define SPA_CONV_F32(v) (v)
+SPA_DOT_SCALAR(spa_dot_f32_scalar, float, SPA_CONV_F32)
+SPA_DOT_SCALAR(spa_dot_f16_scalar, uint16_t, spa__fp16_to_fp32)
+SPA_DOT_SCALAR(spa_dot_bf16_scalar, uint16_t, spa__bf16_to_fp32)
+
+void spa_dequant_f32_scalar(const void *src, float *dst, size_t n)
+{
+	memmove(dst, src, n * sizeof(float));
+}
+
+void spa_dequant_f16_scalar(const void *src, float *dst, size_t n)
+{
+	const uint16_t *h = src;
+	for (size_t i = 0; i < n; i++)
+		dst[i] = spa__fp16_to_fp32(h[i]);
+}
+
+void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n)
+{
+	const uint16_t *h = src;
+	for (size_t i = 0; i < n; i++)
+		dst[i] = spa__bf16_to_fp32(h[i]);
+}
+
+const struct spa_kernels_ops spa_kernels_ops_scalar = {
+	.name = "scalar",
+	.dot = {
+		[SPA_TYPE_F32] = spa_dot_f32_scalar,
+		[SPA_TYPE_F16] = spa_dot_f16_scalar,
+		[SPA_TYPE_BF16] = spa_dot_bf16_scalar,
+	},
+	.dequant_row = {
+		[SPA_TYPE_F32] = spa_dequant_f32_scalar,
+		[SPA_TYPE_F16] = spa_dequant_f16_scalar,
+		[SPA_TYPE_BF16] = spa_dequant_bf16_scalar,
+	},
+};
+
+/* ---- dispatch ------------------------------------------------------------------------- */
+
+int spa_kernels_cpu_has_avx2(void)
+{
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+	       __builtin_cpu_supports("f16c");
+}
+
+static const struct spa_kernels_ops *chosen_ops;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static void choose_ops(void)
+{
+	const char *env = getenv("SPA_KERNELS");
+	int want_scalar = 0;
+
+	if (env && *env && strcmp(env, "auto") != 0) {
+		if (strcmp(env, "scalar") == 0)
+			want_scalar = 1;
+		else if (strcmp(env, "avx2") != 0)
+			fprintf(stderr, "spa: SPA_KERNELS=%s is not a kernel variant (use scalar, "
+				"avx2 or auto); choosing automatically\n", env);
+	}
+	/* Once per process: two processes of one machine (cloud and edge) then compute the
+	 * same bits, which the split-equals-local invariant needs. */
+	chosen_ops = !want_scalar && spa_kernels_cpu_has_avx2() ? &spa_kernels_ops_avx2
+								  : &spa_kernels_ops_scalar;
+}
+
+const struct spa_kernels_ops *spa_kernels_ops(void)
+{
+	pthread_once(&chosen_once, choose_ops);
+	return chosen_ops;
+}
+
+const char *spa_kernels_variant(void)
+{
+	return spa_kernels_ops()->name;
+}
+
+int spa_kernels_supports(enum spa_dtype type)
+{
+	return type == SPA_TYPE_F32 || type == SPA_TYPE_F16 || type == SPA_TYPE_BF16;
+}
+
+static size_t type_elem_size(enum spa_dtype type)
+{
+	switch (type) {
+	case SPA_TYPE_F32:
+		return 4;
+	case SPA_TYPE_F16:
+	case SPA_TYPE_BF16:
+		return 2;
+	default:
+		return 0;
+	}
+}
+
+/* Callers check spa_kernels_supports() when they load the weights, so an unsupported type
+ * here is a bug in the caller: assert, and leave NaNs (not garbage) if asserts are off. */
+static int check_type(enum spa_dtype type, float *y, uint64_t n)
+{
+	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type))
+		return 0;
+	assert(!"spa kernels: weight type not supported (check spa_kernels_supports)");
+	for (uint64_t i = 0; i < n; i++)
+		y[i] = NAN;
+	return -1;
+}
+
+void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t n)
+{
+	if (check_type(type, dst, n) < 0)
+		return;
+	spa_kernels_ops()->dequant_row[type](src, dst, n);
+}
+
+/* ---- matvec / matmul ------------------------------------------------------------------ */
+
+struct mm_job {
+	spa_dot_fn dot;
+	const uint8_t *w;
+	size_t row_size;
+	uint64_t rows;
+	uint64_t cols;
+	const float *x; /* [n][cols] */
+	float *y;       /* [n][rows] */
+	uint32_t n;
+	uint32_t tile; /* rows per tile for the batch */
+};
+
+/* Contiguous share [*r0, *r1) of the rows for thread ith of nth. */
+static void split_rows(uint64_t rows, int ith, int nth, uint64_t *r0, uint64_t *r1)
+{
+	uint64_t q = rows / (uint64_t)nth, r = rows % (uint64_t)nth;
+	uint64_t i = (uint64_t)ith;
+	*r0 = q * i + (i < r ? i : r);
+	*r1 = *r0 + q + (i < r ? 1 : 0);
+}
+
+static void matvec_worker(void *ctx, int ith, int nth)
+{
+	const struct mm_job *j = ctx;
+	uint64_t r0, r1;
+
+	split_rows(j->rows, ith, nth, &r0, &r1);
+	for (uint64_t r = r0; r < r1; r++)
+		j->y[r] = j->dot(j->w + r * j->row_size, j->x, j->cols);
+}
+
+/* A tile of rows (tile * row_size bytes, sized for L2) is read from memory once and reused
+ * for every vector of the batch; each y element is still one dot call, as in matvec. */
+static void matmul_worker(void *ctx, int ith, int nth)
+{
+	const struct mm_job *j = ctx;
+	uint64_t r0, r1;
+
+	split_rows(j->rows, ith, nth, &r0, &r1);
+	for (uint64_t rt = r0; rt < r1; rt += j->tile) {
+		uint64_t re = rt + j->tile < r1 ? rt + j->tile : r1;
+		for (uint32_t b = 0; b < j->n; b++) {
+			const float *x = j->x + (uint64_t)b * j->cols;
+			float *y = j->y + (uint64_t)b * j->rows;
+			for (uint64_t r = rt; r < re; r++)
+				y[r] = j->dot(j->w + r * j->row_size, x, j->cols);
+		}
+	}
+}
+
+static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
+		   const struct spa_tensor *w, const float *x, float *y, uint32_t n)
+{
+	if (check_type(w->type, y, w->rows * (uint64_t)n) < 0)
+		return;
+	struct mm_job j = {
+		.dot = ops->dot[w->type],
+		.w = w->data,
+		.row_size = type_elem_size(w->type) * w->cols,
+		.rows = w->rows,
+		.cols = w->cols,
+		.x = x,
+		.y = y,
+		.n = n,
+	};
+	if (n == 1 || w->rows == 0) {
+		spa_pool_run(pool, matvec_worker, &j);
+		return;
+	}
+	/* 64 KiB of weights per tile: stays in L2 while the batch streams past it */
+	uint64_t tile = j.row_size ? (64u << 10) / j.row_size : 16;
+	j.tile = (uint32_t)(tile < 1 ? 1 : tile > 64 ? 64 : tile);
+	spa_pool_run(pool, matmul_worker, &j);
+}
+
+void spa_matvec_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
+		    const struct spa_tensor *w, const float *x, float *y)
+{
+	mm_run(ops, pool, w, x, y, 1);
+}
+
+void spa_matmul_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
+		    const struct spa_tensor *w, const float *x, float *y, uint32_t n)
+{
+	if (n == 0)
+		return;
+	mm_run(ops, pool, w, x, y, n);
+}
+
+void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y)
+{
+	mm_run(spa_kernels_ops(), pool, w, x, y, 1);
+}
+
+void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y,
+		uint32_t n)
+{
+	spa_matmul_ops(spa_kernels_ops(), pool, w, x, y, n);
+}
+
+void spa_matvec_f32_ops(const struct spa_kernels_ops *ops, const float *w, const float *b,
+			const float *x, float *y, uint32_t rows, uint32_t cols)
+{
+	spa_dot_fn dot = ops->dot[SPA_TYPE_F32];
+	for (uint32_t r = 0; r < rows; r++) {
+		float v = dot(w + (uint64_t)r * cols, x, cols);
+		y[r] = b ? v + b[r] : v;
+	}
+}
+
+void spa_matvec_f32(const float *w, const float *b, const float *x, float *y, uint32_t rows,
+		    uint32_t cols)
+{
+	spa_matvec_f32_ops(spa_kernels_ops(), w, b, x, y, rows, cols);
+}
+
+float spa_dot_f32(const float *a, const float *b, uint32_t n)
+{
+	return spa_kernels_ops()->dot[SPA_TYPE_F32](a, b, n);
+}
+
+/* ---- element-wise kernels (one implementation: their order does not depend on the ISA) -- */
+
+void spa_rmsnorm_ops(const struct spa_kernels_ops *ops, float *out, const float *x,
+		     const float *weight, uint32_t n, float eps)
+{
+	if (n == 0)
+		return;
+	float ss = ops->dot[SPA_TYPE_F32](x, x, n);
+	float scale = 1.0f / sqrtf(ss / (float)n + eps);
+	for (uint32_t i = 0; i < n; i++)
+		out[i] = x[i] * scale * weight[i];
+}
+
+void spa_rmsnorm(float *out, const float *x, const float *weight, uint32_t n, float eps)
+{
+	spa_rmsnorm_ops(spa_kernels_ops(), out, x, weight, n, eps);
+}
+
+void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float base)
+{
+	/* Angles in double from libm so that every backend can reproduce them closely; the
+	 * per-pair loop is outside so that each cos/sin is computed once for all heads. */
+	for (uint32_t i = 0; i + 1 < head_dim; i += 2) {
+		double freq = pow((double)base, -(double)i / (double)head_dim);
+		double ang = (double)pos * freq;
+		float c = (float)cos(ang), s = (float)sin(ang);
+		for (uint32_t h = 0; h < n_heads; h++) {
+			float *p = x + (uint64_t)h * head_dim + i;
+			float a = p[0], b = p[1];
+			p[0] = a * c - b * s;
+			p[1] = a * s + b * c;
+		}
+	}
+}
+
+void spa_softmax(float *x, uint32_t n)
+{
+	if (n == 0)
+		return;
+	float max = x[0];
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > max)
+			max = x[i];
+	if (max == -INFINITY) { /* all masked out: uniform rather than NaN */
+		for (uint32_t i = 0; i < n; i++)
+			x[i] = 1.0f / (float)n;
+		return;
+	}
+	double sum = 0; /* double: a 128k vocabulary still sums to 1 within float precision */
+	for (uint32_t i = 0; i < n; i++) {
+		x[i] = expf(x[i] - max);
+		sum += x[i];
+	}
+	float inv = (float)(1.0 / sum);
+	for (uint32_t i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+void spa_swiglu(float *out, const float *gate, const float *up, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + expf(-g)) * up[i];
+	}
+}
+
+uint32_t spa_argmax(const float *x, uint32_t n)
+{
+	uint32_t best = 0;
+	while (best < n && isnan(x[best])) /* NaNs never win, so never start from one */
+		best++;
+	if (best >= n)
+		return 0;
+	for (uint32_t i = best + 1; i < n; i++)
+		if (x[i] > x[best]) /* strict: the lowest index wins ties */
+			best = i;
+	return best;
+}

@@ -57,3 +57,135 @@ const char *cli_value(int argc, char **argv, int *i)
 		cli_die(2, "%s needs a value (see --help)", argv[*i]);
 	return argv[++*i];
 }
+
+#include "spa/pin.h"
+#include "spa/tokenizer.h"
+
+const char cli_gen_help[] =
+	"  -p, --prompt TEXT     prompt (default \"Once upon a time\")\n"
+	"  -n, --tokens N        tokens to generate (default 32)\n"
+	"  --method M            base | lora | adapter | lst | spa (default: base, or the\n"
+	"                        plugin's kind: spa for a side plugin)\n"
+	"  --split X             cloud-linear | edge-all (side methods; default cloud-linear)\n"
+	"  --merge Y             add | replace (side methods; default add)\n"
+	"  --temp T              sampling temperature (default 0: greedy)\n"
+	"  --top-k K             keep the K most likely tokens (default 0: off)\n"
+	"  --top-p P             nucleus sampling threshold (default 1: off)\n"
+	"  --seed S              sampling seed (default 0)\n"
+	"  --ids                 print token ids on one line instead of text\n"
+	"  --stats-json FILE     write the run's figures as JSON\n";
+
+void cli_gen_defaults(struct cli_gen *g)
+{
+	memset(g, 0, sizeof *g);
+	g->prompt = "Once upon a time";
+	g->n_gen = 32;
+	g->cfg.method = SPA_METHOD_BASE;
+	g->cfg.split = SPA_SPLIT_CLOUD_LINEAR;
+	g->cfg.merge = SPA_MERGE_ADD;
+	g->cfg.sp.top_p = 1.0f;
+}
+
+bool cli_gen_option(struct cli_gen *g, int argc, char **argv, int *i)
+{
+	const char *a = argv[*i];
+	int v;
+	if (!strcmp(a, "-p") || !strcmp(a, "--prompt"))
+		g->prompt = cli_value(argc, argv, i);
+	else if (!strcmp(a, "-n") || !strcmp(a, "--tokens"))
+		g->n_gen = (uint32_t)cli_int(a, cli_value(argc, argv, i), 0, 1 << 20);
+	else if (!strcmp(a, "--method")) {
+		const char *s = cli_value(argc, argv, i);
+		if ((v = spa_method_from_name(s)) < 0)
+			cli_die(2, "--method: unknown method '%s' (base, lora, adapter, lst, spa)", s);
+		g->cfg.method = (enum spa_method)v;
+		g->have_method = true;
+	} else if (!strcmp(a, "--split")) {
+		const char *s = cli_value(argc, argv, i);
+		if ((v = spa_split_from_name(s)) < 0)
+			cli_die(2, "--split: unknown split '%s' (cloud-linear, edge-all)", s);
+		g->cfg.split = (enum spa_split)v;
+	} else if (!strcmp(a, "--merge")) {
+		const char *s = cli_value(argc, argv, i);
+		if ((v = spa_merge_from_name(s)) < 0)
+			cli_die(2, "--merge: unknown merge '%s' (add, replace)", s);
+		g->cfg.merge = (enum spa_merge)v;
+	} else if (!strcmp(a, "--temp"))
+		g->cfg.sp.temp = (float)cli_float(a, cli_value(argc, argv, i), 0, 100);
+	else if (!strcmp(a, "--top-k"))
+		g->cfg.sp.top_k = (uint32_t)cli_int(a, cli_value(argc, argv, i), 0, 1 << 22);
+	else if (!strcmp(a, "--top-p"))
+		g->cfg.sp.top_p = (float)cli_float(a, cli_value(argc, argv, i), 1e-6, 1);
+	else if (!strcmp(a, "--seed"))
+		g->cfg.sp.seed = (uint64_t)cli_int(a, cli_value(argc, argv, i), 0, INT64_MAX);
+	else if (!strcmp(a, "--ids"))
+		g->ids = true;
+	else if (!strcmp(a, "--stats-json"))
+		g->stats_json = cli_value(argc, argv, i);
+	else
+		return false;
+	return true;
+}
+
+int cli_cpu(const char *opt, const char *s)
+{
+	int n = spa_pin_n_pus();
+	return (int)cli_int(opt, s, 0, n > 0 ? n - 1 : 0);
+}
+
+void cli_print_token(void *ctx, int32_t id)
+{
+	struct cli_printer *p = ctx;
+	if (p->ids)
+		printf(p->n ? " %d" : "%d", id);
+	else
+		fputs(spa_tokenizer_piece(p->tok, p->prev, id), stdout);
+	fflush(stdout);
+	p->prev = id;
+	p->n++;
+}
+
+int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t edge_wall_ns,
+	       const struct spa_link_stats *link, const char *link_name, const char *path)
+{
+	double n = s->n_tokens ? s->n_tokens : 1;
+	double M = s->n_xchg / n;
+	double infer = (s->wall_ns - s->xchg_ns + s->edge_ns) / 1e6;
+	double net = (s->xchg_ns - s->edge_ns) / 1e6;
+	double total = s->wall_ns / 1e6;
+	double p50 = spa_percentile_u64(s->step_ns, s->n_tokens, 50) / 1e6;
+	double p99 = spa_percentile_u64(s->step_ns, s->n_tokens, 99) / 1e6;
+	double pct = s->base_params ? 100.0 * s->plugin_params / s->base_params : 0;
+	double tok_s = s->wall_ns ? s->n_tokens / (s->wall_ns / 1e9) : 0;
+	fprintf(stderr,
+		"\n%s: %u tokens (%u prompt), %s, %.1f tok/s; M = %.3f (%u exchanges, %u side "
+		"path); inference %.2f ms, network %.2f ms, total %.2f ms; per token p50 %.2f ms "
+		"p99 %.2f ms; bytes/token out %.0f in %.0f; link %s\n", cli_prog, s->n_tokens,
+		s->n_prompt, spa_method_name(g->cfg.method), tok_s, M, s->n_xchg, s->n_side, infer,
+		net, total, p50, p99, s->bytes_out / n, s->bytes_in / n, link_name);
+	if (!path)
+		return 0;
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		fprintf(stderr, "%s: cannot write %s: %s\n", cli_prog, path, strerror(errno));
+		return -errno;
+	}
+	fprintf(f,
+		"{\"method\": \"%s\", \"split\": \"%s\", \"merge\": \"%s\", \"link\": \"%s\", "
+		"\"n_layers\": %u, \"n_tokens\": %u, \"n_prompt\": %u, \"param_pct\": %.4f, "
+		"\"M\": %.4f, \"n_xchg\": %u, \"n_side\": %u, \"infer_ms\": %.3f, "
+		"\"cloud_ms\": %.3f, \"edge_ms\": %.3f, \"net_ms\": %.3f, \"total_ms\": %.3f, "
+		"\"token_ms_p50\": %.3f, \"token_ms_p99\": %.3f, \"bytes_out_per_token\": %.1f, "
+		"\"bytes_in_per_token\": %.1f, \"prefill_ms\": %.3f, \"prefill_xchg\": %llu, "
+		"\"tok_s\": %.2f, \"edge_wall_ms\": %.3f, \"link_bytes_tx\": %llu, "
+		"\"link_bytes_rx\": %llu}\n",
+		spa_method_name(g->cfg.method), spa_split_name(g->cfg.split),
+		spa_merge_name(g->cfg.merge), link_name, s->n_layers, s->n_tokens, s->n_prompt, pct,
+		M, s->n_xchg, s->n_side, infer, (s->wall_ns - s->xchg_ns) / 1e6, s->edge_ns / 1e6,
+		net, total, p50, p99, s->bytes_out / n, s->bytes_in / n, s->prefill_ns / 1e6,
+		(unsigned long long)s->prefill_xchg, tok_s, edge_wall_ns / 1e6,
+		(unsigned long long)(link ? link->bytes_tx : 0),
+		(unsigned long long)(link ? link->bytes_rx : 0));
+	fclose(f);
+	return 0;
+}

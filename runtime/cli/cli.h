@@ -3,6 +3,7 @@
 #ifndef SPA_CLI_H
 #define SPA_CLI_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Program name for messages (set by cli_init from argv[0]). */
@@ -16,4 +17,39 @@ double cli_float(const char *opt, const char *s, double lo, double hi);
 /* Value of option argv[*i] (advances *i) or die "OPT needs a value". */
 const char *cli_value(int argc, char **argv, int *i);
 
+
+
+#include "spa/session.h"
+
+/* The generation options spa-run and spa-edge share. */
+struct cli_gen {
+	const char *prompt;
+	uint32_t n_gen;
+	struct spa_gen_cfg cfg;
+	bool ids;                 /* print token ids instead of text */
+	const char *stats_json;   /* write a JSON summary here */
+	bool have_method;
+};
+/* Defaults: prompt "Once upon a time", 32 tokens, method base, cloud-linear, add, greedy,
+ * seed 0. */
+void cli_gen_defaults(struct cli_gen *g);
+/* If argv[*i] is one of -p/--prompt, -n/--tokens, --method, --split, --merge, --seed, --temp,
+ * --top-k, --top-p, --ids, --stats-json: parse it (advancing *i) and return true. */
+bool cli_gen_option(struct cli_gen *g, int argc, char **argv, int *i);
+/* Help text for those options. */
+extern const char cli_gen_help[];
+/* Parse a --cpu value (a logical CPU number), checking that it exists. */
+int cli_cpu(const char *opt, const char *s);
+
+/* Print text or ids as tokens arrive. */
+struct cli_printer {
+	const struct spa_tokenizer *tok;
+	bool ids;
+	int32_t prev;
+	uint32_t n;
+};
+void cli_print_token(void *ctx, int32_t id);
+/* Print the summary line(s) to stderr and, when path is set, the JSON summary. */
+int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t edge_wall_ns,
+	       const struct spa_link_stats *link, const char *link_name, const char *path);
 #endif

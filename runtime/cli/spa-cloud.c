@@ -1,1 +1,94 @@
-int main(void) { return 1; } /* placeholder */
+/* spa-cloud: serves the frozen base model to edges over a link, one session after another. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "spa/spa.h"
+
+static void usage(void)
+{
+	printf("usage: spa-cloud -m BASE.gguf --link URI [options]\n"
+	       "Serve the base model to spa-edge sessions, one after another.\n\n"
+	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
+	       "  --link URI            shm:/NAME (same host) or tcp://HOST:PORT (listen address)\n"
+	       "  -t, --threads N       compute threads (default: one per core)\n"
+	       "  --cpu LIST            pin the compute threads to these CPUs (e.g. 0 or 0,2,3)\n"
+	       "  --sessions N          exit after N sessions (default 0: serve forever)\n"
+	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
+	       "  --batch N             prompt prefill batch (default 64)\n"
+	       "  -q, --quiet           no per-session lines\n");
+}
+
+int main(int argc, char **argv)
+{
+	cli_init(argv[0]);
+	const char *model_path = NULL;
+	struct spa_cloud_opts o = {.timeout_ns = 30000000000ll};
+	int threads = 0, n_cpus = 0, cpus[256];
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-m") || !strcmp(a, "--model"))
+			model_path = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "--link"))
+			o.uri = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
+			threads = (int)cli_int(a, cli_value(argc, argv, &i), 1, 256);
+		else if (!strcmp(a, "--cpu")) {
+			char *list = strdup(cli_value(argc, argv, &i)), *save = NULL;
+			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+				if (n_cpus == 256)
+					cli_die(2, "--cpu: too many CPUs");
+				cpus[n_cpus++] = cli_cpu("--cpu", t);
+			}
+			free(list);
+		} else if (!strcmp(a, "--sessions"))
+			o.max_sessions = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 0, 1 << 30);
+		else if (!strcmp(a, "--net-delay-us"))
+			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
+		else if (!strcmp(a, "--timeout"))
+			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
+						 1e9);
+		else if (!strcmp(a, "--batch"))
+			o.max_batch = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 1, 4096);
+		else if (!strcmp(a, "-q") || !strcmp(a, "--quiet"))
+			o.quiet = true;
+		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage();
+			return 0;
+		} else
+			cli_die(2, "unknown option '%s' (see --help)", a);
+	}
+	if (!model_path)
+		cli_die(2, "no model: give -m BASE.gguf");
+	if (!o.uri)
+		cli_die(2, "no link: give --link shm:/NAME or --link tcp://HOST:PORT");
+	if (n_cpus && threads && threads != n_cpus)
+		cli_die(2, "--threads %d but --cpu lists %d CPUs", threads, n_cpus);
+	if (n_cpus)
+		threads = n_cpus;
+
+	struct spa_errbuf err = {{0}};
+	struct spa_model *m = NULL;
+	if (spa_model_load(&m, model_path, !o.quiet, &err) < 0)
+		cli_die(1, "%s", err.msg);
+	struct spa_pool *pool = NULL;
+	int rc = spa_pool_create(&pool, threads, n_cpus ? cpus : NULL);
+	if (rc < 0) {
+		spa_model_destroy(m);
+		cli_die(1, "cannot start the compute threads: %s", spa_strerror(rc));
+	}
+	if (!o.quiet) {
+		char where[128];
+		spa_pin_describe(where, sizeof where);
+		fprintf(stderr, "spa-cloud: %d compute thread(s), kernels %s, main thread on %s\n",
+			spa_pool_n_threads(pool), spa_kernels_variant(), where);
+	}
+	rc = spa_cloud_serve(m, pool, &o, &err);
+	spa_pool_destroy(pool);
+	spa_model_destroy(m);
+	if (rc < 0)
+		cli_die(1, "%s", err.msg);
+	return 0;
+}

@@ -1,1 +1,107 @@
-int main(void) { return 1; } /* placeholder */
+/* spa-edge: the user's device. Holds the plugin, the tokenizer and the prompt; asks a spa-cloud
+ * for the base model's work and answers its requests. Needs no base model file. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "spa/spa.h"
+
+static void usage(void)
+{
+	printf("usage: spa-edge --link URI --plugin PLUGIN.gguf --method M -p PROMPT -n N [options]\n"
+	       "Generate text with a personal plugin, the base model running in a spa-cloud.\n\n"
+	       "  --link URI            shm:/NAME or tcp://HOST:PORT of the cloud\n"
+	       "  --plugin FILE         personal plugin (spa-gen plugin); carries the tokenizer\n"
+	       "  --cpu N               pin the edge's compute thread to CPU N (hwloc)\n"
+	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --timeout S           longest wait for the cloud (connect and each message; "
+	       "default 60)\n"
+	       "%s", cli_gen_help);
+}
+
+int main(int argc, char **argv)
+{
+	cli_init(argv[0]);
+	struct cli_gen g;
+	cli_gen_defaults(&g);
+	struct spa_edge_opts o = {.timeout_ns = 60000000000ll};
+	const char *plugin_path = NULL;
+	int cpu = -1;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (cli_gen_option(&g, argc, argv, &i))
+			continue;
+		if (!strcmp(a, "--link"))
+			o.uri = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "--plugin"))
+			plugin_path = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "--cpu"))
+			cpu = cli_cpu(a, cli_value(argc, argv, &i));
+		else if (!strcmp(a, "--net-delay-us"))
+			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
+		else if (!strcmp(a, "--timeout"))
+			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
+						 1e9);
+		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage();
+			return 0;
+		} else
+			cli_die(2, "unknown option '%s' (see --help)", a);
+	}
+	if (!o.uri)
+		cli_die(2, "no link: give --link shm:/NAME or --link tcp://HOST:PORT");
+	if (!plugin_path)
+		cli_die(2, "no plugin: give --plugin PLUGIN.gguf (make one with spa-gen plugin)");
+
+	struct spa_errbuf err = {{0}};
+	struct spa_plugin *p = NULL;
+	if (spa_plugin_load(&p, plugin_path, &err) < 0)
+		cli_die(1, "%s", err.msg);
+	if (!g.have_method)
+		g.cfg.method = p->kind == SPA_PLUGIN_SIDE ? SPA_METHOD_SPA
+			     : p->kind == SPA_PLUGIN_LORA ? SPA_METHOD_LORA : SPA_METHOD_ADAPTER;
+	if (cpu >= 0) {
+		int rc = spa_pin_thread(cpu);
+		if (rc < 0)
+			cli_die(1, "cannot pin to CPU %d: %s", cpu, spa_strerror(rc));
+	}
+	char where[128];
+	spa_pin_describe(where, sizeof where);
+	fprintf(stderr, "spa-edge: plugin %s (%s, rank %u, for base %s), compute thread on %s\n",
+		plugin_path, spa_plugin_kind_name(p->kind), p->rank, p->base_fingerprint, where);
+
+	uint32_t cap = 1u << 16, n_prompt = 0;
+	int32_t *ids = malloc(sizeof *ids * cap);
+	if (!ids || spa_tokenizer_encode(p->tok, g.prompt, true, ids, cap, &n_prompt) < 0)
+		cli_die(1, "cannot tokenize the prompt (longer than %u tokens?)", cap);
+
+	struct cli_printer pr = {.tok = p->tok, .ids = g.ids, .prev = ids[n_prompt - 1]};
+	o.cfg = g.cfg;
+	o.n_gen = g.n_gen;
+	o.on_token = cli_print_token;
+	o.ctx = &pr;
+	if (!g.ids)
+		fputs(g.prompt, stdout);
+	fflush(stdout);
+	struct spa_edge_result res;
+	int rc = spa_edge_run(p, ids, n_prompt, &o, &res, &err);
+	putchar('\n');
+	fflush(stdout);
+	if (rc < 0) {
+		fprintf(stderr, "spa-edge: %s\n", err.msg);
+		free(ids);
+		spa_plugin_destroy(p);
+		return 1;
+	}
+	fprintf(stderr, "spa-edge: session %u, edge compute %.2f ms, first token after %.2f ms, "
+		"%.1f tok/s end to end\n", res.session, res.edge_compute_ns / 1e6,
+		res.first_token_ns / 1e6, res.n_tokens / (res.wall_ns / 1e9));
+	const char *scheme = strncmp(o.uri, "shm:", 4) == 0 ? "shm" : "tcp";
+	rc = cli_report(&g, &res.cloud, res.wall_ns, &res.link, scheme, g.stats_json);
+	free(res.tokens);
+	free(res.cloud.step_ns);
+	free(ids);
+	spa_plugin_destroy(p);
+	return rc < 0 ? 1 : 0;
+}

@@ -51,7 +51,20 @@ struct spa_link_driver {
 extern const struct spa_link_driver spa_drv_shm;
 extern const struct spa_link_driver spa_drv_tcp;
 
-/* CLOCK_MONOTONIC in ns. */
+/* CLOCK_MONOTONIC in ns. Thread-safe; no system call (vDSO); fine on the hot path. */
 int64_t spa_now_ns(void);
+
+/* The driver-level link under a link (runtime/link.c). For tests and tools that must put raw
+ * frames on the wire (corrupted, truncated, out of sequence) through base->drv->send_frame, or
+ * take them off unchecked. The link keeps ownership; the pointer lives as long as l. */
+struct spa_link_base *spa_link_driver_base(struct spa_link *l);
+
+/* The two CRC32C implementations behind spa_crc32c (runtime/wire.c), exported so tests can
+ * check that they agree: the table-driven one (any CPU) and the SSE4.2 crc32 instruction one
+ * (falls back to the table when the CPU lacks SSE4.2; spa_crc32c_have_hw() says which: 1 when
+ * the instruction is used). Same contract as spa_crc32c; thread-safe. */
+uint32_t spa_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+uint32_t spa_crc32c_hw(uint32_t crc, const void *buf, size_t len);
+int spa_crc32c_have_hw(void);
 
 #endif

@@ -386,7 +386,9 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		if (h.session != l->session)
 			return BAD(-SPA_EPROTO, "%s frame for session %u on session %u",
 				   spa_msg_type_name(h.type), h.session, l->session);
-	} else if (h.session && h.type != SPA_MSG_HELLO_OK) {
+	} else if (h.session && h.type != SPA_MSG_HELLO_OK && h.type != SPA_MSG_ERROR) {
+		/* Before HELLO_OK only the cloud's answers to HELLO may name a session: the
+		 * HELLO_OK that sets it, or the ERROR that refuses it. */
 		return BAD(-SPA_EPROTO,
 			   "%s frame names session %u before the cloud's HELLO_OK set one",
 			   spa_msg_type_name(h.type), h.session);

@@ -959,3 +959,35 @@ Test(link, connect_waits_for_a_cloud_that_starts_later, .timeout = 30)
 	cr_assert_eq(spa_link_connect(&l, "tcp://127.0.0.1:1", NULL, 50000000, &e), -ETIMEDOUT);
 	cr_assert(strstr(e.msg, "listening"), "%s", e.msg);
 }
+
+Test(link, error_refusing_a_hello_may_name_the_session, .timeout = 30)
+{
+	char uri[96];
+	struct spa_listener *lst;
+	struct spa_link *c, *a;
+	struct spa_errbuf e = { "" };
+	snprintf(uri, sizeof uri, "shm:/refuse-%d", (int)getpid());
+	cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), 0, "%s", e.msg);
+	cr_assert_eq(spa_link_connect(&c, uri, NULL, SEC, &e), 0, "%s", e.msg);
+	cr_assert_eq(spa_link_accept(lst, &a, SEC, &e), 0, "%s", e.msg);
+	struct spa_msg m = { .type = SPA_MSG_HELLO };
+	char b[64];
+	cr_assert_eq(spa_link_send(c, &m, NULL, 0), 0);
+	cr_assert_eq(spa_link_recv(a, &m, b, sizeof b, SEC), 0);
+	struct spa_msg er = { .type = SPA_MSG_ERROR, .session = 5, .aux = 1002 };
+	cr_assert_eq(spa_link_send(a, &er, "plugin mismatch", 15), 0);
+	cr_assert_eq(spa_link_recv(c, &m, b, sizeof b, SEC), 0, "%s", spa_link_error(c));
+	cr_assert_eq(m.type, SPA_MSG_ERROR);
+	cr_assert_eq(m.session, 5);
+	cr_assert_eq(m.aux, 1002);
+	cr_assert_eq(memcmp(b, "plugin mismatch", 15), 0);
+	/* but no other message may name a session before HELLO_OK */
+	struct spa_msg t = { .type = SPA_MSG_TOKEN, .session = 5 };
+	cr_assert_eq(spa_link_send(a, &t, NULL, 0), 0);
+	cr_assert_eq(spa_link_recv(c, &m, b, sizeof b, SEC), -SPA_EPROTO);
+	cr_assert(strstr(spa_link_error(c), "before the cloud's HELLO_OK"), "%s",
+		  spa_link_error(c));
+	spa_link_destroy(c);
+	spa_link_destroy(a);
+	spa_listener_destroy(lst);
+}

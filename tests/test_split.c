@@ -26,7 +26,7 @@ static const char *sampling[2] = {
 static int next_port(void)
 {
 	static int n;
-	return 21000 + (getpid() % 4000) * 4 + (n++ % 4);
+	return 21000 + (getpid() % 2000) * 4 + (n++ % 4); /* below the ephemeral range */
 }
 
 static void make_uri(char *uri, size_t size, const char *link)

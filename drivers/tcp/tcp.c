@@ -29,6 +29,8 @@
 #define HDR SPA_WIRE_HDR_SIZE
 #define MAX_FRAME (1u << 20)
 #define MAX_IOV 8
+#define ATTEMPT_NS 500000000ll /* longest wait for one connect attempt */
+#define BACKLOG 16
 
 struct tcp_link {
 	struct spa_link_base base;
@@ -268,7 +270,7 @@ static int tcp_listen(struct spa_listener_base **out, const char *addr, struct s
 		}
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-		if (!bind(fd, a->ai_addr, a->ai_addrlen) && !listen(fd, 4))
+		if (!bind(fd, a->ai_addr, a->ai_addrlen) && !listen(fd, BACKLOG))
 			break;
 		e = errno;
 		close(fd);
@@ -344,7 +346,10 @@ static int try_connect(const struct addrinfo *a, int64_t deadline)
 			close(fd);
 			return -e;
 		}
-		int rc = wait_fd(fd, POLLOUT, deadline);
+		/* A SYN lost to a full accept queue is only retried by the kernel after a second
+		 * or more: bound each attempt and start afresh instead. */
+		int64_t cap = spa_now_ns() + ATTEMPT_NS;
+		int rc = wait_fd(fd, POLLOUT, deadline >= 0 && deadline < cap ? deadline : cap);
 		int soerr = 0;
 		socklen_t sl = sizeof soerr;
 		if (rc <= 0) {
@@ -355,6 +360,15 @@ static int try_connect(const struct addrinfo *a, int64_t deadline)
 			close(fd);
 			return -(soerr ? soerr : errno);
 		}
+	}
+	/* With nobody listening yet on a port inside the ephemeral range, a retried connect can
+	 * pick that very port as its source and connect to itself (TCP simultaneous open). */
+	struct sockaddr_storage me, peer;
+	socklen_t ml = sizeof me, pl = sizeof peer;
+	if (!getsockname(fd, (struct sockaddr *)&me, &ml) &&
+	    !getpeername(fd, (struct sockaddr *)&peer, &pl) && ml == pl && !memcmp(&me, &peer, ml)) {
+		close(fd);
+		return -ECONNREFUSED;
 	}
 	return fd;
 }

@@ -35,7 +35,8 @@ static void usage(void)
 	       "and a spa-edge process generate --tokens tokens over a real link.\n\n"
 	       "  --methods LIST        comma list of lora, adapter, lst, spa, base\n"
 	       "                        (default lora,adapter,lst,spa)\n"
-	       "  --link L              shm, tcp, all, or a full URI (default shm)\n"
+	       "  --link L              memif, shm, udp, tcp, all, or a full URI (default: memif\n"
+	       "                        when DPDK's EAL can start here, else shm)\n"
 	       "  --tokens N            tokens per method (default 50)\n"
 	       "  --net-delay-us US     one-way delay tau added inside the link (default 0)\n"
 	       "  --model FILE          base model (default: made and cached: --shape, --type)\n"
@@ -134,6 +135,44 @@ static double json_num(const char *js, const char *key)
 	return p ? strtod(p + strlen(pat), NULL) : -1;
 }
 
+/* Whether a memif link can be set up here: DPDK built in and EAL able to start. Probed in a
+ * child process, since EAL starts once per process and spa-lat itself does not need it. */
+static bool memif_usable(char *why, size_t size)
+{
+	int fds[2];
+	if (pipe(fds) < 0) {
+		snprintf(why, size, "pipe: %s", strerror(errno));
+		return false;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(fds[0]);
+		if (!freopen("/dev/null", "w", stderr)) /* the driver's placement line */
+			_exit(2);
+		char uri[128];
+		snprintf(uri, sizeof uri, "memif:/tmp/spa-lat-probe-%d.sock", (int)getpid());
+		struct spa_listener *l = NULL;
+		struct spa_errbuf e = {{0}};
+		int rc = spa_link_listen(&l, uri, NULL, &e);
+		if (rc < 0 && write(fds[1], e.msg, strlen(e.msg)) < 0)
+			_exit(2);
+		spa_listener_destroy(l);
+		_exit(rc < 0 ? 1 : 0);
+	}
+	close(fds[1]);
+	ssize_t n = pid > 0 ? read(fds[0], why, size - 1) : -1;
+	why[n > 0 ? n : 0] = 0;
+	close(fds[0]);
+	int st = 1;
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	if (pid > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		return true;
+	if (!why[0])
+		snprintf(why, size, "the probe could not start EAL");
+	return false;
+}
+
 static const char *method_title(enum spa_method m)
 {
 	static const char *t[] = {"Base", "LoRA", "Adapter", "LST", "SPA"};
@@ -146,7 +185,7 @@ int main(int argc, char **argv)
 	enum spa_method methods[MAX_METHODS] = {SPA_METHOD_LORA, SPA_METHOD_ADAPTER, SPA_METHOD_LST,
 						SPA_METHOD_SPA};
 	int n_methods = 4;
-	const char *links[MAX_LINKS] = {"shm"};
+	const char *links[MAX_LINKS] = {"auto"};
 	int n_links = 1;
 	unsigned tokens = 50, threads = 1;
 	long delay_us = 0;
@@ -178,9 +217,11 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--link")) {
 			const char *s = cli_value(argc, argv, &i);
 			if (!strcmp(s, "all")) {
-				links[0] = "shm";
-				links[1] = "tcp";
-				n_links = 2;
+				links[0] = "memif";
+				links[1] = "shm";
+				links[2] = "udp";
+				links[3] = "tcp";
+				n_links = 4;
 			} else {
 				links[0] = s;
 				n_links = 1;
@@ -300,11 +341,30 @@ int main(int argc, char **argv)
 			model_path, spa_split_name(split), spa_merge_name(merge), un.nodename,
 			un.machine, n_pus, spa_kernels_variant());
 
-	int status = 0;
+	int status = 0, n_tables = 0, last_n = 0;
+	struct row last_rows[MAX_METHODS];
+	char last_scheme[16] = "";
 	for (int li = 0; li < n_links; li++) {
 		char uri[256];
 		const char *link = links[li];
-		if (!strcmp(link, "shm"))
+		if (!strcmp(link, "auto") || !strcmp(link, "memif")) {
+			/* The fastest link: DPDK memif when EAL can start here, else shm. */
+			char why[600];
+			if (memif_usable(why, sizeof why))
+				link = "memif";
+			else if (!strcmp(link, "memif")) {
+				fprintf(stderr, "spa-lat: skipping memif: %s\n", why);
+				continue;
+			} else {
+				fprintf(stderr, "spa-lat: using shm, not DPDK memif: %s\n", why);
+				link = "shm";
+			}
+		}
+		if (!strcmp(link, "memif"))
+			snprintf(uri, sizeof uri, "memif:/tmp/spa-lat-%d.sock", (int)getpid());
+		else if (!strcmp(link, "udp"))
+			snprintf(uri, sizeof uri, "udp://127.0.0.1:%d", 20000 + (int)getpid() % 20000);
+		else if (!strcmp(link, "shm"))
 			snprintf(uri, sizeof uri, "shm:/spa-lat-%d", (int)getpid());
 		else if (!strcmp(link, "tcp"))
 			snprintf(uri, sizeof uri, "tcp://127.0.0.1:%d", 20000 + (int)getpid() % 20000);
@@ -421,7 +481,8 @@ int main(int argc, char **argv)
 				       rows[j].n_side, tokens, side_fraction);
 		fflush(stdout);
 		if (jf) {
-			fprintf(jf, "%s{\"link\": \"%s\", \"methods\": [", li ? ", " : "", scheme);
+			fprintf(jf, "%s{\"link\": \"%s\", \"methods\": [", n_tables ? ", " : "",
+				scheme);
 			for (int j = 0; j < n_rows; j++) {
 				struct row *r = &rows[j];
 				fprintf(jf, "%s{\"method\": \"%s\", \"param_pct\": %.4f, \"M\": %.4f, "
@@ -435,21 +496,24 @@ int main(int argc, char **argv)
 			}
 			fprintf(jf, "]}");
 		}
+		memcpy(last_rows, rows, sizeof rows);
+		last_n = n_rows;
+		snprintf(last_scheme, sizeof last_scheme, "%s", scheme);
+		n_tables++;
+	}
+	if (jf && !status) {
 		/* The last table's rows also go at the top level: {n_layers, n_tokens, link, methods}. */
-		if (jf && li == n_links - 1) {
-			fprintf(jf, "], \"link\": \"%s\", \"methods\": [", scheme);
-			for (int j = 0; j < n_rows; j++) {
-				struct row *r = &rows[j];
-				fprintf(jf, "%s{\"method\": \"%s\", \"param_pct\": %.4f, \"M\": %.4f, "
-					"\"infer_ms\": %.3f, \"net_ms\": %.3f, \"total_ms\": %.3f, "
-					"\"token_ms_p50\": %.3f, \"token_ms_p99\": %.3f, "
-					"\"bytes_out_per_token\": %.1f, \"bytes_in_per_token\": %.1f}",
-					j ? ", " : "", spa_method_name(r->method), r->param_pct, r->M,
-					r->infer_ms, r->net_ms, r->total_ms, r->p50, r->p99, r->out_pt,
-					r->in_pt);
-			}
-			fprintf(jf, "]}\n");
+		fprintf(jf, "], \"link\": \"%s\", \"methods\": [", last_scheme);
+		for (int j = 0; j < last_n; j++) {
+			struct row *r = &last_rows[j];
+			fprintf(jf, "%s{\"method\": \"%s\", \"param_pct\": %.4f, \"M\": %.4f, "
+				"\"infer_ms\": %.3f, \"net_ms\": %.3f, \"total_ms\": %.3f, "
+				"\"token_ms_p50\": %.3f, \"token_ms_p99\": %.3f, "
+				"\"bytes_out_per_token\": %.1f, \"bytes_in_per_token\": %.1f}",
+				j ? ", " : "", spa_method_name(r->method), r->param_pct, r->M,
+				r->infer_ms, r->net_ms, r->total_ms, r->p50, r->p99, r->out_pt, r->in_pt);
 		}
+		fprintf(jf, "]}\n");
 	}
 	if (jf)
 		fclose(jf);

@@ -7,14 +7,64 @@
  * thread counts and across batched prefill versus token-by-token decoding. The split runtime
  * (cloud + edge must equal the local reference) relies on this. */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "spa/engine.h"
 #include "spa/error.h"
+#include "spa/gguf.h"
 #include "spa/kernels.h"
+#include "spa/plugin.h"
 #include "spa/pool.h"
+#include "spa/tokenizer.h"
+
+/* Greedy head: rows per tile (1 KiB of logits per thread, in L1). */
+#define HEAD_TILE 256u
+/* Matrices of a streamed block, in the order the forward uses them. */
+#define BLK_MATS 7
+#define STREAM_SLOTS 2
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A streamed matrix: where it lies in the file. */
+struct stream_unit {
+	uint64_t off;   /* file offset */
+	uint64_t size;  /* bytes */
+};
+
+/* Blocks first..L-1 stream through STREAM_SLOTS buffers: unit n of the endless sequence
+ * (block first + (n / 7) % n_blocks, matrix n % 7) is read into slot n % 2 with tag n. When
+ * the forward is done with unit n, unit n + 2 is queued into the slot n freed, so the read
+ * of the next matrix always overlaps the product of the current one (and the next token's
+ * first reads overlap the head, the sampling and the exchanges). */
+struct engine_stream {
+	struct spa_uring_reader *rd;
+	uint32_t first;             /* first streamed block (L: none) */
+	uint32_t n_units;           /* 7 x streamed blocks */
+	struct stream_unit *units;
+	uint8_t *slot[STREAM_SLOTS];
+	uint64_t slot_size;
+	uint64_t seq;               /* next unit the forward consumes */
+	int err;                    /* sticky: a failed read ends the stream */
+	struct spa_tensor cur;      /* the unit being computed with */
+	/* token embedding read row by row when not resident */
+	const struct spa_gguf *g;
+	uint64_t embd_off;          /* data-section offset of token_embd */
+	uint8_t *embd_row;
+	uint64_t bytes_per_token, bytes_read, wait_ns, n_forward;
+};
 
 /* Upper bound on the cache length: keeps every size product far from overflow. */
 #define MAX_ENGINE_CTX (1u << 24)
@@ -47,6 +97,18 @@ struct spa_engine {
 
 	float *resid;   /* (L + 1, H) e, y_0 .. y_{L-1} of the last position */
 	float *f;       /* (H) final RMSNorm of the last position */
+
+	/* fused side maps (spa_engine_set_side) */
+	const struct spa_plugin *side;
+	float *taps;    /* borrowed: (L + 1, r) */
+	bool gate_on;
+	float gate[2];
+
+	/* greedy head: per-thread best and tile, one cache line apart */
+	struct head_best { float v; uint32_t i; bool any; char pad[52]; } *hbest;
+	float *htile;   /* (n_threads, HEAD_TILE) */
+
+	struct engine_stream st;
 };
 
 static float *alloc_f32(uint64_t n)
@@ -66,11 +128,20 @@ void spa_engine_destroy(struct spa_engine *e)
 	if (!e)
 		return;
 	float *bufs[] = { e->x, e->xb, e->q, e->att, e->proj, e->delta, e->dq, e->dv, e->hb,
-			  e->hb2, e->scores, e->k_cache, e->v_cache, e->resid, e->f };
+			  e->hb2, e->scores, e->k_cache, e->v_cache, e->resid, e->f, e->htile };
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
+	/* Waits for the reads still in flight into the slots before they are freed. */
+	spa_uring_reader_destroy(e->st.rd);
+	for (int i = 0; i < STREAM_SLOTS; i++)
+		free(e->st.slot[i]);
+	free(e->st.units);
+	free(e->st.embd_row);
+	free(e->hbest);
 	free(e);
 }
+
+static int stream_init(struct spa_engine *e);
 
 int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32_t n_ctx,
 		      uint32_t max_batch, struct spa_pool *pool)
@@ -104,9 +175,17 @@ int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32
 	    !(e->hb = alloc_f32(B * hp->n_ff)) || !(e->hb2 = alloc_f32(B * hp->n_ff)) ||
 	    !(e->scores = alloc_f32((uint64_t)e->n_threads * n_ctx)) ||
 	    !(e->k_cache = alloc_f32(cache)) || !(e->v_cache = alloc_f32(cache)) ||
-	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H))) {
+	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H)) ||
+	    !(e->htile = alloc_f32((uint64_t)e->n_threads * HEAD_TILE)) ||
+	    posix_memalign((void **)&e->hbest, 64, sizeof *e->hbest * (size_t)e->n_threads)) {
+		e->hbest = NULL;
 		spa_engine_destroy(e);
 		return -ENOMEM;
+	}
+	int rc = stream_init(e);
+	if (rc < 0) {
+		spa_engine_destroy(e);
+		return rc;
 	}
 	*out = e;
 	return 0;
@@ -141,6 +220,359 @@ static void mm(struct spa_engine *e, const struct spa_tensor *w, const float *x,
 		spa_matvec(e->pool, w, x, y);
 	else
 		spa_matmul(e->pool, w, x, y, n);
+}
+
+
+/* ---------------------------------------------------------------- streaming */
+
+static const char *const blk_mat_names[BLK_MATS] = {
+	"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+};
+
+static const struct spa_tensor *blk_mat(const struct spa_layer *ly, int k)
+{
+	const struct spa_tensor *t[BLK_MATS] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo,
+						 &ly->w_gate, &ly->w_up, &ly->w_down };
+	return t[k];
+}
+
+static void stream_queue(struct engine_stream *st, uint64_t n)
+{
+	if (st->err)
+		return;
+	const struct stream_unit *u = &st->units[n % st->n_units];
+	int rc = spa_uring_read_async(st->rd, st->slot[n % STREAM_SLOTS], u->off, u->size, n);
+	if (rc < 0)
+		st->err = rc;
+}
+
+/* Set up streaming when the model was loaded under a budget (spa_engine_model_load): blocks
+ * whose matrices have no data, and a token embedding without data. */
+static int stream_init(struct spa_engine *e)
+{
+	const struct spa_model *m = e->m;
+	const uint32_t L = m->hp.n_layers;
+	struct engine_stream *st = &e->st;
+	uint32_t first = L;
+	for (uint32_t l = 0; l < L && first == L; l++)
+		if (!m->layers[l].wq.data)
+			first = l;
+	st->first = first;
+	if (first == L && m->tok_embd.data)
+		return 0;
+	const struct spa_gguf *g = m->gguf;
+	if (!g || g->fd < 0 || !m->output.data || !m->output_norm)
+		return -SPA_EUSAGE; /* only spa_engine_model_load makes such models */
+	st->g = g;
+	st->n_units = BLK_MATS * (L - first);
+	if (st->n_units) {
+		if (!(st->units = calloc(st->n_units, sizeof *st->units)))
+			return -ENOMEM;
+		char name[96];
+		for (uint32_t l = first; l < L; l++)
+			for (int k = 0; k < BLK_MATS; k++) {
+				if (blk_mat(&m->layers[l], k)->data)
+					return -SPA_EUSAGE; /* streamed blocks are the last ones */
+				snprintf(name, sizeof name, "blk.%u.%s.weight", l, blk_mat_names[k]);
+				const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, name);
+				if (!t)
+					return -SPA_EUSAGE;
+				struct stream_unit *u = &st->units[(l - first) * BLK_MATS + k];
+				u->off = g->data_offset + t->offset;
+				u->size = t->size;
+				if (u->size > st->slot_size)
+					st->slot_size = u->size;
+				st->bytes_per_token += u->size;
+			}
+		for (int i = 0; i < STREAM_SLOTS; i++)
+			if (posix_memalign((void **)&st->slot[i], 4096, (st->slot_size + 4095) & ~4095ull)) {
+				st->slot[i] = NULL;
+				return -ENOMEM;
+			}
+		/* Enough pieces in flight to cover both slots without polling during a product. */
+		struct spa_errbuf err;
+		int rc = spa_uring_reader_create(&st->rd, g->fd, 16, SPA_URING_QUIET, &err);
+		if (rc < 0)
+			return rc;
+		uint64_t chunk = (st->slot_size / 8 + 65535) & ~65535ull;
+		if (chunk < (256u << 10))
+			chunk = 256u << 10;
+		if ((rc = spa_uring_reader_set_chunk(st->rd, chunk)) < 0)
+			return rc;
+		stream_queue(st, 0);
+		stream_queue(st, 1);
+	}
+	if (!m->tok_embd.data) {
+		const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, "token_embd.weight");
+		if (!t || !(st->embd_row = malloc(e->embd_row_size)))
+			return t ? -ENOMEM : -SPA_EUSAGE;
+		st->embd_off = t->offset;
+		st->bytes_per_token += e->embd_row_size;
+	}
+	return 0;
+}
+
+/* The matrix k of block l, waiting for its read when the block is streamed. NULL: the stream
+ * failed (st->err). Paired with w_put. */
+static const struct spa_tensor *w_get(struct spa_engine *e, uint32_t l, int k)
+{
+	const struct spa_tensor *t = blk_mat(&e->m->layers[l], k);
+	struct engine_stream *st = &e->st;
+	if (l < st->first)
+		return t;
+	if (st->err)
+		return NULL;
+	uint64_t t0 = now_ns();
+	int rc = spa_uring_wait(st->rd, st->seq, -1);
+	st->wait_ns += now_ns() - t0;
+	if (rc < 0) {
+		st->err = rc;
+		return NULL;
+	}
+	st->bytes_read += st->units[st->seq % st->n_units].size;
+	st->cur = *t;
+	st->cur.data = st->slot[st->seq % STREAM_SLOTS];
+	return &st->cur;
+}
+
+static void w_put(struct spa_engine *e, uint32_t l)
+{
+	struct engine_stream *st = &e->st;
+	if (l < st->first)
+		return;
+	stream_queue(st, st->seq + STREAM_SLOTS);
+	st->seq++;
+}
+
+void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_stream_stats *out)
+{
+	const struct engine_stream *st = &e->st;
+	memset(out, 0, sizeof *out);
+	out->n_streamed_blocks = e->m->hp.n_layers - st->first;
+	out->resident_bytes = e->m->data_size;
+	out->buffer_bytes = st->n_units ? STREAM_SLOTS * st->slot_size : 0;
+	out->bytes_per_token = st->bytes_per_token;
+	out->bytes_read = st->bytes_read;
+	out->wait_ns = st->wait_ns;
+	out->n_forward = st->n_forward;
+}
+
+int spa_engine_stream_probe(struct spa_engine *e, uint64_t *ns)
+{
+	struct engine_stream *st = &e->st;
+	uint64_t t0 = now_ns(), wait0 = st->wait_ns, read0 = st->bytes_read;
+	const uint32_t L = e->m->hp.n_layers;
+	for (uint32_t l = st->first; l < L; l++)
+		for (int k = 0; k < BLK_MATS; k++) {
+			if (!w_get(e, l, k))
+				return st->err;
+			w_put(e, l);
+		}
+	*ns = now_ns() - t0;
+	/* A probe is not a forward: keep the forward's counters about forwards. */
+	st->wait_ns = wait0;
+	st->bytes_read = read0;
+	return st->err;
+}
+
+/* Matrix product with block l's matrix k, streamed or resident. */
+static int mmw(struct spa_engine *e, uint32_t l, int k, const float *x, float *y, uint32_t n)
+{
+	const struct spa_tensor *w = w_get(e, l, k);
+	if (!w)
+		return e->st.err;
+	mm(e, w, x, y, n);
+	w_put(e, l);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- budgeted loading */
+
+static uint64_t align64(uint64_t n)
+{
+	return (n + 63) & ~63ull;
+}
+
+int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
+			  bool show_progress, struct spa_errbuf *err)
+{
+	*out = NULL;
+	struct spa_gguf *g = NULL;
+	struct spa_hparams hp;
+	int rc = spa_gguf_open(&g, path, err);
+	if (rc < 0)
+		return rc;
+	if ((rc = spa_model_check(g, &hp, err)) < 0) {
+		spa_gguf_close(g);
+		return rc;
+	}
+	const uint32_t L = hp.n_layers;
+	char name[96];
+const struct spa_gguf *gt = g; /* g moves into the model below */
+#define FIND(...) (snprintf(name, sizeof name, __VA_ARGS__), spa_gguf_find_tensor(gt, name))
+	const struct spa_gguf_tensor *t_embd = FIND("token_embd.weight");
+	const struct spa_gguf_tensor *t_out = FIND("output.weight");
+	const struct spa_gguf_tensor *t_onorm = FIND("output_norm.weight");
+	uint64_t total = align64(t_embd->size) + align64(t_onorm->size) +
+			 (t_out ? align64(t_out->size) : 0);
+	uint64_t base = align64(t_onorm->size) + align64(t_out ? t_out->size : t_embd->size);
+	uint64_t *blk = calloc(L, sizeof *blk), *blk_max = calloc(L + 1, sizeof *blk_max);
+	if (!blk || !blk_max) {
+		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
+		goto fail;
+	}
+	for (uint32_t l = 0; l < L; l++) {
+		base += align64(FIND("blk.%u.attn_norm.weight", l)->size) +
+			align64(FIND("blk.%u.ffn_norm.weight", l)->size);
+		for (int k = 0; k < BLK_MATS; k++)
+			blk[l] += align64(FIND("blk.%u.%s.weight", l, blk_mat_names[k])->size);
+	}
+	total += base - align64(t_onorm->size) - align64(t_out ? t_out->size : t_embd->size);
+	for (uint32_t l = 0; l < L; l++)
+		total += blk[l];
+	/* blk_max[k]: the largest matrix of blocks k..L-1 (the stream buffers' size). */
+	for (uint32_t l = L; l-- > 0;) {
+		uint64_t mx = blk_max[l + 1];
+		for (int k = 0; k < BLK_MATS; k++) {
+			uint64_t sz = FIND("blk.%u.%s.weight", l, blk_mat_names[k])->size;
+			mx = sz > mx ? sz : mx;
+		}
+		blk_max[l] = mx;
+	}
+	if (mem_budget == 0 || mem_budget >= total) {
+		free(blk);
+		free(blk_max);
+		spa_gguf_close(g);
+		return spa_model_load(out, path, show_progress, err);
+	}
+	/* The most resident blocks that fit beside the head, the norms and the two buffers (the
+	 * embedding is read a row per token: keeping it would cost the most for the least). */
+	int64_t first = -1;
+	uint64_t res_blocks = 0, sum = 0;
+	for (uint32_t k = 0; k <= L; k++) {
+		/* blocks 0..k-1 resident (sum), k..L-1 streamed */
+		uint64_t need = base + sum + (k < L ? STREAM_SLOTS * align64(blk_max[k]) : 0);
+		if (need <= mem_budget) {
+			first = k;
+			res_blocks = sum;
+		}
+		if (k < L)
+			sum += blk[k];
+	}
+	if (first < 0) {
+		uint64_t least = base + STREAM_SLOTS * align64(blk_max[0]);
+		rc = spa_err(err, -SPA_EUSAGE, "%s: a memory budget of %" PRIu64 " bytes cannot hold "
+			     "the LM head, the norms and two stream buffers (%" PRIu64 " bytes); give "
+			     "--mem-budget %" PRIu64 " or more (the whole model is %" PRIu64 ")",
+			     path, mem_budget, least, least, total);
+		goto fail;
+	}
+
+	struct spa_model *m = calloc(1, sizeof *m);
+	if (!m) {
+		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
+		goto fail;
+	}
+	m->gguf = g;
+	g = NULL;
+	m->hp = hp;
+	if (!(m->layers = calloc(L, sizeof *m->layers))) {
+		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
+		goto fail_m;
+	}
+	if ((rc = spa_tokenizer_load(&m->tok, m->gguf, err)) < 0 ||
+	    (rc = spa_model_fingerprint(m->gguf, m->fingerprint, err)) < 0)
+		goto fail_m;
+	uint64_t res_size = base + res_blocks;
+	if (posix_memalign(&m->data, 4096, res_size ? res_size : 64)) {
+		m->data = NULL;
+		rc = spa_err(err, -ENOMEM, "%s: no memory for %" PRIu64 " resident bytes", path,
+			     res_size);
+		goto fail_m;
+	}
+	m->data_size = res_size;
+	/* Resident tensors, packed; read with the loader's io_uring reader, several in flight. */
+	struct spa_uring_reader *rd = NULL;
+	if ((rc = spa_uring_reader_create(&rd, m->gguf->fd, 8, SPA_URING_QUIET, err)) < 0)
+		goto fail_m;
+	uint8_t *p = m->data;
+	uint64_t type_elems[SPA_TYPE_COUNT] = {0};
+#define PLACE(t, dst) do { \
+		m->n_params += (t)->n_elems; \
+		if ((rc = spa_uring_read_async(rd, p, m->gguf->data_offset + (t)->offset, \
+					       (t)->size, 0)) < 0) { \
+			spa_err(err, rc, "%s", spa_uring_reader_errmsg(rd)); \
+			goto fail_rd; \
+		} \
+		if ((rc = spa_uring_wait(rd, 0, -1)) < 0) { \
+			spa_err(err, rc, "%s", spa_uring_reader_errmsg(rd)); \
+			goto fail_rd; \
+		} \
+		dst = (void *)p; \
+		p += align64((t)->size); \
+	} while (0)
+#define MATRIX(t) ((struct spa_tensor){ (t)->type, (t)->ne[0], (t)->ne[1], NULL })
+	void *vp;
+	PLACE(t_onorm, vp);
+	m->output_norm = vp;
+	m->tok_embd = MATRIX(t_embd);
+	m->tied = t_out == NULL;
+	PLACE(t_out ? t_out : t_embd, vp);
+	m->output = MATRIX(t_out ? t_out : t_embd);
+	m->output.data = vp;
+	if (m->tied) {
+		m->tok_embd.data = vp;
+	} else {
+		m->n_params += t_embd->n_elems;
+		type_elems[t_out->type] += t_out->n_elems;
+	}
+	type_elems[t_embd->type] += t_embd->n_elems;
+	for (uint32_t l = 0; l < L; l++) {
+		struct spa_layer *ly = &m->layers[l];
+		PLACE(FIND("blk.%u.attn_norm.weight", l), vp);
+		ly->attn_norm = vp;
+		PLACE(FIND("blk.%u.ffn_norm.weight", l), vp);
+		ly->ffn_norm = vp;
+		for (int k = 0; k < BLK_MATS; k++) {
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l,
+							       blk_mat_names[k]);
+			struct spa_tensor *dst = (struct spa_tensor *)blk_mat(ly, k);
+			*dst = MATRIX(t);
+			type_elems[t->type] += t->n_elems;
+			if ((int64_t)l < first) {
+				PLACE(t, vp);
+				dst->data = vp;
+			} else {
+				m->n_params += t->n_elems;
+			}
+		}
+	}
+#undef PLACE
+#undef MATRIX
+#undef FIND
+	spa_uring_reader_destroy(rd);
+	enum spa_dtype best = SPA_TYPE_F32;
+	for (int i = 0; i < SPA_TYPE_COUNT; i++)
+		if (type_elems[i] > type_elems[best])
+			best = (enum spa_dtype)i;
+	m->wtype = best;
+	if (show_progress)
+		fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " weight bytes resident, blocks "
+			"%" PRId64 "..%u streamed per token (memory budget %" PRIu64 ")\n", path,
+			res_size, total, first, L - 1, mem_budget);
+	free(blk);
+	free(blk_max);
+	*out = m;
+	return 0;
+fail_rd:
+	spa_uring_reader_destroy(rd);
+fail_m:
+	spa_model_destroy(m);
+fail:
+	free(blk);
+	free(blk_max);
+	spa_gguf_close(g);
+	return rc;
 }
 
 static void add_rows(float *y, const float *d, uint64_t n)
@@ -222,14 +654,33 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		if (tokens[j] < 0 || (uint32_t)tokens[j] >= hp->n_vocab)
 			return -SPA_EUSAGE;
 
+	if (e->st.err)
+		return e->st.err;
 	/* e: embedding rows, (n_tok, H) */
-	for (uint32_t j = 0; j < n_tok; j++)
-		spa_dequant_row(m->tok_embd.type,
-				(const uint8_t *)m->tok_embd.data +
-					(uint64_t)tokens[j] * e->embd_row_size,
-				e->x + (uint64_t)j * H, H);
+	for (uint32_t j = 0; j < n_tok; j++) {
+		const uint8_t *row;
+		if (m->tok_embd.data) {
+			row = (const uint8_t *)m->tok_embd.data +
+			      (uint64_t)tokens[j] * e->embd_row_size;
+		} else {
+			/* Under a memory budget the embedding stays on disk: one row per token. */
+			rc = spa_gguf_pread(e->st.g, e->st.embd_off +
+					    (uint64_t)tokens[j] * e->embd_row_size, e->st.embd_row,
+					    e->embd_row_size, NULL);
+			if (rc < 0)
+				return rc;
+			e->st.bytes_read += e->embd_row_size;
+			row = e->st.embd_row;
+		}
+		spa_dequant_row(m->tok_embd.type, row, e->x + (uint64_t)j * H, H);
+	}
 	const float *x_last = e->x + (uint64_t)(n_tok - 1) * H;
 	memcpy(e->resid, x_last, H * sizeof(float));
+	const struct spa_plugin *sp = e->side;
+	const uint32_t r = sp ? sp->rank : 0;
+	/* t_in now: the TAPS payload fills up while the blocks run (spa_plugin_side_taps' calls) */
+	if (e->taps)
+		spa_matvec_f32(sp->in_w, sp->in_b, x_last, e->taps, r, H);
 
 	for (uint32_t l = 0; l < L; l++) {
 		const struct spa_layer *ly = &m->layers[l];
@@ -241,9 +692,12 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->attn_norm,
 				    H, hp->rms_eps);
-		mm(e, &ly->wq, e->xb, e->q, n_tok);
-		mm(e, &ly->wk, e->xb, kc, n_tok);
-		mm(e, &ly->wv, e->xb, vc, n_tok);
+		if ((rc = mmw(e, l, 0, e->xb, e->q, n_tok)) < 0)
+			return rc;
+		if ((rc = mmw(e, l, 1, e->xb, kc, n_tok)) < 0)
+			return rc;
+		if ((rc = mmw(e, l, 2, e->xb, vc, n_tok)) < 0)
+			return rc;
 		if (hooks && hooks->lora) {
 			memset(e->dq, 0, (uint64_t)n_tok * H * sizeof(float));
 			memset(e->dv, 0, (uint64_t)n_tok * kv_dim * sizeof(float));
@@ -261,7 +715,8 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		}
 		struct attn_job job = { .e = e, .layer = l, .n_tok = n_tok, .pos = pos };
 		spa_pool_run(e->pool, attn_worker, &job);
-		mm(e, &ly->wo, e->att, e->proj, n_tok);
+		if ((rc = mmw(e, l, 3, e->att, e->proj, n_tok)) < 0)
+			return rc;
 		if ((rc = call_adapter(e, hooks, l, 0, n_tok)) < 0)
 			return rc;
 		add_rows(e->x, e->proj, (uint64_t)n_tok * H);
@@ -270,19 +725,29 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->ffn_norm,
 				    H, hp->rms_eps);
-		mm(e, &ly->w_gate, e->xb, e->hb, n_tok);
-		mm(e, &ly->w_up, e->xb, e->hb2, n_tok);
+		if ((rc = mmw(e, l, 4, e->xb, e->hb, n_tok)) < 0)
+			return rc;
+		if ((rc = mmw(e, l, 5, e->xb, e->hb2, n_tok)) < 0)
+			return rc;
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_swiglu(e->hb + (uint64_t)j * F, e->hb + (uint64_t)j * F,
 				   e->hb2 + (uint64_t)j * F, F);
-		mm(e, &ly->w_down, e->hb, e->proj, n_tok);
+		if ((rc = mmw(e, l, 6, e->hb, e->proj, n_tok)) < 0)
+			return rc;
 		if ((rc = call_adapter(e, hooks, l, 1, n_tok)) < 0)
 			return rc;
 		add_rows(e->x, e->proj, (uint64_t)n_tok * H);
 
 		memcpy(e->resid + (uint64_t)(l + 1) * H, x_last, H * sizeof(float));
+		/* block l's epilogue: its tap, straight into the outgoing payload */
+		if (e->taps)
+			spa_matvec_f32(sp->tap_w + (size_t)l * r * H, sp->tap_b + (size_t)l * r,
+				       x_last, e->taps + (size_t)(l + 1) * r, r, H);
 	}
 	spa_rmsnorm(e->f, x_last, m->output_norm, H, hp->rms_eps);
+	if (e->gate_on)
+		spa_matvec_f32(sp->cls_w, sp->cls_b, e->f, e->gate, 2, H);
+	e->st.n_forward++;
 	e->pos = pos + n_tok;
 	return 0;
 }
@@ -290,4 +755,253 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 void spa_engine_logits(struct spa_engine *e, const float *z, float *logits)
 {
 	spa_matvec(e->pool, &e->m->output, z, logits);
+}
+
+/* ---------------------------------------------------------------- fused side maps */
+
+int spa_engine_set_side(struct spa_engine *e, const struct spa_plugin *cp, float *taps)
+{
+	e->side = NULL;
+	e->taps = NULL;
+	e->gate_on = false;
+	if (!cp)
+		return 0;
+	if (cp->kind != SPA_PLUGIN_SIDE || cp->n_layers != e->m->hp.n_layers ||
+	    cp->n_embd != e->m->hp.n_embd)
+		return -SPA_EUSAGE;
+	if (taps && (!cp->in_w || !cp->in_b || !cp->tap_w || !cp->tap_b))
+		return -SPA_EUSAGE;
+	e->side = cp;
+	e->taps = taps;
+	e->gate_on = cp->cls_w && cp->cls_b;
+	return 0;
+}
+
+int spa_engine_gate(const struct spa_engine *e, float *margin)
+{
+	if (!e->gate_on)
+		return -SPA_EUSAGE;
+	if (margin)
+		*margin = e->gate[1] - e->gate[0];
+	return e->gate[1] > e->gate[0] ? 1 : 0; /* spa_plugin_gate's rule */
+}
+
+/* ---------------------------------------------------------------- greedy head */
+
+struct head_job {
+	struct spa_engine *e;
+	const float *z;
+	uint64_t row_size;
+};
+
+/* Thread ith takes a contiguous share of the rows (ascending with ith) and runs the kernels'
+ * own matvec, single-threaded, over tiles of HEAD_TILE rows: each logit is the same dot call
+ * as in spa_matvec, whatever the weight type. NaNs never win (spa_argmax's rule). */
+static void head_worker(void *ctx, int ith, int nth)
+{
+	const struct head_job *j = ctx;
+	struct spa_engine *e = j->e;
+	const struct spa_tensor *w = &e->m->output;
+	float *tile = e->htile + (uint64_t)ith * HEAD_TILE;
+	uint64_t rows = w->rows, q = rows / (uint64_t)nth, rem = rows % (uint64_t)nth;
+	uint64_t i = (uint64_t)ith;
+	uint64_t r0 = q * i + (i < rem ? i : rem), r1 = r0 + q + (i < rem ? 1 : 0);
+	struct head_best b = { .v = 0, .i = 0, .any = false };
+	for (uint64_t t0 = r0; t0 < r1; t0 += HEAD_TILE) {
+		uint64_t n = r1 - t0 < HEAD_TILE ? r1 - t0 : HEAD_TILE;
+		struct spa_tensor sub = { w->type, w->cols, n,
+					  (const uint8_t *)w->data + t0 * j->row_size };
+		spa_matvec(NULL, &sub, j->z, tile);
+		for (uint64_t k = 0; k < n; k++) {
+			float v = tile[k];
+			if (isnan(v))
+				continue;
+			if (!b.any || v > b.v) { /* strict: the lowest index wins ties */
+				b.v = v;
+				b.i = (uint32_t)(t0 + k);
+				b.any = true;
+			}
+		}
+	}
+	e->hbest[ith] = b;
+}
+
+void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok)
+{
+	const struct spa_tensor *w = &e->m->output;
+	struct head_job j = { .e = e, .z = z ? z : e->f };
+	spa_dtype_row_size(w->type, w->cols, &j.row_size);
+	int nth = e->pool ? spa_pool_n_threads(e->pool) : 1;
+	spa_pool_run(e->pool, head_worker, &j);
+	/* fixed order merge: thread shares ascend, so strict > keeps the lowest index */
+	struct head_best best = { .any = false };
+	for (int t = 0; t < nth; t++) {
+		const struct head_best *b = &e->hbest[t];
+		if (b->any && (!best.any || b->v > best.v))
+			best = *b;
+	}
+	*tok = best.any ? (int32_t)best.i : 0; /* all NaN: 0, as spa_argmax */
+}
+
+/* ---------------------------------------------------------------- fused side chain
+ *
+ * Per block: s = relu(s); for each tile of H: u = relu(U s + b_up) for the tile's rows, then
+ * every D row's partial sums take the tile in. The partial sums are exactly those of the
+ * variant's F32 dot (kernels/cpu: scalar = 8 sums, element i to sum i % 8; AVX2 = four 8-lane
+ * FMA accumulators over blocks of 32, whole groups of 8 then the zero-padded last group into
+ * the first), combined the same way at the end, so D relu(U s) has spa_matvec_f32's bits.
+ * A variant whose order this file does not know falls back to spa_plugin_side_chain. */
+
+static float relu1(float x)
+{
+	return x > 0.0f ? x : 0.0f;
+}
+
+/* u[k] = relu(U_h s + b_h) for h = h0..h0+n-1 */
+static void chain_u(const float *up_w, const float *up_b, const float *s, uint32_t r,
+		    uint32_t h0, uint32_t n, float *u)
+{
+	for (uint32_t k = 0; k < n; k++)
+		u[k] = relu1(spa_dot_f32(up_w + (size_t)(h0 + k) * r, s, r) + up_b[h0 + k]);
+}
+
+static void chain_scalar(const struct spa_plugin *p, const float *taps, float *relu_s,
+			 float *scratch)
+{
+	const uint32_t H = p->n_embd, r = p->rank;
+	float *s = scratch;               /* r */
+	float *acc = scratch + r;         /* r x 8 partial sums */
+	float u[8];
+	memcpy(s, taps, r * sizeof *s);
+	for (uint32_t i = 0; i < p->n_layers; i++) {
+		const float *t = taps + (size_t)(i + 1) * r;
+		const float *up_w = p->up_w + (size_t)i * H * r, *up_b = p->up_b + (size_t)i * H;
+		const float *dn_w = p->down_w + (size_t)i * r * H, *dn_b = p->down_b + (size_t)i * r;
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = relu1(s[j]);
+		memset(acc, 0, sizeof(float) * 8 * r);
+		for (uint32_t h = 0; h < H; h += 8) {
+			uint32_t n = H - h < 8 ? H - h : 8;
+			chain_u(up_w, up_b, s, r, h, n, u);
+			for (uint32_t j = 0; j < r; j++) {
+				const float *d = dn_w + (size_t)j * H + h;
+				float *a = acc + (size_t)j * 8;
+				for (uint32_t k = 0; k < n; k++)
+					a[k] += d[k] * u[k];
+			}
+		}
+		for (uint32_t j = 0; j < r; j++) {
+			const float *a = acc + (size_t)j * 8;
+			float d = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+			d = d + dn_b[j];
+			s[j] = (t[j] + s[j]) + d;
+		}
+	}
+	for (uint32_t j = 0; j < r; j++)
+		relu_s[j] = relu1(s[j]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static float hsum8_avx2(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+	return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma")))
+static void chain_avx2(const struct spa_plugin *p, const float *taps, float *relu_s,
+		       float *scratch)
+{
+	const uint32_t H = p->n_embd, r = p->rank;
+	float *s = scratch;                                   /* r */
+	/* r x 4 accumulators of 8 lanes, 32-byte aligned */
+	float *acc = (float *)(((uintptr_t)(scratch + r) + 31) & ~(uintptr_t)31);
+	float u[32] __attribute__((aligned(32)));
+	memcpy(s, taps, r * sizeof *s);
+	for (uint32_t i = 0; i < p->n_layers; i++) {
+		const float *t = taps + (size_t)(i + 1) * r;
+		const float *up_w = p->up_w + (size_t)i * H * r, *up_b = p->up_b + (size_t)i * H;
+		const float *dn_w = p->down_w + (size_t)i * r * H, *dn_b = p->down_b + (size_t)i * r;
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = relu1(s[j]);
+		memset(acc, 0, sizeof(float) * 32 * r);
+		uint32_t h = 0;
+		for (; h + 32 <= H; h += 32) {
+			chain_u(up_w, up_b, s, r, h, 32, u);
+			const __m256 u0 = _mm256_load_ps(u), u1 = _mm256_load_ps(u + 8);
+			const __m256 u2 = _mm256_load_ps(u + 16), u3 = _mm256_load_ps(u + 24);
+			for (uint32_t j = 0; j < r; j++) {
+				const float *d = dn_w + (size_t)j * H + h;
+				float *a = acc + (size_t)j * 32;
+				_mm256_store_ps(a, _mm256_fmadd_ps(_mm256_loadu_ps(d), u0,
+								   _mm256_load_ps(a)));
+				_mm256_store_ps(a + 8, _mm256_fmadd_ps(_mm256_loadu_ps(d + 8), u1,
+								       _mm256_load_ps(a + 8)));
+				_mm256_store_ps(a + 16, _mm256_fmadd_ps(_mm256_loadu_ps(d + 16), u2,
+									_mm256_load_ps(a + 16)));
+				_mm256_store_ps(a + 24, _mm256_fmadd_ps(_mm256_loadu_ps(d + 24), u3,
+									_mm256_load_ps(a + 24)));
+			}
+		}
+		for (; h < H; h += 8) { /* whole groups of 8, then the zero-padded last one: a0 */
+			uint32_t n = H - h < 8 ? H - h : 8;
+			float db[8] __attribute__((aligned(32)));
+			for (int k = 0; k < 8; k++)
+				u[k] = 0.0f;
+			chain_u(up_w, up_b, s, r, h, n, u);
+			const __m256 uv = _mm256_load_ps(u);
+			for (uint32_t j = 0; j < r; j++) {
+				const float *d = dn_w + (size_t)j * H + h;
+				float *a = acc + (size_t)j * 32;
+				__m256 dv;
+				if (n == 8) {
+					dv = _mm256_loadu_ps(d);
+				} else {
+					memset(db, 0, sizeof db);
+					memcpy(db, d, n * sizeof *d);
+					dv = _mm256_load_ps(db);
+				}
+				_mm256_store_ps(a, _mm256_fmadd_ps(dv, uv, _mm256_load_ps(a)));
+			}
+		}
+		for (uint32_t j = 0; j < r; j++) {
+			const float *a = acc + (size_t)j * 32;
+			__m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(a), _mm256_load_ps(a + 8)),
+						 _mm256_add_ps(_mm256_load_ps(a + 16),
+							       _mm256_load_ps(a + 24)));
+			float d = hsum8_avx2(v) + dn_b[j];
+			s[j] = (t[j] + s[j]) + d;
+		}
+	}
+	for (uint32_t j = 0; j < r; j++)
+		relu_s[j] = relu1(s[j]);
+}
+#endif
+
+size_t spa_engine_side_chain_scratch(const struct spa_plugin *p)
+{
+	/* s, 32 accumulators per row (+ alignment); spa_plugin_side_chain's r + H for the
+	 * fallback */
+	size_t a = (size_t)p->rank + 32u * p->rank + 8;
+	size_t b = (size_t)p->rank + p->n_embd;
+	return a > b ? a : b;
+}
+
+void spa_engine_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
+			   float *scratch)
+{
+	const char *v = spa_kernels_variant();
+	if (!strcmp(v, "scalar")) {
+		chain_scalar(p, taps, relu_s, scratch);
+		return;
+	}
+#if defined(__x86_64__)
+	if (!strcmp(v, "avx2-fma-f16c")) {
+		chain_avx2(p, taps, relu_s, scratch);
+		return;
+	}
+#endif
+	spa_plugin_side_chain(p, taps, relu_s, scratch);
 }

@@ -7,7 +7,11 @@
  * scores have unit variance, and the logits spread over a few units so that greedy tokens vary
  * and sampling is not trivial. Each tensor's values depend only on (seed, tensor index), and
  * are produced by a fill callback while the file is written: the 7B shape never holds more
- * than what the writer asks for at once. */
+ * than what the writer asks for at once.
+ *
+ * Quantized and BF16 models draw the same f32 values as the F32 model of the same seed, row by
+ * row, and quantize each row inside the fill callback (spa_quantize_row, ggml's reference
+ * quantizers); which tensor gets which type follows llama.cpp (spa_quantize_tensor_type). */
 #include "spa/gen.h"
 
 #include <errno.h>
@@ -15,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "spa/error.h"
 #include "spa/gguf.h"
@@ -65,11 +70,22 @@ struct gen_progress {
 	int shown;            /* last percentage printed, -1 before the first */
 };
 
+/* One row of f32 values and its quantized bytes, shared by the row-wise fills (the writer
+ * calls them one tensor after the other, never two at once). */
+struct row_scratch {
+	float *f;       /* [max ne0] */
+	uint8_t *q;     /* [max row bytes] */
+};
+
 struct fill_ctx {
 	struct spa_rng rng;
 	enum fill_kind kind;
 	enum spa_dtype type;
 	float scale;
+	uint64_t ne0;        /* row length */
+	uint64_t row_size;   /* bytes of a row in type */
+	uint64_t q_left;     /* bytes of scratch->q not yet handed out (a row split by a call) */
+	struct row_scratch *scratch;
 	uint8_t carry[4];  /* bytes of the element a previous call split */
 	uint32_t n_carry;  /* of carry[] not yet handed out (taken from its end) */
 	struct gen_progress *prog;
@@ -111,11 +127,39 @@ static void progress_add(struct gen_progress *p, size_t bytes)
 		fputc('\n', stderr);
 }
 
+/* Writer callback for the row-wise types: draw a row of f32 values, quantize it, hand out its
+ * bytes; a row split across two calls is carried over in the scratch. */
+static int gen_fill_rows(struct fill_ctx *c, uint8_t *d, size_t size)
+{
+	struct row_scratch *sc = c->scratch;
+	size_t left = size;
+	while (left) {
+		if (!c->q_left) {
+			for (uint64_t i = 0; i < c->ne0; i++)
+				sc->f[i] = fill_value(c);
+			int rc = spa_quantize_row(c->type, sc->f, sc->q, c->ne0);
+			if (rc < 0)
+				return rc;
+			c->q_left = c->row_size;
+		}
+		size_t k = left < c->q_left ? left : (size_t)c->q_left;
+		memcpy(d, sc->q + (c->row_size - c->q_left), k);
+		d += k;
+		left -= k;
+		c->q_left -= k;
+		progress_add(c->prog, k);
+	}
+	return 0;
+}
+
 /* Writer callback: the next `size` bytes of the tensor. The writer may ask in pieces of any
- * size, so an element split across two calls is carried over. */
+ * size, so an element split across two calls is carried over. F32 and F16 are written element
+ * by element (the files of earlier versions, byte for byte); other types row by row. */
 static int gen_fill(void *ctx, void *dst, size_t size)
 {
 	struct fill_ctx *c = ctx;
+	if (c->type != SPA_TYPE_F32 && c->type != SPA_TYPE_F16)
+		return gen_fill_rows(c, dst, size);
 	uint8_t *d = dst;
 	size_t es = c->type == SPA_TYPE_F16 ? 2 : 4, left = size, shown = 0;
 
@@ -148,9 +192,10 @@ static int gen_fill(void *ctx, void *dst, size_t size)
 static int check_hparams(const struct spa_hparams *hp, enum spa_dtype type,
 			 struct spa_errbuf *err)
 {
-	if (type != SPA_TYPE_F32 && type != SPA_TYPE_F16)
-		return spa_err(err, -SPA_EUSAGE, "spa_gen_base: weight type %s: only f32 and f16 "
-			       "can be generated", spa_dtype_name(type) ? spa_dtype_name(type) : "?");
+	if ((unsigned)type >= SPA_TYPE_COUNT || !spa_kernels_supports(type))
+		return spa_err(err, -SPA_EUSAGE, "spa_gen_base: weight type %s cannot be "
+			       "generated: use f32, f16, bf16, q8_0, q4_0, q4_k or q6_k",
+			       spa_dtype_name(type) ? spa_dtype_name(type) : "?");
 	if (!hp->n_layers || !hp->n_embd || !hp->n_ff || !hp->n_heads || !hp->n_kv_heads ||
 	    !hp->n_ctx || hp->n_layers > 4096 || hp->n_embd > 65536 || hp->n_ff > 262144 ||
 	    hp->n_embd % hp->n_heads || hp->n_heads % hp->n_kv_heads ||
@@ -172,6 +217,7 @@ struct gen_tensor {
 	uint32_t n_dims;
 	enum fill_kind kind;
 	float scale;
+	uint64_t row_size;
 };
 
 int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
@@ -180,6 +226,7 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 	struct spa_gguf_writer *w = NULL;
 	struct gen_tensor *tens = NULL;
 	struct fill_ctx *ctx = NULL;
+	struct row_scratch scratch = { NULL, NULL };
 	struct gen_progress prog = { path, 0, 0, -1 };
 	char name[48];
 	int rc;
@@ -207,7 +254,7 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 	uint32_t t = 0;
 #define TENSOR(nm, ty, n0, n1, nd, k, sc) do {                                   \
 		snprintf(tens[t].name, sizeof tens[t].name, "%s", nm);           \
-		tens[t].type = ty;                                               \
+		tens[t].type = spa_quantize_tensor_type(ty, tens[t].name, nd, n0);\
 		tens[t].ne[0] = n0;                                              \
 		tens[t].ne[1] = n1;                                              \
 		tens[t].n_dims = nd;                                             \
@@ -267,9 +314,10 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 		rc = spa_gguf_writer_set_f32(w, "llama.rope.freq_base", hp->rope_base);
 	if (rc == 0)
 		rc = spa_gguf_writer_set_u32(w, "llama.vocab_size", hp->n_vocab);
-	/* llama.cpp's llama_ftype: 0 all F32, 1 mostly F16. */
+	/* llama.cpp's llama_ftype (0 all F32, 1 mostly F16, 7 mostly Q8_0, ...). */
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "general.file_type", type == SPA_TYPE_F16 ? 1 : 0);
+		rc = spa_gguf_writer_set_u32(w, "general.file_type",
+					     (uint32_t)spa_quantize_ftype(type));
 	if (rc == 0)
 		rc = spa_gguf_writer_set_u64(w, "spa.gen.seed", seed);
 	if (rc == 0)
@@ -279,6 +327,26 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 		goto err;
 	}
 
+	uint64_t max_ne0 = 0, max_row = 0;
+	for (uint32_t i = 0; i < n_tens; i++) {
+		uint64_t rs;
+		if (spa_dtype_row_size(tens[i].type, tens[i].ne[0], &rs) < 0) {
+			rc = spa_err(err, -SPA_EUSAGE, "%s: tensor %s: %llu is not a multiple of the %s "
+				     "block", path, tens[i].name, (unsigned long long)tens[i].ne[0],
+				     spa_dtype_name(tens[i].type));
+			goto err;
+		}
+		tens[i].row_size = rs;
+		max_ne0 = tens[i].ne[0] > max_ne0 ? tens[i].ne[0] : max_ne0;
+		max_row = rs > max_row ? rs : max_row;
+	}
+	rc = -ENOMEM;
+	scratch.f = malloc(max_ne0 * sizeof(float));
+	scratch.q = malloc(max_row);
+	if (!scratch.f || !scratch.q) {
+		spa_err(err, rc, "%s: out of memory", path);
+		goto err;
+	}
 	for (uint32_t i = 0; i < n_tens; i++) {
 		struct fill_ctx *c = &ctx[i];
 		/* Per-tensor stream: the same tensor gets the same values whatever comes before. */
@@ -286,8 +354,11 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 		c->kind = tens[i].kind;
 		c->type = tens[i].type;
 		c->scale = tens[i].scale;
-		c->prog = show_progress ? &prog : NULL;
-		prog.total += tens[i].ne[0] * tens[i].ne[1] * (c->type == SPA_TYPE_F16 ? 2 : 4);
+		c->prog = show_progress && isatty(2) ? &prog : NULL; /* a bar only on a terminal */
+		c->ne0 = tens[i].ne[0];
+		c->row_size = tens[i].row_size;
+		c->scratch = &scratch;
+		prog.total += tens[i].row_size * tens[i].ne[1];
 		rc = spa_gguf_writer_add_tensor_fn(w, tens[i].name, tens[i].type, tens[i].n_dims,
 						   tens[i].ne, gen_fill, c);
 		if (rc < 0) {
@@ -301,6 +372,8 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 		fputc('\n', stderr);
 err:
 	spa_gguf_writer_destroy(w);
+	free(scratch.f);
+	free(scratch.q);
 	free(ctx);
 	free(tens);
 	return rc;

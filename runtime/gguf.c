@@ -20,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "spa/gguf.h"
@@ -37,8 +39,6 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "spa's GGUF code needs
 #define GGUF_MIN_KV_BYTES 13    /* key length (8) + type (4) + the smallest value (1) */
 #define GGUF_MIN_TENSOR_BYTES 32 /* name length (8), n_dims (4), one ne (8), type (4), offset (8) */
 #define HDR_CHUNK (1u << 20)    /* header window: pread this much at a time */
-#define LOAD_CHUNK (4u << 20)   /* one io_uring read */
-#define LOAD_DEPTH 8            /* reads in flight */
 #define DATA_ALIGN 64           /* the loaded data buffer: cache line, AVX-512 friendly */
 
 #define HINT_TRUNC "the file is cut short: fetch it again or remake it"
@@ -1043,180 +1043,688 @@ int spa_gguf_pread(const struct spa_gguf *g, uint64_t off, void *dst, size_t siz
 	return 0;
 }
 
-static int load_fail_short(const struct spa_gguf *g, uint64_t off, struct spa_errbuf *err)
+/* ---------------------------------------------------------------- io_uring reader */
+
+#define URING_MAX_BUFS 64                  /* registrations (1 GiB each at most) */
+#define URING_BUF_MAX (1ull << 30)         /* the kernel's limit on one registered buffer */
+#define URING_CHUNK_MAX (1u << 30)
+
+struct ur_req {
+	uint64_t tag;
+	uint64_t seq;       /* queue order: the first failure reported is the first queued */
+	uint8_t *dst;
+	uint64_t off, len;
+	uint64_t planned;   /* bytes already cut into pieces */
+	uint32_t pending;   /* pieces in flight */
+	int err;
+	bool used;
+};
+
+struct ur_slot {
+	uint8_t *dst;
+	uint64_t off;
+	uint32_t len, done;
+	uint32_t req;
+	int buf_index;      /* registered buffer, or -1 */
+	bool direct;
+	bool busy;
+};
+
+struct spa_uring_reader {
+	struct io_uring ring;
+	bool uring;         /* false: pread fallback */
+	bool draining;
+	int fd, dfd;        /* dfd: our O_DIRECT descriptor, or -1 */
+	uint64_t size;
+	unsigned depth, flags, align;
+	size_t chunk;
+	unsigned inflight;  /* busy slots */
+	uint64_t seq;
+	struct ur_slot *slot;                  /* [depth] */
+	struct ur_req req[SPA_URING_MAX_REQS];
+	uint32_t freelist[SPA_URING_MAX_REQS];
+	unsigned n_free;
+	uint32_t q[SPA_URING_MAX_REQS];        /* requests with bytes not yet cut, in order */
+	unsigned qh, qn;
+	struct iovec bufs[URING_MAX_BUFS];
+	unsigned n_bufs;
+	struct spa_uring_stats st;
+	char path[256];
+	struct spa_errbuf err;
+};
+
+static void ur_path(struct spa_uring_reader *r)
 {
-	return spa_err(err, -SPA_EFORMAT, "%s: the file ends early: it shrank after it was opened "
-		       "(at byte offset %" PRIu64 "); do not modify a model while it is in use",
-		       g->path, g->data_offset + off);
+	char link[64];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", r->fd);
+	ssize_t n = readlink(link, r->path, sizeof r->path - 1);
+	if (n <= 0)
+		snprintf(r->path, sizeof r->path, "fd %d", r->fd);
+	else
+		r->path[n] = 0;
 }
 
-static int load_pread(struct spa_gguf *g, uint8_t *buf, uint64_t from, uint64_t size,
-		      struct progress *pr, struct spa_errbuf *err)
+/* O_DIRECT: our own descriptor of the same file (the caller's fd keeps its flags), and the
+ * alignment the filesystem asks for. Returns 0 or the reason it cannot be used. */
+static int ur_open_direct(struct spa_uring_reader *r)
 {
-	for (uint64_t off = from; off < size;) {
-		size_t n = size - off < LOAD_CHUNK ? (size_t)(size - off) : LOAD_CHUNK;
-		ssize_t r = pread_full(g->fd, buf + off, n, g->data_offset + off);
-		if (r < 0)
-			return spa_err(err, (int)r, "%s: cannot read: %s (at byte offset %" PRIu64
-				       "); check the disk", g->path, strerror((int)-r),
-				       g->data_offset + off);
-		if ((size_t)r < n)
-			return load_fail_short(g, off + (uint64_t)r, err);
-		off += n;
-		progress_add(pr, n);
+	struct statx sx;
+	unsigned align = 4096;
+	if (statx(r->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+	    (sx.stx_mask & STATX_DIOALIGN)) {
+		if (!sx.stx_dio_offset_align)
+			return -EINVAL; /* the filesystem says: no O_DIRECT for this file */
+		align = sx.stx_dio_offset_align > sx.stx_dio_mem_align ? sx.stx_dio_offset_align
+									 : sx.stx_dio_mem_align;
+		if (align < 512)
+			align = 512;
+	}
+	char link[64];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", r->fd);
+	int dfd = open(link, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	struct stat a, b;
+	if (fstat(r->fd, &a) < 0 || fstat(dfd, &b) < 0 || a.st_dev != b.st_dev ||
+	    a.st_ino != b.st_ino) {
+		close(dfd);
+		return -ENOENT; /* the name now points at another file */
+	}
+	r->dfd = dfd;
+	r->align = align;
+	return 0;
+}
+
+int spa_uring_reader_create(struct spa_uring_reader **out, int fd, unsigned depth,
+			    unsigned flags, struct spa_errbuf *err)
+{
+	*out = NULL;
+	if (!depth)
+		depth = SPA_URING_DEPTH;
+	if (depth > SPA_URING_MAX_DEPTH)
+		return spa_err(err, -EINVAL, "io_uring reader: depth %u is more than %u; use a "
+			       "smaller queue depth", depth, SPA_URING_MAX_DEPTH);
+	if (flags & ~(unsigned)(SPA_URING_DIRECT | SPA_URING_PREAD | SPA_URING_QUIET |
+			       SPA_URING_ASYNC))
+		return spa_err(err, -EINVAL, "io_uring reader: unknown flags 0x%x", flags);
+	struct stat sb;
+	if (fd < 0 || fstat(fd, &sb) < 0)
+		return spa_err(err, -EBADF, "io_uring reader: descriptor %d is not open", fd);
+	if (!S_ISREG(sb.st_mode))
+		return spa_err(err, -EINVAL, "io_uring reader: descriptor %d is not a regular file; "
+			       "weights must be read from a file", fd);
+	struct spa_uring_reader *r = calloc(1, sizeof *r);
+	if (!r || !(r->slot = calloc(depth, sizeof *r->slot))) {
+		free(r);
+		return spa_err(err, -ENOMEM, "io_uring reader: out of memory");
+	}
+	r->fd = fd;
+	r->dfd = -1;
+	r->size = (uint64_t)sb.st_size;
+	r->depth = depth;
+	r->flags = flags;
+	r->align = 4096;
+	for (unsigned i = 0; i < SPA_URING_MAX_REQS; i++)
+		r->freelist[i] = SPA_URING_MAX_REQS - 1 - i;
+	r->n_free = SPA_URING_MAX_REQS;
+	ur_path(r);
+	if (!(flags & SPA_URING_PREAD)) {
+		int rc = io_uring_queue_init(depth, &r->ring, 0);
+		if (rc == 0) {
+			r->uring = true;
+		} else if (!(flags & SPA_URING_QUIET)) {
+			static atomic_flag warned = ATOMIC_FLAG_INIT;
+			if (!atomic_flag_test_and_set(&warned))
+				fprintf(stderr, "spa: io_uring is not available (%s); reading with "
+					"pread instead (slower; check the kernel and its "
+					"io_uring_disabled sysctl)\n", strerror(-rc));
+		}
+	}
+	if ((flags & SPA_URING_DIRECT) && r->uring) {
+		int rc = ur_open_direct(r);
+		r->st.direct = rc == 0;
+		r->st.direct_refused = rc;
+	}
+	r->st.uring = r->uring;
+	r->st.dio_align = r->align;
+	r->chunk = SPA_URING_CHUNK;
+	*out = r;
+	return 0;
+}
+
+int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk)
+{
+	if (!chunk)
+		chunk = SPA_URING_CHUNK;
+	if (chunk > URING_CHUNK_MAX)
+		return -EINVAL;
+	r->chunk = (chunk + r->align - 1) / r->align * r->align;
+	return 0;
+}
+
+static int ur_find_buf(const struct spa_uring_reader *r, const uint8_t *p, uint64_t len)
+{
+	for (unsigned i = 0; i < r->n_bufs; i++) {
+		const uint8_t *b = r->bufs[i].iov_base;
+		if (p >= b && (uint64_t)(p - b) <= r->bufs[i].iov_len &&
+		    len <= r->bufs[i].iov_len - (uint64_t)(p - b))
+			return (int)i;
+	}
+	return -1;
+}
+
+int spa_uring_reader_register(struct spa_uring_reader *r, const struct iovec *iov, unsigned n,
+			      struct spa_errbuf *err)
+{
+	if (!r->uring)
+		return 0;
+	if (r->inflight || r->qn)
+		return spa_err(err, -EBUSY, "io_uring reader: cannot register buffers with reads "
+			       "in flight; wait for them first");
+	if (r->n_bufs) {
+		io_uring_unregister_buffers(&r->ring);
+		r->n_bufs = 0;
+	}
+	unsigned k = 0;
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t *b = iov[i].iov_base;
+		for (uint64_t left = iov[i].iov_len; left;) {
+			if (k == URING_MAX_BUFS)
+				return spa_err(err, -EINVAL, "io_uring reader: more than %u GiB of "
+					       "registered buffers (or more than %u regions)",
+					       URING_MAX_BUFS, URING_MAX_BUFS);
+			uint64_t m = left < URING_BUF_MAX ? left : URING_BUF_MAX;
+			r->bufs[k++] = (struct iovec){.iov_base = b, .iov_len = (size_t)m};
+			b += m;
+			left -= m;
+		}
+	}
+	if (!k)
+		return 0;
+	int rc = io_uring_register_buffers(&r->ring, r->bufs, k);
+	if (rc < 0)
+		return spa_err(err, rc, "io_uring reader: cannot register %u buffers: %s%s", k,
+			       strerror(-rc), rc == -ENOMEM ? " (raise RLIMIT_MEMLOCK: ulimit -l)"
+							    : "");
+	r->n_bufs = k;
+	return 0;
+}
+
+static void ur_prep(struct spa_uring_reader *r, unsigned i)
+{
+	struct ur_slot *s = &r->slot[i];
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (!sqe) {
+		/* Cannot happen (the SQ holds depth entries and at most depth slots wait in
+		 * it), but a full SQ only needs a submit to make room. */
+		io_uring_submit(&r->ring);
+		sqe = io_uring_get_sqe(&r->ring);
+	}
+	int fd = s->direct ? r->dfd : r->fd;
+	if (s->buf_index >= 0)
+		io_uring_prep_read_fixed(sqe, fd, s->dst + s->done, s->len - s->done,
+					 s->off + s->done, s->buf_index);
+	else
+		io_uring_prep_read(sqe, fd, s->dst + s->done, s->len - s->done, s->off + s->done);
+	io_uring_sqe_set_data64(sqe, i);
+	if ((r->flags & SPA_URING_ASYNC) && !s->direct)
+		io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
+	r->st.pieces++;
+	r->st.pieces_fixed += s->buf_index >= 0;
+}
+
+static bool ur_aligned(const struct spa_uring_reader *r, const uint8_t *dst, uint64_t off,
+		       uint64_t len)
+{
+	return ((uintptr_t)dst % r->align) == 0 && off % r->align == 0 && len % r->align == 0;
+}
+
+/* Cut the next piece of request q into free slot i. */
+static void ur_cut(struct spa_uring_reader *r, struct ur_req *q, unsigned i)
+{
+	uint64_t p = q->off + q->planned, end = q->off + q->len, A = r->align, stop;
+	bool direct = false;
+	uint64_t a0 = (q->off + A - 1) / A * A, a1 = end / A * A;
+	if (r->dfd >= 0 && ((uintptr_t)q->dst % A) == q->off % A && a0 < a1) {
+		if (p < a0) {
+			stop = a0;
+		} else if (p < a1) {
+			stop = a1 - p < r->chunk ? a1 : p + r->chunk;
+			direct = true;
+		} else {
+			stop = end - p < r->chunk ? end : p + r->chunk;
+		}
+	} else {
+		stop = end - p < r->chunk ? end : p + r->chunk;
+	}
+	struct ur_slot *s = &r->slot[i];
+	*s = (struct ur_slot){.dst = q->dst + q->planned, .off = p, .len = (uint32_t)(stop - p),
+			      .req = (uint32_t)(q - r->req), .direct = direct, .busy = true};
+	s->buf_index = ur_find_buf(r, s->dst, s->len);
+	q->planned += stop - p;
+	q->pending++;
+	r->inflight++;
+	ur_prep(r, i);
+}
+
+/* Fill free slots with queued pieces, in order. */
+static void ur_fill(struct spa_uring_reader *r)
+{
+	unsigned i = 0;
+	while (r->qn && r->inflight < r->depth) {
+		struct ur_req *q = &r->req[r->q[r->qh]];
+		if (q->err || q->planned == q->len) {
+			r->qh = (r->qh + 1) % SPA_URING_MAX_REQS;
+			r->qn--;
+			continue;
+		}
+		while (r->slot[i].busy)
+			i++;
+		ur_cut(r, q, i);
+	}
+}
+
+static void ur_fail(struct spa_uring_reader *r, struct ur_req *q, int code, const char *fmt,
+		    ...) __attribute__((format(printf, 4, 5)));
+static void ur_fail(struct spa_uring_reader *r, struct ur_req *q, int code, const char *fmt, ...)
+{
+	if (q->err)
+		return;
+	q->err = code;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->err.msg, sizeof r->err.msg, fmt, ap);
+	va_end(ap);
+}
+
+static void ur_complete(struct spa_uring_reader *r, unsigned i, int res)
+{
+	struct ur_slot *s = &r->slot[i];
+	struct ur_req *q = &r->req[s->req];
+	if (r->draining)
+		goto done;
+	if (res == -EINTR || res == -EAGAIN) {
+		r->st.retries++;
+		ur_prep(r, i);
+		return;
+	}
+	if (s->direct && (res == -EINVAL || res == -EOPNOTSUPP)) {
+		/* The filesystem refuses O_DIRECT here: buffered from now on, this piece too. */
+		close(r->dfd);
+		r->dfd = -1;
+		r->st.direct = false;
+		r->st.direct_refused = res;
+		s->direct = false;
+		ur_prep(r, i);
+		return;
+	}
+	if (res < 0) {
+		ur_fail(r, q, res, "%s: cannot read %u bytes at offset %" PRIu64 ": %s; check the "
+			"disk", r->path, s->len - s->done, s->off + s->done, strerror(-res));
+		goto done;
+	}
+	if (res == 0) {
+		ur_fail(r, q, -SPA_EFORMAT, "%s: the file ends at byte %" PRIu64 ", before the end "
+			"of a read (%" PRIu64 "): it shrank after it was opened; do not modify a "
+			"model while it is in use", r->path, s->off + s->done, q->off + q->len);
+		goto done;
+	}
+	s->done += (uint32_t)res;
+	r->st.bytes += (uint64_t)res;
+	if (s->direct)
+		r->st.bytes_direct += (uint64_t)res;
+	if (s->done < s->len) {
+		/* Short read: resume where it stopped (buffered if O_DIRECT lost alignment). */
+		r->st.short_reads++;
+		if (s->direct && !ur_aligned(r, s->dst + s->done, s->off + s->done, s->len - s->done))
+			s->direct = false;
+		ur_prep(r, i);
+		return;
+	}
+done:
+	s->busy = false;
+	q->pending--;
+	r->inflight--;
+}
+
+/* Submit what is queued in the SQ; reap every completion there is. */
+static int ur_progress(struct spa_uring_reader *r)
+{
+	int rc = 0;
+	if (io_uring_sq_ready(&r->ring)) {
+		int s = io_uring_submit(&r->ring);
+		if (s < 0 && s != -EINTR && s != -EAGAIN && s != -EBUSY)
+			rc = spa_err(&r->err, s, "%s: io_uring submit failed: %s", r->path,
+				     strerror(-s));
+	}
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	io_uring_for_each_cqe(&r->ring, head, cqe) {
+		ur_complete(r, (unsigned)io_uring_cqe_get_data64(cqe), cqe->res);
+		n++;
+	}
+	io_uring_cq_advance(&r->ring, n);
+	return rc;
+}
+
+int spa_uring_poll(struct spa_uring_reader *r)
+{
+	if (!r->uring)
+		return 0;
+	int rc = 0;
+	for (int round = 0; round < 2; round++) {
+		ur_fill(r);
+		rc = ur_progress(r);
+	}
+	ur_fill(r);
+	if (io_uring_sq_ready(&r->ring))
+		io_uring_submit(&r->ring);
+	return rc;
+}
+
+int spa_uring_read_async(struct spa_uring_reader *r, void *dst, uint64_t off, size_t len,
+			 uint64_t tag)
+{
+	if (off > r->size || len > r->size - off)
+		return spa_err(&r->err, -EINVAL, "%s: read of %zu bytes at offset %" PRIu64 " goes "
+			       "past the end of the file (%" PRIu64 " bytes)", r->path, len, off,
+			       r->size);
+	if (tag == SPA_URING_ALL)
+		return spa_err(&r->err, -EINVAL, "%s: SPA_URING_ALL is not a tag for a read",
+			       r->path);
+	if (!r->n_free)
+		return spa_err(&r->err, -EBUSY, "%s: %u reads queued and not waited for; wait for "
+			       "some first", r->path, SPA_URING_MAX_REQS);
+	if (!r->uring && len) {
+		ssize_t n = pread_full(r->fd, dst, len, off);
+		if (n < 0)
+			return spa_err(&r->err, (int)n, "%s: cannot read %zu bytes at offset %" PRIu64
+				       ": %s; check the disk", r->path, len, off, strerror((int)-n));
+		if ((size_t)n < len)
+			return spa_err(&r->err, -SPA_EFORMAT, "%s: the file ends at byte %" PRIu64
+				       ": it shrank after it was opened; do not modify a model "
+				       "while it is in use", r->path, off + (uint64_t)n);
+		r->st.bytes += len;
+		r->st.pieces++;
+	}
+	uint32_t k = r->freelist[--r->n_free];
+	struct ur_req *q = &r->req[k];
+	*q = (struct ur_req){.tag = tag, .seq = r->seq++, .dst = dst, .off = off, .len = len,
+			     .planned = r->uring ? 0 : len, .used = true};
+	if (q->planned < q->len) {
+		r->q[(r->qh + r->qn) % SPA_URING_MAX_REQS] = k;
+		r->qn++;
+		ur_fill(r);
+		if (io_uring_sq_ready(&r->ring))
+			io_uring_submit(&r->ring); /* errors come back at poll / wait */
 	}
 	return 0;
 }
 
-struct rd {
-	uint64_t off;   /* into the buffer (= data-section offset) */
-	uint64_t len;
-	uint64_t done;
-	bool busy;
-};
-
-static void rd_queue(struct io_uring *ring, int fd, uint8_t *buf, uint64_t data_offset,
-		     struct rd *s, unsigned idx)
+static int64_t ur_now_ns(void)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-	if (!sqe) {
-		/* SQ full: hand what is queued to the kernel to make room (depth == slots, so
-		 * one submit always frees an entry). */
-		io_uring_submit(ring);
-		sqe = io_uring_get_sqe(ring);
-	}
-	io_uring_prep_read(sqe, fd, buf + s->off + s->done, (unsigned)(s->len - s->done),
-			   data_offset + s->off + s->done);
-	io_uring_sqe_set_data64(sqe, idx);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Returns 0, a negative error, or 1 when io_uring cannot be used (the caller reads it all
- * with pread; nothing is in flight then), with the reason in *why. */
-static int load_uring(struct spa_gguf *g, uint8_t *buf, uint64_t size, struct progress *pr,
-		      struct spa_errbuf *err, int *why)
+int spa_uring_wait(struct spa_uring_reader *r, uint64_t tag, int64_t timeout_ns)
 {
-	struct io_uring ring;
-	int rc = io_uring_queue_init(LOAD_DEPTH, &ring, 0);
-	if (rc < 0) {
-		*why = rc;
-		return 1;
-	}
-	struct rd slot[LOAD_DEPTH] = {{0}};
-	uint64_t next = 0, done = 0;
-	unsigned inflight = 0;
-	bool any_ok = false;
-	rc = 0;
-	while (done < size) {
-		for (unsigned i = 0; i < LOAD_DEPTH && next < size; i++) {
-			if (slot[i].busy)
+	int64_t deadline = timeout_ns > 0 ? ur_now_ns() + timeout_ns : 0;
+	for (;;) {
+		int rc = r->uring ? spa_uring_poll(r) : 0;
+		if (rc < 0)
+			return rc;
+		bool any = false, open = false;
+		for (unsigned k = 0; k < SPA_URING_MAX_REQS; k++) {
+			const struct ur_req *q = &r->req[k];
+			if (!q->used || (tag != SPA_URING_ALL && q->tag != tag))
 				continue;
-			uint64_t n = size - next < LOAD_CHUNK ? size - next : LOAD_CHUNK;
-			slot[i] = (struct rd){.off = next, .len = n, .busy = true};
-			next += n;
-			rd_queue(&ring, g->fd, buf, g->data_offset, &slot[i], i);
-			inflight++;
+			any = true;
+			if (q->pending || (!q->err && q->planned < q->len))
+				open = true;
 		}
-		/* Submit and wait in one call: queued reads always reach the kernel before we
-		 * sleep on their completions. */
-		int s = io_uring_submit_and_wait(&ring, 1);
-		if (s < 0 && s != -EINTR && s != -EAGAIN && s != -EBUSY) {
-			rc = spa_err(err, s, "%s: io_uring submit failed: %s", g->path, strerror(-s));
-			goto drain;
-		}
-		struct io_uring_cqe *cqe;
-		if (io_uring_peek_cqe(&ring, &cqe) != 0)
-			continue; /* interrupted before a completion: go round */
-		unsigned idx = (unsigned)io_uring_cqe_get_data64(cqe);
-		int res = cqe->res;
-		io_uring_cqe_seen(&ring, cqe);
-		struct rd *sl = &slot[idx];
-		inflight--;
-		if (res == -EINTR || res == -EAGAIN) {
-			rd_queue(&ring, g->fd, buf, g->data_offset, sl, idx);
-			inflight++;
-			continue;
-		}
-		if (res < 0) {
-			if (!any_ok && (res == -EINVAL || res == -EOPNOTSUPP)) {
-				/* A kernel without IORING_OP_READ: use pread for all of it. */
-				*why = res;
-				rc = 1;
-				goto drain;
+		if (!any)
+			return tag == SPA_URING_ALL ? 0 : -ENOENT;
+		if (!open) {
+			int err = 0;
+			uint64_t first = UINT64_MAX;
+			for (unsigned k = 0; k < SPA_URING_MAX_REQS; k++) {
+				struct ur_req *q = &r->req[k];
+				if (!q->used || (tag != SPA_URING_ALL && q->tag != tag))
+					continue;
+				if (q->err && q->seq < first) {
+					first = q->seq;
+					err = q->err;
+				}
+				q->used = false;
+				r->freelist[r->n_free++] = k;
 			}
-			rc = spa_err(err, res, "%s: cannot read: %s (at byte offset %" PRIu64 "); "
-				     "check the disk", g->path, strerror(-res),
-				     g->data_offset + sl->off + sl->done);
-			goto drain;
+			return err;
 		}
-		if (res == 0) {
-			rc = load_fail_short(g, sl->off + sl->done, err);
-			goto drain;
-		}
-		any_ok = true;
-		sl->done += (uint64_t)res;
-		done += (uint64_t)res;
-		progress_add(pr, (uint64_t)res);
-		if (sl->done < sl->len) {
-			/* Short read: resume where it stopped. */
-			rd_queue(&ring, g->fd, buf, g->data_offset, sl, idx);
-			inflight++;
-		} else {
-			sl->busy = false;
-		}
-	}
-drain:
-	/* Reads still in flight write into buf: wait for them before the caller frees it. */
-	if (io_uring_submit(&ring) < 0)
-		inflight -= io_uring_sq_ready(&ring); /* never reached the kernel */
-	while (inflight) {
+		if (timeout_ns == 0)
+			return -ETIME;
 		struct io_uring_cqe *cqe;
-		int w = io_uring_wait_cqe(&ring, &cqe);
-		if (w == -EINTR || w == -EAGAIN)
-			continue;
-		if (w < 0)
-			break;
-		io_uring_cqe_seen(&ring, cqe);
-		inflight--;
+		int w;
+		if (timeout_ns < 0) {
+			w = io_uring_wait_cqe(&r->ring, &cqe);
+		} else {
+			int64_t left = deadline - ur_now_ns();
+			if (left <= 0)
+				return -ETIME;
+			struct __kernel_timespec ts = {.tv_sec = left / 1000000000,
+						       .tv_nsec = left % 1000000000};
+			w = io_uring_wait_cqe_timeout(&r->ring, &cqe, &ts);
+		}
+		if (w < 0 && w != -ETIME && w != -EINTR && w != -EAGAIN)
+			return spa_err(&r->err, w, "%s: io_uring wait failed: %s", r->path,
+				       strerror(-w));
 	}
-	io_uring_queue_exit(&ring);
-	return rc;
 }
 
-int spa_gguf_load_data(struct spa_gguf *g, void **out, size_t *out_size, bool show_progress,
+void spa_uring_reader_stats(const struct spa_uring_reader *r, struct spa_uring_stats *st)
+{
+	*st = r->st;
+}
+
+const char *spa_uring_reader_errmsg(const struct spa_uring_reader *r)
+{
+	return r->err.msg;
+}
+
+void spa_uring_reader_destroy(struct spa_uring_reader *r)
+{
+	if (!r)
+		return;
+	if (r->uring) {
+		/* Reads in flight write into caller memory: let them end before returning. */
+		r->draining = true;
+		if (io_uring_sq_ready(&r->ring) && io_uring_submit(&r->ring) < 0)
+			r->inflight -= io_uring_sq_ready(&r->ring); /* never reached the kernel */
+		while (r->inflight) {
+			struct io_uring_cqe *cqe;
+			int w = io_uring_wait_cqe(&r->ring, &cqe);
+			if (w == -EINTR || w == -EAGAIN)
+				continue;
+			if (w < 0)
+				break;
+			ur_complete(r, (unsigned)io_uring_cqe_get_data64(cqe), cqe->res);
+			io_uring_cqe_seen(&r->ring, cqe);
+		}
+		io_uring_queue_exit(&r->ring);
+	}
+	if (r->dfd >= 0)
+		close(r->dfd);
+	free(r->slot);
+	free(r);
+}
+
+/* ---------------------------------------------------------------- data loading */
+
+#define LOAD_ALIGN 4096 /* the loaded buffer: page aligned (O_DIRECT, huge pages) */
+
+static int load_env(enum spa_load_mode *mode, unsigned *depth, struct spa_errbuf *err)
+{
+	const char *e = getenv("SPA_LOAD");
+	if (*mode == SPA_LOAD_AUTO && e && *e && strcmp(e, "auto")) {
+		if (!strcmp(e, "buffered"))
+			*mode = SPA_LOAD_BUFFERED;
+		else if (!strcmp(e, "direct"))
+			*mode = SPA_LOAD_DIRECT;
+		else if (!strcmp(e, "pread"))
+			*mode = SPA_LOAD_PREAD;
+		else
+			return spa_err(err, -SPA_EUSAGE, "SPA_LOAD=%s: expected buffered, direct, "
+				       "pread or auto", e);
+	}
+	const char *de = getenv("SPA_LOAD_DEPTH");
+	if (!*depth && de && *de) {
+		char *end;
+		unsigned long d = strtoul(de, &end, 10);
+		if (*end || d < 1 || d > SPA_URING_MAX_DEPTH)
+			return spa_err(err, -SPA_EUSAGE, "SPA_LOAD_DEPTH=%s: expected 1..%u", de,
+				       SPA_URING_MAX_DEPTH);
+		*depth = (unsigned)d;
+	}
+	return 0;
+}
+
+static void load_progress(struct spa_uring_reader *r, struct progress *pr, uint64_t size)
+{
+	struct spa_uring_stats st;
+	spa_uring_reader_stats(r, &st);
+	uint64_t got = st.bytes < size ? st.bytes : size;
+	if (got > pr->done)
+		progress_add(pr, got - pr->done);
+}
+
+/* O_DIRECT into a data section that does not start on a block boundary: the file is read
+ * aligned into `depth` registered staging buffers of `chunk` bytes and copied to dst as each
+ * arrives, while the next reads are in flight. The copy costs memory bandwidth only, which
+ * is 4x or more the disk's here. */
+static int load_staged(struct spa_gguf *g, struct spa_uring_reader *r, uint8_t *dst,
+		       uint8_t *stage, unsigned depth, size_t chunk, struct progress *pr,
 		       struct spa_errbuf *err)
 {
+	uint64_t foff = g->data_offset, end = foff + g->data_size;
+	uint64_t base = foff / LOAD_ALIGN * LOAD_ALIGN;
+	uint64_t n = (end - base + chunk - 1) / chunk, issued = 0;
+	struct iovec iov = {.iov_base = stage, .iov_len = (size_t)depth * chunk};
+	spa_uring_reader_register(r, &iov, 1, NULL); /* plain reads when refused */
+	int rc = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		for (; issued < n && issued < k + depth; issued++) {
+			uint64_t at = base + issued * chunk;
+			size_t len = end - at < chunk ? (size_t)(end - at) : chunk;
+			rc = spa_uring_read_async(r, stage + (issued % depth) * chunk, at, len,
+						  issued);
+			if (rc < 0)
+				return spa_err(err, rc, "%s", spa_uring_reader_errmsg(r));
+		}
+		while ((rc = spa_uring_wait(r, k, 100000000)) == -ETIME)
+			load_progress(r, pr, g->data_size);
+		if (rc < 0)
+			return spa_err(err, rc, "%s", spa_uring_reader_errmsg(r));
+		uint64_t at = base + k * chunk, stop = end - at < chunk ? end : at + chunk;
+		uint64_t from = at < foff ? foff : at;
+		memcpy(dst + (from - foff), stage + (k % depth) * chunk + (from - at),
+		       (size_t)(stop - from));
+		load_progress(r, pr, g->data_size);
+	}
+	return 0;
+}
+
+int spa_gguf_load_data_opts(struct spa_gguf *g, void **out, size_t *out_size,
+			    const struct spa_load_opts *o, struct spa_errbuf *err)
+{
+	static const struct spa_load_opts defaults;
+	if (!o)
+		o = &defaults;
 	*out = NULL;
 	*out_size = 0;
+	enum spa_load_mode mode = o->mode;
+	unsigned depth = o->depth;
+	int rc;
+	if ((rc = load_env(&mode, &depth, err)) < 0)
+		return rc;
 	uint64_t size = g->data_size;
-	if (size > SIZE_MAX - DATA_ALIGN)
+	if (size > SIZE_MAX - 2 * LOAD_ALIGN)
 		return spa_err(err, -SPA_ETOOBIG, "%s: data section of %" PRIu64 " bytes does not "
 			       "fit in memory", g->path, size);
-	size_t cap = ((size_t)size + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
-	uint8_t *buf = aligned_alloc(DATA_ALIGN, cap ? cap : DATA_ALIGN);
-	if (!buf)
+	size_t cap = ((size_t)size + LOAD_ALIGN - 1) / LOAD_ALIGN * LOAD_ALIGN;
+	if (!cap)
+		cap = LOAD_ALIGN;
+	uint8_t *buf = NULL, *stage = NULL;
+	if (posix_memalign((void **)&buf, LOAD_ALIGN, cap) != 0)
 		return spa_err(err, -ENOMEM, "%s: cannot allocate %" PRIu64 " bytes for the tensor "
 			       "data; use a smaller model or a machine with more memory", g->path,
 			       size);
-	memset(buf + size, 0, (cap ? cap : DATA_ALIGN) - (size_t)size);
-	int rc = 0;
-	if (g->mem) {
+	/* Huge pages: 512x fewer page faults while the buffer is first written. */
+	madvise(buf, cap, MADV_HUGEPAGE);
+	struct spa_uring_reader *r = NULL;
+	struct progress pr;
+	progress_init(&pr, o->show_progress, "loading", g->path, size);
+	rc = 0;
+	if (g->mem || !size) {
 		if (size)
 			memcpy(buf, g->mem + g->data_offset, (size_t)size);
-	} else if (size) {
-		struct progress pr;
-		progress_init(&pr, show_progress, "loading", g->path, size);
-		int why = 0;
-		rc = load_uring(g, buf, size, &pr, err, &why);
-		if (rc == 1) {
-			static atomic_flag warned = ATOMIC_FLAG_INIT;
-			if (!atomic_flag_test_and_set(&warned))
-				fprintf(stderr, "spa: io_uring is not available (%s); reading tensor "
-					"data with pread instead (slower)\n", strerror(-why));
-			pr.done = 0;
-			rc = load_pread(g, buf, 0, size, &pr, err);
-		}
-		progress_end(&pr);
+		goto done;
 	}
+	/* AUTO is buffered io_uring, inline: measured (docs/loading.md) against O_DIRECT
+	 * (no faster off this disk, and it leaves the page cache cold for the next load) and
+	 * against IOSQE_ASYNC workers (faster copies from the page cache into memory already
+	 * faulted in, but seconds slower now and then while they fault a fresh buffer in
+	 * parallel). */
+	unsigned flags = mode == SPA_LOAD_DIRECT ? SPA_URING_DIRECT
+		       : mode == SPA_LOAD_PREAD ? SPA_URING_PREAD : 0;
+	if ((rc = spa_uring_reader_create(&r, g->fd, depth, flags, err)) < 0)
+		goto out;
+	size_t chunk = o->chunk ? o->chunk : SPA_URING_CHUNK;
+	if ((rc = spa_uring_reader_set_chunk(r, chunk)) < 0) {
+		rc = spa_err(err, rc, "%s: read size %zu is out of range (at most 1 GiB)", g->path,
+			     o->chunk);
+		goto out;
+	}
+	struct spa_uring_stats st;
+	spa_uring_reader_stats(r, &st);
+	chunk = (chunk + st.dio_align - 1) / st.dio_align * st.dio_align;
+	if (st.direct && g->data_offset % st.dio_align) {
+		unsigned n_stage = depth ? depth : SPA_URING_DEPTH;
+		if (n_stage < 2)
+			n_stage = 2;
+		if (posix_memalign((void **)&stage, LOAD_ALIGN, (size_t)n_stage * chunk) != 0) {
+			rc = spa_err(err, -ENOMEM, "%s: cannot allocate %u x %zu bytes of read "
+				     "buffers", g->path, n_stage, chunk);
+			goto out;
+		}
+		rc = load_staged(g, r, buf, stage, n_stage, chunk, &pr, err);
+		goto out;
+	}
+	if (o->fixed && mode != SPA_LOAD_PREAD) {
+		/* The destination is the data's final place: register it (READ_FIXED). When
+		 * the kernel refuses (memlock limit), plain reads do the same job. */
+		struct iovec iov = {.iov_base = buf, .iov_len = cap};
+		spa_uring_reader_register(r, &iov, 1, NULL);
+	}
+	/* In pread mode the read happens here, in one go; the bar shows it done. */
+	rc = spa_uring_read_async(r, buf, g->data_offset, (size_t)size, 0);
+	if (rc < 0) {
+		rc = spa_err(err, rc, "%s", spa_uring_reader_errmsg(r));
+		goto out;
+	}
+	while ((rc = spa_uring_wait(r, 0, pr.on ? 100000000 : -1)) == -ETIME)
+		load_progress(r, &pr, size);
+	if (rc < 0) {
+		rc = spa_err(err, rc, "%s", spa_uring_reader_errmsg(r));
+		goto out;
+	}
+	load_progress(r, &pr, size);
+done:
+	memset(buf + size, 0, cap - (size_t)size);
+out:
+	spa_uring_reader_destroy(r); /* waits for reads in flight before their buffers go */
+	free(stage);
+	progress_end(&pr);
 	if (rc < 0) {
 		free(buf);
 		return rc;
@@ -1224,6 +1732,13 @@ int spa_gguf_load_data(struct spa_gguf *g, void **out, size_t *out_size, bool sh
 	*out = buf;
 	*out_size = (size_t)size;
 	return 0;
+}
+
+int spa_gguf_load_data(struct spa_gguf *g, void **out, size_t *out_size, bool show_progress,
+		       struct spa_errbuf *err)
+{
+	struct spa_load_opts o = {.show_progress = show_progress};
+	return spa_gguf_load_data_opts(g, out, out_size, &o, err);
 }
 
 /* ---------------------------------------------------------------- writer */

@@ -1,11 +1,18 @@
 /* The link layer: URIs, framing, fragmentation, reassembly and checks over a frame driver
  * (include/spa/drv/link.h; spec: docs/wire-protocol.md).
  *
- * The layer is transport-neutral: a driver moves frames of at most max_frame bytes in order,
- * and everything the protocol promises (CRC, sequence, session, fragment rules, delay
- * emulation) is checked here, once, for every driver. Send gathers header + payload slice with
- * an iovec, so the link never copies a payload on send; receive copies each fragment's payload
- * once, from the driver's frame (ring memory for shm) into the caller's buffer. */
+ * The layer is transport-neutral: a driver moves frames of at most max_frame bytes, and
+ * everything the protocol promises (CRC, sequence, session, fragment rules, delay emulation)
+ * is checked here, once, for every driver. Send gathers header + payload slice with an iovec,
+ * so the link never copies a payload on send; receive copies each fragment's payload once,
+ * from the driver's frame (ring memory for shm) into the caller's buffer.
+ *
+ * Stream drivers (shm, tcp) deliver frames in order, and the receiver requires exactly that.
+ * Datagram drivers (udp, SPA_DRV_DATAGRAM) may lose, repeat and reorder frames: there the
+ * receiver places fragments wherever they belong (a bitmap of the fragments that arrived ahead
+ * of the contiguous prefix), drops duplicates, and drops datagrams that are not frames at all.
+ * The same tolerant receiver is used on any link whose fault injector is on (the seeded
+ * injector below stands in for netem, which this kernel lacks). */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,8 +22,15 @@
 
 #include "spa/drv/link.h"
 #include "spa/link.h"
+#include "spa/sampler.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
+/* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu
+ * (576 - 48 for IPv6) less the header. Sizes the bitmap. */
+#define MIN_FRAG 472u
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
 
 struct spa_link {
 	struct spa_link_base *base;
@@ -26,13 +40,29 @@ struct spa_link {
 
 	uint32_t tx_seq, rx_seq;     /* next sequence number each way */
 	uint32_t session;            /* learnt from HELLO_OK (sent or received); 0: not yet */
+	int datagram;                /* driver is SPA_DRV_DATAGRAM: malformed datagrams are noise */
+	int tolerant;                /* reassemble out of order, drop duplicates (datagram or
+					faults on) */
 
 	/* reassembly of the message being received (survives a -ETIMEDOUT) */
 	int rx_active;
-	struct spa_wire_hdr rx_first; /* first fragment's header */
+	struct spa_wire_hdr rx_first; /* header of the first fragment that arrived */
 	uint32_t rx_got;              /* payload bytes in place so far */
-	uint64_t rx_last_tx_ns;       /* tx_ns of the latest fragment (delay emulation) */
+	uint32_t rx_next;             /* end of the contiguous prefix [0, rx_next) in place */
+	uint32_t rx_ooo;              /* fragments in place beyond rx_next (tolerant only) */
+	uint32_t rx_frag;             /* the sender's fragment payload size (0: not known yet) */
+	int rx_final_wait;            /* the last fragment came before rx_frag was known */
+	uint32_t rx_final_off;        /* ... and starts here */
+	uint64_t rx_last_tx_ns;       /* latest tx_ns of the message's fragments (delay) */
 	void *rx_buf;                 /* buffer the partial message lies in */
+	uint64_t *rx_bits;            /* tolerant: fragment index -> in place beyond rx_next */
+	size_t rx_nbits;
+
+	/* fault injection (opts.faults; off unless a probability is > 0) */
+	int faulty;
+	struct spa_rng rng;
+	uint8_t *scratch;             /* max_payload bytes: a corrupted copy of a payload */
+	uint64_t copied_tx_link;      /* payload bytes the injector copied */
 
 	int failed;                   /* sticky error (0: healthy) */
 	struct spa_link_stats stats;
@@ -46,6 +76,11 @@ struct spa_listener {
 	struct spa_link_opts opts;
 	char uri[256];
 };
+
+static int faults_on(const struct spa_link_faults *f)
+{
+	return f->drop > 0 || f->dup > 0 || f->reorder > 0 || f->corrupt > 0;
+}
 
 int64_t spa_now_ns(void)
 {
@@ -62,9 +97,11 @@ struct spa_link_base *spa_link_driver_base(struct spa_link *l)
 /* ---- URIs ------------------------------------------------------------------------------ */
 
 #define URI_FORMS                                                                              \
-	"expected shm:/NAME or shm:NAME (NAME: 1-200 letters, digits, '.', '_', '-') or "      \
-	"tcp://HOST:PORT (HOST: an IPv4 address, an [IPv6] address in brackets or a host "    \
-	"name; PORT: 1-65535)"
+	"expected shm:/NAME or shm:NAME (NAME: 1-200 letters, digits, '.', '_', '-'), "        \
+	"tcp://HOST:PORT or udp://HOST:PORT (HOST: an IPv4 address, an [IPv6] address in "     \
+	"brackets or a host name; PORT: 1-65535), each optionally followed by "               \
+	"?KEY=VALUE&...: drop, dup, reorder, corrupt (fault probabilities 0..1), seed "        \
+	"(an integer) and, for udp, mtu (576-65535)"
 
 static int is_name_char(int c)
 {
@@ -72,22 +109,148 @@ static int is_name_char(int c)
 	       c == '.' || c == '_' || c == '-';
 }
 
-/* Split a URI into its driver and the address that driver gets: shm -> "NAME",
- * tcp -> "HOST:PORT" or "[V6]:PORT" as written. */
-static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *addr,
-		     size_t addr_size, struct spa_errbuf *err)
+/* Check "HOST:PORT" or "[V6]:PORT" (hp[n], not NUL-terminated at n). */
+static int hostport_check(const char *uri, const char *host, size_t n, struct spa_errbuf *err)
 {
+	const char *end = host + n, *colon;
+	size_t hlen;
+	if (n && *host == '[') {
+		const char *close = memchr(host, ']', n);
+		if (!close || close + 1 >= end || close[1] != ':')
+			return spa_err(err, -SPA_EUSAGE,
+				       "bad link URI \"%s\": an IPv6 address must be written "
+				       "[ADDR]:PORT; " URI_FORMS,
+				       uri);
+		for (const char *p = host + 1; p < close; p++)
+			if (!strchr("0123456789abcdefABCDEF:.", *p))
+				return spa_err(err, -SPA_EUSAGE,
+					       "bad link URI \"%s\": '%c' in an IPv6 address; " URI_FORMS,
+					       uri, *p);
+		hlen = (size_t)(close - host) + 1;
+		colon = close + 1;
+		if (hlen < 3)
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": empty IPv6 address; " URI_FORMS,
+				       uri);
+	} else {
+		colon = memchr(host, ':', n);
+		if (!colon)
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": no :PORT; " URI_FORMS, uri);
+		hlen = (size_t)(colon - host);
+		if (hlen == 0)
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": no HOST; " URI_FORMS, uri);
+		for (size_t i = 0; i < hlen; i++)
+			if (!is_name_char((unsigned char)host[i]))
+				return spa_err(err, -SPA_EUSAGE,
+					       "bad link URI \"%s\": character '%c' not allowed in a "
+					       "host; " URI_FORMS,
+					       uri, host[i]);
+	}
+	const char *port = colon + 1;
+	size_t plen = (size_t)(end - port);
+	unsigned long v = 0;
+	if (plen == 0 || plen > 5)
+		return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": bad PORT; " URI_FORMS, uri);
+	for (size_t i = 0; i < plen; i++) {
+		if (port[i] < '0' || port[i] > '9')
+			return spa_err(err, -SPA_EUSAGE,
+				       "bad link URI \"%s\": PORT \"%.*s\" is not a number; " URI_FORMS,
+				       uri, (int)plen, port);
+		v = v * 10 + (unsigned long)(port[i] - '0');
+	}
+	if (v < 1 || v > 65535)
+		return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": PORT %lu out of range; " URI_FORMS,
+			       uri, v);
+	return 0;
+}
+
+/* The ?KEY=VALUE&... part: fault injection for every scheme, mtu for udp (left in mtu). */
+static int query_parse(const char *uri, const char *q, int is_udp, struct spa_link_faults *f,
+		       int *have_faults, unsigned long *mtu, struct spa_errbuf *err)
+{
+	*have_faults = 0;
+	*mtu = 0;
+	while (*q) {
+		size_t n = strcspn(q, "&");
+		char kv[64], *eq, *end;
+		if (n == 0 || n >= sizeof kv)
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": empty or overlong "
+				       "option; " URI_FORMS, uri);
+		memcpy(kv, q, n);
+		kv[n] = 0;
+		q += n + (q[n] == '&');
+		eq = strchr(kv, '=');
+		if (!eq || eq == kv || !eq[1])
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": option \"%s\" is not "
+				       "KEY=VALUE; " URI_FORMS, uri, kv);
+		*eq = 0;
+		const char *val = eq + 1;
+		double *prob = !strcmp(kv, "drop") ? &f->drop : !strcmp(kv, "dup") ? &f->dup :
+			       !strcmp(kv, "reorder") ? &f->reorder :
+			       !strcmp(kv, "corrupt") ? &f->corrupt : NULL;
+		errno = 0;
+		if (prob) {
+			double v = strtod(val, &end);
+			if (*end || errno || !(v >= 0 && v <= 1))
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": %s=%s is not a "
+					       "probability in 0..1; " URI_FORMS, uri, kv, val);
+			*prob = v;
+			*have_faults = 1;
+		} else if (!strcmp(kv, "seed")) {
+			unsigned long long v = strtoull(val, &end, 0);
+			if (*end || errno || *val == '-')
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": seed=%s is not an "
+					       "unsigned integer; " URI_FORMS, uri, val);
+			f->seed = v;
+			*have_faults = 1;
+		} else if (!strcmp(kv, "mtu")) {
+			if (!is_udp)
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": mtu applies to "
+					       "udp:// links only; " URI_FORMS, uri);
+			unsigned long v = strtoul(val, &end, 10);
+			if (*end || errno || *val == '-' || v < 576 || v > 65535)
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": mtu=%s is not in "
+					       "576..65535; " URI_FORMS, uri, val);
+			*mtu = v;
+		} else {
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": unknown option \"%s\"; "
+				       URI_FORMS, uri, kv);
+		}
+	}
+	return 0;
+}
+
+/* Split a URI into its driver, the address that driver gets (shm -> "NAME", tcp -> "HOST:PORT"
+ * or "[V6]:PORT" as written, udp -> the same plus "?mtu=N" when given) and the fault
+ * injection its query asks for (*have_faults: 1 when it named any). */
+static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *addr,
+		     size_t addr_size, struct spa_link_faults *faults, int *have_faults,
+		     struct spa_errbuf *err)
+{
+	*have_faults = 0;
 	if (!uri)
 		return spa_err(err, -SPA_EUSAGE, "no link URI given: " URI_FORMS);
 	size_t n = strlen(uri);
 	if (n >= addr_size)
 		return spa_err(err, -SPA_EUSAGE, "link URI is %zu characters, too long: " URI_FORMS,
 			       n);
-	if (!strncmp(uri, "shm:", 4)) {
+	const char *q = strchr(uri, '?');
+	size_t base_len = q ? (size_t)(q - uri) : n;
+	unsigned long mtu = 0;
+	int is_shm = !strncmp(uri, "shm:", 4), is_tcp = !strncmp(uri, "tcp://", 6),
+	    is_udp = !strncmp(uri, "udp://", 6);
+	if ((is_shm || is_tcp || is_udp) && q) {
+		if (!q[1])
+			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": empty query after "
+				       "'?'; " URI_FORMS, uri);
+		int rc = query_parse(uri, q + 1, is_udp, faults, have_faults, &mtu, err);
+		if (rc)
+			return rc;
+	}
+	if (is_shm) {
 		const char *name = uri + 4;
 		if (*name == '/')
 			name++;
-		size_t k = strlen(name);
+		size_t k = base_len - (size_t)(name - uri);
 		if (k == 0 || k > 200)
 			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": %s shm name; " URI_FORMS,
 				       uri, k ? "too long a" : "empty");
@@ -98,71 +261,51 @@ static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *
 					       "a shm name; " URI_FORMS,
 					       uri, name[i]);
 		*drv = &spa_drv_shm;
-		memcpy(addr, name, k + 1);
+		memcpy(addr, name, k);
+		addr[k] = 0;
 		return 0;
 	}
-	if (!strncmp(uri, "tcp://", 6)) {
-		const char *host = uri + 6, *colon;
-		size_t hlen;
-		if (*host == '[') {
-			const char *close = strchr(host, ']');
-			if (!close || close[1] != ':')
-				return spa_err(err, -SPA_EUSAGE,
-					       "bad link URI \"%s\": an IPv6 address must be written "
-					       "[ADDR]:PORT; " URI_FORMS,
-					       uri);
-			for (const char *p = host + 1; p < close; p++)
-				if (!strchr("0123456789abcdefABCDEF:.", *p))
-					return spa_err(err, -SPA_EUSAGE,
-						       "bad link URI \"%s\": '%c' in an IPv6 "
-						       "address; " URI_FORMS,
-						       uri, *p);
-			hlen = (size_t)(close - host) + 1;
-			colon = close + 1;
-			if (hlen < 3)
-				return spa_err(err, -SPA_EUSAGE,
-					       "bad link URI \"%s\": empty IPv6 address; " URI_FORMS,
-					       uri);
-		} else {
-			colon = strchr(host, ':');
-			if (!colon)
-				return spa_err(err, -SPA_EUSAGE,
-					       "bad link URI \"%s\": no :PORT; " URI_FORMS, uri);
-			hlen = (size_t)(colon - host);
-			if (hlen == 0)
-				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": no HOST; " URI_FORMS,
-					       uri);
-			for (size_t i = 0; i < hlen; i++)
-				if (!is_name_char((unsigned char)host[i]))
-					return spa_err(err, -SPA_EUSAGE,
-						       "bad link URI \"%s\": character '%c' not "
-						       "allowed in a host; " URI_FORMS,
-						       uri, host[i]);
-		}
-		const char *port = colon + 1;
-		unsigned long v = 0;
-		size_t plen = strlen(port);
-		if (plen == 0 || plen > 5)
-			return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": bad PORT; " URI_FORMS,
-				       uri);
-		for (size_t i = 0; i < plen; i++) {
-			if (port[i] < '0' || port[i] > '9')
-				return spa_err(err, -SPA_EUSAGE,
-					       "bad link URI \"%s\": PORT \"%s\" is not a number; " URI_FORMS,
-					       uri, port);
-			v = v * 10 + (unsigned long)(port[i] - '0');
-		}
-		if (v < 1 || v > 65535)
-			return spa_err(err, -SPA_EUSAGE,
-				       "bad link URI \"%s\": PORT %lu out of range; " URI_FORMS, uri, v);
-		*drv = &spa_drv_tcp;
-		memcpy(addr, host, strlen(host) + 1);
+	if (is_tcp || is_udp) {
+		const char *host = uri + 6;
+		size_t k = base_len - 6;
+		int rc = hostport_check(uri, host, k, err);
+		if (rc)
+			return rc;
+		*drv = is_tcp ? &spa_drv_tcp : &spa_drv_udp;
+		memcpy(addr, host, k);
+		addr[k] = 0;
+		if (mtu)
+			snprintf(addr + k, addr_size - k, "?mtu=%lu", mtu);
 		return 0;
 	}
+	/* Drivers that check their own addresses get the whole URI. The DPDK driver is
+	 * referenced weakly so that the library links while it is being built. */
+	static const struct {
+		const char *prefix;
+		const struct spa_link_driver *drv;
+	} own[] = {
+#ifdef SPA_HAVE_DPDK
+		{"dpdk:", &spa_drv_dpdk},
+		{"memif:", &spa_drv_dpdk},
+#endif
+		{NULL, NULL},
+	};
+	for (size_t i = 0; own[i].prefix; i++)
+		if (!strncmp(uri, own[i].prefix, strlen(own[i].prefix))) {
+			if (!own[i].drv)
+				return spa_err(err, -SPA_EUNSUPPORTED,
+					       "link URI \"%s\": this build has no %.*s driver", uri,
+					       (int)strlen(own[i].prefix) - 1, own[i].prefix);
+			*drv = own[i].drv;
+			memcpy(addr, uri, n + 1);
+			return 0;
+		}
 	return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": unknown transport; " URI_FORMS, uri);
 }
 
-static void opts_fill(struct spa_link_opts *dst, const struct spa_link_opts *o)
+static int opts_fill(struct spa_link_opts *dst, const struct spa_link_opts *o,
+		     const struct spa_link_faults *uri_faults, int have_faults, const char *uri,
+		     struct spa_errbuf *err)
 {
 	if (o)
 		*dst = *o;
@@ -172,6 +315,16 @@ static void opts_fill(struct spa_link_opts *dst, const struct spa_link_opts *o)
 		dst->max_msg = SPA_WIRE_MAX_MSG;
 	if (dst->delay_ns < 0)
 		dst->delay_ns = 0;
+	if (have_faults)
+		dst->faults = *uri_faults; /* the URI's query wins over the caller's options */
+	const struct spa_link_faults *f = &dst->faults;
+	double sum = f->drop + f->dup + f->reorder + f->corrupt;
+	if (!(f->drop >= 0 && f->dup >= 0 && f->reorder >= 0 && f->corrupt >= 0 && sum <= 1))
+		return spa_err(err, -SPA_EUSAGE, "%s: fault probabilities drop %g, dup %g, reorder "
+			       "%g, corrupt %g: each must be in 0..1 and their sum at most 1 (one "
+			       "fault at most per frame)", uri, f->drop, f->dup, f->reorder,
+			       f->corrupt);
+	return 0;
 }
 
 /* ---- control --------------------------------------------------------------------------- */
@@ -180,16 +333,22 @@ int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa
 		    struct spa_errbuf *err)
 {
 	const struct spa_link_driver *drv;
+	struct spa_link_faults uf = { 0 };
 	char addr[256];
-	int rc = uri_parse(uri, &drv, addr, sizeof addr, err);
+	int have_faults;
+	int rc = uri_parse(uri, &drv, addr, sizeof addr, &uf, &have_faults, err);
 	if (rc)
 		return rc;
 	struct spa_listener *l = calloc(1, sizeof *l);
 	if (!l)
 		return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 	l->drv = drv;
-	opts_fill(&l->opts, o);
+	rc = opts_fill(&l->opts, o, &uf, have_faults, uri, err);
+	if (rc)
+		goto err;
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
+	if (drv->prepare && (rc = drv->prepare(&l->opts, err)))
+		goto err;
 	rc = drv->listen(&l->base, addr, err);
 	if (rc)
 		goto err;
@@ -205,17 +364,41 @@ static int link_wrap(struct spa_link **out, struct spa_link_base *base,
 		     const char *uri, struct spa_errbuf *err)
 {
 	struct spa_link *l = calloc(1, sizeof *l);
-	if (!l) {
-		drv->close(base);
-		return spa_err(err, -ENOMEM, "%s: out of memory", uri);
-	}
+	if (!l)
+		goto oom;
 	l->base = base;
 	l->drv = drv;
 	l->opts = *o;
-	l->max_payload = drv->max_frame - HDR;
+	size_t mf = drv->link_max_frame ? drv->link_max_frame(base) : drv->max_frame;
+	if (mf <= HDR || mf > drv->max_frame)
+		mf = drv->max_frame;
+	l->max_payload = mf - HDR;
+	l->datagram = !!(drv->flags & SPA_DRV_DATAGRAM);
+	l->faulty = faults_on(&o->faults);
+	l->tolerant = l->datagram || l->faulty;
+	if (l->tolerant) {
+		size_t min_frag = l->max_payload < MIN_FRAG ? l->max_payload : MIN_FRAG;
+		l->rx_nbits = o->max_msg / min_frag + 2;
+		l->rx_bits = calloc((l->rx_nbits + 63) / 64, sizeof *l->rx_bits);
+		if (!l->rx_bits)
+			goto oom;
+	}
+	if (l->faulty) {
+		spa_rng_seed(&l->rng, o->faults.seed);
+		l->scratch = malloc(l->max_payload ? l->max_payload : 1);
+		if (!l->scratch)
+			goto oom;
+	}
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
 	*out = l;
 	return 0;
+oom:
+	drv->close(base);
+	if (l) {
+		free(l->rx_bits);
+		free(l);
+	}
+	return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 }
 
 int spa_link_accept(struct spa_listener *l, struct spa_link **out, int64_t timeout_ns,
@@ -240,12 +423,18 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 		     int64_t timeout_ns, struct spa_errbuf *err)
 {
 	const struct spa_link_driver *drv;
+	struct spa_link_faults uf = { 0 };
 	char addr[256];
 	struct spa_link_opts opts;
-	int rc = uri_parse(uri, &drv, addr, sizeof addr, err);
+	int have_faults;
+	int rc = uri_parse(uri, &drv, addr, sizeof addr, &uf, &have_faults, err);
 	if (rc)
 		return rc;
-	opts_fill(&opts, o);
+	rc = opts_fill(&opts, o, &uf, have_faults, uri, err);
+	if (rc)
+		return rc;
+	if (drv->prepare && (rc = drv->prepare(&opts, err)))
+		return rc;
 	struct spa_link_base *base;
 	rc = drv->connect(&base, addr, timeout_ns, err);
 	if (rc)
@@ -258,12 +447,22 @@ void spa_link_destroy(struct spa_link *l)
 	if (!l)
 		return;
 	l->drv->close(l->base);
+	free(l->rx_bits);
+	free(l->scratch);
 	free(l);
 }
 
 const struct spa_link_stats *spa_link_stats(const struct spa_link *l)
 {
+	/* copied_tx: the injector's copies plus the driver's (read when asked, off the path) */
+	struct spa_link *m = (struct spa_link *)l;
+	m->stats.copied_tx = l->copied_tx_link + (l->drv->copied_tx ? l->drv->copied_tx(l->base) : 0);
 	return &l->stats;
+}
+
+size_t spa_link_max_payload(const struct spa_link *l)
+{
+	return l->max_payload;
 }
 
 const char *spa_link_error(const struct spa_link *l)
@@ -276,7 +475,7 @@ const char *spa_link_scheme(const struct spa_link *l)
 	return l->drv->scheme;
 }
 
-/* ---- fast path ------------------------------------------------------------------------- */
+/* ---- errors ---------------------------------------------------------------------------- */
 
 /* Record the first error: the link is unusable afterwards and every call returns it. */
 __attribute__((format(printf, 3, 4)))
@@ -306,6 +505,79 @@ static int drv_error(struct spa_link *l, int rc, const char *what)
 	return link_fail(l, rc, "transport error while %s: %s", what, spa_strerror(rc));
 }
 
+/* ---- fault injection ------------------------------------------------------------------ */
+
+/* A frame the injector held back, sent after the next frame of the same message. */
+struct held {
+	int on;
+	uint8_t hb[HDR];
+	const uint8_t *p;
+	size_t n;
+};
+
+static int send2(struct spa_link *l, const uint8_t *hb, const uint8_t *p, size_t n)
+{
+	struct iovec iov[2] = { { (void *)hb, HDR }, { (void *)p, n } };
+	return l->drv->send_frame(l->base, iov, n ? 2 : 1);
+}
+
+/* Send one frame through the injector: one uniform draw per frame picks at most one fault,
+ * drop, dup, reorder, corrupt, in that order of the probability ranges. A reordered frame is
+ * held and sent right after the next frame of its message (the last frame of a message is
+ * never held: the injector reorders fragments, not messages, see docs/wire-protocol.md). */
+static int fault_send(struct spa_link *l, struct held *hd, const uint8_t *hb, const uint8_t *p,
+		      size_t n, int last)
+{
+	const struct spa_link_faults *f = &l->opts.faults;
+	double u = (double)(spa_rng_next(&l->rng) >> 11) * 0x1p-53;
+	enum { NONE, DROP, DUP, REORDER, CORRUPT } fault =
+		u < f->drop ? DROP : (u -= f->drop) < f->dup ? DUP :
+		(u -= f->dup) < f->reorder ? REORDER : (u -= f->reorder) < f->corrupt ? CORRUPT : NONE;
+	if (fault == REORDER && (last || hd->on))
+		fault = NONE; /* nothing of this message comes after it to swap with */
+	int rc = 0;
+	if (fault == DROP) {
+		l->stats.faults_injected++;
+	} else if (fault == DUP) {
+		l->stats.faults_injected++;
+		rc = send2(l, hb, p, n);
+		if (!rc)
+			rc = send2(l, hb, p, n);
+	} else if (fault == REORDER) {
+		l->stats.faults_injected++;
+		hd->on = 1;
+		memcpy(hd->hb, hb, HDR);
+		hd->p = p;
+		hd->n = n;
+		return 0;
+	} else if (fault == CORRUPT) {
+		/* flip one payload bit in a copy (the caller's payload stays intact); an empty
+		 * payload gets a bit of its header's tx_ns flipped instead (covered by the CRC) */
+		uint64_t r = spa_rng_next(&l->rng);
+		l->stats.faults_injected++;
+		if (n) {
+			memcpy(l->scratch, p, n);
+			l->copied_tx_link += n;
+			l->scratch[(r >> 3) % n] ^= (uint8_t)(1u << (r & 7));
+			rc = send2(l, hb, l->scratch, n);
+		} else {
+			uint8_t hc[HDR];
+			memcpy(hc, hb, HDR);
+			hc[40 + (r & 7)] ^= (uint8_t)(1u << ((r >> 3) & 7));
+			rc = send2(l, hc, NULL, 0);
+		}
+	} else {
+		rc = send2(l, hb, p, n);
+	}
+	if (!rc && hd->on) {
+		hd->on = 0;
+		rc = send2(l, hd->hb, hd->p, hd->n);
+	}
+	return rc;
+}
+
+/* ---- fast path ------------------------------------------------------------------------- */
+
 int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
 {
 	if (l->failed)
@@ -328,6 +600,7 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 	};
 	uint8_t hb[HDR];
 	struct iovec iov[2];
+	struct held hd = { 0 };
 	size_t off = 0;
 	do {
 		size_t chunk = len - off < l->max_payload ? len - off : l->max_payload;
@@ -339,9 +612,14 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 		spa_wire_hdr_encode(&h, hb);
 		h.crc = spa_crc32c(spa_crc32c(0, hb, HDR), p, chunk);
 		spa_wire_hdr_encode(&h, hb);
-		iov[0] = (struct iovec){ hb, HDR };
-		iov[1] = (struct iovec){ (void *)p, chunk };
-		int rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
+		int rc;
+		if (likely(!l->faulty)) {
+			iov[0] = (struct iovec){ hb, HDR };
+			iov[1] = (struct iovec){ (void *)p, chunk };
+			rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
+		} else {
+			rc = fault_send(l, &hd, hb, p, chunk, off + chunk >= len);
+		}
 		if (rc)
 			return drv_error(l, rc, "sending");
 		l->stats.frames_tx++;
@@ -358,23 +636,130 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 
 /* Refuse a frame: counts it, and fails the link. */
 #define BAD(code, ...) (l->stats.bad_frames++, link_fail(l, (code), __VA_ARGS__))
+/* A datagram that is not a well-formed frame: on a datagram link it is noise from the network
+ * (dropped and counted: 0, "more frames due"); on a stream link the stream is broken. */
+#define MALFORMED(code, ...) (l->datagram ? (l->stats.bad_frames++, 0) : BAD(code, __VA_ARGS__))
+
+static inline int bit_get(const uint64_t *b, uint32_t i)
+{
+	return (int)(b[i >> 6] >> (i & 63)) & 1;
+}
+
+/* A frame of a later message came while this one lacks bytes: with no retransmission (yet),
+ * they are lost. Names the first hole. */
+static int lost_fragment(struct spa_link *l, const struct spa_wire_hdr *h)
+{
+	uint32_t len = l->rx_first.msg_len, x = l->rx_next, y = len, p = l->rx_frag;
+	if (p)
+		for (uint32_t j = x / p; (uint64_t)j * p < len && j < l->rx_nbits; j++)
+			if (bit_get(l->rx_bits, j)) {
+				y = j * p;
+				break;
+			}
+	if (l->rx_final_wait && l->rx_final_off < y)
+		y = l->rx_final_off;
+	return BAD(-SPA_EPROTO,
+		   "lost fragment: message %u is missing bytes %u..%u (of %u; a frame of message "
+		   "%u came after it): the link lost datagrams and spa does not retransmit yet",
+		   l->rx_seq, x, y, len, h->seq);
+}
+
+/* Tolerant receiver, a fragment that is not the next in order: place it, or recognise a
+ * duplicate. Fragments sit at multiples of the sender's fragment size P (learnt from any
+ * fragment but the last); the last one is shorter or equal. Returns 0 (place the payload),
+ * 1 (an exact duplicate: drop it) or a negative code. */
+static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
+{
+	uint32_t off = h->frag_off, n = h->payload_len, len = h->msg_len, p = l->rx_frag;
+	int last = off + n == len; /* no overflow: decode checked frag_off + payload_len */
+	if (!last) {
+		if (!p) {
+			p = l->rx_frag = n;
+			if (l->rx_final_wait) {
+				/* the last fragment came first: now it can be checked and placed */
+				uint32_t fo = l->rx_final_off;
+				if (fo % p || len - fo > p || fo / p >= l->rx_nbits)
+					return BAD(-SPA_EPROTO,
+						   "%s message seq %u: fragment at byte %u overlaps "
+						   "others (fragments are %u bytes)",
+						   spa_msg_type_name(h->type), h->seq, fo, p);
+				l->rx_bits[fo / p >> 6] |= 1ull << (fo / p & 63);
+				l->rx_final_wait = 0;
+			}
+		} else if (n != p) {
+			return BAD(-SPA_EPROTO,
+				   "%s message seq %u: fragment of %u bytes at byte %u overlaps "
+				   "others (fragments are %u bytes)",
+				   spa_msg_type_name(h->type), h->seq, n, off, p);
+		}
+	}
+	if (!p) {
+		/* only the last fragment (off > 0) has come so far: hold it until P is known */
+		if (l->rx_final_wait) {
+			if (off == l->rx_final_off) {
+				l->stats.dup_frames++;
+				return 1;
+			}
+			return BAD(-SPA_EPROTO, "%s message seq %u: two last fragments, at bytes %u "
+				   "and %u: they overlap", spa_msg_type_name(h->type), h->seq,
+				   l->rx_final_off, off);
+		}
+		l->rx_final_wait = 1;
+		l->rx_final_off = off;
+		l->rx_ooo++;
+		return 0;
+	}
+	if (off % p || (last && n > p))
+		return BAD(-SPA_EPROTO,
+			   "%s message seq %u: fragment at byte %u overlaps others (fragments "
+			   "are %u bytes)",
+			   spa_msg_type_name(h->type), h->seq, off, p);
+	uint32_t idx = off / p;
+	if (idx >= l->rx_nbits)
+		return BAD(-SPA_EPROTO,
+			   "%s message seq %u: fragments of %u bytes are too small for this link "
+			   "(at least %u bytes)",
+			   spa_msg_type_name(h->type), h->seq, p, MIN_FRAG);
+	if (off < l->rx_next || bit_get(l->rx_bits, idx)) {
+		l->stats.dup_frames++;
+		return 1;
+	}
+	if (off == l->rx_next) {
+		/* fills the hole at the prefix: take in the fragments that came ahead of it */
+		l->rx_next += n;
+		while (l->rx_next < len) {
+			uint32_t j = l->rx_next / p;
+			if (!bit_get(l->rx_bits, j))
+				break;
+			l->rx_bits[j >> 6] &= ~(1ull << (j & 63));
+			l->rx_ooo--;
+			l->rx_next += len - l->rx_next < p ? len - l->rx_next : p;
+		}
+	} else {
+		l->rx_bits[idx >> 6] |= 1ull << (idx & 63);
+		l->rx_ooo++;
+	}
+	return 0;
+}
 
 /* Check one frame and copy its payload into place. Returns 1 when the message is complete,
- * 0 when more fragments are due, or a negative code (the link has failed). */
+ * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
+ * negative code (the link has failed). */
 static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf, size_t cap)
 {
 	struct spa_wire_hdr h;
 	struct spa_errbuf e;
 	if (flen < HDR)
-		return BAD(-SPA_EPROTO, "truncated frame: %zu bytes, shorter than the %d-byte header",
-			   flen, HDR);
+		return MALFORMED(-SPA_EPROTO,
+				 "truncated frame: %zu bytes, shorter than the %d-byte header", flen,
+				 HDR);
 	int rc = spa_wire_hdr_decode(f, &h, l->max_payload, &e);
 	if (rc)
-		return BAD(rc, "%s", e.msg);
+		return MALFORMED(rc, "%s", e.msg);
 	if (flen != HDR + (size_t)h.payload_len)
-		return BAD(-SPA_EPROTO,
-			   "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
-			   spa_msg_type_name(h.type), flen, HDR, h.payload_len);
+		return MALFORMED(-SPA_EPROTO,
+				 "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
+				 spa_msg_type_name(h.type), flen, HDR, h.payload_len);
 	uint32_t crc = spa_wire_frame_crc(f, f + HDR, h.payload_len);
 	if (crc != h.crc)
 		return BAD(-SPA_ECRC,
@@ -382,6 +767,15 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 			   "(0x%08x, computed 0x%08x): the link corrupts data",
 			   spa_msg_type_name(h.type), h.seq, h.frag_off, h.frag_off + h.payload_len,
 			   h.msg_len, h.crc, crc);
+	if (l->tolerant && h.seq != l->rx_seq) {
+		if ((int32_t)(h.seq - l->rx_seq) < 0) {
+			l->stats.dup_frames++; /* of a message already delivered */
+			return 0;
+		}
+		if (l->rx_active)
+			return lost_fragment(l, &h);
+		/* falls through to the sequence check below: a whole message was lost */
+	}
 	if (l->session) {
 		if (h.session != l->session)
 			return BAD(-SPA_EPROTO, "%s frame for session %u on session %u",
@@ -409,12 +803,17 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 			return BAD(-SPA_ETOOBIG,
 				   "%s message of %u bytes does not fit the %zu-byte receive buffer",
 				   spa_msg_type_name(h.type), h.msg_len, cap);
-		if (h.frag_off != 0)
+		if (h.frag_off != 0 && !l->tolerant)
 			return BAD(-SPA_EPROTO,
 				   "%s message (seq %u) starts at byte %u: its first fragment was lost",
 				   spa_msg_type_name(h.type), h.seq, h.frag_off);
 		l->rx_first = h;
 		l->rx_got = 0;
+		l->rx_next = 0;
+		l->rx_ooo = 0;
+		l->rx_frag = 0;
+		l->rx_final_wait = 0;
+		l->rx_last_tx_ns = 0;
 		l->rx_active = 1;
 		l->rx_buf = buf;
 	} else {
@@ -427,26 +826,36 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux/session differ)",
 				   spa_msg_type_name(a->type), h.seq, spa_msg_type_name(h.type),
 				   h.msg_len, a->msg_len);
-		if (h.frag_off > l->rx_got)
-			return BAD(-SPA_EPROTO,
-				   "%s message seq %u: gap, fragment at byte %u but only %u received",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-		if (h.frag_off < l->rx_got)
-			return BAD(-SPA_EPROTO,
-				   "%s message seq %u: fragment at byte %u overlaps the %u bytes "
-				   "received",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
 	}
 	if (h.payload_len == 0 && h.msg_len != 0)
 		return BAD(-SPA_EPROTO, "%s message seq %u: empty fragment",
 			   spa_msg_type_name(h.type), h.seq);
 
+	if (likely(h.frag_off == l->rx_next && !l->rx_ooo)) {
+		/* in order: the common case on every link */
+		if (!l->rx_frag)
+			l->rx_frag = h.payload_len;
+		l->rx_next += h.payload_len;
+	} else if (!l->tolerant) {
+		if (h.frag_off > l->rx_got)
+			return BAD(-SPA_EPROTO,
+				   "%s message seq %u: gap, fragment at byte %u but only %u received",
+				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
+		return BAD(-SPA_EPROTO,
+			   "%s message seq %u: fragment at byte %u overlaps the %u bytes received",
+			   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
+	} else {
+		rc = rx_place(l, &h);
+		if (rc)
+			return rc < 0 ? rc : 0;
+	}
 	memcpy((uint8_t *)l->rx_buf + h.frag_off, f + HDR, h.payload_len);
 	l->stats.copied_rx += h.payload_len;
 	l->stats.frames_rx++;
 	l->stats.bytes_rx += flen;
 	l->rx_got += h.payload_len;
-	l->rx_last_tx_ns = h.tx_ns;
+	if (h.tx_ns > l->rx_last_tx_ns)
+		l->rx_last_tx_ns = h.tx_ns;
 	return l->rx_got == h.msg_len;
 }
 

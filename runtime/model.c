@@ -175,7 +175,8 @@ static int check_tensor(const struct spa_gguf *g, const char *name, uint64_t ne0
 			       tn ? tn : "unknown");
 	if (!f32_only && !spa_kernels_supports(t->type))
 		return spa_err(err, -SPA_EMODEL, "%s: tensor '%s' has type %s, which this build "
-			       "cannot compute with; requantize the model to f32, f16, bf16 or q8_0",
+			       "cannot compute with; convert it with spa-quantize to f32, f16, bf16, "
+			       "q8_0, q4_0, q4_k or q6_k",
 			       g->path, name, tn ? tn : "unknown");
 	if (t->type == SPA_TYPE_F32 && (t->offset % sizeof(float)) != 0)
 		return spa_err(err, -SPA_EMODEL, "%s: tensor '%s' is not 4-byte aligned in the file "

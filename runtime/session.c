@@ -149,6 +149,15 @@ int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
 		rc = spa_err(err, -ENOMEM, "out of memory for the runner");
 		goto fail;
 	}
+	/* Taps into the TAPS payload in each block's epilogue, the gate after the final norm. */
+	if (is_side(cfg->method) && !(cfg->unfused & SPA_UNFUSED_TAPS)) {
+		rc = spa_engine_set_side(r->eng, cp,
+					 cfg->split == SPA_SPLIT_CLOUD_LINEAR ? r->taps : NULL);
+		if (rc < 0) {
+			spa_err(err, rc, "the side plugin does not fit the engine");
+			goto fail;
+		}
+	}
 	*out = r;
 	return 0;
 fail:
@@ -237,12 +246,16 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 	const float *f = spa_engine_final(r->eng);
 	const float *z = f;
 	if (is_side(r->cfg.method)) {
-		int sigma = r->cfg.method == SPA_METHOD_LST ? 1 : spa_plugin_gate(r->cp, f, NULL);
+		const bool fused = !(r->cfg.unfused & SPA_UNFUSED_TAPS);
+		int sigma = r->cfg.method == SPA_METHOD_LST ? 1
+			  : fused ? spa_engine_gate(r->eng, NULL) : spa_plugin_gate(r->cp, f, NULL);
 		st->sigma = (uint32_t)sigma;
 		if (sigma) {
 			const float *resid = spa_engine_resid(r->eng);
 			if (r->cfg.split == SPA_SPLIT_CLOUD_LINEAR) {
-				spa_plugin_side_taps(r->cp, resid, r->taps);
+				/* fused: the engine already wrote the payload during the forward */
+				if (!fused)
+					spa_plugin_side_taps(r->cp, resid, r->taps);
 				rc = xcall(r, SPA_MSG_TAPS, 0, 1, r->taps,
 					   (size_t)(r->L + 1) * r->r, r->relu_s, r->r);
 				if (rc < 0)
@@ -262,8 +275,13 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 			z = r->z;
 		}
 	}
-	spa_engine_logits(r->eng, z, r->logits);
-	*tok = spa_sampler_sample(r->smp, r->logits);
+	if (r->cfg.sp.temp == 0 && !(r->cfg.unfused & SPA_UNFUSED_HEAD)) {
+		/* greedy: the argmax without the V logits (the same token as the sampler's) */
+		spa_engine_head_argmax(r->eng, z, tok);
+	} else {
+		spa_engine_logits(r->eng, z, r->logits);
+		*tok = spa_sampler_sample(r->smp, r->logits);
+	}
 	r->pending = *tok;
 out:
 	r->cur = NULL;
@@ -276,8 +294,14 @@ out:
 struct spa_edge {
 	const struct spa_plugin *p;
 	uint32_t max_batch;
+	bool unfused;
 	float *scratch;
 };
+
+void spa_edge_set_unfused(struct spa_edge *e, bool unfused)
+{
+	e->unfused = unfused;
+}
 
 int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t max_batch)
 {
@@ -287,6 +311,8 @@ int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t 
 	e->p = p;
 	e->max_batch = max_batch ? max_batch : DEFAULT_BATCH;
 	size_t n = (size_t)(p->n_layers + 1) * p->rank + p->rank + p->n_embd + p->rank + 16;
+	if (p->kind == SPA_PLUGIN_SIDE && spa_engine_side_chain_scratch(p) > n)
+		n = spa_engine_side_chain_scratch(p);
 	e->scratch = malloc(sizeof(float) * n);
 	if (!e->scratch) {
 		free(e);
@@ -354,7 +380,10 @@ int spa_edge_respond(struct spa_edge *e, enum spa_msg_type req, uint32_t layer, 
 
 	switch (req) {
 	case SPA_MSG_TAPS:
-		spa_plugin_side_chain(p, in, out, e->scratch);
+		if (e->unfused)
+			spa_plugin_side_chain(p, in, out, e->scratch);
+		else
+			spa_engine_side_chain(p, in, out, e->scratch);
 		*reply = SPA_MSG_SIDE_OUT;
 		break;
 	case SPA_MSG_RESID:

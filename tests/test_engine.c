@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -888,4 +889,250 @@ Test(engine, f16_model_agrees_with_its_reference)
 	rand_tokens(toks, 7, hp.n_vocab, 23);
 	double d = run_vs_ref(path, toks, 7, 3, NULL, TOL_F16);
 	cr_log_info("f16: worst relative logit diff %g", d);
+}
+
+/* ---------------------------------------------------------------- fused kernels */
+
+static struct spa_plugin *load_side(void)
+{
+	struct spa_plugin *p = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_plugin_load(&p, tu_tiny_plugin("side"), &err), 0, "%s", err.msg);
+	return p;
+}
+
+Test(engine, fused_taps_and_gate_equal_the_plugin_bit_for_bit)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	struct spa_plugin *p = load_side();
+	const uint32_t L = m->hp.n_layers, H = m->hp.n_embd, r = p->rank;
+	struct spa_pool *pool = NULL;
+	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 64, 16, pool), 0);
+	float *taps = calloc((L + 1) * r, sizeof(float)), *ref = calloc((L + 1) * r, sizeof(float));
+	cr_assert_eq(spa_engine_set_side(e, p, taps), 0);
+	int32_t toks[40];
+	rand_tokens(toks, 40, m->hp.n_vocab, 17);
+	const uint32_t plan[] = { 13, 1, 1, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
+	uint32_t at = 0, n_side = 0;
+	for (uint32_t c = 0; c < sizeof plan / sizeof plan[0]; c++) {
+		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
+		at += plan[c];
+		spa_plugin_side_taps(p, spa_engine_resid(e), ref);
+		cr_assert_eq(memcmp(taps, ref, (L + 1) * r * sizeof(float)), 0,
+			     "taps differ after forward %u", c);
+		float m1, m2;
+		int s1 = spa_engine_gate(e, &m1), s2 = spa_plugin_gate(p, spa_engine_final(e), &m2);
+		cr_assert_eq(s1, s2, "gate after forward %u", c);
+		cr_assert_eq(memcmp(&m1, &m2, sizeof m1), 0, "gate margin after forward %u", c);
+		n_side += (uint32_t)s1;
+	}
+	(void)H;
+	/* the classifier is calibrated to a fraction 0.5: both outcomes were checked */
+	cr_assert(n_side > 0 && n_side < sizeof plan / sizeof plan[0], "sigma %u", n_side);
+	/* off again: the buffer is left alone */
+	cr_assert_eq(spa_engine_set_side(e, NULL, NULL), 0);
+	memset(taps, 0x5a, (L + 1) * r * sizeof(float));
+	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), 0);
+	cr_assert_eq(((uint8_t *)taps)[0], 0x5a);
+	cr_assert_eq(spa_engine_gate(e, NULL), -SPA_EUSAGE);
+	free(taps), free(ref);
+	spa_engine_destroy(e);
+	spa_pool_destroy(pool);
+	spa_plugin_destroy(p);
+	spa_model_destroy(m);
+}
+
+/* The head over a hand-made LM head: random rows, then exact ties (copies of the best row,
+ * placed on both sides of the thread split) and NaN rows. */
+Test(engine, fused_argmax_equals_argmax_of_the_logits)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	const uint32_t H = m->hp.n_embd, V = 1000 + 37; /* not a multiple of the tile */
+	float *w = malloc(sizeof(float) * H * V), *z = malloc(sizeof(float) * H);
+	float *logits = malloc(sizeof(float) * V);
+	tu_rand(w, (size_t)H * V, 5, 1.0f);
+	struct spa_model mm = *m;
+	mm.output = (struct spa_tensor){ SPA_TYPE_F32, H, V, w };
+	struct spa_pool *pools[3] = { NULL, NULL, NULL };
+	cr_assert_eq(spa_pool_create(&pools[1], 2, NULL), 0);
+	cr_assert_eq(spa_pool_create(&pools[2], 3, NULL), 0);
+	uint32_t n_checked = 0;
+	for (int pi = 0; pi < 3; pi++) {
+		struct spa_engine *e = NULL;
+		cr_assert_eq(spa_engine_create(&e, &mm, 8, 1, pools[pi]), 0);
+		for (uint64_t it = 0; it < 300; it++) {
+			tu_rand(z, H, 100 + it, it % 3 == 0 ? 1e-3f : 2.0f);
+			if (it == 150) { /* ties: the winner copied before and after the split */
+				spa_engine_logits(e, z, logits);
+				uint32_t best = spa_argmax(logits, V);
+				memcpy(w + (size_t)(V - 3) * H, w + (size_t)best * H, H * sizeof(float));
+				memcpy(w + (size_t)(V / 2) * H, w + (size_t)best * H, H * sizeof(float));
+				if (best > 0)
+					memcpy(w + (size_t)(best - 1) * H, w + (size_t)best * H,
+					       H * sizeof(float));
+			}
+			if (it == 200) /* a NaN row */
+				w[(size_t)7 * H] = NAN;
+			spa_engine_logits(e, z, logits);
+			int32_t tok = -1;
+			spa_engine_head_argmax(e, z, &tok);
+			cr_assert_eq((uint32_t)tok, spa_argmax(logits, V), "iteration %" PRIu64
+				     ", %d threads", it, pi + 1);
+			n_checked++;
+		}
+		/* z = 0: every logit ties at 0 (argmax 0) */
+		memset(z, 0, sizeof(float) * H);
+		w[(size_t)7 * H] = 1.0f;
+		int32_t tok = -1;
+		spa_engine_head_argmax(e, z, &tok);
+		spa_engine_logits(e, z, logits);
+		cr_assert_eq((uint32_t)tok, spa_argmax(logits, V));
+		spa_engine_destroy(e);
+	}
+	cr_assert_eq(n_checked, 900);
+	spa_pool_destroy(pools[1]);
+	spa_pool_destroy(pools[2]);
+	free(w), free(z), free(logits);
+	spa_model_destroy(m);
+}
+
+static void chain_case(const struct spa_plugin *p, uint64_t seed)
+{
+	const uint32_t L = p->n_layers, r = p->rank;
+	float *taps = malloc(sizeof(float) * (L + 1) * r);
+	float *a = malloc(sizeof(float) * r), *b = malloc(sizeof(float) * r);
+	float *s1 = malloc(sizeof(float) * spa_engine_side_chain_scratch(p));
+	float *s2 = malloc(sizeof(float) * (r + p->n_embd));
+	for (int it = 0; it < 20; it++) {
+		tu_rand(taps, (size_t)(L + 1) * r, seed + (uint64_t)it, it % 2 ? 0.1f : 3.0f);
+		spa_engine_side_chain(p, taps, a, s1);
+		spa_plugin_side_chain(p, taps, b, s2);
+		cr_assert_eq(memcmp(a, b, sizeof(float) * r), 0, "H %u r %u iteration %d",
+			     p->n_embd, r, it);
+	}
+	/* relu_s may alias taps[0..r), as for spa_plugin_side_chain */
+	memcpy(b, a, sizeof(float) * r);
+	spa_engine_side_chain(p, taps, taps, s1);
+	spa_plugin_side_chain(p, taps + 0, a, s2); /* taps[0..r) is now relu(s): just run it */
+	(void)a;
+	free(taps), free(a), free(b), free(s1), free(s2);
+}
+
+Test(engine, fused_side_chain_equals_the_plugin_bit_for_bit)
+{
+	struct spa_plugin *p = load_side();
+	chain_case(p, 31);
+	/* odd sizes: H with a partial group of 8 and not a multiple of 32, odd rank */
+	const uint32_t dims[][3] = { { 3, 100, 5 }, { 2, 37, 1 }, { 1, 8, 3 }, { 2, 64, 32 } };
+	for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+		struct spa_plugin q = { .kind = SPA_PLUGIN_SIDE, .n_layers = dims[d][0],
+					.n_embd = dims[d][1], .rank = dims[d][2] };
+		size_t L = q.n_layers, H = q.n_embd, r = q.rank;
+		q.up_w = malloc(sizeof(float) * L * H * r);
+		q.up_b = malloc(sizeof(float) * L * H);
+		q.down_w = malloc(sizeof(float) * L * r * H);
+		q.down_b = malloc(sizeof(float) * L * r);
+		tu_rand(q.up_w, L * H * r, 40 + d, 0.7f);
+		tu_rand(q.up_b, L * H, 50 + d, 0.2f);
+		tu_rand(q.down_w, L * r * H, 60 + d, 0.3f);
+		tu_rand(q.down_b, L * r, 70 + d, 0.2f);
+		chain_case(&q, 80 + d);
+		free(q.up_w), free(q.up_b), free(q.down_w), free(q.down_b);
+	}
+	spa_plugin_destroy(p);
+}
+
+/* ---------------------------------------------------------------- streaming */
+
+static uint64_t file_data_size(const char *path)
+{
+	struct spa_gguf *g = NULL;
+	cr_assert_eq(spa_gguf_open(&g, path, NULL), 0);
+	uint64_t n = g->data_size;
+	spa_gguf_close(g);
+	return n;
+}
+
+Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
+{
+	const char *path = tu_tiny_model();
+	struct spa_model *m = load(path);
+	const uint32_t V = m->hp.n_vocab, L = m->hp.n_layers;
+	const uint64_t size = file_data_size(path);
+	int32_t toks[24];
+	rand_tokens(toks, 24, V, 23);
+	const uint32_t plan[] = { 9, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1 };
+	const size_t n_plan = sizeof plan / sizeof plan[0];
+	float *ref = malloc(sizeof(float) * V * n_plan), *got = malloc(sizeof(float) * V);
+	struct spa_pool *pool = NULL;
+	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 32, 16, pool), 0);
+	uint32_t at = 0;
+	for (size_t c = 0; c < n_plan; c++) {
+		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
+		spa_engine_logits(e, spa_engine_final(e), ref + c * V);
+		at += plan[c];
+	}
+	spa_engine_destroy(e);
+
+	const uint32_t pct[] = { 50, 25 };
+	for (int b = 0; b < 2; b++) {
+		struct spa_model *ms = NULL;
+		struct spa_errbuf err = {{0}};
+		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
+			     "%u %%: %s", pct[b], err.msg);
+		cr_assert_str_eq(ms->fingerprint, m->fingerprint);
+		cr_assert_eq(ms->n_params, m->n_params);
+		cr_assert(ms->data_size <= size * pct[b] / 100);
+		cr_assert_eq(spa_engine_create(&e, ms, 32, 16, pool), 0);
+		struct spa_engine_stream_stats st;
+		spa_engine_stream_stats(e, &st);
+		cr_assert(st.n_streamed_blocks > 0 && st.n_streamed_blocks <= L, "%u %%: %u blocks",
+			  pct[b], st.n_streamed_blocks);
+		cr_assert(ms->data_size + st.buffer_bytes <= size * pct[b] / 100);
+		at = 0;
+		for (size_t c = 0; c < n_plan; c++) {
+			cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
+			spa_engine_logits(e, spa_engine_final(e), got);
+			cr_assert_eq(memcmp(got, ref + c * V, sizeof(float) * V), 0,
+				     "%u %% budget: logits differ after forward %zu", pct[b], c);
+			at += plan[c];
+			if (c == 3) { /* a probe in between leaves the stream where it was */
+				uint64_t ns;
+				cr_assert_eq(spa_engine_stream_probe(e, &ns), 0);
+			}
+		}
+		spa_engine_stream_stats(e, &st);
+		cr_assert_eq(st.n_forward, n_plan);
+		cr_assert(st.bytes_read >= n_plan * (st.bytes_per_token - ms->hp.n_embd * 4));
+		spa_engine_destroy(e);
+		spa_model_destroy(ms);
+	}
+	spa_pool_destroy(pool);
+	free(ref), free(got);
+	spa_model_destroy(m);
+}
+
+Test(engine, too_small_a_budget_is_refused_with_the_least_that_works)
+{
+	const char *path = tu_tiny_model();
+	struct spa_model *ms = NULL;
+	struct spa_errbuf err = {{0}};
+	int rc = spa_engine_model_load(&ms, path, 4096, false, &err);
+	cr_assert_eq(rc, -SPA_EUSAGE);
+	cr_assert_null(ms);
+	cr_assert(strstr(err.msg, "--mem-budget"), "%s", err.msg);
+	/* the whole model or more: an ordinary load */
+	cr_assert_eq(spa_engine_model_load(&ms, path, 1ull << 40, false, &err), 0, "%s", err.msg);
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, ms, 8, 1, NULL), 0);
+	struct spa_engine_stream_stats st;
+	spa_engine_stream_stats(e, &st);
+	cr_assert_eq(st.n_streamed_blocks, 0);
+	cr_assert_eq(st.bytes_per_token, 0);
+	spa_engine_destroy(e);
+	spa_model_destroy(ms);
 }

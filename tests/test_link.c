@@ -1,4 +1,5 @@
-/* Links over shm and tcp (runtime/link.c, drivers/shm, drivers/tcp). The cloud side runs in
+/* Links over shm, tcp and udp (runtime/link.c, drivers/shm, drivers/tcp, drivers/udp), and the
+ * link's seeded fault injector, out-of-order reassembly and duplicate suppression. The cloud side runs in
  * the test process, the edge in a forked child; each test uses names and ports unique to its
  * process. A child reports failure through its exit status (it never returns into Criterion). */
 #include <criterion/criterion.h>
@@ -7,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,8 +50,10 @@ struct srv {
 
 static int uri_counter;
 
-/* Listen on a fresh shm name or tcp port (retrying ports that are taken). */
-static void srv_start(struct srv *s, const char *scheme, const struct spa_link_opts *o)
+/* Listen on a fresh shm name or tcp/udp port (retrying ports that are taken); query, when
+ * not NULL, is appended to the URI ("?mtu=9000"). */
+static void srv_start_q(struct srv *s, const char *scheme, const char *query,
+			const struct spa_link_opts *o)
 {
 	struct spa_errbuf e = { "" };
 	int rc = -1;
@@ -58,7 +64,8 @@ static void srv_start(struct srv *s, const char *scheme, const struct spa_link_o
 		} else {
 			unsigned port = 20000 + ((unsigned)getpid() * 131u + (unsigned)n * 7919u +
 						 (unsigned)t * 104729u) % 40000u;
-			snprintf(s->uri, sizeof s->uri, "tcp://127.0.0.1:%u", port);
+			snprintf(s->uri, sizeof s->uri, "%s://127.0.0.1:%u%s", scheme, port,
+				 query ? query : "");
 		}
 		rc = spa_link_listen(&s->lst, s->uri, o, &e);
 		if (rc != -EADDRINUSE)
@@ -67,13 +74,20 @@ static void srv_start(struct srv *s, const char *scheme, const struct spa_link_o
 	cr_assert_eq(rc, 0, "listen %s: %s", s->uri, e.msg);
 }
 
+static void srv_start(struct srv *s, const char *scheme, const struct spa_link_opts *o)
+{
+	srv_start_q(s, scheme, NULL, o);
+}
+
 static struct spa_link *srv_accept(struct srv *s)
 {
 	struct spa_link *l = NULL;
 	struct spa_errbuf e = { "" };
 	int rc = spa_link_accept(s->lst, &l, 20 * SEC, &e);
 	cr_assert_eq(rc, 0, "accept %s: %d %s", s->uri, rc, e.msg);
-	cr_assert_str_eq(spa_link_scheme(l), !strncmp(s->uri, "shm", 3) ? "shm" : "tcp");
+	char scheme[8];
+	snprintf(scheme, sizeof scheme, "%.3s", s->uri);
+	cr_assert_str_eq(spa_link_scheme(l), scheme);
 	return l;
 }
 
@@ -198,13 +212,13 @@ static int echo_child(const char *uri, void *arg)
 	return bad ? 13 : 0;
 }
 
-static void round_trip(const char *scheme)
+static void round_trip_q(const char *scheme, const char *query)
 {
 	struct srv s;
-	srv_start(&s, scheme, NULL);
+	srv_start_q(&s, scheme, query, NULL);
 	pid_t child = spawn(echo_child, s.uri, NULL);
 	struct spa_link *l = srv_accept(&s);
-	size_t maxp = spa_link_driver_base(l)->drv->max_frame - HDR;
+	size_t maxp = spa_link_max_payload(l);
 	uint8_t *out = malloc(BIG), *in = malloc(BIG);
 	uint64_t frames = 0, bytes = 0;
 	for (int i = 0; i < N_MSG; i++) {
@@ -262,9 +276,24 @@ static void round_trip(const char *scheme)
 	free(in);
 }
 
+static void round_trip(const char *scheme)
+{
+	round_trip_q(scheme, NULL);
+}
+
 Test(link, shm_messages_of_random_sizes_round_trip_in_order, .timeout = 60)
 {
 	round_trip("shm");
+}
+
+Test(link, udp_messages_of_random_sizes_round_trip_in_order, .timeout = 60)
+{
+	round_trip("udp");
+}
+
+Test(link, udp_jumbo_mtu_messages_round_trip_in_order, .timeout = 60)
+{
+	round_trip_q("udp", "?mtu=65000");
 }
 
 Test(link, tcp_messages_of_random_sizes_round_trip_in_order, .timeout = 60)
@@ -860,7 +889,7 @@ Test(link, bad_uris_are_refused_with_a_message)
 		"", "shm", "shm:", "shm:/", "shm://x", "shm:/a/b", "shm:/a b", "shm:/na$me",
 		"tcp://", "tcp://host", "tcp://host:", "tcp://:80", "tcp://host:0",
 		"tcp://host:65536", "tcp://host:99999999", "tcp://host:8x", "tcp://[::1:80",
-		"tcp://[]:80", "tcp://::1:80", "tcp://[::g]:80", "tcp://ho st:80", "udp://h:1",
+		"tcp://[]:80", "tcp://::1:80", "tcp://[::g]:80", "tcp://ho st:80", "udp://h",
 		"http://x", "TCP://h:1", "tcp:/h:1",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -990,4 +1019,467 @@ Test(link, error_refusing_a_hello_may_name_the_session, .timeout = 30)
 	spa_link_destroy(c);
 	spa_link_destroy(a);
 	spa_listener_destroy(lst);
+}
+
+/* ---- udp: the generic behaviours ------------------------------------------------------- */
+
+/* On a datagram link a gap or a first fragment at byte 100 are not errors (fragments may come
+ * in any order), and malformed datagrams are noise (below); the rest is refused as on tcp. */
+static const struct case_list udp_cases = {
+	6, { BAD_CRC, BAD_SEQ_GAP, BAD_FRAG_OVERLAP, BAD_FRAG_MSGLEN, BAD_SESSION, BAD_TOOBIG }
+};
+
+Test(link, udp_bad_frames_are_refused_with_the_right_code, .timeout = 60)
+{
+	bad_frames("udp", &udp_cases, NULL);
+	static const struct case_list one = { 1, { BAD_MAXMSG } };
+	struct spa_link_opts o = { .max_msg = 1000 };
+	bad_frames("udp", &one, &o);
+}
+
+Test(link, udp_messages_sent_before_close_are_delivered_then_eclosed, .timeout = 30)
+{
+	close_delivers_pending("udp");
+}
+
+Test(link, udp_listener_serves_sessions_one_after_another, .timeout = 30)
+{
+	sessions("udp");
+}
+
+Test(link, udp_delay_emulation_adds_at_least_delay_ns, .timeout = 30)
+{
+	delay_emulation("udp");
+}
+
+/* UDP has no connection: a peer killed without a word is noticed by a receive timeout, and
+ * once something is sent to its closed port (ICMP port unreachable) as -SPA_ECLOSED. */
+Test(link, udp_killed_peer_times_out_then_gives_eclosed, .timeout = 30)
+{
+	struct srv s;
+	srv_start(&s, "udp", NULL);
+	pid_t child = spawn(send_and_hang, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	char buf[64];
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(memcmp(buf, "alive", 5), 0);
+	kill(child, SIGKILL);
+	cr_assert_eq(reap(child), 1000 + SIGKILL);
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 100000000), -ETIMEDOUT);
+	int rc = 0;
+	struct spa_msg hb = { .type = SPA_MSG_HEARTBEAT };
+	for (int i = 0; i < 50 && !rc; i++) {
+		rc = spa_link_send(l, &hb, NULL, 0);
+		if (!rc)
+			rc = spa_link_recv(l, &m, buf, sizeof buf, 20000000);
+		if (rc == -ETIMEDOUT)
+			rc = 0;
+	}
+	cr_assert_eq(rc, -SPA_ECLOSED, "got %d: %s", rc, spa_link_error(l));
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+}
+
+Test(link, udp_mtu_mismatch_is_refused_at_connect, .timeout = 30)
+{
+	struct srv s;
+	srv_start_q(&s, "udp", "?mtu=9000", NULL);
+	char uri[128];
+	snprintf(uri, sizeof uri, "%.*s", (int)(strchr(s.uri, '?') - s.uri), s.uri);
+	struct spa_link *l = NULL;
+	struct spa_errbuf e = { "" };
+	/* the cloud answers knocks only inside accept: run it in a child */
+	pid_t c = fork();
+	if (c == 0) {
+		struct spa_link *a = NULL;
+		struct spa_errbuf e2;
+		int rc = spa_link_accept(s.lst, &a, 2 * SEC, &e2);
+		_exit(rc == -ETIMEDOUT ? 0 : 1);
+	}
+	int rc = spa_link_connect(&l, uri, NULL, SEC, &e);
+	cr_assert_eq(rc, -SPA_EUSAGE, "got %d: %s", rc, e.msg);
+	cr_assert(strstr(e.msg, "mtu"), "%s", e.msg);
+	cr_assert_eq(reap(c), 0, "the cloud accepted an edge with another mtu");
+	spa_listener_destroy(s.lst);
+}
+
+/* ---- udp: out-of-order reassembly, duplicates, noise ----------------------------------- */
+
+#define FP 1000 /* fragment payload of the raw frames below */
+
+static int raw_frag(struct spa_link *l, uint32_t seq, uint32_t msg_len, uint32_t off,
+		    const uint8_t *p)
+{
+	static uint8_t f[HDR + FP];
+	struct spa_wire_hdr h = hdr_tmpl(seq, 0);
+	h.msg_len = msg_len;
+	h.frag_off = off;
+	h.payload_len = msg_len - off < FP ? msg_len - off : FP;
+	return raw_send(l, f, mk_frame(f, h, p + off));
+}
+
+/* Edge: message 0 (4500 bytes, 5 fragments) in the order 4 2 0 2 3 1, then a repeat of its
+ * fragment 3 (message already delivered); message 1 in order; message 2 with fragments 0 and
+ * 2 of 3, then message 3: fragment 1 of message 2 is lost. */
+static int ooo_child(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	static uint8_t p[4500];
+	fill(p, sizeof p, 31);
+	static const int order[] = { 4, 2, 0, 2, 3, 1 };
+	int rc = 0;
+	for (int i = 0; i < 6 && !rc; i++)
+		rc = raw_frag(l, 0, 4500, (uint32_t)order[i] * FP, p);
+	struct spa_msg m;
+	char b[16];
+	if (rc || spa_link_recv(l, &m, b, sizeof b, 20 * SEC) || m.type != SPA_MSG_PROMPT)
+		return 11;
+	rc = raw_frag(l, 0, 4500, 3 * FP, p);
+	for (int k = 0; k < 2 && !rc; k++)
+		rc = raw_frag(l, 1, 1500, (uint32_t)k * FP, p);
+	if (!rc)
+		rc = raw_frag(l, 2, 2500, 0, p);
+	if (!rc)
+		rc = raw_frag(l, 2, 2500, 2 * FP, p);
+	if (!rc)
+		rc = raw_frag(l, 3, 10, 0, p);
+	if (rc)
+		return 12;
+	return edge_wait_close(l);
+}
+
+Test(link, udp_fragments_in_any_order_reassemble_and_duplicates_are_dropped, .timeout = 30)
+{
+	struct srv s;
+	srv_start(&s, "udp", NULL);
+	pid_t child = spawn(ooo_child, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t p[4500], buf[5000];
+	fill(p, sizeof p, 31);
+	struct spa_msg m;
+	memset(buf, 0xee, sizeof buf);
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(m.len, 4500);
+	cr_assert_eq(m.seq, 0);
+	cr_assert_eq(memcmp(buf, p, 4500), 0, "reassembled out of order wrongly");
+	cr_assert_eq(buf[4500], 0xee);
+	cr_assert_eq(spa_link_stats(l)->dup_frames, 1, "the repeated fragment 2");
+	struct spa_msg go = { .type = SPA_MSG_PROMPT };
+	cr_assert_eq(spa_link_send(l, &go, NULL, 0), 0);
+	cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(m.seq, 1);
+	cr_assert_eq(m.len, 1500);
+	cr_assert_eq(memcmp(buf, p, 1500), 0);
+	cr_assert_eq(spa_link_stats(l)->dup_frames, 2, "a frame of the delivered message 0");
+	cr_assert_eq(spa_link_stats(l)->bad_frames, 0);
+	int rc = spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC);
+	cr_assert_eq(rc, -SPA_EPROTO, "got %d: %s", rc, spa_link_error(l));
+	cr_assert(strstr(spa_link_error(l), "lost fragment: message 2 is missing bytes 1000..2000"),
+		  "%s", spa_link_error(l));
+	spa_link_destroy(l);
+	cr_assert_eq(reap(child), 0);
+	spa_listener_destroy(s.lst);
+}
+
+/* Edge: between good messages, datagrams that are not frames, from the peer's own address. */
+static int noise_child(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	static uint8_t f[4 * HDR + 4096], p[4096];
+	fill(p, sizeof p, 3);
+	struct spa_msg m = { .type = SPA_MSG_SIDE_OUT };
+	if (spa_link_send(l, &m, p, 3000))
+		return 11;
+	struct spa_wire_hdr h = hdr_tmpl(1, 200);
+	int rc = 0;
+	h.magic ^= 1; /* 1: bad magic */
+	rc |= raw_send(l, f, mk_frame(f, h, p));
+	h = hdr_tmpl(1, 200);
+	h.version = 9; /* 2: bad version */
+	rc |= raw_send(l, f, mk_frame(f, h, p));
+	h = hdr_tmpl(1, 200);
+	h.type = 200; /* 3: bad type */
+	rc |= raw_send(l, f, mk_frame(f, h, p));
+	h = hdr_tmpl(1, 200);
+	mk_frame(f, h, p);
+	rc |= raw_send(l, f, 30);        /* 4: shorter than a header */
+	rc |= raw_send(l, f, HDR + 150); /* 5: payload cut */
+	rc |= raw_send(l, f, HDR + 250); /* 6: padded */
+	h = hdr_tmpl(1, 3000);           /* 7: more than a frame may carry */
+	rc |= raw_send(l, f, mk_frame(f, h, p));
+	rc |= raw_send(l, "SPAXjunk", 8); /* 8: not a control datagram */
+	if (rc)
+		return 12;
+	if (spa_link_send(l, &m, p, 4000))
+		return 13;
+	return edge_wait_close(l);
+}
+
+Test(link, udp_malformed_and_foreign_datagrams_are_dropped_without_ending_the_session,
+     .timeout = 30)
+{
+	struct srv s;
+	srv_start(&s, "udp", NULL);
+	pid_t child = spawn(noise_child, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	/* a stranger sends garbage and a well-formed frame to the cloud's port: the socket is
+	 * connected to the edge, so the kernel drops them before spa sees them */
+	int port = atoi(strrchr(s.uri, ':') + 1);
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	cr_assert_geq(fd, 0);
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	static uint8_t f[HDR + 100], junk[100];
+	memset(junk, 0x5a, sizeof junk);
+	struct spa_wire_hdr h = hdr_tmpl(1, 100);
+	mk_frame(f, h, junk);
+	for (int i = 0; i < 4; i++) {
+		sendto(fd, junk, sizeof junk, 0, (struct sockaddr *)&to, sizeof to);
+		sendto(fd, f, sizeof f, 0, (struct sockaddr *)&to, sizeof to);
+		sendto(fd, "SPAC\0\0\0\0", 8, 0, (struct sockaddr *)&to, sizeof to);
+	}
+	uint8_t p[4096], buf[8192];
+	fill(p, sizeof p, 3);
+	struct spa_msg m;
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(spa_link_recv(l, &m, buf, sizeof buf, 20 * SEC), 0, "message %d: %s", i,
+			     spa_link_error(l));
+		cr_assert_eq(m.seq, (uint32_t)i);
+		cr_assert_eq(m.len, i ? 4000 : 3000);
+		cr_assert_eq(memcmp(buf, p, m.len), 0);
+	}
+	cr_assert_eq(spa_link_stats(l)->bad_frames, 8, "each malformed datagram is counted");
+	cr_assert_str_eq(spa_link_error(l), "");
+	close(fd);
+	spa_link_destroy(l);
+	cr_assert_eq(reap(child), 0);
+	spa_listener_destroy(s.lst);
+}
+
+/* ---- fault injection ------------------------------------------------------------------- */
+
+#define N_FAULT_MSG 40
+
+static size_t fault_size(int i, size_t maxp)
+{
+	static const int mult[] = { 0, 1, 2, 3 };
+	if (i < 4)
+		return (size_t)mult[i] * maxp + (i == 3);
+	uint64_t s = (uint64_t)i * 77777 + 5;
+	return (size_t)(xs(&s) % (i % 3 ? 40 * maxp : 200000));
+}
+
+/* Edge: echo with the same fault options as the cloud (arg). */
+static int fault_echo_child(const char *uri, void *arg)
+{
+	const struct spa_link_opts *o = arg;
+	struct spa_link *l = edge_connect(uri, o);
+	if (!l)
+		return 10;
+	uint8_t *buf = malloc(BIG);
+	for (;;) {
+		struct spa_msg m;
+		int rc = spa_link_recv(l, &m, buf, BIG, 20 * SEC);
+		if (rc) {
+			fprintf(stderr, "child: recv: %s\n", spa_link_error(l));
+			return 11;
+		}
+		if (m.type == SPA_MSG_BYE)
+			break;
+		struct spa_msg r = m;
+		r.type = SPA_MSG_SIDE_OUT;
+		if (spa_link_send(l, &r, m.payload, m.len))
+			return 12;
+	}
+	int ok = spa_link_stats(l)->faults_injected > 0 && spa_link_stats(l)->bad_frames == 0;
+	spa_link_destroy(l);
+	free(buf);
+	return ok ? 0 : 13;
+}
+
+/* Reorder-only or dup-only: every message arrives intact and in order. */
+static void faults_deliver(const char *scheme, const struct spa_link_opts *o)
+{
+	struct srv s;
+	srv_start(&s, scheme, o);
+	pid_t child = spawn(fault_echo_child, s.uri, (void *)o);
+	struct spa_link *l = srv_accept(&s);
+	size_t maxp = spa_link_max_payload(l);
+	uint8_t *out = malloc(BIG), *in = malloc(BIG);
+	for (int i = 0; i < N_FAULT_MSG; i++) {
+		size_t n = fault_size(i, maxp < 20000 ? maxp : 20000);
+		fill(out, n, (uint64_t)i + 100);
+		struct spa_msg m = { .type = SPA_MSG_TAPS, .pos = (uint32_t)i };
+		cr_assert_eq(spa_link_send(l, &m, out, n), 0, "%s", spa_link_error(l));
+		struct spa_msg r;
+		cr_assert_eq(spa_link_recv(l, &r, in, BIG, 20 * SEC), 0, "message %d: %s", i,
+			     spa_link_error(l));
+		cr_assert_eq(r.seq, (uint32_t)i);
+		cr_assert_eq(r.pos, (uint32_t)i);
+		cr_assert_eq(r.len, n);
+		cr_assert_eq(memcmp(in, out, n), 0, "message %d (%zu bytes) corrupted", i, n);
+	}
+	struct spa_msg bye = { .type = SPA_MSG_BYE };
+	cr_assert_eq(spa_link_send(l, &bye, NULL, 0), 0);
+	cr_assert_eq(reap(child), 0, "edge side failed");
+	const struct spa_link_stats *st = spa_link_stats(l);
+	cr_assert_gt(st->faults_injected, 0);
+	cr_assert_eq(st->bad_frames, 0);
+	if (o->faults.dup > 0)
+		cr_assert_gt(st->dup_frames, 0, "the edge's duplicates were not seen");
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(out);
+	free(in);
+}
+
+Test(link, udp_reordered_fragments_deliver_every_message_in_order, .timeout = 60)
+{
+	struct spa_link_opts o = { .faults = { .reorder = 0.2, .seed = 7 } };
+	faults_deliver("udp", &o);
+}
+
+Test(link, udp_duplicated_frames_deliver_every_message_once, .timeout = 60)
+{
+	struct spa_link_opts o = { .faults = { .dup = 0.2, .seed = 7 } };
+	faults_deliver("udp", &o);
+}
+
+Test(link, shm_and_tcp_with_faults_on_both_ends_reassemble_too, .timeout = 60)
+{
+	struct spa_link_opts o = { .faults = { .dup = 0.1, .reorder = 0.2, .seed = 11 } };
+	faults_deliver("shm", &o);
+	faults_deliver("tcp", &o);
+}
+
+/* Edge: receive N_FAULT_MSG messages with a short timeout; every message delivered must be
+ * exactly what was sent. Exit status: how the run ended, wrong data never having been
+ * delivered: 1 -SPA_ECRC, 2 -SPA_EPROTO, 3 -ETIMEDOUT; else 20 wrong data delivered, 21 every
+ * message came through (no fault noticed), 22 another error. */
+static int fault_recv_child(const char *uri, void *arg)
+{
+	(void)arg;
+	struct spa_link *l = edge_connect(uri, NULL);
+	if (!l)
+		return 10;
+	uint8_t *buf = malloc(BIG), *want = malloc(BIG);
+	int result = 21;
+	/* tell the cloud we are here (UDP: it cannot send before it knows us) */
+	struct spa_msg hi = { .type = SPA_MSG_HELLO };
+	if (spa_link_send(l, &hi, NULL, 0))
+		return 11;
+	for (int i = 0; i < N_FAULT_MSG; i++) {
+		struct spa_msg m;
+		int rc = spa_link_recv(l, &m, buf, BIG, 500000000);
+		if (rc) {
+			result = rc == -SPA_ECRC ? 1 : rc == -SPA_EPROTO ? 2 : rc == -ETIMEDOUT ? 3 : 22;
+			fprintf(stderr, "child: message %d: %d %s\n", i, rc, spa_link_error(l));
+			break;
+		}
+		size_t n = fault_size(i, spa_link_max_payload(l));
+		fill(want, n, (uint64_t)i + 100);
+		if (m.seq != (uint32_t)i || m.len != n || memcmp(buf, want, n)) {
+			result = 20;
+			break;
+		}
+	}
+	spa_link_destroy(l);
+	free(buf);
+	free(want);
+	return result;
+}
+
+/* The cloud sends with faults from its URI's query; returns what the edge saw. */
+static int faults_one_way(const char *query)
+{
+	struct srv s;
+	srv_start_q(&s, "udp", query, NULL);
+	pid_t child = spawn(fault_recv_child, s.uri, NULL);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t *out = malloc(BIG), b[8];
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 20 * SEC), 0, "%s", spa_link_error(l));
+	size_t maxp = spa_link_max_payload(l);
+	int rc = 0;
+	for (int i = 0; i < N_FAULT_MSG && !rc; i++) {
+		size_t n = fault_size(i, maxp);
+		fill(out, n, (uint64_t)i + 100);
+		struct spa_msg t = { .type = SPA_MSG_TAPS, .pos = (uint32_t)i };
+		rc = spa_link_send(l, &t, out, n);
+	}
+	int res = reap(child);
+	cr_assert_gt(spa_link_stats(l)->faults_injected, 0);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(out);
+	return res;
+}
+
+Test(link, udp_corrupted_frames_are_caught_by_the_crc_never_delivered, .timeout = 60)
+{
+	int res = faults_one_way("?corrupt=0.01&seed=7");
+	cr_assert_eq(res, 1, "edge result %d: want -SPA_ECRC, and never wrong data", res);
+}
+
+Test(link, udp_dropped_frames_end_the_session_clearly_never_wrong_data, .timeout = 60)
+{
+	int res = faults_one_way("?drop=0.01&seed=7");
+	cr_assert(res == 2 || res == 3, "edge result %d: want -SPA_EPROTO or -ETIMEDOUT", res);
+}
+
+Test(link, fault_injection_is_deterministic_per_seed, .timeout = 30)
+{
+	uint64_t counts[3];
+	for (int k = 0; k < 3; k++) {
+		char uri[128];
+		snprintf(uri, sizeof uri, "shm:/det-%d-%d?drop=0.3&dup=0.2&seed=%d", (int)getpid(),
+			 k, k == 2 ? 8 : 5);
+		struct spa_listener *lst;
+		struct spa_link *c, *a;
+		struct spa_errbuf e = { "" };
+		cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), 0, "%s", e.msg);
+		cr_assert_eq(spa_link_connect(&c, uri, NULL, SEC, &e), 0, "%s", e.msg);
+		cr_assert_eq(spa_link_accept(lst, &a, SEC, &e), 0, "%s", e.msg);
+		struct spa_msg m = { .type = SPA_MSG_TOKEN };
+		for (int i = 0; i < 200; i++)
+			cr_assert_eq(spa_link_send(c, &m, &i, sizeof i), 0);
+		counts[k] = spa_link_stats(c)->faults_injected;
+		spa_link_destroy(c);
+		spa_link_destroy(a);
+		spa_listener_destroy(lst);
+	}
+	cr_assert_eq(counts[0], counts[1], "same seed, different faults");
+	cr_assert_neq(counts[0], counts[2], "another seed gave the very same faults");
+	cr_assert(counts[0] > 60 && counts[0] < 140, "%llu faults of 200 at p = 0.5",
+		  (unsigned long long)counts[0]);
+}
+
+Test(link, udp_and_fault_uris_are_checked)
+{
+	static const char *const bad[] = {
+		"udp://", "udp://h", "udp://:1", "udp://h:0", "udp://h:1?mtu=575",
+		"udp://h:1?mtu=65536", "udp://h:1?mtu=9k", "tcp://h:1?mtu=9000", "shm:/x?mtu=9000",
+		"shm:/x?drop=2", "udp://h:1?drop=-0.1", "udp://h:1?foo=1", "udp://h:1?drop",
+		"udp://h:1?seed=-1", "udp://h:1?", "udp://h:1?drop=0.6&dup=0.6", "tcp://h:1?&",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		struct spa_listener *lst = NULL;
+		struct spa_errbuf e = { "" };
+		int rc = spa_link_listen(&lst, bad[i], NULL, &e);
+		cr_assert_eq(rc, -SPA_EUSAGE, "listen \"%s\": got %d (%s)", bad[i], rc, e.msg);
+		cr_assert(strlen(e.msg) > 20 && strstr(e.msg, bad[i]), "\"%s\": %s", bad[i], e.msg);
+	}
+	/* the caller's options are checked the same way */
+	struct spa_link_opts o = { .faults = { .drop = 0.7, .corrupt = 0.7 } };
+	struct spa_listener *lst;
+	struct spa_errbuf e = { "" };
+	cr_assert_eq(spa_link_listen(&lst, "udp://127.0.0.1:1", &o, &e), -SPA_EUSAGE);
+	cr_assert(strstr(e.msg, "sum"), "%s", e.msg);
 }

@@ -34,6 +34,13 @@ static void make_uri(char *uri, size_t size, const char *link)
 	static int n;
 	if (!strcmp(link, "shm"))
 		snprintf(uri, size, "shm:/spa-test-%d-%d", (int)getpid(), n++);
+	else if (!strcmp(link, "udp"))
+		snprintf(uri, size, "udp://127.0.0.1:%d", next_port());
+	else if (!strcmp(link, "udp-faults"))
+		/* both ends get the query: each side's sends are duplicated and reordered. The
+		 * URI goes into the programs' shell command lines: quoted for the '&'. */
+		snprintf(uri, size, "'udp://127.0.0.1:%d?dup=0.05&reorder=0.1&seed=%d'",
+			 next_port(), (int)getpid());
 	else
 		snprintf(uri, size, "tcp://127.0.0.1:%d", next_port());
 }
@@ -195,6 +202,11 @@ Test(split, lst_tcp) { check_method("lst", "tcp"); }
 Test(split, spa_shm) { check_method("spa", "shm"); }
 Test(split, spa_tcp) { check_method("spa", "tcp"); }
 Test(split, base_shm) { check_method("base", "shm"); }
+Test(split, lora_udp) { check_method("lora", "udp"); }
+Test(split, adapter_udp) { check_method("adapter", "udp"); }
+Test(split, lst_udp) { check_method("lst", "udp"); }
+Test(split, spa_udp) { check_method("spa", "udp"); }
+Test(split, spa_udp_with_duplicated_and_reordered_frames) { check_method("spa", "udp-faults"); }
 
 Test(split, replace_merge_and_both_splits_agree)
 {

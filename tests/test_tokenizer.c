@@ -822,7 +822,7 @@ Test(tokenizer, gen_base_refuses_bad_shapes)
 	hp.n_vocab = 100;
 	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_F32, 1, path, false, &err), -SPA_EUSAGE);
 	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
-	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_Q8_0, 1, path, false, &err), -SPA_EUSAGE);
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_Q5_1, 1, path, false, &err), -SPA_EUSAGE);
 	struct stat st;
 	cr_assert_neq(stat(path, &st), 0, "a refused model left a file");
 	/* An unwritable place: an error with a message, not a crash. */
@@ -890,7 +890,7 @@ Test(tokenizer, spa_gen_bad_usage_exits_2)
 		{ "base --shape huge -o %s/x.gguf", 2, "huge" },
 		{ "base --shape tiny", 2, "-o" },
 		{ "base -o %s/x.gguf", 2, "--shape" },
-		{ "base --shape tiny --type q4_0 -o %s/x.gguf", 2, "q4_0" },
+		{ "base --shape tiny --type q5_1 -o %s/x.gguf", 2, "q5_1" },
 		{ "base --shape tiny --seed -3 -o %s/x.gguf", 2, "--seed" },
 		{ "base --shape tiny --bogus -o %s/x.gguf", 2, "--bogus" },
 		{ "base --shape", 2, "needs a value" },

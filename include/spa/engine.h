@@ -9,7 +9,9 @@
 
 #include <stdint.h>
 
+#include "error.h"
 #include "model.h"
+#include "plugin.h"
 #include "pool.h"
 
 struct spa_engine_hooks {
@@ -50,5 +52,68 @@ const float *spa_engine_resid(const struct spa_engine *e);
 
 /* logits[V] = LM_head z[H]. */
 void spa_engine_logits(struct spa_engine *e, const float *z, float *logits);
+
+/* ---- fused kernels that shorten the cloud's critical path (RUNTIME.md §3) ---- */
+
+/* Fuse the side plugin's cloud-linear maps into the forward pass. From the next forward on,
+ * for the last position of each batch:
+ *   - when taps is not NULL (and cp holds in/tap weights): t_in = W_in e + b_in is written to
+ *     taps[0..r) as soon as the embedding is read, and t_i = W_tap_i y_i + b_tap_i to
+ *     taps[(i+1) r ..) in block i's epilogue, so the TAPS payload ((L+1) x r floats, the wire's
+ *     F32) is complete when the last block ends. Same calls as spa_plugin_side_taps, so the
+ *     same bits.
+ *   - when cp holds the classifier: the gate W_c f + b_c right after the final RMSNorm
+ *     (spa_engine_gate), bit-identical to spa_plugin_gate.
+ * cp and taps are borrowed (taps: (L+1) x r floats, the caller's outgoing buffer). cp NULL
+ * turns both off. Returns 0, or -SPA_EUSAGE when cp is not a side plugin for this model. */
+int spa_engine_set_side(struct spa_engine *e, const struct spa_plugin *cp, float *taps);
+/* After a forward with the classifier fused: sigma = argmax(W_c f + b_c) (0 or 1), the logit
+ * difference l1 - l0 in *margin when not NULL; -SPA_EUSAGE when no classifier is set. */
+int spa_engine_gate(const struct spa_engine *e, float *margin);
+
+/* Greedy LM head: *tok = argmax_v (LM_head z)[v] without writing the V logits: rows split
+ * across the pool, each thread keeps its best (value, lowest index) over tiles of rows that
+ * stay in L1, then the per-thread bests are merged in thread order. Exactly
+ * spa_argmax(spa_engine_logits(z)) (ties to the lowest index, NaNs never win), for any thread
+ * count. z NULL: f of the last forward. Hot path. */
+void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok);
+
+/* The edge's side-adapter chain as one kernel: from taps ((L+1) x r) to relu(s) (r), each
+ * block's U_i relu(s), relu and D_i product fused tile by tile over H (the H-wide hidden vector
+ * is never written whole), in the summation order of spa_matvec_f32, so the bits equal
+ * spa_plugin_side_chain's. scratch: spa_engine_side_chain_scratch(p) floats. relu_s may alias
+ * taps[0..r). Hot path, single thread. */
+void spa_engine_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
+			   float *scratch);
+size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
+
+/* ---- streaming under a memory budget ---- */
+
+/* Load a model for engines under a weight-memory budget of mem_budget bytes (0: no budget,
+ * the same as spa_model_load). When the model does not fit, the norms, the LM head and the
+ * first blocks that fit are read once; the other blocks' matrices stay on disk (their
+ * spa_tensor.data is NULL) and every engine made from the model streams them per token with
+ * io_uring, double-buffered (two buffers of the largest streamed matrix, counted in the
+ * budget): matrix k+1 is read while matrix k computes. The token embedding is then read one
+ * row per token. Results are bit-identical to a fully loaded model. Returns 0, or -SPA_EUSAGE
+ * when the budget cannot hold the LM head, the norms and the two buffers (err says the least
+ * budget that works), or the loader's errors. Free with spa_model_destroy. */
+int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
+			  bool show_progress, struct spa_errbuf *err);
+
+struct spa_engine_stream_stats {
+	uint32_t n_streamed_blocks;   /* blocks read per token (0: all resident) */
+	uint64_t resident_bytes;      /* weights held by the model */
+	uint64_t buffer_bytes;        /* this engine's two stream buffers */
+	uint64_t bytes_per_token;     /* streamed bytes per forward (embedding row included) */
+	uint64_t bytes_read;          /* since create */
+	uint64_t wait_ns;             /* compute blocked waiting for reads, since create */
+	uint64_t n_forward;
+};
+void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_stream_stats *st);
+/* Read one token's worth of streamed matrices through the stream with nothing computing (the
+ * I/O time alone, for bench/decode's "hidden" figure); *ns its wall time. The stream is left
+ * where it was (next token's reads queued). 0, or the read error. Not on the hot path. */
+int spa_engine_stream_probe(struct spa_engine *e, uint64_t *ns);
 
 #endif

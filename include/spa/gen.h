@@ -16,7 +16,9 @@
  * Returns 0 or -SPA_EUSAGE for an unknown name. */
 int spa_gen_shape(const char *name, struct spa_hparams *hp);
 
-/* Write a base model of shape hp with weights of type `type` (F32 or F16; norms F32), random
+/* Write a base model of shape hp with weights of type `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_K
+ * or Q6_K, per tensor as spa_quantize_tensor_type says: norms F32, token_embd and output Q6_K
+ * for the 4-bit types, rows that do not fill whole blocks in Q8_0/F16), random
  * and deterministic in seed (matrices uniform in +-sqrt(3/fan_in)·gain, norms near 1), untied
  * output.weight, and a synthetic tokenizer of hp->n_vocab tokens. Streams tensor data, so the
  * 7B shape does not need its size in memory. Progress on stderr when show_progress. */

@@ -28,11 +28,38 @@ uint16_t spa_fp32_to_fp16(float f);
 float spa_bf16_to_fp32(uint16_t h);
 uint16_t spa_fp32_to_bf16(float f);
 
-/* Dequantize/convert one row of n elements of w->type starting at src into dst (float).
- * Supported: F32, F16, BF16 (more formats later). */
+/* Dequantize/convert one row of n elements of `type` starting at src into dst (float); n a
+ * multiple of the type's block. Supported: the types spa_kernels_supports() accepts. The
+ * quantized formats decode bit-exactly as ggml's dequantize_row_* (same float operations in
+ * the same order). Hot path (embedding rows): no allocation; thread-safe. */
 void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t n);
-/* Whether the kernels can compute with this weight type. */
+/* Whether the kernels can compute with this weight type: 1 for F32, F16, BF16, Q8_0, Q4_0,
+ * Q4_K and Q6_K (ggml's block layouts, so GGUF files interoperate with llama.cpp), else 0. */
 int spa_kernels_supports(enum spa_dtype type);
+
+/* Quantize/convert n floats into dst (spa_dtype_row_size(type, n) bytes) with ggml's
+ * reference quantizers (quantize_row_q8_0_ref, _q4_0_ref, _q4_K_ref, _q6_K_ref; F16/BF16
+ * round to nearest even), so the bytes are those llama.cpp's quantizer writes without an
+ * importance matrix. Returns 0; -SPA_EUNSUPPORTED for a type spa_kernels_supports() refuses;
+ * -EINVAL when n is not a multiple of the type's block; -EDOM when src holds a NaN or an
+ * infinity and type is a block format (nothing sensible to quantize; dst is then unspecified;
+ * F16/BF16 keep them). Not on the hot path
+ * (the k-quants search for scales); no allocation; thread-safe. */
+int spa_quantize_row(enum spa_dtype type, const float *src, void *dst, uint64_t n);
+
+/* The type a weight tensor gets in a model file of weight type `ftype`, following llama.cpp's
+ * conventions in their simplest form: tensors with n_dims < 2 (norms, biases) stay F32; for
+ * Q4_0 and Q4_K files token_embd.weight and output.weight are Q6_K (llama.cpp's Q4_0 keeps
+ * output.weight in Q6_K and its Q4_K_M uses Q6_K for the most sensitive tensors); everything
+ * else is ftype. A row length ne0 that is not a multiple of the chosen type's block falls back
+ * as llama.cpp does: a 256-block k-quant to Q8_0 (llama.cpp: Q6_K -> Q8_0; its Q4_K -> Q5_0,
+ * which spa does not have, so the nearest finer type), a 32-block type to F16. */
+enum spa_dtype spa_quantize_tensor_type(enum spa_dtype ftype, const char *name, uint32_t n_dims,
+					 uint64_t ne0);
+/* llama.cpp's general.file_type (LLAMA_FTYPE) for a file of weight type ftype: ALL_F32 0,
+ * MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q8_0 7, MOSTLY_Q4_K_M 15, MOSTLY_Q6_K 18, MOSTLY_BF16
+ * 32; -1 for any other type. */
+int spa_quantize_ftype(enum spa_dtype ftype);
 
 /* y[rows] = W x[cols]. Rows split across the pool. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);

@@ -1,11 +1,15 @@
 /* spa: links between cloud and edge (runtime/link.c over the drivers in drivers/).
  *
- * URIs: shm:/NAME (same host, shared-memory rings), tcp://HOST:PORT. The cloud listens and
- * accepts one edge at a time; the edge connects. A link moves whole messages: it frames them
- * (header + CRC32C, docs/wire-protocol.md), fragments those larger than the driver's frame
- * limit, reassembles and checks them on receipt (magic, version, lengths, CRC, sequence), and
- * can add an emulated one-way delay. Send and receive are on the hot path: no allocation, no
- * logging; a fault ends the session with a negative code and a message in spa_link_error(). */
+ * URIs: shm:/NAME (same host, shared-memory rings), tcp://HOST:PORT, udp://HOST:PORT (kernel
+ * datagrams; ?mtu=N, 576..65535, sets the IP MTU the frames fit, 1500 by default), and, when
+ * built, the DPDK driver's dpdk:... and memif:... Every shm/tcp/udp URI may end in a query that
+ * turns the seeded fault injector on: ?drop=P&dup=P&reorder=P&corrupt=P&seed=N
+ * (docs/wire-protocol.md). The cloud listens and accepts one edge at a time; the edge connects.
+ * A link moves whole messages: it frames them (header + CRC32C, docs/wire-protocol.md),
+ * fragments those larger than the driver's frame limit, reassembles and checks them on
+ * receipt (magic, version, lengths, CRC, sequence), and can add an emulated one-way delay.
+ * Send and receive are on the hot path: no allocation, no logging; a fault ends the session
+ * with a negative code and a message in spa_link_error(). */
 #ifndef SPA_LINK_H
 #define SPA_LINK_H
 
@@ -18,10 +22,24 @@
 struct spa_link;
 struct spa_listener;
 
+/* Seeded fault injection inside the link (this kernel has no netem): each frame handed to the
+ * driver is, independently, dropped, duplicated, held back and sent after the next one
+ * (reorder), or has one payload bit flipped, with these probabilities. All 0: off. One draw
+ * per frame picks at most one fault, so the sum must be <= 1 (else -SPA_EUSAGE). The same
+ * seed gives the same faults. Only fragments within a message are reordered. Counted in
+ * spa_link_stats.faults_injected. A link with faults on receives like a datagram link (out
+ * of order, duplicates dropped): give the faults to both ends of a shm or tcp link. */
+struct spa_link_faults {
+	double drop, dup, reorder, corrupt;
+	uint64_t seed;
+};
+
 struct spa_link_opts {
 	int64_t delay_ns;   /* emulated one-way delay added by the receiver: a frame is handed
 			       over no earlier than its tx_ns + delay_ns (same-host clocks) */
 	size_t max_msg;     /* largest message this side will accept (0: SPA_WIRE_MAX_MSG) */
+	const char *eal;    /* dpdk: EAL arguments (DPDK's conventions); NULL: built from the URI */
+	struct spa_link_faults faults;
 };
 
 struct spa_link_stats {
@@ -30,6 +48,9 @@ struct spa_link_stats {
 	uint64_t frames_tx, frames_rx;
 	uint64_t bad_frames;           /* frames refused (bad header, CRC, sequence) */
 	uint64_t copied_rx;            /* payload bytes copied on receive */
+	uint64_t copied_tx;            /* payload bytes copied on send (0 on zero-copy paths) */
+	uint64_t dup_frames;           /* duplicate frames suppressed */
+	uint64_t faults_injected;      /* frames the fault injector dropped/duplicated/... */
 };
 
 /* One received message. payload points into the caller's buffer. */
@@ -69,7 +90,10 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 const struct spa_link_stats *spa_link_stats(const struct spa_link *l);
 /* The last error's message ("" when none). */
 const char *spa_link_error(const struct spa_link *l);
-/* Scheme of the link ("shm", "tcp"). */
+/* Scheme of the link ("shm", "tcp", "udp", ...). */
 const char *spa_link_scheme(const struct spa_link *l);
+/* Payload bytes one frame of this link carries (its frame limit less the 56-byte header): a
+ * message of n bytes travels as max(1, ceil(n / this)) frames. Thread-safe, constant. */
+size_t spa_link_max_payload(const struct spa_link *l);
 
 #endif

@@ -33,11 +33,20 @@ struct spa_xchg {
 		    const float *out, size_t n_out, float *in, size_t n_in, uint64_t *edge_ns);
 };
 
+/* The fused kernels of RUNTIME.md §3 are the default; these flags select the reference
+ * (unfused) paths instead, for bench/decode's side-by-side rows and the tests. Same tokens
+ * either way. */
+enum {
+	SPA_UNFUSED_TAPS = 1u << 0,  /* taps and gate after the forward (spa_plugin_side_taps) */
+	SPA_UNFUSED_HEAD = 1u << 1,  /* greedy: write the V logits, then spa_argmax */
+};
+
 struct spa_gen_cfg {
 	enum spa_method method;
 	enum spa_split split;
 	enum spa_merge merge;
 	struct spa_sampler_params sp;
+	unsigned unfused;            /* SPA_UNFUSED_*; 0: fused (the default) */
 };
 
 /* Per-token accounting (decode steps). */
@@ -70,6 +79,9 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 struct spa_edge;
 int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t max_batch);
 void spa_edge_destroy(struct spa_edge *e);
+/* Answer TAPS with spa_plugin_side_chain (unfused true) instead of the fused chain
+ * spa_engine_side_chain (the default); the bits are the same. For bench/decode. */
+void spa_edge_set_unfused(struct spa_edge *e, bool unfused);
 /* in: the request's payload floats. Writes the reply's floats into out[out_cap], sets *n_out and
  * *reply. Returns 0, or -SPA_EPROTO when the request does not fit the plugin (wrong type for
  * the method, wrong size, layer out of range) with a message in err. */

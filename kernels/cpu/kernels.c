@@ -119,11 +119,19 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 		[SPA_TYPE_F32] = spa_dot_f32_scalar,
 		[SPA_TYPE_F16] = spa_dot_f16_scalar,
 		[SPA_TYPE_BF16] = spa_dot_bf16_scalar,
+		[SPA_TYPE_Q8_0] = spa_dot_q8_0_scalar,
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_scalar,
+		[SPA_TYPE_Q4_K] = spa_dot_q4_K_scalar,
+		[SPA_TYPE_Q6_K] = spa_dot_q6_K_scalar,
 	},
 	.dequant_row = {
 		[SPA_TYPE_F32] = spa_dequant_f32_scalar,
 		[SPA_TYPE_F16] = spa_dequant_f16_scalar,
 		[SPA_TYPE_BF16] = spa_dequant_bf16_scalar,
+		[SPA_TYPE_Q8_0] = spa_dequant_q8_0_scalar,
+		[SPA_TYPE_Q4_0] = spa_dequant_q4_0_scalar,
+		[SPA_TYPE_Q4_K] = spa_dequant_q4_K_scalar,
+		[SPA_TYPE_Q6_K] = spa_dequant_q6_K_scalar,
 	},
 };
 
@@ -170,17 +178,15 @@ const char *spa_kernels_variant(void)
 
 int spa_kernels_supports(enum spa_dtype type)
 {
-	return type == SPA_TYPE_F32 || type == SPA_TYPE_F16 || type == SPA_TYPE_BF16;
-}
-
-static size_t type_elem_size(enum spa_dtype type)
-{
 	switch (type) {
 	case SPA_TYPE_F32:
-		return 4;
 	case SPA_TYPE_F16:
 	case SPA_TYPE_BF16:
-		return 2;
+	case SPA_TYPE_Q8_0:
+	case SPA_TYPE_Q4_0:
+	case SPA_TYPE_Q4_K:
+	case SPA_TYPE_Q6_K:
+		return 1;
 	default:
 		return 0;
 	}
@@ -188,11 +194,13 @@ static size_t type_elem_size(enum spa_dtype type)
 
 /* Callers check spa_kernels_supports() when they load the weights, so an unsupported type
  * here is a bug in the caller: assert, and leave NaNs (not garbage) if asserts are off. */
-static int check_type(enum spa_dtype type, float *y, uint64_t n)
+static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n)
 {
-	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type))
+	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type) &&
+	    n_elems % spa_dtype_block_elems(type) == 0)
 		return 0;
-	assert(!"spa kernels: weight type not supported (check spa_kernels_supports)");
+	assert(!"spa kernels: weight type not supported (check spa_kernels_supports) or a row "
+		"not a multiple of its block (the GGUF reader refuses those)");
 	for (uint64_t i = 0; i < n; i++)
 		y[i] = NAN;
 	return -1;
@@ -200,7 +208,7 @@ static int check_type(enum spa_dtype type, float *y, uint64_t n)
 
 void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t n)
 {
-	if (check_type(type, dst, n) < 0)
+	if (check_type(type, n, dst, n) < 0)
 		return;
 	spa_kernels_ops()->dequant_row[type](src, dst, n);
 }
@@ -260,12 +268,14 @@ static void matmul_worker(void *ctx, int ith, int nth)
 static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		   const struct spa_tensor *w, const float *x, float *y, uint32_t n)
 {
-	if (check_type(w->type, y, w->rows * (uint64_t)n) < 0)
+	uint64_t row_size = 0;
+	if (check_type(w->type, w->cols, y, w->rows * (uint64_t)n) < 0 ||
+	    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
 		return;
 	struct mm_job j = {
 		.dot = ops->dot[w->type],
 		.w = w->data,
-		.row_size = type_elem_size(w->type) * w->cols,
+		.row_size = row_size,
 		.rows = w->rows,
 		.cols = w->cols,
 		.x = x,

@@ -92,10 +92,21 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 		[SPA_TYPE_F32] = dot_f32_avx2,
 		[SPA_TYPE_F16] = dot_f16_avx2,
 		[SPA_TYPE_BF16] = dot_bf16_avx2,
+		[SPA_TYPE_Q8_0] = spa_dot_q8_0_avx2,
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_avx2,
+		[SPA_TYPE_Q4_K] = spa_dot_q4_K_avx2,
+		[SPA_TYPE_Q6_K] = spa_dot_q6_K_avx2,
 	},
+	/* The quantized rows decode with the scalar ports of ggml's dequantize_row_*: only
+	 * embedding rows are dequantized (one per token), and the scalar code is bit-exact to
+	 * ggml by construction. */
 	.dequant_row = {
 		[SPA_TYPE_F32] = spa_dequant_f32_scalar,
 		[SPA_TYPE_F16] = dequant_f16_avx2,
 		[SPA_TYPE_BF16] = dequant_bf16_avx2,
+		[SPA_TYPE_Q8_0] = spa_dequant_q8_0_scalar,
+		[SPA_TYPE_Q4_0] = spa_dequant_q4_0_scalar,
+		[SPA_TYPE_Q4_K] = spa_dequant_q4_K_scalar,
+		[SPA_TYPE_Q6_K] = spa_dequant_q6_K_scalar,
 	},
 };

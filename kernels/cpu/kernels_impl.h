@@ -6,9 +6,9 @@
  * functions from the variant chosen once per process (spa_kernels_ops()); the *_ops entry
  * points below let the tests run every variant the CPU can execute side by side.
  *
- * To add a weight format (Q8_0, Q4_0, ...): write its dot and dequant_row in kernels.c (and,
- * if worth it, in kernels_avx2.c), fill the slots of the tables and list it in
- * spa_kernels_supports(). Everything else (matvec, matmul, threading) is type-independent. */
+ * To add a weight format: write its dot and dequant_row (quant.c, and, if worth it,
+ * quant_avx2.c), fill the slots of both tables and list it in spa_kernels_supports().
+ * Everything else (matvec, matmul, threading) is type-independent. */
 #ifndef SPA_KERNELS_IMPL_H
 #define SPA_KERNELS_IMPL_H
 
@@ -58,6 +58,86 @@ float spa_dot_bf16_scalar(const void *w, const float *x, size_t n);
 void spa_dequant_f32_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n);
+
+/* ---- quantized formats (quant.c, quant_avx2.c) ------------------------------------------
+ * ggml's block layouts (ggml-common.h), byte for byte: a row of n elements is n / QK blocks,
+ * little-endian, with no padding (the sizes are asserted below and match spa_dtype_block_size).
+ * Half-precision scales are IEEE binary16 bit patterns. */
+#define SPA_QK8_0 32
+#define SPA_QK4_0 32
+#define SPA_QK_K 256
+
+struct spa_block_q8_0 {   /* value j = qs[j] * d */
+	uint16_t d;
+	int8_t qs[SPA_QK8_0];
+};
+struct spa_block_q4_0 {   /* value j = ((qs[j % 16] >> (4 * (j / 16))) & 15) - 8) * d */
+	uint16_t d;
+	uint8_t qs[SPA_QK4_0 / 2];
+};
+/* 8 sub-blocks of 32: value = d * sc[j] * q - dmin * m[j], q 4 bits; the 6-bit sc and m of the
+ * sub-blocks are packed in scales[12] (spa__q4k_scale_min); byte l of qs[32 c .. 32 c + 31]
+ * holds element 64 c + l in its low nibble and element 64 c + 32 + l in its high one. */
+struct spa_block_q4_K {
+	uint16_t d;
+	uint16_t dmin;
+	uint8_t scales[12];
+	uint8_t qs[SPA_QK_K / 2];
+};
+/* 16 sub-blocks of 16: value = d * scales[j] * (q - 32), q 6 bits: low 4 in ql, high 2 in qh
+ * (see spa_dequant_q6_K_scalar for the bit positions). */
+struct spa_block_q6_K {
+	uint8_t ql[SPA_QK_K / 2];
+	uint8_t qh[SPA_QK_K / 4];
+	int8_t scales[SPA_QK_K / 16];
+	uint16_t d;
+};
+_Static_assert(sizeof(struct spa_block_q8_0) == 34, "block_q8_0 is 34 bytes in ggml");
+_Static_assert(sizeof(struct spa_block_q4_0) == 18, "block_q4_0 is 18 bytes in ggml");
+_Static_assert(sizeof(struct spa_block_q4_K) == 144, "block_q4_K is 144 bytes in ggml");
+_Static_assert(sizeof(struct spa_block_q6_K) == 210, "block_q6_K is 210 bytes in ggml");
+
+/* ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) of a q4_K block. */
+static inline void spa__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
+{
+	if (j < 4) {
+		*sc = q[j] & 63;
+		*m = q[j + 4] & 63;
+	} else {
+		*sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+		*m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+	}
+}
+
+/* The quantized row kernels. Dots: the weight row (n elements, a multiple of the block) times
+ * n floats, dequantisation fused in: each block's integer levels are converted to float in
+ * registers and multiplied with x; the block's scale multiplies the block's partial sums
+ * (value = scale * level, so sum(scale * q * x) = scale * sum(q * x), up to rounding). Order
+ * (scalar): 8 lane sums p[l] over a (sub-)block, element k*8+l into p[l] (k ascending), then
+ * acc[l] += scale * p[l] (q4_K also acc[l] -= min * sum of x in lane l; q6_K alternates two
+ * accumulators between even and odd sub-blocks and adds them lane-wise at the end); lanes
+ * combined as in the f32 dot. The AVX2 versions keep exactly this structure with lanes as
+ * vector lanes and fused multiply-adds, so they differ from the scalar ones by rounding only.
+ * Dequant: bit-exact to ggml's dequantize_row_*. */
+float spa_dot_q8_0_scalar(const void *w, const float *x, size_t n);
+float spa_dot_q4_0_scalar(const void *w, const float *x, size_t n);
+float spa_dot_q4_K_scalar(const void *w, const float *x, size_t n);
+float spa_dot_q6_K_scalar(const void *w, const float *x, size_t n);
+void spa_dequant_q8_0_scalar(const void *src, float *dst, size_t n);
+void spa_dequant_q4_0_scalar(const void *src, float *dst, size_t n);
+void spa_dequant_q4_K_scalar(const void *src, float *dst, size_t n);
+void spa_dequant_q6_K_scalar(const void *src, float *dst, size_t n);
+/* quant_avx2.c (compiled with -mavx2 -mfma -mf16c). */
+float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n);
+float spa_dot_q4_0_avx2(const void *w, const float *x, size_t n);
+float spa_dot_q4_K_avx2(const void *w, const float *x, size_t n);
+float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n);
+
+/* ggml's reference quantizers (quantize_row_*_ref), n a multiple of the block; inputs finite. */
+void spa_quantize_q8_0_ref(const float *x, void *y, size_t n);
+void spa_quantize_q4_0_ref(const float *x, void *y, size_t n);
+void spa_quantize_q4_K_ref(const float *x, void *y, size_t n);
+void spa_quantize_q6_K_ref(const float *x, void *y, size_t n);
 
 /* Exact conversions, inline so that the row kernels of both files can use them. */
 static inline float spa__f32_from_bits(uint32_t u)

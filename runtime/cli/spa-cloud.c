@@ -11,11 +11,15 @@ static void usage(void)
 	printf("usage: spa-cloud -m BASE.gguf --link URI [options]\n"
 	       "Serve the base model to spa-edge sessions, one after another.\n\n"
 	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
-	       "  --link URI            shm:/NAME (same host) or tcp://HOST:PORT (listen address)\n"
+	       "  --link URI            shm:/NAME (same host), tcp://HOST:PORT, udp://HOST:PORT (listen\n"
+	       "                        address), memif:SOCKET or dpdk:PORTSPEC (docs/dpdk.md)\n"
 	       "  -t, --threads N       compute threads (default: one per core)\n"
 	       "  --cpu LIST            pin the compute threads to these CPUs (e.g. 0 or 0,2,3)\n"
 	       "  --sessions N          exit after N sessions (default 0: serve forever)\n"
+	       "  --mem-budget BYTES    keep at most this much of the model in memory; the other\n"
+	       "                        blocks are streamed from disk per token (default 0: all)\n"
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
 	       "  --batch N             prompt prefill batch (default 64)\n"
 	       "  -q, --quiet           no per-session lines\n");
@@ -27,6 +31,7 @@ int main(int argc, char **argv)
 	const char *model_path = NULL;
 	struct spa_cloud_opts o = {.timeout_ns = 30000000000ll};
 	int threads = 0, n_cpus = 0, cpus[256];
+	uint64_t mem_budget = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "-m") || !strcmp(a, "--model"))
@@ -45,6 +50,8 @@ int main(int argc, char **argv)
 			free(list);
 		} else if (!strcmp(a, "--sessions"))
 			o.max_sessions = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 0, 1 << 30);
+		else if (!strcmp(a, "--eal"))
+			o.link.eal = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--net-delay-us"))
 			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
 		else if (!strcmp(a, "--timeout"))
@@ -71,7 +78,8 @@ int main(int argc, char **argv)
 
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;
-	if (spa_model_load(&m, model_path, !o.quiet, &err) < 0)
+	if ((mem_budget ? spa_engine_model_load(&m, model_path, mem_budget, !o.quiet, &err)
+			: spa_model_load(&m, model_path, !o.quiet, &err)) < 0)
 		cli_die(1, "%s", err.msg);
 	struct spa_pool *pool = NULL;
 	int rc = spa_pool_create(&pool, threads, n_cpus ? cpus : NULL);

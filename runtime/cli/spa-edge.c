@@ -11,10 +11,13 @@ static void usage(void)
 {
 	printf("usage: spa-edge --link URI --plugin PLUGIN.gguf --method M -p PROMPT -n N [options]\n"
 	       "Generate text with a personal plugin, the base model running in a spa-cloud.\n\n"
-	       "  --link URI            shm:/NAME or tcp://HOST:PORT of the cloud\n"
+	       "  --link URI            shm:/NAME, tcp://HOST:PORT, udp://HOST:PORT, memif:SOCKET or\n"
+	       "                        dpdk:PORTSPEC of the cloud (docs/dpdk.md)\n"
 	       "  --plugin FILE         personal plugin (spa-gen plugin); carries the tokenizer\n"
-	       "  --cpu N               pin the edge's compute thread to CPU N (hwloc)\n"
+	       "  --cpu N               pin the edge's compute thread to CPU N (hwloc; default: the\n"
+	       "                        last CPU)\n"
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for the cloud (connect and each message; "
 	       "default 60)\n"
 	       "%s", cli_gen_help);
@@ -38,6 +41,8 @@ int main(int argc, char **argv)
 			plugin_path = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--cpu"))
 			cpu = cli_cpu(a, cli_value(argc, argv, &i));
+		else if (!strcmp(a, "--eal"))
+			o.link.eal = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--net-delay-us"))
 			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
 		else if (!strcmp(a, "--timeout"))
@@ -61,7 +66,11 @@ int main(int argc, char **argv)
 	if (!g.have_method)
 		g.cfg.method = p->kind == SPA_PLUGIN_SIDE ? SPA_METHOD_SPA
 			     : p->kind == SPA_PLUGIN_LORA ? SPA_METHOD_LORA : SPA_METHOD_ADAPTER;
-	if (cpu >= 0) {
+	/* The compute thread is always pinned: by default to the last CPU, away from a cloud's
+	 * pool, which starts at CPU 0 when both run on one host. */
+	if (cpu < 0)
+		cpu = spa_pin_n_pus() > 0 ? spa_pin_n_pus() - 1 : 0;
+	{
 		int rc = spa_pin_thread(cpu);
 		if (rc < 0)
 			cli_die(1, "cannot pin to CPU %d: %s", cpu, spa_strerror(rc));
@@ -97,7 +106,8 @@ int main(int argc, char **argv)
 	fprintf(stderr, "spa-edge: session %u, edge compute %.2f ms, first token after %.2f ms, "
 		"%.1f tok/s end to end\n", res.session, res.edge_compute_ns / 1e6,
 		res.first_token_ns / 1e6, res.n_tokens / (res.wall_ns / 1e9));
-	const char *scheme = strncmp(o.uri, "shm:", 4) == 0 ? "shm" : "tcp";
+	char scheme[16];
+	snprintf(scheme, sizeof scheme, "%.*s", (int)strcspn(o.uri, ":"), o.uri);
 	rc = cli_report(&g, &res.cloud, res.wall_ns, &res.link, scheme, g.stats_json);
 	free(res.tokens);
 	free(res.cloud.step_ns);

@@ -1,6 +1,6 @@
 /* spa-gen: make synthetic base models and personal plugins for tests and benchmarks.
  *
- *   spa-gen base --shape tiny|default|1b|llama-7b [--type f32|f16] [--seed N] -o FILE
+ *   spa-gen base --shape tiny|default|1b|llama-7b [--type TYPE] [--seed N] -o FILE
  *   spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N] [--side-fraction F]
  *                  [--calib-prompt TEXT] [--seed N] -o FILE
  *
@@ -17,7 +17,7 @@
 #include "spa/spa.h"
 
 static const char usage[] =
-	"usage: spa-gen base --shape SHAPE [--type f32|f16] [--seed N] [--quiet] -o FILE\n"
+	"usage: spa-gen base --shape SHAPE [--type TYPE] [--seed N] [--quiet] -o FILE\n"
 	"       spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N]\n"
 	"                      [--side-fraction F] [--calib-prompt TEXT] [--seed N] [--quiet]\n"
 	"                      -o FILE\n"
@@ -28,7 +28,11 @@ static const char usage[] =
 	"                 default   32 blocks, H 512, FFN 1376, 8/4 heads, vocab 32000\n"
 	"                 1b        8 blocks, H 2048, FFN 5632, 16 heads, vocab 32000\n"
 	"                 llama-7b  32 blocks, H 4096, FFN 11008, 32 heads, vocab 32000 (~13 GB f16)\n"
-	"        --type   weight type of the matrices (default f32; norms are always f32)\n"
+	"        --type   weight type of the matrices: f32 (default), f16, bf16, q8_0, q4_0,\n"
+	"                 q4_k or q6_k (ggml's block formats). Norms stay f32; as llama.cpp\n"
+	"                 does, q4_0 and q4_k files keep token_embd and output in q6_k, and a\n"
+	"                 matrix whose rows do not fill whole blocks falls back to q8_0 (k-quants)\n"
+	"                 or f16. Values are the f32 model's of the same seed, quantized.\n"
 	"plugin  write a personal plugin for a base model, with random weights:\n"
 	"        --kind   spa (side network + classifier), lst (side network, always used),\n"
 	"                 lora (rank-k q/v updates), adapter (Houlsby bottlenecks)\n"
@@ -88,8 +92,9 @@ static int cmd_base(int argc, char **argv)
 		} else if (!strcmp(a, "--type")) {
 			const char *v = cli_value(argc, argv, &i);
 			int t = spa_dtype_from_name(v);
-			if (t != SPA_TYPE_F32 && t != SPA_TYPE_F16)
-				cli_die(2, "--type: '%s' cannot be generated: use f32 or f16", v);
+			if (t < 0 || !spa_kernels_supports((enum spa_dtype)t))
+				cli_die(2, "--type: '%s' cannot be generated: use f32, f16, bf16, q8_0, "
+					"q4_0, q4_k or q6_k", v);
 			type = (enum spa_dtype)t;
 		} else if (!strcmp(a, "--seed")) {
 			seed = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, LLONG_MAX);

@@ -14,6 +14,8 @@ static void usage(void)
 	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
 	       "  --plugin FILE         personal plugin made for that base (spa-gen plugin)\n"
 	       "  -t, --threads N       compute threads (default: one per core)\n"
+	       "  --mem-budget BYTES    keep at most this much of the model in memory; the other\n"
+	       "                        blocks are streamed from disk per token (default 0: all)\n"
 	       "%s", cli_gen_help);
 }
 
@@ -24,12 +26,15 @@ int main(int argc, char **argv)
 	cli_gen_defaults(&g);
 	const char *model_path = NULL, *plugin_path = NULL;
 	int threads = 0;
+	uint64_t mem_budget = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (cli_gen_option(&g, argc, argv, &i))
 			continue;
 		if (!strcmp(a, "-m") || !strcmp(a, "--model"))
 			model_path = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "--mem-budget"))
+			mem_budget = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, INT64_MAX);
 		else if (!strcmp(a, "--plugin"))
 			plugin_path = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
@@ -52,7 +57,8 @@ int main(int argc, char **argv)
 	int32_t *ids = NULL;
 	uint64_t *steps = NULL;
 	int status = 1, rc;
-	if ((rc = spa_model_load(&m, model_path, true, &err)) < 0)
+	if ((rc = mem_budget ? spa_engine_model_load(&m, model_path, mem_budget, true, &err)
+				: spa_model_load(&m, model_path, true, &err)) < 0)
 		cli_die(1, "%s", err.msg);
 	if (plugin_path) {
 		if ((rc = spa_plugin_load(&p, plugin_path, &err)) < 0) {

@@ -24,9 +24,22 @@ struct spa_listener_base {
 	const struct spa_link_driver *drv;
 };
 
+/* spa_link_driver.flags */
+enum {
+	/* Frames are datagrams: they may be lost, duplicated or reordered on the way, and
+	 * anyone may send one to the port. The link layer then reassembles fragments in any
+	 * order, drops duplicates (stats.dup_frames), and drops a datagram that is not a
+	 * well-formed frame (short, bad header, length not matching its header) as noise
+	 * (stats.bad_frames) instead of ending the session. Checked frames that fail (CRC,
+	 * session, sequence gap, lost fragment) still end it. docs/wire-protocol.md. */
+	SPA_DRV_DATAGRAM = 1u << 0,
+};
+
 struct spa_link_driver {
-	const char *scheme;   /* "shm", "tcp" */
-	size_t max_frame;     /* largest frame (header + payload) the driver moves */
+	const char *scheme;   /* "shm", "tcp", "udp" */
+	size_t max_frame;     /* largest frame (header + payload) the driver moves (a link may
+				 have a smaller one: link_max_frame below) */
+	unsigned flags;       /* SPA_DRV_* */
 
 	/* control */
 	int (*listen)(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err);
@@ -46,10 +59,27 @@ struct spa_link_driver {
 	int (*recv_frame)(struct spa_link_base *l, const uint8_t **frame, size_t *len,
 			  int64_t deadline_ns);
 	void (*release_frame)(struct spa_link_base *l);
+
+	/* Optional slots (NULL in drivers that need none); runtime/link.c calls them when set. */
+	/* Before listen or connect: the caller's link options (dpdk reads opts->eal). Not on the
+	 * hot path. Returns 0 or a negative code with err filled. */
+	int (*prepare)(const struct spa_link_opts *o, struct spa_errbuf *err);
+	/* This link's frame limit where it depends on the link (dpdk: its port's MTU): link.c
+	 * then uses it instead of max_frame (it is never larger). Both ends of a link get the
+	 * same value when they are configured alike (same MTU). */
+	size_t (*link_max_frame)(struct spa_link_base *l);
+	/* Payload bytes the driver copied on send on this link so far (link.c adds them to
+	 * spa_link_stats.copied_tx; 0 on a zero-copy path). Cheap; any thread of the link. */
+	uint64_t (*copied_tx)(struct spa_link_base *l);
 };
 
 extern const struct spa_link_driver spa_drv_shm;
 extern const struct spa_link_driver spa_drv_tcp;
+extern const struct spa_link_driver spa_drv_udp;
+#ifdef SPA_HAVE_DPDK
+/* dpdk:PORTSPEC and memif:SOCKETPATH; the address it gets is the whole URI. */
+extern const struct spa_link_driver spa_drv_dpdk __attribute__((weak));
+#endif
 
 /* CLOCK_MONOTONIC in ns. Thread-safe; no system call (vDSO); fine on the hot path. */
 int64_t spa_now_ns(void);

@@ -1,0 +1,668 @@
+/* bench/decode: decode and prefill speed of the CPU engine against what the machine allows.
+ *
+ * For each shape x weight type x thread count, in one run and on one thread pool:
+ *   - the machine's read bandwidth: a parallel streaming read-and-sum over a buffer far
+ *     bigger than the caches, with the same threads (the roofline of a memory-bound decode);
+ *   - the FMA peak: independent 8-lane FMA chains on every thread (the roofline of prefill
+ *     and of compute-bound formats);
+ *   - decode tokens/s (greedy, median and p99 of the step), the effective bandwidth = weight
+ *     bytes read per token x tokens/s, its ratio to the read bandwidth, and GFLOP/s;
+ *   - the fusions of RUNTIME.md §3 side by side on the same tokens: taps in the block
+ *     epilogues vs spa_plugin_side_taps after the forward, the greedy head vs V logits +
+ *     argmax, the edge's fused side chain vs spa_plugin_side_chain;
+ *   - prefill tokens/s for prompts of 16, 64 and 256 tokens (one batched forward);
+ *   - with --mem-budget: tokens/s with 100 %, 50 % and 25 % of the model's weight bytes in
+ *     memory (the rest streamed per token with io_uring) and the share of the I/O hidden
+ *     behind compute (1 - time the forward waited for reads / time the reads take alone).
+ * Models are made once with spa_gen_base into a cache folder (--cache). */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "../runtime/cli/cli.h"
+#include "benchutil.h"
+#include "spa/spa.h"
+
+#define MAX_LIST 8
+#define SIDE_RANK 32
+
+struct opts {
+	const char *shapes[MAX_LIST];
+	int n_shapes;
+	enum spa_dtype types[MAX_LIST];
+	int n_types;
+	int threads[MAX_LIST];
+	int n_threads;
+	uint32_t n_tok;
+	uint32_t prefill[MAX_LIST];
+	int n_prefill;
+	bool mem_budget;
+	const char *cache;
+	const char *json;
+	uint64_t bw_bytes;
+};
+
+static void usage(void)
+{
+	printf("usage: decode [options]\n"
+	       "Decode/prefill speed of the CPU engine against the machine's read bandwidth and FMA\n"
+	       "peak, fused vs unfused kernels, and streaming under a memory budget.\n\n"
+	       "  --shape A,B       model shapes (tiny, default, 1b, llama-7b; default: default)\n"
+	       "  --type A,B        weight types (f32, f16, bf16, q8_0, ...; default: f16)\n"
+	       "  -t, --threads A,B thread counts (default: one per core)\n"
+	       "  -n, --tokens N    decode steps per measurement (default 32)\n"
+	       "  --prefill A,B     prompt lengths for prefill (default 16,64,256)\n"
+	       "  --mem-budget      also run at 100 %%, 50 %% and 25 %% of the model in memory\n"
+	       "  --cache DIR       where generated models are kept (default bench-models)\n"
+	       "  --bw-mib N        buffer of the read-bandwidth test (default 1024 MiB)\n"
+	       "  --json FILE       write the results as JSON\n");
+}
+
+static int split_list(char *s, char **out, int max)
+{
+	int n = 0;
+	for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+		if (n == max)
+			cli_die(2, "too many list items (at most %d)", max);
+		out[n++] = tok;
+	}
+	return n;
+}
+
+static enum spa_dtype parse_type(const char *s)
+{
+	for (int t = 0; t < SPA_TYPE_COUNT; t++) {
+		const char *n = spa_dtype_name((enum spa_dtype)t);
+		if (n && !strcasecmp(n, s))
+			return (enum spa_dtype)t;
+	}
+	cli_die(2, "--type %s: not a GGUF type name (f32, f16, bf16, q8_0, q4_0, ...)", s);
+}
+
+/* ---------------------------------------------------------------- machine rooflines */
+
+struct bw_job {
+	const float *buf;
+	uint64_t n;       /* floats */
+	float sums[64];   /* one per thread, so the reads cannot be optimised away */
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+static void bw_worker(void *ctx, int ith, int nth)
+{
+	struct bw_job *j = ctx;
+	uint64_t per = (j->n / (uint64_t)nth) & ~63ull;
+	const float *p = j->buf + per * (uint64_t)ith;
+#if defined(__x86_64__)
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	for (uint64_t i = 0; i < per; i += 32) {
+		a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+		a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+		a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+		a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+	}
+	float t[8];
+	_mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+	float s = 0;
+	for (int k = 0; k < 8; k++)
+		s += t[k];
+#else
+	float s = 0;
+	for (uint64_t i = 0; i < per; i++)
+		s += p[i];
+#endif
+	j->sums[ith & 63] = s;
+}
+
+/* GB/s of a parallel read over size bytes (median of 5 passes after one warm pass). */
+static double machine_read_gbs(struct spa_pool *pool, float *buf, uint64_t size)
+{
+	struct bw_job j = { .buf = buf, .n = size / sizeof(float) };
+	spa_pool_run(pool, bw_worker, &j);
+	double v[5];
+	for (int r = 0; r < 5; r++) {
+		uint64_t t0 = bu_now_ns();
+		spa_pool_run(pool, bw_worker, &j);
+		v[r] = (double)size / (double)(bu_now_ns() - t0);
+	}
+	return bu_percentile(v, 5, 50);
+}
+
+struct fma_job {
+	uint64_t iters;
+	float out[64];
+};
+
+#define FMA_CHAINS 10
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+static void fma_worker(void *ctx, int ith, int nth)
+{
+	(void)nth;
+	struct fma_job *j = ctx;
+#if defined(__x86_64__)
+	__m256 a[FMA_CHAINS];
+	const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+	for (int k = 0; k < FMA_CHAINS; k++)
+		a[k] = _mm256_set1_ps((float)(k + ith));
+	for (uint64_t i = 0; i < j->iters; i++)
+		for (int k = 0; k < FMA_CHAINS; k++)
+			a[k] = _mm256_fmadd_ps(a[k], m, c);
+	__m256 s = a[0];
+	for (int k = 1; k < FMA_CHAINS; k++)
+		s = _mm256_add_ps(s, a[k]);
+	float t[8];
+	_mm256_storeu_ps(t, s);
+	j->out[ith & 63] = t[0];
+#else
+	float a = (float)ith;
+	for (uint64_t i = 0; i < j->iters * FMA_CHAINS * 8; i++)
+		a = a * 0.999999f + 1e-7f;
+	j->out[ith & 63] = a;
+#endif
+}
+
+/* GFLOP/s of the FMA loop on every thread (best of 5: a peak). */
+static double machine_fma_gflops(struct spa_pool *pool, int nth)
+{
+	struct fma_job j = { .iters = 20u << 20 };
+	double best = 0;
+	for (int r = 0; r < 5; r++) {
+		uint64_t t0 = bu_now_ns();
+		spa_pool_run(pool, fma_worker, &j);
+		double g = 2.0 * 8 * FMA_CHAINS * (double)j.iters * nth / (double)(bu_now_ns() - t0);
+		best = g > best ? g : best;
+	}
+	return best;
+}
+
+/* ---------------------------------------------------------------- models */
+
+static int model_path(const struct opts *o, const char *shape, enum spa_dtype type, char *path,
+		      size_t size)
+{
+	struct spa_hparams hp;
+	if (spa_gen_shape(shape, &hp) < 0)
+		cli_die(2, "--shape %s: unknown (tiny, default, 1b, llama-7b)", shape);
+	mkdir(o->cache, 0755);
+	snprintf(path, size, "%s/%s-%s.gguf", o->cache, shape, spa_dtype_name(type));
+	if (access(path, R_OK) == 0)
+		return 0;
+	struct spa_errbuf err = {{0}};
+	fprintf(stderr, "decode: making %s (once)\n", path);
+	int rc = spa_gen_base(&hp, type, 1, path, false, &err);
+	if (rc < 0) {
+		unlink(path);
+		fprintf(stderr, "decode: cannot make a %s model of type %s: %s\n", shape,
+			spa_dtype_name(type), err.msg);
+	}
+	return rc;
+}
+
+/* Weight bytes one decode step reads: every block matrix, the norms, the LM head, one
+ * embedding row. */
+static uint64_t bytes_per_token(const struct spa_model *m)
+{
+	const struct spa_hparams *hp = &m->hp;
+	uint64_t row, n = 0;
+	for (uint32_t l = 0; l < hp->n_layers; l++) {
+		const struct spa_layer *ly = &m->layers[l];
+		const struct spa_tensor *t[7] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate,
+						  &ly->w_up, &ly->w_down };
+		for (int k = 0; k < 7; k++) {
+			spa_dtype_row_size(t[k]->type, t[k]->cols, &row);
+			n += row * t[k]->rows;
+		}
+		n += 2ull * hp->n_embd * sizeof(float);
+	}
+	spa_dtype_row_size(m->output.type, m->output.cols, &row);
+	n += row * m->output.rows + hp->n_embd * sizeof(float);
+	spa_dtype_row_size(m->tok_embd.type, m->tok_embd.cols, &row);
+	return n + row;
+}
+
+static uint64_t flops_per_token(const struct spa_model *m)
+{
+	const struct spa_hparams *hp = &m->hp;
+	uint64_t kv = (uint64_t)hp->n_kv_heads * hp->head_dim;
+	uint64_t per_blk = 2ull * hp->n_embd * (2ull * hp->n_embd + 2 * kv + 3ull * hp->n_ff);
+	return per_blk * hp->n_layers + 2ull * hp->n_embd * hp->n_vocab;
+}
+
+/* ---------------------------------------------------------------- measurements */
+
+struct row {
+	const char *shape;
+	enum spa_dtype type;
+	int threads;
+	double tok_s, p50_ms, p99_ms, eff_gbs, machine_gbs, ratio, gflops, peak_gflops;
+	double taps_fused_us, taps_unfused_us;   /* added to a step */
+	double head_fused_us, head_unfused_us;
+	double chain_fused_us, chain_unfused_us;
+	double prefill_tok_s[MAX_LIST];
+	double budget_tok_s[3], budget_hidden[3], budget_io_ms[3], budget_wait_ms[3];
+	int budget_ok[3];
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n]. The head is the
+ * fused one. With side set, the taps and the gate are fused into every forward. */
+static int decode_steps(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps)
+{
+	int32_t prompt[16];
+	for (int i = 0; i < 16; i++)
+		prompt[i] = (int32_t)((i * 7919u + 13) % V);
+	spa_engine_reset(e);
+	int rc = spa_engine_forward(e, prompt, 16, NULL);
+	int32_t tok = prompt[15];
+	for (uint32_t i = 0; rc == 0 && i < n; i++) {
+		uint64_t t0 = bu_now_ns();
+		if ((rc = spa_engine_forward(e, &tok, 1, NULL)) < 0)
+			break;
+		spa_engine_head_argmax(e, NULL, &tok);
+		steps[i] = bu_now_ns() - t0;
+	}
+	return rc;
+}
+
+static double median_ns(uint64_t *v, uint32_t n, double pct)
+{
+	qsort(v, n, sizeof *v, cmp_u64);
+	uint32_t k = (uint32_t)ceil(pct / 100.0 * n);
+	return (double)v[k ? k - 1 : 0];
+}
+
+static int make_plugin(const struct opts *o, const struct spa_model *m, const char *shape,
+		       enum spa_dtype type, struct spa_plugin **p)
+{
+	char path[512];
+	snprintf(path, sizeof path, "%s/%s-%s-side.gguf", o->cache, shape, spa_dtype_name(type));
+	struct spa_errbuf err = {{0}};
+	if (access(path, R_OK) != 0) {
+		struct spa_plugin_gen_params gp = { .kind = SPA_PLUGIN_SIDE, .rank = SIDE_RANK,
+						    .seed = 2, .side_fraction = 0.5f,
+						    .calib_tokens = 8 };
+		if (spa_plugin_generate(m, &gp, path, &err) < 0) {
+			fprintf(stderr, "decode: side plugin: %s\n", err.msg);
+			return -1;
+		}
+	}
+	if (spa_plugin_load(p, path, &err) < 0) {
+		fprintf(stderr, "decode: %s\n", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+static void measure(const struct opts *o, const char *shape, enum spa_dtype type, int nth,
+		    float *bwbuf, struct row *w)
+{
+	char path[512];
+	memset(w, 0, sizeof *w);
+	w->shape = shape;
+	w->type = type;
+	if (model_path(o, shape, type, path, sizeof path) < 0)
+		return;
+	struct spa_errbuf err = {{0}};
+	struct spa_model *m = NULL;
+	struct spa_pool *pool = NULL;
+	struct spa_engine *e = NULL;
+	struct spa_plugin *p = NULL;
+	uint64_t *steps = calloc(o->n_tok, sizeof *steps);
+	if (spa_model_load(&m, path, false, &err) < 0)
+		cli_die(1, "%s", err.msg);
+	if (spa_pool_create(&pool, nth, NULL) < 0)
+		cli_die(1, "cannot start %d threads", nth);
+	w->threads = spa_pool_n_threads(pool);
+	w->machine_gbs = machine_read_gbs(pool, bwbuf, o->bw_bytes);
+	w->peak_gflops = machine_fma_gflops(pool, w->threads);
+
+	const uint32_t V = m->hp.n_vocab, H = m->hp.n_embd, L = m->hp.n_layers;
+	uint32_t max_p = 16;
+	for (int i = 0; i < o->n_prefill; i++)
+		max_p = o->prefill[i] > max_p ? o->prefill[i] : max_p;
+	if (spa_engine_create(&e, m, max_p + o->n_tok + 8, max_p, pool) < 0)
+		cli_die(1, "cannot create the engine");
+
+	/* decode, fused head, no plugin: the base model's speed */
+	if (decode_steps(e, V, o->n_tok, steps) < 0)
+		cli_die(1, "decode failed");
+	w->p50_ms = median_ns(steps, o->n_tok, 50) / 1e6;
+	w->p99_ms = median_ns(steps, o->n_tok, 99) / 1e6;
+	w->tok_s = 1e3 / w->p50_ms;
+	w->eff_gbs = (double)bytes_per_token(m) * w->tok_s / 1e9;
+	w->ratio = w->eff_gbs / w->machine_gbs;
+	w->gflops = (double)flops_per_token(m) * w->tok_s / 1e9;
+
+	/* fusions, side by side on the same states */
+	if (make_plugin(o, m, shape, type, &p) == 0) {
+		float *taps = calloc((size_t)(L + 1) * p->rank, sizeof(float));
+		float *logits = malloc(sizeof(float) * V);
+		uint64_t *tf = calloc(o->n_tok, 8), *tu = calloc(o->n_tok, 8);
+		uint64_t *hf = calloc(o->n_tok, 8), *hu = calloc(o->n_tok, 8);
+		int32_t tok = 1;
+		spa_engine_reset(e);
+		for (uint32_t i = 0; i < o->n_tok; i++) {
+			/* taps: forward with them fused minus forward without, interleaved;
+			 * unfused: the extra pass after the forward */
+			spa_engine_set_side(e, p, taps);
+			uint64_t t0 = bu_now_ns();
+			spa_engine_forward(e, &tok, 1, NULL);
+			uint64_t t1 = bu_now_ns();
+			spa_engine_set_side(e, NULL, NULL);
+			spa_engine_forward(e, &tok, 1, NULL);
+			uint64_t t2 = bu_now_ns();
+			spa_plugin_side_taps(p, spa_engine_resid(e), taps);
+			spa_plugin_gate(p, spa_engine_final(e), NULL);
+			uint64_t t3 = bu_now_ns();
+			tf[i] = (t1 - t0) > (t2 - t1) ? (t1 - t0) - (t2 - t1) : 0;
+			tu[i] = t3 - t2;
+			int32_t a, b;
+			t0 = bu_now_ns();
+			spa_engine_head_argmax(e, NULL, &a);
+			t1 = bu_now_ns();
+			spa_engine_logits(e, spa_engine_final(e), logits);
+			b = (int32_t)spa_argmax(logits, V);
+			t2 = bu_now_ns();
+			if (a != b)
+				cli_die(1, "fused head gave %d, the logits' argmax %d", a, b);
+			hf[i] = t1 - t0;
+			hu[i] = t2 - t1;
+			tok = a;
+		}
+		w->taps_fused_us = median_ns(tf, o->n_tok, 50) / 1e3;
+		w->taps_unfused_us = median_ns(tu, o->n_tok, 50) / 1e3;
+		w->head_fused_us = median_ns(hf, o->n_tok, 50) / 1e3;
+		w->head_unfused_us = median_ns(hu, o->n_tok, 50) / 1e3;
+		/* the edge's chain on the last taps */
+		float *scr = malloc(sizeof(float) * (spa_engine_side_chain_scratch(p) + H + p->rank));
+		float rs[SIDE_RANK * 4];
+		uint64_t c0 = bu_now_ns();
+		for (int i = 0; i < 200; i++)
+			spa_engine_side_chain(p, taps, rs, scr);
+		uint64_t c1 = bu_now_ns();
+		for (int i = 0; i < 200; i++)
+			spa_plugin_side_chain(p, taps, rs, scr);
+		uint64_t c2 = bu_now_ns();
+		w->chain_fused_us = (double)(c1 - c0) / 200 / 1e3;
+		w->chain_unfused_us = (double)(c2 - c1) / 200 / 1e3;
+		free(scr), free(taps), free(logits), free(tf), free(tu), free(hf), free(hu);
+		spa_engine_set_side(e, NULL, NULL);
+	}
+
+	/* prefill: one batched forward of the whole prompt, median of 3 */
+	int32_t *prompt = malloc(sizeof(int32_t) * max_p);
+	for (uint32_t i = 0; i < max_p; i++)
+		prompt[i] = (int32_t)((i * 104729u + 7) % V);
+	for (int k = 0; k < o->n_prefill; k++) {
+		uint64_t v[3];
+		for (int r = 0; r < 3; r++) {
+			spa_engine_reset(e);
+			uint64_t t0 = bu_now_ns();
+			spa_engine_forward(e, prompt, o->prefill[k], NULL);
+			v[r] = bu_now_ns() - t0;
+		}
+		w->prefill_tok_s[k] = o->prefill[k] / (median_ns(v, 3, 50) / 1e9);
+	}
+	free(prompt);
+	spa_engine_destroy(e);
+
+	/* streaming under a budget: 100 %, 50 %, 25 % of the weight bytes */
+	if (o->mem_budget) {
+		struct spa_gguf *g = NULL;
+		spa_gguf_open(&g, path, NULL);
+		uint64_t size = g ? g->data_size : 0;
+		spa_gguf_close(g);
+		const int pct[3] = { 100, 50, 25 };
+		for (int b = 0; b < 3; b++) {
+			struct spa_model *ms = NULL;
+			if (spa_engine_model_load(&ms, path, size * (uint64_t)pct[b] / 100, false,
+						  &err) < 0) {
+				fprintf(stderr, "decode: %d %% budget: %s\n", pct[b], err.msg);
+				continue;
+			}
+			struct spa_engine *es = NULL;
+			if (spa_engine_create(&es, ms, 16 + o->n_tok + 8, 16, pool) == 0 &&
+			    decode_steps(es, V, o->n_tok, steps) == 0) {
+				struct spa_engine_stream_stats st;
+				spa_engine_stream_stats(es, &st);
+				double wait = (double)st.wait_ns / (double)st.n_forward;
+				uint64_t probe[5] = { 0 };
+				for (int i = 0; i < 5 && st.n_streamed_blocks; i++)
+					spa_engine_stream_probe(es, &probe[i]);
+				double io = median_ns(probe, 5, 50);
+				w->budget_ok[b] = 1;
+				w->budget_tok_s[b] = 1e9 / median_ns(steps, o->n_tok, 50);
+				w->budget_io_ms[b] = io / 1e6;
+				w->budget_wait_ms[b] = wait / 1e6;
+				/* hidden = 1 - (step time added by streaming) / (I/O time alone):
+				 * buffered reads of cached pages may be copied inside the submit on
+				 * the compute thread, which the wait counter alone would miss */
+				double added = median_ns(steps, o->n_tok, 50) -
+					       (b ? 1e9 / w->budget_tok_s[0] : 0);
+				w->budget_hidden[b] = io > 0 && w->budget_ok[0] ? 1.0 - added / io
+									       : NAN;
+				if (w->budget_hidden[b] < 0)
+					w->budget_hidden[b] = 0;
+			}
+			spa_engine_destroy(es);
+			spa_model_destroy(ms);
+		}
+	}
+	spa_plugin_destroy(p);
+	spa_pool_destroy(pool);
+	spa_model_destroy(m);
+	free(steps);
+}
+
+int main(int argc, char **argv)
+{
+	cli_init(argv[0]);
+	struct opts o = { .n_tok = 32, .cache = "bench-models", .bw_bytes = 1024ull << 20 };
+	char *list[MAX_LIST];
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--shape")) {
+			o.n_shapes = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_shapes; k++)
+				o.shapes[k] = list[k];
+		} else if (!strcmp(a, "--type")) {
+			o.n_types = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_types; k++)
+				o.types[k] = parse_type(list[k]);
+		} else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+			o.n_threads = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_threads; k++)
+				o.threads[k] = (int)cli_int(a, list[k], 1, 1024);
+		} else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) {
+			o.n_tok = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 4, 4096);
+		} else if (!strcmp(a, "--prefill")) {
+			o.n_prefill = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_prefill; k++)
+				o.prefill[k] = (uint32_t)cli_int(a, list[k], 1, 4096);
+		} else if (!strcmp(a, "--mem-budget")) {
+			o.mem_budget = true;
+		} else if (!strcmp(a, "--cache")) {
+			o.cache = cli_value(argc, argv, &i);
+		} else if (!strcmp(a, "--bw-mib")) {
+			o.bw_bytes = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 64, 65536) << 20;
+		} else if (!strcmp(a, "--json")) {
+			o.json = cli_value(argc, argv, &i);
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage();
+			return 0;
+		} else {
+			cli_die(2, "unknown option '%s' (see --help)", a);
+		}
+	}
+	if (!o.n_shapes)
+		o.shapes[o.n_shapes++] = "default";
+	if (!o.n_types)
+		o.types[o.n_types++] = SPA_TYPE_F16;
+	if (!o.n_threads)
+		o.threads[o.n_threads++] = 0;
+	if (!o.n_prefill) {
+		o.prefill[0] = 16, o.prefill[1] = 64, o.prefill[2] = 256;
+		o.n_prefill = 3;
+	}
+	float *bwbuf = NULL;
+	if (posix_memalign((void **)&bwbuf, 64, o.bw_bytes))
+		cli_die(1, "no memory for the %" PRIu64 " MiB bandwidth buffer", o.bw_bytes >> 20);
+	for (uint64_t i = 0; i < o.bw_bytes / 4; i++)
+		bwbuf[i] = (float)(i & 1023);
+
+	char mach[256], load0[64], load1[64];
+	bu_machine(mach, sizeof mach);
+	bu_load(load0, sizeof load0);
+	printf("machine: %s\nkernels: %s\n%s at start\n\n", mach, spa_kernels_variant(), load0);
+
+	int n_rows = o.n_shapes * o.n_types * o.n_threads;
+	struct row *rows = calloc((size_t)n_rows, sizeof *rows);
+	int n = 0;
+	for (int s = 0; s < o.n_shapes; s++)
+		for (int t = 0; t < o.n_types; t++)
+			for (int k = 0; k < o.n_threads; k++)
+				measure(&o, o.shapes[s], o.types[t], o.threads[k], bwbuf, &rows[n++]);
+	bu_load(load1, sizeof load1);
+
+	printf("decode (greedy, %u steps after a 16-token prompt; tok/s from the median step)\n",
+	       o.n_tok);
+	printf("%-8s %-5s %3s %8s %8s %8s %9s %9s %6s %8s %8s %6s\n", "shape", "type", "thr",
+	       "tok/s", "p50 ms", "p99 ms", "eff GB/s", "mach GB/s", "ratio", "GFLOP/s", "peak",
+	       "%peak");
+	for (int i = 0; i < n; i++) {
+		struct row *w = &rows[i];
+		if (!w->threads)
+			continue;
+		printf("%-8s %-5s %3d %8.2f %8.2f %8.2f %9.2f %9.2f %5.0f%% %8.2f %8.2f %5.0f%%\n",
+		       w->shape, spa_dtype_name(w->type), w->threads, w->tok_s, w->p50_ms,
+		       w->p99_ms, w->eff_gbs, w->machine_gbs, 100 * w->ratio, w->gflops,
+		       w->peak_gflops, 100 * w->gflops / w->peak_gflops);
+	}
+	printf("\nfusions (median per token, same run, same states)\n");
+	printf("%-8s %-5s %3s %14s %14s %14s %14s %14s %14s\n", "shape", "type", "thr",
+	       "taps fused us", "taps after us", "head fused us", "head logits us",
+	       "chain fused us", "chain plain us");
+	for (int i = 0; i < n; i++) {
+		struct row *w = &rows[i];
+		if (!w->threads)
+			continue;
+		printf("%-8s %-5s %3d %14.1f %14.1f %14.1f %14.1f %14.2f %14.2f\n", w->shape,
+		       spa_dtype_name(w->type), w->threads, w->taps_fused_us, w->taps_unfused_us,
+		       w->head_fused_us, w->head_unfused_us, w->chain_fused_us, w->chain_unfused_us);
+	}
+	printf("\nprefill (one batched forward, median of 3)\n%-8s %-5s %3s", "shape", "type", "thr");
+	for (int k = 0; k < o.n_prefill; k++)
+		printf("  %6u tok/s", o.prefill[k]);
+	printf("\n");
+	for (int i = 0; i < n; i++) {
+		struct row *w = &rows[i];
+		if (!w->threads)
+			continue;
+		printf("%-8s %-5s %3d", w->shape, spa_dtype_name(w->type), w->threads);
+		for (int k = 0; k < o.n_prefill; k++)
+			printf("  %12.1f", w->prefill_tok_s[k]);
+		printf("\n");
+	}
+	const int pct[3] = { 100, 50, 25 };
+	if (o.mem_budget) {
+		printf("\nmemory budget (weights streamed per token from the page cache with io_uring)\n");
+		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s\n", "shape", "type", "thr", "budget",
+		       "tok/s", "io ms/tok", "wait ms", "hidden");
+		for (int i = 0; i < n; i++)
+			for (int b = 0; b < 3; b++) {
+				struct row *w = &rows[i];
+				if (!w->threads || !w->budget_ok[b])
+					continue;
+				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%%\n", w->shape,
+				       spa_dtype_name(w->type), w->threads, pct[b], w->budget_tok_s[b],
+				       w->budget_io_ms[b], w->budget_wait_ms[b],
+				       isnan(w->budget_hidden[b]) ? 100.0 : 100 * w->budget_hidden[b]);
+			}
+	}
+	printf("\n%s at end\n", load1);
+
+	if (o.json) {
+		struct bu_json j;
+		if (bu_json_open(&j, o.json) < 0)
+			cli_die(1, "cannot write %s: %s", o.json, strerror(errno));
+		bu_json_obj_begin(&j, NULL);
+		bu_json_str(&j, "machine", mach);
+		bu_json_str(&j, "kernels", spa_kernels_variant());
+		bu_json_str(&j, "load_start", load0);
+		bu_json_str(&j, "load_end", load1);
+		bu_json_arr_begin(&j, "results");
+		for (int i = 0; i < n; i++) {
+			struct row *w = &rows[i];
+			if (!w->threads)
+				continue;
+			bu_json_obj_begin(&j, NULL);
+			bu_json_str(&j, "shape", w->shape);
+			bu_json_str(&j, "type", spa_dtype_name(w->type));
+			bu_json_int(&j, "threads", w->threads);
+			bu_json_num(&j, "tok_s", w->tok_s);
+			bu_json_num(&j, "eff_gbs", w->eff_gbs);
+			bu_json_num(&j, "machine_gbs", w->machine_gbs);
+			bu_json_num(&j, "ratio", w->ratio);
+			bu_json_num(&j, "p50_ms", w->p50_ms);
+			bu_json_num(&j, "p99_ms", w->p99_ms);
+			bu_json_num(&j, "gflops", w->gflops);
+			bu_json_num(&j, "peak_gflops", w->peak_gflops);
+			bu_json_obj_begin(&j, "fusion");
+			bu_json_num(&j, "taps_fused_us", w->taps_fused_us);
+			bu_json_num(&j, "taps_unfused_us", w->taps_unfused_us);
+			bu_json_num(&j, "head_fused_us", w->head_fused_us);
+			bu_json_num(&j, "head_unfused_us", w->head_unfused_us);
+			bu_json_num(&j, "chain_fused_us", w->chain_fused_us);
+			bu_json_num(&j, "chain_unfused_us", w->chain_unfused_us);
+			bu_json_obj_end(&j);
+			bu_json_arr_begin(&j, "prefill");
+			for (int k = 0; k < o.n_prefill; k++) {
+				bu_json_obj_begin(&j, NULL);
+				bu_json_int(&j, "tokens", o.prefill[k]);
+				bu_json_num(&j, "tok_s", w->prefill_tok_s[k]);
+				bu_json_obj_end(&j);
+			}
+			bu_json_arr_end(&j);
+			if (o.mem_budget) {
+				bu_json_arr_begin(&j, "mem_budget");
+				for (int b = 0; b < 3; b++) {
+					if (!w->budget_ok[b])
+						continue;
+					bu_json_obj_begin(&j, NULL);
+					bu_json_int(&j, "percent", pct[b]);
+					bu_json_num(&j, "tok_s", w->budget_tok_s[b]);
+					bu_json_num(&j, "io_ms", w->budget_io_ms[b]);
+					bu_json_num(&j, "wait_ms", w->budget_wait_ms[b]);
+					bu_json_num(&j, "hidden", w->budget_hidden[b]);
+					bu_json_obj_end(&j);
+				}
+				bu_json_arr_end(&j);
+			}
+			bu_json_obj_end(&j);
+		}
+		bu_json_arr_end(&j);
+		bu_json_obj_end(&j);
+		if (bu_json_close(&j) < 0)
+			cli_die(1, "writing %s failed", o.json);
+	}
+	free(rows);
+	free(bwbuf);
+	return 0;
+}

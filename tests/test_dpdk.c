@@ -1,0 +1,641 @@
+/* The dpdk driver (drivers/dpdk/dpdk.c) through the real link API: a memif pair between two
+ * processes (EAL is per process, so the cloud side is a forked child) round-trips messages of
+ * random sizes and of exact multiples of the frame payload and one byte over, with the bytes
+ * compared and no payload byte copied on send; foreign, truncated and garbage frames put on the
+ * port are dropped and counted without disturbing the session; sessions follow one another on
+ * one port, and a vanished peer gives -SPA_ECLOSED; af_packet and af_xdp over a veth pair in two
+ * network namespaces the test makes; and split equals local over memif for every method.
+ * A quick RTT figure for 64 B and 2 KiB goes to stderr (a timing, never asserted). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "spa/drv/link.h"
+#include "spa/spa.h"
+#include "testutil.h"
+
+#ifndef SPA_HAVE_DPDK
+
+Test(dpdk, skipped_without_dpdk)
+{
+	cr_skip_test("DPDK is not built: libdpdk was not found when meson configured this build "
+		     "(install libdpdk-dev and reconfigure)");
+}
+
+#else
+
+#include "../drivers/dpdk/dpdk.h"
+
+#define HDR SPA_WIRE_HDR_SIZE
+#define CAP (1u << 20)
+#define AUX_STATS 0x57a75u /* HEARTBEAT with this aux: the cloud answers with its stats */
+#define TMO 20000000000ll
+
+static pid_t kids[4];
+static int n_kids;
+static char netns[2][64];
+
+static void cleanup(void)
+{
+	for (int i = 0; i < n_kids; i++)
+		if (kids[i] > 0) {
+			kill(kids[i], SIGKILL);
+			waitpid(kids[i], NULL, 0);
+		}
+	n_kids = 0;
+	for (int i = 0; i < 2; i++)
+		if (netns[i][0]) {
+			char cmd[160];
+			snprintf(cmd, sizeof cmd, "ip netns del %s 2>/dev/null", netns[i]);
+			if (system(cmd)) {
+			}
+			netns[i][0] = 0;
+		}
+}
+
+TestSuite(dpdk, .fini = cleanup);
+
+static pid_t fork_kid(void)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid > 0 && n_kids < 4)
+		kids[n_kids++] = pid;
+	return pid;
+}
+
+static int wait_kid(pid_t pid, int seconds)
+{
+	for (int i = 0; i < seconds * 100; i++) {
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			for (int k = 0; k < n_kids; k++)
+				if (kids[k] == pid)
+					kids[k] = 0;
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
+		}
+		usleep(10000);
+	}
+	return -2;
+}
+
+/* The cloud side, in the child: serve `sessions` sessions, echoing every message back (same
+ * type and fields), answering a stats request with its driver counters; a BYE ends a session.
+ * die_after > 0: exit abruptly (no close) after that many messages. Returns an exit code. */
+static int echo_serve(const char *uri, int sessions, int die_after)
+{
+	struct spa_errbuf err = {{0}};
+	struct spa_listener *L;
+	if (spa_link_listen(&L, uri, NULL, &err)) {
+		fprintf(stderr, "cloud: %s\n", err.msg);
+		return 10;
+	}
+	uint8_t *buf = malloc(CAP);
+	int n = 0;
+	for (int s = 0; s < sessions; s++) {
+		struct spa_link *l;
+		if (spa_link_accept(L, &l, TMO, &err)) {
+			fprintf(stderr, "cloud: accept: %s\n", err.msg);
+			return 11;
+		}
+		for (;;) {
+			struct spa_msg m;
+			int rc = spa_link_recv(l, &m, buf, CAP, TMO);
+			if (rc == -SPA_ECLOSED)
+				break;
+			if (rc) {
+				fprintf(stderr, "cloud: recv: %s\n", spa_link_error(l));
+				return 12;
+			}
+			if (m.type == SPA_MSG_BYE)
+				break;
+			if (die_after && ++n == die_after)
+				_exit(0); /* the process vanishes: no BYE, no close */
+			if (m.type == SPA_MSG_HEARTBEAT && m.aux == AUX_STATS) {
+				struct spa_dpdk_stats st;
+				spa_dpdk_link_stats(spa_link_driver_base(l), &st);
+				rc = spa_link_send(l, &m, &st, sizeof st);
+			} else {
+				rc = spa_link_send(l, &m, buf, m.len);
+			}
+			if (rc) {
+				fprintf(stderr, "cloud: send: %s\n", spa_link_error(l));
+				return 13;
+			}
+		}
+		spa_link_destroy(l);
+	}
+	spa_listener_destroy(L);
+	free(buf);
+	return 0;
+}
+
+/* Connect, or skip the test when EAL cannot start here. */
+static struct spa_link *edge_connect(const char *uri)
+{
+	struct spa_errbuf err = {{0}};
+	struct spa_link *l = NULL;
+	int rc = spa_link_connect(&l, uri, NULL, TMO, &err);
+	if (rc == -SPA_EUNSUPPORTED && strstr(err.msg, "EAL could not start"))
+		cr_skip_test("%s", err.msg);
+	cr_assert_eq(rc, 0, "connect %s: %s", uri, err.msg);
+	return l;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static void fill(uint8_t *p, size_t n, uint64_t seed)
+{
+	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(rng_next(&s) >> 24);
+}
+
+/* Send len bytes, get them back, compare. */
+static void round_trip(struct spa_link *l, uint8_t *tx, uint8_t *rx, size_t len, uint64_t seed)
+{
+	fill(tx, len, seed);
+	struct spa_msg m = {.type = SPA_MSG_LORA_X, .dtype = 0, .pos = (uint32_t)seed,
+			    .layer = 3, .n_rows = 1, .aux = (uint32_t)len};
+	cr_assert_eq(spa_link_send(l, &m, tx, len), 0, "send %zu: %s", len, spa_link_error(l));
+	struct spa_msg r;
+	int rc = spa_link_recv(l, &r, rx, CAP, TMO);
+	cr_assert_eq(rc, 0, "recv of the %zu-byte echo: %s", len, spa_link_error(l));
+	cr_assert_eq(r.type, SPA_MSG_LORA_X);
+	cr_assert_eq(r.len, len, "echo of %zu bytes came back with %u", len, r.len);
+	cr_assert_eq(r.pos, (uint32_t)seed);
+	cr_assert_eq(r.aux, (uint32_t)len);
+	cr_assert(!memcmp(tx, rx, len), "the %zu-byte echo differs from what was sent", len);
+}
+
+static struct spa_dpdk_stats peer_stats(struct spa_link *l)
+{
+	struct spa_msg m = {.type = SPA_MSG_HEARTBEAT, .aux = AUX_STATS};
+	cr_assert_eq(spa_link_send(l, &m, NULL, 0), 0);
+	struct spa_dpdk_stats st;
+	struct spa_msg r;
+	cr_assert_eq(spa_link_recv(l, &r, &st, sizeof st, TMO), 0, "%s", spa_link_error(l));
+	cr_assert_eq(r.len, sizeof st);
+	return st;
+}
+
+static void say_bye(struct spa_link *l)
+{
+	struct spa_msg m = {.type = SPA_MSG_BYE};
+	cr_assert_eq(spa_link_send(l, &m, NULL, 0), 0, "%s", spa_link_error(l));
+}
+
+static void memif_uri(char *uri, size_t size)
+{
+	static int n;
+	snprintf(uri, size, "memif:%s/m%d.sock", tu_tmpdir(), n++);
+}
+
+/* Payload per frame: *b what link.c uses (the link's own limit), *a the driver's static
+ * max_frame; the sizes below cover both. */
+static void payload_sizes(struct spa_link *l, size_t *a, size_t *b)
+{
+	struct spa_link_base *base = spa_link_driver_base(l);
+	*a = base->drv->max_frame - HDR;
+	*b = (base->drv->link_max_frame ? base->drv->link_max_frame(base) : base->drv->max_frame) -
+	     HDR;
+}
+
+static void check_round_trips(const char *uri, int n_random)
+{
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	struct spa_link *l = edge_connect(uri);
+	size_t mp[2];
+	payload_sizes(l, &mp[0], &mp[1]);
+	uint64_t seed = 7;
+	size_t sizes[64];
+	int n = 0;
+	sizes[n++] = 0;
+	sizes[n++] = 1;
+	sizes[n++] = 64;
+	sizes[n++] = 2048;
+	for (int j = 0; j < 2; j++)
+		for (size_t k = 1; k <= 3; k++) {
+			sizes[n++] = k * mp[j];
+			sizes[n++] = k * mp[j] + 1;
+			sizes[n++] = k * mp[j] - 1;
+		}
+	sizes[n++] = 270 * 1024;
+	for (int i = 0; i < n_random; i++)
+		sizes[n++] = rng_next(&seed) % (300 * 1024);
+	for (int i = 0; i < n; i++)
+		round_trip(l, tx, rx, sizes[i], (uint64_t)i + 1);
+	const struct spa_link_stats *ls = spa_link_stats(l);
+	struct spa_link_base *base = spa_link_driver_base(l);
+	struct spa_dpdk_stats st;
+	cr_assert_eq(spa_dpdk_link_stats(base, &st), 0);
+	cr_assert_eq(ls->copied_tx + base->drv->copied_tx(base), 0,
+		     "%llu payload bytes copied on send over %s: zero copy expected",
+		     (unsigned long long)(ls->copied_tx + base->drv->copied_tx(base)), uri);
+	cr_assert_gt(st.tx_zc_bytes, 0, "no payload went out as an external buffer");
+	cr_assert_eq(st.rx_linearised, 0);
+	struct spa_dpdk_stats ps = peer_stats(l);
+	cr_assert_eq(ps.tx_copied, 0, "the cloud side copied %llu payload bytes on send",
+		     (unsigned long long)ps.tx_copied);
+	say_bye(l);
+	spa_link_destroy(l);
+	free(tx);
+	free(rx);
+}
+
+Test(dpdk, memif_round_trips_random_and_edge_sizes_without_copy)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0)
+		_exit(echo_serve(uri, 1, 0));
+	check_round_trips(uri, 24);
+	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed (its stderr says why)");
+}
+
+/* One Ethernet frame from parts. */
+static size_t frame(uint8_t *f, const void *a, size_t na, const void *b, size_t nb)
+{
+	memcpy(f, a, na);
+	if (nb)
+		memcpy(f + na, b, nb);
+	return na + nb;
+}
+
+Test(dpdk, foreign_truncated_and_garbage_frames_are_dropped_and_counted)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0)
+		_exit(echo_serve(uri, 1, 0));
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	struct spa_link *l = edge_connect(uri);
+	struct spa_link_base *base = spa_link_driver_base(l);
+	round_trip(l, tx, rx, 1000, 1);
+	struct spa_dpdk_stats before = peer_stats(l);
+
+	uint8_t enc[128], f[2048], junk[600];
+	int hl = spa_dpdk_link_encap(base, enc, sizeof enc);
+	cr_assert_gt(hl, 14);
+	fill(junk, sizeof junk, 99);
+	/* a valid link-layer frame of the right size, to wrap in wrong envelopes */
+	size_t n;
+	/* 1. another EtherType (IPv6) */
+	memcpy(f, enc, (size_t)hl);
+	f[12] = 0x86, f[13] = 0xdd;
+	n = frame(f, f, (size_t)hl, junk, 200);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 2. truncated: Ethernet header and half a shim */
+	n = frame(f, enc, 18, NULL, 0);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 3. shorter than an Ethernet header */
+	cr_assert_eq(spa_dpdk_send_raw(base, junk, 9), 0);
+	/* 4. garbage after our EtherType (bad shim magic) */
+	n = frame(f, enc, 14, junk, 300);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 5. ours, but for another session */
+	memcpy(f, enc, (size_t)hl);
+	f[hl - 1] ^= 0x5a;
+	n = frame(f, f, (size_t)hl, junk, 120);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 6. ours, but to another MAC */
+	memcpy(f, enc, (size_t)hl);
+	f[0] = 0x02, f[5] ^= 0x11;
+	n = frame(f, f, (size_t)hl, junk, 120);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 7. pure garbage */
+	cr_assert_eq(spa_dpdk_send_raw(base, junk, sizeof junk), 0);
+
+	/* The session goes on, and the cloud counted every one of them. */
+	for (int i = 0; i < 4; i++)
+		round_trip(l, tx, rx, 777 + 3000 * (size_t)i, 10 + (uint64_t)i);
+	struct spa_dpdk_stats after = peer_stats(l);
+	cr_assert_eq(after.drop_foreign - before.drop_foreign, 3,
+		     "foreign frames dropped: %llu, want 3 (IPv6, bad magic, garbage)",
+		     (unsigned long long)(after.drop_foreign - before.drop_foreign));
+	cr_assert_eq(after.drop_short - before.drop_short, 2, "short frames dropped: %llu, want 2",
+		     (unsigned long long)(after.drop_short - before.drop_short));
+	cr_assert_eq(after.drop_stale - before.drop_stale, 1);
+	cr_assert_eq(after.drop_mac - before.drop_mac, 1);
+	cr_assert_eq(spa_link_stats(l)->bad_frames, 0);
+	say_bye(l);
+	spa_link_destroy(l);
+	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed");
+	free(tx);
+	free(rx);
+}
+
+Test(dpdk, sessions_follow_one_another_on_one_port)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0)
+		_exit(echo_serve(uri, 3, 0));
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	/* Sessions 1 and 2 from this process on one port, the third... */
+	for (int s = 0; s < 2; s++) {
+		struct spa_link *l = edge_connect(uri);
+		for (int i = 0; i < 5; i++)
+			round_trip(l, tx, rx, 100 + 5000 * (size_t)i, (uint64_t)(s * 10 + i));
+		say_bye(l);
+		spa_link_destroy(l);
+	}
+	/* ...closes without a BYE message: the driver's BYE ends the cloud's session. */
+	struct spa_link *l = edge_connect(uri);
+	round_trip(l, tx, rx, 4096, 77);
+	spa_link_destroy(l);
+	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed");
+	free(tx);
+	free(rx);
+}
+
+/* (A test of its own: a child forked after EAL started in its parent has no EAL threads.) */
+Test(dpdk, a_vanished_peer_gives_closed)
+{
+	/* A cloud that vanishes mid-session: the edge sees -SPA_ECLOSED, not a hang. */
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0)
+		_exit(echo_serve(uri, 1, 2));
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	struct spa_link *l = edge_connect(uri);
+	round_trip(l, tx, rx, 100, 1);
+	fill(tx, 100, 2);
+	struct spa_msg m = {.type = SPA_MSG_LORA_X};
+	cr_assert_eq(spa_link_send(l, &m, tx, 100), 0);
+	struct spa_msg r;
+	int rc = spa_link_recv(l, &r, rx, CAP, TMO);
+	cr_assert_eq(rc, -SPA_ECLOSED, "recv after the cloud vanished gave %d (%s), want "
+		     "-SPA_ECLOSED", rc, spa_link_error(l));
+	spa_link_destroy(l);
+	free(tx);
+	free(rx);
+}
+
+Test(dpdk, bad_uris_are_refused_with_a_message)
+{
+	static const struct {
+		const char *uri, *want;
+	} cases[] = {
+		{"memif:", "socket path"},
+		{"memif:/tmp/a,b", "socket path"},
+		{"dpdk:", "no DEV"},
+		{"dpdk:af_packet?iface=x&peer=zz", "not a MAC"},
+		{"dpdk:af_packet?iface=x&ethertype=0x800", "ethertype"},
+		{"dpdk:af_packet?iface=x&udp=99999", "udp="},
+		{"dpdk:af_packet?iface=x&udp=9000", "ip=A.B.C.D"},
+		{"dpdk:af_packet?iface=x&peer_ip=1.2.3.4", "need UDP"},
+		{"dpdk:af_packet?iface=x&mtu=70000", "mtu="},
+		{"dpdk:af_packet?iface=x&role=server", "memif only"},
+		{"dpdk:af_packet?iface=x", "peer="},
+		{"dpdk:af_packet?novalue", "KEY=VALUE"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct spa_errbuf err = {{0}};
+		struct spa_link *l = NULL;
+		int rc = spa_link_connect(&l, cases[i].uri, NULL, 1000000000, &err);
+		cr_assert_eq(rc, -SPA_EUSAGE, "%s: rc %d (%s)", cases[i].uri, rc, err.msg);
+		cr_assert(strstr(err.msg, cases[i].want), "%s: message \"%s\" lacks \"%s\"",
+			  cases[i].uri, err.msg, cases[i].want);
+	}
+}
+
+/* ---- a quick RTT figure (printed, never asserted) -------------------------------------- */
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+Test(dpdk, memif_rtt_is_printed)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0) {
+		if (spa_pin_n_pus() > 1)
+			spa_pin_thread(0);
+		_exit(echo_serve(uri, 1, 0));
+	}
+	if (spa_pin_n_pus() > 1)
+		spa_pin_thread(1);
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	struct spa_link *l = edge_connect(uri);
+	enum { N = 20000 };
+	size_t mp0, mp;
+	payload_sizes(l, &mp0, &mp);
+	int64_t *t = malloc(N * sizeof *t);
+	size_t sizes[2] = {64, 2048};
+	for (int k = 0; k < 2; k++) {
+		fill(tx, sizes[k], 5);
+		struct spa_msg m = {.type = SPA_MSG_SIDE_OUT};
+		for (int i = -1000; i < N; i++) {
+			int64_t t0 = spa_now_ns();
+			cr_assert_eq(spa_link_send(l, &m, tx, sizes[k]), 0);
+			struct spa_msg r;
+			cr_assert_eq(spa_link_recv(l, &r, rx, CAP, TMO), 0, "%s", spa_link_error(l));
+			if (i >= 0)
+				t[i] = spa_now_ns() - t0;
+		}
+		qsort(t, N, sizeof *t, cmp_i64);
+		fprintf(stderr, "dpdk memif RTT %4zu B: p50 %.2f us, p99 %.2f us (%d round trips, "
+			"link payload per frame %zu)\n", sizes[k], t[N / 2] / 1e3,
+			t[N * 99 / 100] / 1e3, N, mp);
+	}
+	say_bye(l);
+	spa_link_destroy(l);
+	cr_assert_eq(wait_kid(kid, 20), 0);
+	free(t);
+	free(tx);
+	free(rx);
+}
+
+/* ---- af_packet / af_xdp over a veth pair in two namespaces ----------------------------- */
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	char out[512];
+	return tu_run(cmd, out, sizeof out, 1);
+}
+
+static void enter_ns(const char *name)
+{
+	char p[128];
+	snprintf(p, sizeof p, "/run/netns/%s", name);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0, "open %s", p);
+	cr_assert_eq(setns(fd, CLONE_NEWNET), 0, "setns %s: %s", name, strerror(errno));
+	close(fd);
+}
+
+/* Make two namespaces joined by a veth pair (MTU 1500); skip when this machine cannot. */
+static void make_veth(char *mac_a, size_t cap)
+{
+	if (geteuid() != 0)
+		cr_skip_test("af_packet over veth needs root (ip netns, CAP_NET_RAW): not root");
+	int id = (int)getpid();
+	snprintf(netns[0], sizeof netns[0], "spa-a-%d", id);
+	snprintf(netns[1], sizeof netns[1], "spa-b-%d", id);
+	if (sh("ip netns add %s && ip netns add %s", netns[0], netns[1])) {
+		netns[0][0] = netns[1][0] = 0;
+		cr_skip_test("cannot create network namespaces here (ip netns add failed)");
+	}
+	/* the pair is made inside namespace A, so parallel runs never clash on the names */
+	if (sh("ip -n %s link add spa-va type veth peer name spa-vb netns %s && "
+	       "ip -n %s link set spa-va mtu 1500 up && ip -n %s link set spa-vb mtu 1500 up && "
+	       "ip -n %s link set lo up && ip -n %s link set lo up",
+	       netns[0], netns[1], netns[0], netns[1], netns[0], netns[1]))
+		cr_skip_test("cannot create a veth pair between namespaces here");
+	char out[64];
+	char cmd[256];
+	snprintf(cmd, sizeof cmd, "ip netns exec %s cat /sys/class/net/spa-va/address", netns[0]);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 0), 0);
+	out[strcspn(out, "\n")] = 0;
+	snprintf(mac_a, cap, "%s", out);
+}
+
+static void check_veth(const char *pmd, const char *lextra, const char *cextra, int allow_copy)
+{
+	char mac[64], luri[256], curi[256];
+	make_veth(mac, sizeof mac);
+	snprintf(luri, sizeof luri, "dpdk:%s?iface=spa-va%s", pmd, lextra);
+	snprintf(curi, sizeof curi, "dpdk:%s?iface=spa-vb&peer=%s%s", pmd, mac, cextra);
+	pid_t kid = fork_kid();
+	if (kid == 0) {
+		enter_ns(netns[0]);
+		_exit(echo_serve(luri, 1, 0));
+	}
+	enter_ns(netns[1]);
+	struct spa_errbuf err = {{0}};
+	struct spa_link *l = NULL;
+	int rc = spa_link_connect(&l, curi, NULL, 10000000000ll, &err);
+	if (rc) {
+		int st = wait_kid(kid, 1);
+		cr_skip_test("%s over veth cannot run here: %s (cloud side exit %d)", pmd, err.msg,
+			     st);
+	}
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	size_t mp[2];
+	payload_sizes(l, &mp[0], &mp[1]);
+	uint64_t seed = 3;
+	size_t sizes[] = {0, 1, 64, 2048, mp[0], mp[0] + 1, 2 * mp[0], 2 * mp[0] + 1, mp[1],
+			  mp[1] + 1, 3 * mp[1], 8192, 100000};
+	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+		round_trip(l, tx, rx, sizes[i], i + 1);
+	for (int i = 0; i < 10; i++)
+		round_trip(l, tx, rx, rng_next(&seed) % 60000, 100 + (uint64_t)i);
+	struct spa_link_base *base = spa_link_driver_base(l);
+	if (!allow_copy)
+		cr_assert_eq(base->drv->copied_tx(base), 0);
+	say_bye(l);
+	spa_link_destroy(l);
+	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed");
+	free(tx);
+	free(rx);
+}
+
+Test(dpdk, af_packet_over_veth_in_two_namespaces)
+{
+	check_veth("af_packet", "", "", 0);
+}
+
+Test(dpdk, af_packet_with_udp_framing_over_veth)
+{
+	check_veth("af_packet", "&udp=47000&ip=10.9.0.1", "&udp=47000&ip=10.9.0.2&peer_ip=10.9.0.1", 0);
+}
+
+Test(dpdk, af_xdp_over_veth_in_two_namespaces)
+{
+	/* af_xdp in DPDK 22.11 sends no chained mbufs: the driver copies there, and counts it */
+	check_veth("af_xdp", "", "", 1);
+}
+
+/* ---- split equals local over memif (spa-cloud and spa-edge as programs) ------------------ */
+
+#define N_TOK 12
+static const char *prompt = "the cat sat on the mat and";
+static const char *sampling[2] = {"", "--temp 0.9 --top-k 40 --top-p 0.95 --seed 1234"};
+
+static const char *plugin_for(const char *method)
+{
+	if (!strcmp(method, "lora"))
+		return tu_tiny_plugin("lora");
+	if (!strcmp(method, "adapter"))
+		return tu_tiny_plugin("adapter");
+	return tu_tiny_plugin("side");
+}
+
+static void check_split(const char *method)
+{
+	char uri[256], cmd[4096], *dir = tu_tmpdir();
+	snprintf(uri, sizeof uri, "memif:%s/split.sock", dir);
+	snprintf(cmd, sizeof cmd, "exec %s -m %s --link %s -t 1 --sessions 4 --timeout 20 -q "
+		 ">%s/cloud.log 2>&1", tu_program("spa-cloud"), tu_tiny_model(), uri, dir);
+	pid_t cloud = fork_kid();
+	if (cloud == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	const char *splits[2] = {"cloud-linear", "edge-all"};
+	for (int sp = 0; sp < 2; sp++)
+		for (int k = 0; k < 2; k++) {
+			char want[4096], got[4096], err[4096];
+			snprintf(cmd, sizeof cmd, "%s -m %s --plugin %s --method %s --split %s -p '%s' "
+				 "-n %d --ids -t 1 %s 2>/dev/null", tu_program("spa-run"),
+				 tu_tiny_model(), plugin_for(method), method, splits[sp], prompt, N_TOK,
+				 sampling[k]);
+			cr_assert_eq(tu_run(cmd, want, sizeof want, 0), 0, "spa-run failed: %s", cmd);
+			snprintf(cmd, sizeof cmd, "%s --link %s --plugin %s --method %s --split %s "
+				 "-p '%s' -n %d --ids --timeout 20 %s 2>%s/edge.err",
+				 tu_program("spa-edge"), uri, plugin_for(method), method, splits[sp],
+				 prompt, N_TOK, sampling[k], dir);
+			int rc = tu_run(cmd, got, sizeof got, 0);
+			snprintf(cmd, sizeof cmd, "%s/edge.err", dir);
+			size_t n;
+			char *e = tu_read_file(cmd, &n);
+			snprintf(err, sizeof err, "%s", e ? e : "");
+			free(e);
+			if (rc && strstr(err, "EAL could not start"))
+				cr_skip_test("%s", err);
+			cr_assert_eq(rc, 0, "spa-edge %s %s over memif failed: %s", method, splits[sp],
+				     err);
+			cr_assert_str_eq(got, want, "%s %s %s over memif: edge+cloud gave\n%s\nspa-run "
+					 "gave\n%s", method, splits[sp], k ? "sampled" : "greedy", got,
+					 want);
+		}
+	cr_assert_eq(wait_kid(cloud, 30), 0, "spa-cloud over memif did not end cleanly (see %s/"
+		     "cloud.log)", dir);
+}
+
+Test(dpdk, split_equals_local_over_memif_lora) { check_split("lora"); }
+Test(dpdk, split_equals_local_over_memif_adapter) { check_split("adapter"); }
+Test(dpdk, split_equals_local_over_memif_lst) { check_split("lst"); }
+Test(dpdk, split_equals_local_over_memif_spa) { check_split("spa"); }
+
+#endif

@@ -1,0 +1,646 @@
+/* Quantized weight formats (kernels/cpu/quant.c, quant_avx2.c), spa-gen --type and
+ * spa-quantize: layouts and known answers derived by hand from ggml's formulas, round-trip
+ * error bounds, SIMD against scalar, determinism of matvec/matmul, models in every type. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../kernels/cpu/kernels_impl.h"
+#include "spa/spa.h"
+#include "testutil.h"
+
+static const enum spa_dtype all_types[] = {
+	SPA_TYPE_F32, SPA_TYPE_F16, SPA_TYPE_BF16, SPA_TYPE_Q8_0,
+	SPA_TYPE_Q4_0, SPA_TYPE_Q4_K, SPA_TYPE_Q6_K,
+};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+static void *quantize(enum spa_dtype t, const float *x, uint64_t n)
+{
+	uint64_t size;
+	cr_assert_eq(spa_dtype_row_size(t, n, &size), 0);
+	void *q = malloc(size);
+	cr_assert(q);
+	cr_assert_eq(spa_quantize_row(t, x, q, n), 0, "%s", spa_dtype_name(t));
+	return q;
+}
+
+Test(quant, supports_the_seven_formats)
+{
+	for (size_t i = 0; i < N_TYPES; i++)
+		cr_assert_eq(spa_kernels_supports(all_types[i]), 1, "%s",
+			     spa_dtype_name(all_types[i]));
+	cr_assert_eq(spa_kernels_supports(SPA_TYPE_Q5_K), 0);
+	cr_assert_eq(spa_kernels_supports(SPA_TYPE_Q4_1), 0);
+	float x[32] = { 0 };
+	uint8_t buf[64];
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q5_0, x, buf, 32), -SPA_EUNSUPPORTED);
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q8_0, x, buf, 31), -EINVAL);
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q4_K, x, buf, 32), -EINVAL);
+	x[5] = NAN;
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q8_0, x, buf, 32), -EDOM);
+	x[5] = INFINITY;
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q4_0, x, buf, 32), -EDOM);
+}
+
+/* ---- known answers ----------------------------------------------------------------------
+ * x[i] = i - 16. Q8_0 (quantize_row_q8_0_ref): amax 16, d = 16/127 -> fp16 0x3008
+ * (1032 * 2^-13 = 0.1259765625); id = 1 / float(16/127) = 7.9375 exactly, so
+ * q[i] = roundf(7.9375 (i - 16)), half away from zero (i = 8: -63.5 -> -64; i = 24: 64). */
+Test(quant, q8_0_known_answer)
+{
+	static const int8_t want[32] = {
+		-127, -119, -111, -103, -95, -87, -79, -71, -64, -56, -48, -40, -32, -24, -16, -8,
+		0, 8, 16, 24, 32, 40, 48, 56, 64, 71, 79, 87, 95, 103, 111, 119,
+	};
+	float x[32], y[32];
+	for (int i = 0; i < 32; i++)
+		x[i] = (float)(i - 16);
+	struct spa_block_q8_0 *b = quantize(SPA_TYPE_Q8_0, x, 32);
+	const uint8_t *raw = (const uint8_t *)b;
+	cr_assert_eq(raw[0], 0x08);
+	cr_assert_eq(raw[1], 0x30);
+	cr_assert_eq(memcmp(raw + 2, want, 32), 0);
+	spa_dequant_row(SPA_TYPE_Q8_0, b, y, 32);
+	for (int i = 0; i < 32; i++)
+		cr_assert_eq(y[i], (float)want[i] * 0.1259765625f, "y[%d] = %a", i, (double)y[i]);
+	free(b);
+
+	/* amax 127: d = 1 exactly (0x3c00), levels = the values */
+	x[0] = -127.0f;
+	b = quantize(SPA_TYPE_Q8_0, x, 32);
+	raw = (const uint8_t *)b;
+	cr_assert_eq(raw[0], 0x00);
+	cr_assert_eq(raw[1], 0x3c);
+	for (int i = 0; i < 32; i++)
+		cr_assert_eq(b->qs[i], (int8_t)x[i]);
+	free(b);
+}
+
+/* Q4_0 (quantize_row_q4_0_ref) of x[i] = i - 16: the value of largest magnitude is -16 (the
+ * first), d = -16 / -8 = 2 (fp16 0x4000), id = 0.5; level = min(15, trunc(x / 2 + 8.5)):
+ * element j (0..15): trunc(j/2 + 0.5) = (j + 1) / 2; element 16 + j: min(15, 8 + (j + 1) / 2).
+ * Byte j = low | high << 4. Decoded: (level - 8) * 2. */
+Test(quant, q4_0_known_answer)
+{
+	float x[32], y[32];
+	for (int i = 0; i < 32; i++)
+		x[i] = (float)(i - 16);
+	struct spa_block_q4_0 *b = quantize(SPA_TYPE_Q4_0, x, 32);
+	const uint8_t *raw = (const uint8_t *)b;
+	cr_assert_eq(raw[0], 0x00);
+	cr_assert_eq(raw[1], 0x40);
+	for (int j = 0; j < 16; j++) {
+		int lo = (j + 1) / 2, hi = 8 + (j + 1) / 2 > 15 ? 15 : 8 + (j + 1) / 2;
+		cr_assert_eq(b->qs[j], (uint8_t)(lo | hi << 4), "byte %d: %02x", j, b->qs[j]);
+	}
+	static const uint8_t want[16] = { 0x80, 0x91, 0x91, 0xa2, 0xa2, 0xb3, 0xb3, 0xc4,
+					  0xc4, 0xd5, 0xd5, 0xe6, 0xe6, 0xf7, 0xf7, 0xf8 };
+	cr_assert_eq(memcmp(b->qs, want, 16), 0);
+	spa_dequant_row(SPA_TYPE_Q4_0, b, y, 32);
+	for (int j = 0; j < 16; j++) {
+		cr_assert_eq(y[j], (float)(((want[j] & 15) - 8) * 2));
+		cr_assert_eq(y[16 + j], (float)(((want[j] >> 4) - 8) * 2));
+	}
+	cr_assert_eq(y[0], -16.0f);
+	cr_assert_eq(y[31], 14.0f);
+	free(b);
+}
+
+/* Q4_K (quantize_row_q4_K_ref) of x[32 j + l] = l mod 16: every sub-block spans 0..15, so
+ * make_qkx2_quants finds scale 1, min 0 with zero error (no other try can beat zero); the
+ * 6-bit scales are all 63 (d = fp16(1/63) = 0x2410 = 1040 * 2^-16), the mins 0 (dmin 0).
+ * Packing: scales[0..3] = 63 | (63 >> 4) << 6 = 0xff, scales[4..7] = 0 (mins),
+ * scales[8..11] = 63 & 15 = 0x0f. Levels: nearest_int(x / (63 d)) = x, byte l of chunk c =
+ * (l mod 16) | (l mod 16) << 4. Decoded: (63 d) * q - 0. */
+Test(quant, q4_K_known_answer)
+{
+	float x[256], y[256];
+	for (int i = 0; i < 256; i++)
+		x[i] = (float)(i % 16);
+	struct spa_block_q4_K *b = quantize(SPA_TYPE_Q4_K, x, 256);
+	cr_assert_eq(b->d, 0x2410, "d %04x", b->d);
+	cr_assert_eq(b->dmin, 0x0000);
+	static const uint8_t want_sc[12] = { 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+					     0x0f, 0x0f, 0x0f, 0x0f };
+	cr_assert_eq(memcmp(b->scales, want_sc, 12), 0);
+	for (int i = 0; i < 128; i++)
+		cr_assert_eq(b->qs[i], (uint8_t)((i % 16) | (i % 16) << 4), "qs[%d] %02x", i,
+			     b->qs[i]);
+	spa_dequant_row(SPA_TYPE_Q4_K, b, y, 256);
+	const float d1 = (1040.0f / 65536.0f) * 63.0f; /* d * sc, as ggml computes it */
+	for (int i = 0; i < 256; i++)
+		cr_assert_eq(y[i], d1 * (float)(i % 16) - 0.0f);
+	free(b);
+}
+
+/* Q6_K (quantize_row_q6_K_ref) of a constant 1: make_qx_quants(16, 32) gives iscale -32,
+ * levels -32, scale sumlx / suml2 = -512 / 16384 = -1/32 (no other try is strictly better);
+ * iscale = -128 / (-1/32) = 4096, d = fp16(1/4096) = 0x0c00, scales = nearest_int(-128) = -128;
+ * levels nearest_int(1 / (2^-12 * -128)) = -32 -> stored 0: ql, qh all zero. Decoded:
+ * 2^-12 * -128 * (0 - 32) = 1 exactly. */
+Test(quant, q6_K_known_answer)
+{
+	float x[256], y[256];
+	for (int i = 0; i < 256; i++)
+		x[i] = 1.0f;
+	struct spa_block_q6_K *b = quantize(SPA_TYPE_Q6_K, x, 256);
+	cr_assert_eq(b->d, 0x0c00, "d %04x", b->d);
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(b->scales[i], -128);
+	for (int i = 0; i < 128; i++)
+		cr_assert_eq(b->ql[i], 0);
+	for (int i = 0; i < 64; i++)
+		cr_assert_eq(b->qh[i], 0);
+	spa_dequant_row(SPA_TYPE_Q6_K, b, y, 256);
+	for (int i = 0; i < 256; i++)
+		cr_assert_eq(y[i], 1.0f);
+	free(b);
+
+	/* all zeros: a zero block (ggml's memset branch) that decodes to zeros */
+	for (int i = 0; i < 256; i++)
+		x[i] = 0.0f;
+	b = quantize(SPA_TYPE_Q6_K, x, 256);
+	static const uint8_t zero[210];
+	cr_assert_eq(memcmp(b, zero, 210), 0);
+	free(b);
+}
+
+/* ---- decoding against the layout, element by element ----------------------------------
+ * An independent reading of each block layout (ggml-common.h), one element at a time, with
+ * ggml's float expressions: the row decoders must give the same bits. */
+static float ref_elem(enum spa_dtype t, const void *row, uint64_t i)
+{
+	const uint8_t *r = row;
+	switch (t) {
+	case SPA_TYPE_Q8_0: {
+		const struct spa_block_q8_0 *b = (const void *)(r + (i / 32) * 34);
+		return b->qs[i % 32] * spa_fp16_to_fp32(b->d);
+	}
+	case SPA_TYPE_Q4_0: {
+		const struct spa_block_q4_0 *b = (const void *)(r + (i / 32) * 18);
+		int j = (int)(i % 32), q = (b->qs[j % 16] >> (j < 16 ? 0 : 4)) & 15;
+		return (q - 8) * spa_fp16_to_fp32(b->d);
+	}
+	case SPA_TYPE_Q4_K: {
+		const struct spa_block_q4_K *b = (const void *)(r + (i / 256) * 144);
+		int e = (int)(i % 256), sub = e / 32, c = e / 64, l = e % 32;
+		uint8_t sc, m;
+		spa__q4k_scale_min(sub, b->scales, &sc, &m);
+		int q = (b->qs[32 * c + l] >> (sub % 2 ? 4 : 0)) & 15;
+		float d1 = spa_fp16_to_fp32(b->d) * sc, m1 = spa_fp16_to_fp32(b->dmin) * m;
+		return d1 * q - m1;
+	}
+	case SPA_TYPE_Q6_K: {
+		const struct spa_block_q6_K *b = (const void *)(r + (i / 256) * 210);
+		int e = (int)(i % 256), h = e / 128, t2 = e % 128, g = t2 / 32, l = t2 % 32;
+		int lo = (b->ql[64 * h + l + (g % 2 ? 32 : 0)] >> (g >= 2 ? 4 : 0)) & 15;
+		int hi = (b->qh[32 * h + l] >> (2 * g)) & 3;
+		int8_t q = (int8_t)((lo | hi << 4) - 32);
+		return spa_fp16_to_fp32(b->d) * b->scales[e / 16] * q;
+	}
+	default:
+		cr_assert_fail("no reference for %s", spa_dtype_name(t));
+		return 0;
+	}
+}
+
+static const enum spa_dtype qtypes[] = { SPA_TYPE_Q8_0, SPA_TYPE_Q4_0, SPA_TYPE_Q4_K,
+					 SPA_TYPE_Q6_K };
+#define N_QTYPES (sizeof qtypes / sizeof qtypes[0])
+
+Test(quant, dequant_matches_the_layout_bit_for_bit)
+{
+	const uint64_t n = 4096;
+	float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+	cr_assert(x && y);
+	/* uneven magnitudes so that scales and mins vary, negative and positive sub-blocks */
+	tu_rand(x, n, 11, 1.0f);
+	for (uint64_t i = 0; i < n; i++)
+		x[i] = x[i] * (1.0f + (float)(i % 97) / 10.0f) + ((i / 64) % 3 == 0 ? 0.5f : 0.0f);
+	for (size_t k = 0; k < N_QTYPES; k++) {
+		void *q = quantize(qtypes[k], x, n);
+		spa_dequant_row(qtypes[k], q, y, n);
+		for (uint64_t i = 0; i < n; i++) {
+			float r = ref_elem(qtypes[k], q, i);
+			cr_assert_eq(memcmp(&r, &y[i], 4), 0, "%s element %llu: %a vs %a",
+				     spa_dtype_name(qtypes[k]), (unsigned long long)i, (double)y[i],
+				     (double)r);
+		}
+		free(q);
+	}
+	free(x);
+	free(y);
+}
+
+/* ---- round-trip error ------------------------------------------------------------------ */
+
+Test(quant, round_trip_error_within_bounds)
+{
+	/* Bounds on the relative RMS error sqrt(sum (y - x)^2 / sum x^2) for weights drawn
+	 * uniformly (the generator's distribution) and for Gaussian-like sums of four: a little
+	 * above what the formats reach (measured: see the cr_log lines). */
+	static const struct {
+		enum spa_dtype t;
+		double bound;
+	} cases[] = {
+		{ SPA_TYPE_F32, 0.0 },     { SPA_TYPE_F16, 0.001 },  { SPA_TYPE_BF16, 0.005 },
+		{ SPA_TYPE_Q8_0, 0.01 },   { SPA_TYPE_Q4_0, 0.12 },  { SPA_TYPE_Q4_K, 0.08 },
+		{ SPA_TYPE_Q6_K, 0.03 },
+	};
+	const uint64_t n = 256 * 64;
+	float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+	float *t = malloc(n * sizeof(float));
+	cr_assert(x && y && t);
+	for (int dist = 0; dist < 2; dist++) {
+		tu_rand(x, n, 21 + (uint64_t)dist, 0.05f);
+		if (dist == 1) {
+			for (int k = 0; k < 3; k++) {
+				tu_rand(t, n, 100 + (uint64_t)k, 0.05f);
+				for (uint64_t i = 0; i < n; i++)
+					x[i] += t[i];
+			}
+		}
+		for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+			void *q = quantize(cases[c].t, x, n);
+			spa_dequant_row(cases[c].t, q, y, n);
+			double e2 = 0, x2 = 0;
+			for (uint64_t i = 0; i < n; i++) {
+				e2 += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+				x2 += (double)x[i] * x[i];
+			}
+			double rel = sqrt(e2 / x2);
+			cr_log_info("%s %s: relative RMS error %.5f", dist ? "gauss" : "uniform",
+				    spa_dtype_name(cases[c].t), rel);
+			cr_assert_leq(rel, cases[c].bound, "%s: relative RMS error %g > %g",
+				      spa_dtype_name(cases[c].t), rel, cases[c].bound);
+			free(q);
+		}
+	}
+	free(x);
+	free(y);
+	free(t);
+}
+
+/* ---- dots: SIMD against scalar, against a double reference ---------------------------- */
+
+/* |got - ref| <= rel * sum |w_i x_i|: the error of a float sum is bounded relative to the sum
+ * of the magnitudes of its terms, not to the (possibly cancelling) result. */
+static void check_dot(const char *what, enum spa_dtype t, uint64_t n, float got, double ref,
+		      double mag, double rel)
+{
+	cr_assert(fabs((double)got - ref) <= rel * mag + 1e-30, "%s %s n=%llu: %.9g vs %.9g "
+		  "(error %.3g of %.3g)", what, spa_dtype_name(t), (unsigned long long)n,
+		  (double)got, ref, fabs((double)got - ref), mag);
+}
+
+Test(quant, simd_dot_matches_scalar)
+{
+	static const uint64_t sizes[] = { 32, 64, 256, 4096, 11008 };
+	const struct spa_kernels_ops *sc = &spa_kernels_ops_scalar;
+	int simd = spa_kernels_cpu_has_avx2();
+	if (!simd)
+		cr_log_warn("this CPU lacks AVX2/FMA/F16C: only the scalar dots are checked");
+	for (size_t k = 0; k < N_TYPES; k++) {
+		enum spa_dtype t = all_types[k];
+		for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+			uint64_t n = sizes[s];
+			if (n % spa_dtype_block_elems(t))
+				continue;
+			float *w = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
+			float *wd = malloc(n * sizeof(float));
+			cr_assert(w && x && wd);
+			for (int rep = 0; rep < 3; rep++) {
+				tu_rand(w, n, 1000 + n + (uint64_t)rep, 1.0f);
+				tu_rand(x, n, 2000 + n + (uint64_t)rep, 1.0f);
+				void *q = quantize(t, w, n);
+				spa_dequant_row(t, q, wd, n);
+				double ref = 0, mag = 0;
+				for (uint64_t i = 0; i < n; i++) {
+					ref += (double)wd[i] * x[i];
+					mag += fabs((double)wd[i] * x[i]);
+				}
+				float s_dot = sc->dot[t](q, x, n);
+				check_dot("scalar", t, n, s_dot, ref, mag, 1e-5);
+				if (simd) {
+					float a_dot = spa_kernels_ops_avx2.dot[t](q, x, n);
+					check_dot("avx2", t, n, a_dot, ref, mag, 1e-5);
+					check_dot("avx2-vs-scalar", t, n, a_dot, s_dot, mag, 2e-5);
+				}
+				free(q);
+			}
+			free(w);
+			free(x);
+			free(wd);
+		}
+	}
+}
+
+Test(quant, dispatch_is_fixed_per_process)
+{
+	const struct spa_kernels_ops *a = spa_kernels_ops(), *b = spa_kernels_ops();
+	cr_assert_eq(a, b);
+	cr_assert_str_eq(spa_kernels_variant(), a->name);
+	cr_assert(a == &spa_kernels_ops_scalar || a == &spa_kernels_ops_avx2);
+	for (size_t k = 0; k < N_TYPES; k++) {
+		cr_assert(a->dot[all_types[k]], "%s", spa_dtype_name(all_types[k]));
+		cr_assert(a->dequant_row[all_types[k]], "%s", spa_dtype_name(all_types[k]));
+		cr_assert(spa_kernels_ops_scalar.dot[all_types[k]]);
+		cr_assert(spa_kernels_ops_avx2.dot[all_types[k]]);
+	}
+	if (spa_kernels_cpu_has_avx2() && !getenv("SPA_KERNELS"))
+		cr_assert_eq(a, &spa_kernels_ops_avx2);
+}
+
+/* ---- matvec / matmul determinism --------------------------------------------------------- */
+
+Test(quant, matvec_bit_identical_across_threads_and_matmul)
+{
+	const uint64_t cols = 512, rows = 67; /* odd row count: uneven thread shares */
+	const uint32_t nb = 5;
+	float *w = malloc(cols * rows * sizeof(float)), *x = malloc(nb * cols * sizeof(float));
+	cr_assert(w && x);
+	tu_rand(w, cols * rows, 5, 1.0f);
+	tu_rand(x, nb * cols, 6, 1.0f);
+	struct spa_pool *pools[3];
+	for (int p = 0; p < 3; p++)
+		cr_assert_eq(spa_pool_create(&pools[p], p + 1, NULL), 0);
+	const struct spa_kernels_ops *variants[2] = { &spa_kernels_ops_scalar,
+						      &spa_kernels_ops_avx2 };
+	int n_var = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	for (size_t k = 0; k < N_TYPES; k++) {
+		enum spa_dtype t = all_types[k];
+		uint64_t rs;
+		cr_assert_eq(spa_dtype_row_size(t, cols, &rs), 0);
+		uint8_t *data = malloc(rs * rows);
+		cr_assert(data);
+		for (uint64_t r = 0; r < rows; r++)
+			cr_assert_eq(spa_quantize_row(t, w + r * cols, data + r * rs, cols), 0);
+		struct spa_tensor tw = { t, cols, rows, data };
+		for (int v = 0; v < n_var; v++) {
+			const struct spa_kernels_ops *ops = variants[v];
+			float y1[67], yp[67], ym[5 * 67];
+			spa_matvec_ops(ops, pools[0], &tw, x, y1);
+			for (uint64_t r = 0; r < rows; r++) {
+				float d = ops->dot[t](data + r * rs, x, cols);
+				cr_assert_eq(memcmp(&d, &y1[r], 4), 0, "row %llu", (unsigned long long)r);
+			}
+			for (int p = 1; p < 3; p++) {
+				spa_matvec_ops(ops, pools[p], &tw, x, yp);
+				cr_assert_eq(memcmp(y1, yp, sizeof y1), 0, "%s %s: %d threads differ",
+					     spa_dtype_name(t), ops->name, p + 1);
+			}
+			for (int p = 0; p < 3; p++) {
+				spa_matmul_ops(ops, pools[p], &tw, x, ym, nb);
+				for (uint32_t b = 0; b < nb; b++) {
+					spa_matvec_ops(ops, NULL, &tw, x + b * cols, yp);
+					cr_assert_eq(memcmp(ym + b * rows, yp, rows * 4), 0,
+						     "%s %s: matmul vector %u differs from matvec",
+						     spa_dtype_name(t), ops->name, b);
+				}
+			}
+		}
+		free(data);
+	}
+	for (int p = 0; p < 3; p++)
+		spa_pool_destroy(pools[p]);
+	free(w);
+	free(x);
+}
+
+/* ---- models in every type ---------------------------------------------------------------- */
+
+/* A small shape whose rows fill 256-element blocks, so the k-quants are really used. */
+static void small_shape(struct spa_hparams *hp)
+{
+	*hp = (struct spa_hparams){
+		.n_layers = 2, .n_embd = 256, .n_ff = 512, .n_heads = 4, .n_kv_heads = 2,
+		.head_dim = 64, .n_vocab = 512, .n_ctx = 64, .rms_eps = 1e-5f,
+		.rope_base = 10000.0f,
+	};
+}
+
+static float *run_logits(const char *path, uint32_t n_vocab)
+{
+	struct spa_model *m = NULL;
+	struct spa_engine *e = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_model_load(&m, path, false, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_engine_create(&e, m, 32, 8, NULL), 0);
+	const int32_t toks[6] = { 1, 17, 300, 42, 99, 7 };
+	cr_assert_eq(spa_engine_forward(e, toks, 6, NULL), 0);
+	float *lg = malloc(n_vocab * sizeof(float));
+	cr_assert(lg);
+	spa_engine_logits(e, spa_engine_final(e), lg);
+	spa_engine_destroy(e);
+	spa_model_destroy(m);
+	return lg;
+}
+
+static double cosine(const float *a, const float *b, uint32_t n)
+{
+	double ab = 0, aa = 0, bb = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		ab += (double)a[i] * b[i];
+		aa += (double)a[i] * a[i];
+		bb += (double)b[i] * b[i];
+	}
+	return ab / sqrt(aa * bb);
+}
+
+Test(quant, models_in_every_type_run_close_to_f32)
+{
+	/* loose bounds on the cosine of the logits against the f32 model (random weights are
+	 * harder on quantization than trained ones: no outliers to protect, all error adds) */
+	static const struct {
+		enum spa_dtype t;
+		double min_cos;
+	} cases[] = {
+		{ SPA_TYPE_F16, 0.9999 }, { SPA_TYPE_BF16, 0.9995 }, { SPA_TYPE_Q8_0, 0.998 },
+		{ SPA_TYPE_Q6_K, 0.995 }, { SPA_TYPE_Q4_K, 0.98 },  { SPA_TYPE_Q4_0, 0.97 },
+	};
+	struct spa_hparams hp;
+	struct spa_errbuf err = {{0}};
+	char path[256];
+	const char *dir = tu_tmpdir();
+	small_shape(&hp);
+	snprintf(path, sizeof path, "%s/f32.gguf", dir);
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_F32, 3, path, false, &err), 0, "%s", err.msg);
+	float *ref = run_logits(path, hp.n_vocab);
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		enum spa_dtype t = cases[c].t;
+		snprintf(path, sizeof path, "%s/%s.gguf", dir, spa_dtype_name(t));
+		cr_assert_eq(spa_gen_base(&hp, t, 3, path, false, &err), 0, "%s", err.msg);
+		struct spa_gguf *g;
+		cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+		uint32_t ft = 99;
+		cr_assert_eq(spa_gguf_get_u32(g, "general.file_type", &ft, &err), 0);
+		cr_assert_eq((int)ft, spa_quantize_ftype(t));
+		const struct spa_gguf_tensor *q = spa_gguf_find_tensor(g, "blk.0.attn_q.weight");
+		const struct spa_gguf_tensor *o = spa_gguf_find_tensor(g, "output.weight");
+		const struct spa_gguf_tensor *nrm = spa_gguf_find_tensor(g, "blk.1.ffn_norm.weight");
+		cr_assert(q && o && nrm);
+		cr_assert_eq(q->type, t, "%s: attn_q is %s", spa_dtype_name(t),
+			     spa_dtype_name(q->type));
+		cr_assert_eq(nrm->type, SPA_TYPE_F32);
+		enum spa_dtype want_out = t == SPA_TYPE_Q4_0 || t == SPA_TYPE_Q4_K ? SPA_TYPE_Q6_K : t;
+		cr_assert_eq(o->type, want_out, "%s: output is %s", spa_dtype_name(t),
+			     spa_dtype_name(o->type));
+		spa_gguf_close(g);
+
+		float *lg = run_logits(path, hp.n_vocab);
+		double cs = cosine(ref, lg, hp.n_vocab);
+		cr_log_info("%s: cosine of the logits against f32 %.6f", spa_dtype_name(t), cs);
+		cr_assert_geq(cs, cases[c].min_cos, "%s: cosine %g < %g", spa_dtype_name(t), cs,
+			      cases[c].min_cos);
+		free(lg);
+	}
+	free(ref);
+}
+
+Test(quant, tiny_shape_falls_back_where_rows_do_not_fill_blocks)
+{
+	/* tiny: H 128 (not a multiple of 256), FFN 344 (not a multiple of 32) */
+	struct spa_hparams hp;
+	struct spa_errbuf err = {{0}};
+	char path[256];
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	snprintf(path, sizeof path, "%s/t.gguf", tu_tmpdir());
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_Q4_K, 1, path, false, &err), 0, "%s", err.msg);
+	struct spa_gguf *g;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.attn_q.weight")->type, SPA_TYPE_Q8_0);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.ffn_down.weight")->type, SPA_TYPE_F16);
+	cr_assert_eq(spa_gguf_find_tensor(g, "output.weight")->type, SPA_TYPE_Q8_0);
+	struct spa_hparams hp2;
+	cr_assert_eq(spa_model_check(g, &hp2, &err), 0, "%s", err.msg);
+	spa_gguf_close(g);
+}
+
+/* ---- spa-quantize ------------------------------------------------------------------------ */
+
+Test(quant, spa_quantize_round_trip)
+{
+	char cmd[1024], out[8192], dst[256];
+	const char *src = tu_tiny_model();
+	snprintf(dst, sizeof dst, "%s/q8.gguf", tu_tmpdir());
+	snprintf(cmd, sizeof cmd, "%s --quiet -t 2 %s %s q8_0", tu_program("spa-quantize"), src,
+		 dst);
+	int st = tu_run(cmd, out, sizeof out, 1);
+	cr_assert_eq(st, 0, "%s", out);
+	cr_assert(strstr(out, "q8_0"), "%s", out);
+	cr_assert(strstr(out, "ffn_down"), "no note on the f16 fallback: %s", out);
+
+	struct spa_errbuf err = {{0}};
+	struct spa_gguf *g, *s;
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gguf_open(&g, dst, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_gguf_open(&s, src, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_model_check(g, &hp, &err), 0, "%s", err.msg);
+	uint32_t ft = 0;
+	cr_assert_eq(spa_gguf_get_u32(g, "general.file_type", &ft, &err), 0);
+	cr_assert_eq(ft, 7);
+	cr_assert_eq(g->n_kv, s->n_kv + 1, "kvs: %llu vs %llu (+ quantization_version)",
+		     (unsigned long long)g->n_kv, (unsigned long long)s->n_kv);
+	cr_assert_eq(g->n_tensors, s->n_tensors);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.attn_q.weight")->type, SPA_TYPE_Q8_0);
+	cr_assert_eq(spa_gguf_find_tensor(g, "token_embd.weight")->type, SPA_TYPE_Q8_0);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.ffn_down.weight")->type, SPA_TYPE_F16);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.attn_norm.weight")->type, SPA_TYPE_F32);
+
+	/* the bytes are those spa_quantize_row makes of the source rows */
+	const struct spa_gguf_tensor *tq = spa_gguf_find_tensor(g, "blk.2.attn_k.weight");
+	const struct spa_gguf_tensor *ts = spa_gguf_find_tensor(s, "blk.2.attn_k.weight");
+	float *f = malloc(ts->size);
+	uint8_t *b = malloc(tq->size), *want = malloc(tq->size);
+	cr_assert(f && b && want);
+	cr_assert_eq(spa_gguf_pread(s, ts->offset, f, ts->size, &err), 0);
+	cr_assert_eq(spa_gguf_pread(g, tq->offset, b, tq->size, &err), 0);
+	cr_assert_eq(spa_quantize_row(SPA_TYPE_Q8_0, f, want, ts->n_elems), 0);
+	cr_assert_eq(memcmp(b, want, tq->size), 0);
+	free(f);
+	free(b);
+	free(want);
+	spa_gguf_close(s);
+	spa_gguf_close(g);
+
+	/* the same conversion as spa-gen --type q8_0 of the same seed */
+	char gen[256];
+	snprintf(gen, sizeof gen, "%s/gen-q8.gguf", tu_tmpdir());
+	snprintf(cmd, sizeof cmd, "%s base --shape tiny --type q8_0 --seed 1 --quiet -o %s",
+		 tu_program("spa-gen"), gen);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "%s", out);
+	struct spa_gguf *gq, *gg;
+	cr_assert_eq(spa_gguf_open(&gq, dst, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_gguf_open(&gg, gen, &err), 0, "%s", err.msg);
+	cr_assert_eq(gq->n_tensors, gg->n_tensors);
+	for (uint64_t i = 0; i < gq->n_tensors; i++) {
+		const struct spa_gguf_tensor *a = &gq->tensors[i];
+		const struct spa_gguf_tensor *c = spa_gguf_find_tensor(gg, a->name.data);
+		cr_assert(c && c->type == a->type && c->size == a->size, "%s", a->name.data);
+		uint8_t *ba = malloc(a->size), *bc = malloc(c->size);
+		cr_assert(ba && bc);
+		cr_assert_eq(spa_gguf_pread(gq, a->offset, ba, a->size, &err), 0);
+		cr_assert_eq(spa_gguf_pread(gg, c->offset, bc, c->size, &err), 0);
+		cr_assert_eq(memcmp(ba, bc, a->size), 0, "%s differs from spa-gen's", a->name.data);
+		free(ba);
+		free(bc);
+	}
+	spa_gguf_close(gq);
+	spa_gguf_close(gg);
+
+	/* and it runs */
+	snprintf(cmd, sizeof cmd, "%s -m %s -n 4 --ids", tu_program("spa-run"), dst);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "%s", out);
+
+	/* requantizing a quantized model: a note, and a loadable file */
+	char dst2[256];
+	snprintf(dst2, sizeof dst2, "%s/q4.gguf", tu_tmpdir());
+	snprintf(cmd, sizeof cmd, "%s --quiet %s %s q4_0", tu_program("spa-quantize"), dst, dst2);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "%s", out);
+	cr_assert(strstr(out, "already quantized"), "%s", out);
+	cr_assert_eq(spa_gguf_open(&g, dst2, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_model_check(g, &hp, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_gguf_find_tensor(g, "blk.0.attn_q.weight")->type, SPA_TYPE_Q4_0);
+	cr_assert_eq(spa_gguf_find_tensor(g, "output.weight")->type, SPA_TYPE_Q8_0);
+	spa_gguf_close(g);
+}
+
+Test(quant, spa_quantize_usage_errors)
+{
+	char cmd[1024], out[4096];
+	const char *dir = tu_tmpdir();
+	const struct {
+		const char *args;
+		int status;
+		const char *want;
+	} cases[] = {
+		{ "%s %s/o.gguf q5_1", 2, "q5_1" },
+		{ "%s %s/o.gguf wat", 2, "wat" },
+		{ "%s %s/o.gguf", 2, "TYPE" },
+		{ "", 2, "IN.gguf" },
+		{ "--bogus %s %s/o.gguf q8_0", 2, "--bogus" },
+		{ "-t 0 %s %s/o.gguf q8_0", 2, "-t" },
+		{ "/nonexistent.gguf %s/o.gguf q8_0", 1, "nonexistent" },
+		{ "--help", 0, "fingerprint" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char args[512];
+		if (strstr(cases[i].args, "nonexistent"))
+			snprintf(args, sizeof args, cases[i].args, dir);
+		else
+			snprintf(args, sizeof args, cases[i].args, tu_tiny_model(), dir);
+		snprintf(cmd, sizeof cmd, "%s %s", tu_program("spa-quantize"), args);
+		int st = tu_run(cmd, out, sizeof out, 1);
+		cr_assert_eq(st, cases[i].status, "'%s' exited %d: %s", args, st, out);
+		cr_assert(strstr(out, cases[i].want), "'%s' said '%s', lacking '%s'", args, out,
+			  cases[i].want);
+	}
+	char p[256];
+	snprintf(p, sizeof p, "%s/o.gguf", dir);
+	cr_assert_eq(access(p, F_OK), -1, "a refused command wrote %s", p);
+}

@@ -371,3 +371,36 @@ Test(load, load_data_equals_pread_in_every_mode)
 	spa_gguf_close(g);
 	free(want);
 }
+
+/* The default mode on a file out of the page cache (O_DIRECT, staged through registered
+ * buffers when the data section is not block aligned) and back in it (buffered). */
+Test(load, auto_mode_cold_and_warm_gives_the_same_bytes)
+{
+	size_t size;
+	void *file = tu_read_file(tu_tiny_model(), &size);
+	cr_assert(file);
+	char path[512];
+	snprintf(path, sizeof path, "%s/cold.gguf", tu_tmpdir());
+	tu_write_file(path, file, size);
+	free(file);
+	struct spa_errbuf err;
+	struct spa_gguf *g;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	uint8_t *want = malloc(g->data_size);
+	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	for (int cold = 1; cold >= 0; cold--) {
+		if (cold) {
+			cr_assert_eq(fdatasync(g->fd), 0);
+			cr_assert_eq(posix_fadvise(g->fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+		}
+		void *data;
+		size_t n;
+		struct spa_load_opts o = {.chunk = 64 << 10, .depth = 3};
+		cr_assert_eq(spa_gguf_load_data_opts(g, &data, &n, &o, &err), 0, "%s", err.msg);
+		cr_assert_eq(n, g->data_size);
+		cr_assert_eq(memcmp(data, want, n), 0, "%s load differs", cold ? "cold" : "warm");
+		free(data);
+	}
+	spa_gguf_close(g);
+	free(want);
+}

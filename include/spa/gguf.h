@@ -144,16 +144,20 @@ int spa_gguf_get_str(const struct spa_gguf *g, const char *key, const char **out
 int spa_gguf_get_arr(const struct spa_gguf *g, const char *key, enum spa_gguf_vtype type,
 		     const struct spa_gguf_kv **out, struct spa_errbuf *err);
 
-/* Read the whole data section into a new 64-byte aligned buffer (free with free()), with
- * io_uring: several reads in flight, short reads resumed. *out + t->offset is tensor t.
- * For a memory image, copies. Progress goes to stderr when it is a terminal and show_progress.
- * Returns 0 or a negative code with err filled. */
+/* Read the whole data section into a new 4096-byte aligned buffer (free with free()), with
+ * io_uring (spa_uring_reader below): several reads in flight, short reads resumed, buffered
+ * or O_DIRECT as spa_gguf_load_data_opts' SPA_LOAD_AUTO decides. *out + t->offset is tensor
+ * t; the bytes after the data section up to the next 4096 are zero. For a memory image,
+ * copies. Progress goes to stderr when it is a terminal and show_progress. Returns 0 or a
+ * negative code with err filled. Not on the hot path; thread-safe on distinct files. */
 int spa_gguf_load_data(struct spa_gguf *g, void **out, size_t *out_size, bool show_progress,
 		       struct spa_errbuf *err);
 /* How spa_gguf_load_data_opts reads (docs/loading.md has the measurements behind the default). */
 enum spa_load_mode {
-	SPA_LOAD_AUTO = 0,     /* the measured default (docs/loading.md): buffered io_uring,
-				* unless the environment variable SPA_LOAD forces a mode */
+	SPA_LOAD_AUTO = 0,     /* the measured default (docs/loading.md): buffered io_uring
+				* when most of the data is in the page cache (mincore),
+				* O_DIRECT when it is not; the environment variable SPA_LOAD
+				* forces a mode */
 	SPA_LOAD_BUFFERED,     /* io_uring through the page cache */
 	SPA_LOAD_DIRECT,       /* io_uring with O_DIRECT (buffered where the file refuses it) */
 	SPA_LOAD_PREAD,        /* plain pread(), no io_uring */

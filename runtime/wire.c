@@ -85,21 +85,120 @@ static uint32_t crc32c_sw_raw(uint32_t c, const uint8_t *p, size_t n)
 	return c;
 }
 
+/* Three-way parallel hardware CRC (after Mark Adler's crc32c.c): the crc32 instruction has a
+ * latency of 3 cycles but a throughput of 1 per cycle, so three independent streams over
+ * adjacent blocks run about three times faster than one; the streams' CRCs are then combined
+ * by shifting the first over the other blocks' length (a GF(2) linear map, applied with four
+ * 256-entry tables per block length). On a 2 KiB message this halves the link's CRC cost. */
+#define CRC_LONG 8192
+#define CRC_SHORT 256
+
+static uint32_t crc_long[4][256], crc_short[4][256];
+static bool crc_shift_ready;
+
+/* mat x vec over GF(2): each set bit of vec selects a row of mat. */
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
+{
+	uint32_t sum = 0;
+	for (; vec; vec >>= 1, mat++)
+		if (vec & 1)
+			sum ^= *mat;
+	return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+	for (int n = 0; n < 32; n++)
+		sq[n] = gf2_times(mat, mat[n]);
+}
+
+/* Tables applying `len` (a power of two) zero bytes to a raw CRC register. */
+static void crc_zeros_tables(uint32_t zeros[4][256], size_t len)
+{
+	uint32_t odd[32], even[32], *op;
+	odd[0] = CRC32C_POLY; /* one zero bit */
+	for (int n = 1; n < 32; n++)
+		odd[n] = 1u << (n - 1);
+	gf2_square(even, odd); /* two zero bits */
+	gf2_square(odd, even); /* four zero bits */
+	/* Square on: even = one zero byte, odd = two, ... until len is used up. */
+	for (;;) {
+		gf2_square(even, odd);
+		len >>= 1;
+		if (len == 0) {
+			op = even;
+			break;
+		}
+		gf2_square(odd, even);
+		len >>= 1;
+		if (len == 0) {
+			op = odd;
+			break;
+		}
+	}
+	for (uint32_t n = 0; n < 256; n++) {
+		zeros[0][n] = gf2_times(op, n);
+		zeros[1][n] = gf2_times(op, n << 8);
+		zeros[2][n] = gf2_times(op, n << 16);
+		zeros[3][n] = gf2_times(op, n << 24);
+	}
+}
+
+static void crc_shift_init(void)
+{
+	crc_zeros_tables(crc_long, CRC_LONG);
+	crc_zeros_tables(crc_short, CRC_SHORT);
+	/* Racing initialisers write identical values (as crc_tab_init). */
+	__atomic_store_n(&crc_shift_ready, true, __ATOMIC_RELEASE);
+}
+
+static inline uint32_t crc_shift(uint32_t zeros[4][256], uint32_t c)
+{
+	return zeros[0][c & 0xff] ^ zeros[1][(c >> 8) & 0xff] ^ zeros[2][(c >> 16) & 0xff] ^
+	       zeros[3][c >> 24];
+}
+
 /* The SSE4.2 crc32 instruction computes exactly the reflected Castagnoli step. */
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
 {
+	if (!__atomic_load_n(&crc_shift_ready, __ATOMIC_ACQUIRE))
+		crc_shift_init();
 	while (n && ((uintptr_t)p & 7)) {
 		c = _mm_crc32_u8(c, *p++);
 		n--;
 	}
-	uint64_t c64 = c;
+	uint64_t c0 = c, c1, c2;
+	while (n >= 3 * CRC_LONG) {
+		c1 = c2 = 0;
+		for (const uint8_t *end = p + CRC_LONG; p < end; p += 8) {
+			c0 = _mm_crc32_u64(c0, load_le64(p));
+			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_LONG));
+			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_LONG));
+		}
+		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c1;
+		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c2;
+		p += 2 * CRC_LONG;
+		n -= 3 * CRC_LONG;
+	}
+	while (n >= 3 * CRC_SHORT) {
+		c1 = c2 = 0;
+		for (const uint8_t *end = p + CRC_SHORT; p < end; p += 8) {
+			c0 = _mm_crc32_u64(c0, load_le64(p));
+			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_SHORT));
+			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_SHORT));
+		}
+		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c1;
+		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c2;
+		p += 2 * CRC_SHORT;
+		n -= 3 * CRC_SHORT;
+	}
 	while (n >= 8) {
-		c64 = _mm_crc32_u64(c64, load_le64(p));
+		c0 = _mm_crc32_u64(c0, load_le64(p));
 		p += 8;
 		n -= 8;
 	}
-	c = (uint32_t)c64;
+	c = (uint32_t)c0;
 	while (n--)
 		c = _mm_crc32_u8(c, *p++);
 	return c;

@@ -267,3 +267,31 @@ Test(wire, message_type_names)
 	for (unsigned t = 1; t < SPA_MSG_TYPE_END; t++)
 		cr_assert_str_neq(spa_msg_type_name(t), "?", "type %u has no name", t);
 }
+
+/* The hardware CRC runs three streams over blocks of 256 and 8192 bytes: lengths around and
+ * across those blocks (3 x 256, 3 x 8192 and beyond) must still equal the software CRC. */
+Test(wire, crc32c_hardware_equals_software_across_its_block_sizes)
+{
+	if (!spa_crc32c_have_hw())
+		cr_skip_test("no SSE4.2 crc32 instruction on this CPU");
+	rng_state = 4242;
+	enum { N = 100000 };
+	uint8_t *buf = malloc(N + 64);
+	for (int i = 0; i < N + 64; i++)
+		buf[i] = (uint8_t)rnd();
+	const size_t edges[] = {767, 768, 769, 1535, 1536, 2048, 24575, 24576, 24577, 49152,
+				 49160, 75000, N};
+	for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++)
+		for (size_t off = 0; off < 9; off++) {
+			uint32_t seed = (uint32_t)rnd();
+			cr_assert_eq(spa_crc32c_hw(seed, buf + off, edges[e]),
+				     spa_crc32c_sw(seed, buf + off, edges[e]), "len %zu off %zu",
+				     edges[e], off);
+		}
+	for (int it = 0; it < 200; it++) {
+		size_t off = rnd_below(64), len = rnd_below(N + 1);
+		cr_assert_eq(spa_crc32c_hw(7, buf + off, len), spa_crc32c_sw(7, buf + off, len),
+			     "len %zu off %zu", len, off);
+	}
+	free(buf);
+}

@@ -61,7 +61,8 @@ static void usage(void)
 	       "  -n, --tokens N    decode steps per measurement (default 32)\n"
 	       "  --prefill A,B     prompt lengths for prefill (default 16,64,256)\n"
 	       "  --mem-budget      also run at 100 %%, 50 %% and 25 %% of the model in memory\n"
-	       "  --cache DIR       where generated models are kept (default bench-models)\n"
+	       "  --cache DIR       where generated models are kept (default $SPA_CACHE_DIR/decode\n"
+	       "                    or ~/.cache/spa/decode)\n"
 	       "  --bw-mib N        buffer of the read-bandwidth test (default 1024 MiB)\n"
 	       "  --json FILE       write the results as JSON\n");
 }
@@ -195,7 +196,15 @@ static int model_path(const struct opts *o, const char *shape, enum spa_dtype ty
 	struct spa_hparams hp;
 	if (spa_gen_shape(shape, &hp) < 0)
 		cli_die(2, "--shape %s: unknown (tiny, default, 1b, llama-7b)", shape);
-	mkdir(o->cache, 0755);
+	char dir[4096];
+	snprintf(dir, sizeof dir, "%s", o->cache);
+	for (char *p = dir + 1; *p; p++) /* mkdir -p */
+		if (*p == '/') {
+			*p = 0;
+			mkdir(dir, 0755);
+			*p = '/';
+		}
+	mkdir(dir, 0755);
 	snprintf(path, size, "%s/%s-%s.gguf", o->cache, shape, spa_dtype_name(type));
 	if (access(path, R_OK) == 0)
 		return 0;
@@ -474,7 +483,14 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 int main(int argc, char **argv)
 {
 	cli_init(argv[0]);
-	struct opts o = { .n_tok = 32, .cache = "bench-models", .bw_bytes = 1024ull << 20 };
+	/* Models live with spa-lat's: $SPA_CACHE_DIR, else ~/.cache/spa/decode. */
+	static char cache[400];
+	const char *env = getenv("SPA_CACHE_DIR"), *home = getenv("HOME");
+	if (env && *env)
+		snprintf(cache, sizeof cache, "%s/decode", env);
+	else
+		snprintf(cache, sizeof cache, "%s/.cache/spa/decode", home ? home : "/tmp");
+	struct opts o = { .n_tok = 32, .cache = cache, .bw_bytes = 1024ull << 20 };
 	char *list[MAX_LIST];
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];

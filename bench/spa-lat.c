@@ -22,6 +22,7 @@
 struct row {
 	enum spa_method method;
 	double param_pct, M, infer_ms, net_ms, total_ms, p50, p99, out_pt, in_pt, cloud_ms, edge_ms;
+	double cc_tx, cc_rx, ec_tx, ec_rx; /* payload bytes copied per message, each side */
 	unsigned n_side, n_xchg;
 };
 
@@ -42,7 +43,8 @@ static void usage(void)
 	       "  --model FILE          base model (default: made and cached: --shape, --type)\n"
 	       "  --shape S             shape of the made model: tiny, default, 1b, llama-7b\n"
 	       "                        (default: default)\n"
-	       "  --type T              f32 or f16 weights of the made model (default f16)\n"
+	       "  --type T              weights of the made model: f32, f16, bf16, q8_0, q4_0, q4_k,\n"
+	       "                        q6_k (default f16)\n"
 	       "  --split X             cloud-linear | edge-all (default cloud-linear)\n"
 	       "  --merge Y             add | replace (default add)\n"
 	       "  --side-fraction F     SPA classifier calibration target (default 0.6)\n"
@@ -237,8 +239,9 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--type")) {
 			const char *s = cli_value(argc, argv, &i);
 			v = spa_dtype_from_name(s);
-			if (v != SPA_TYPE_F32 && v != SPA_TYPE_F16)
-				cli_die(2, "--type: '%s' is not f32 or f16", s);
+			if (v < 0 || !spa_kernels_supports((enum spa_dtype)v))
+				cli_die(2, "--type: '%s' is not one of f32, f16, bf16, q8_0, q4_0, q4_k, "
+					"q6_k", s);
 			type = (enum spa_dtype)v;
 		} else if (!strcmp(a, "--split")) {
 			const char *s = cli_value(argc, argv, &i);
@@ -445,6 +448,10 @@ int main(int argc, char **argv)
 			r->cloud_ms = json_num(j_text, "cloud_ms");
 			r->edge_ms = json_num(j_text, "edge_ms");
 			r->n_side = (unsigned)json_num(j_text, "n_side");
+			r->cc_tx = json_num(j_text, "cloud_copied_tx_per_msg");
+			r->cc_rx = json_num(j_text, "cloud_copied_rx_per_msg");
+			r->ec_tx = json_num(j_text, "edge_copied_tx_per_msg");
+			r->ec_rx = json_num(j_text, "edge_copied_rx_per_msg");
 			r->n_xchg = (unsigned)json_num(j_text, "n_xchg");
 			free(j_text);
 		}
@@ -475,6 +482,12 @@ int main(int argc, char **argv)
 		printf("\nInfer. = cloud compute + edge compute, Net. = blocking exchange wall time - "
 		       "edge compute,\nTotal = wall time of the %u decode steps; M = blocking "
 		       "exchanges / tokens, counted.\n", tokens);
+		printf("Payload bytes copied per message (zero copy: 0 on send, at most the payload on "
+		       "receive):\n");
+		for (int j = 0; j < n_rows; j++)
+			printf("  %-8s cloud send %.0f, edge receive %.0f; edge send %.0f, cloud receive "
+			       "%.0f\n", method_title(rows[j].method), rows[j].cc_tx, rows[j].ec_rx,
+			       rows[j].ec_tx, rows[j].cc_rx);
 		for (int j = 0; j < n_rows; j++)
 			if (rows[j].method == SPA_METHOD_SPA)
 				printf("SPA side path: %u of %u tokens (classifier calibrated to %.2f)\n",
@@ -489,10 +502,13 @@ int main(int argc, char **argv)
 					"\"infer_ms\": %.3f, \"net_ms\": %.3f, \"total_ms\": %.3f, "
 					"\"token_ms_p50\": %.3f, \"token_ms_p99\": %.3f, "
 					"\"bytes_out_per_token\": %.1f, \"bytes_in_per_token\": %.1f, "
-					"\"cloud_ms\": %.3f, \"edge_ms\": %.3f, \"n_side\": %u}",
+					"\"cloud_ms\": %.3f, \"edge_ms\": %.3f, \"n_side\": %u, "
+					"\"cloud_copied_tx_per_msg\": %.1f, \"edge_copied_rx_per_msg\": %.1f, "
+					"\"edge_copied_tx_per_msg\": %.1f, \"cloud_copied_rx_per_msg\": %.1f}",
 					j ? ", " : "", spa_method_name(r->method), r->param_pct, r->M,
 					r->infer_ms, r->net_ms, r->total_ms, r->p50, r->p99, r->out_pt,
-					r->in_pt, r->cloud_ms, r->edge_ms, r->n_side);
+					r->in_pt, r->cloud_ms, r->edge_ms, r->n_side, r->cc_tx, r->ec_rx,
+					r->ec_tx, r->cc_rx);
 			}
 			fprintf(jf, "]}");
 		}

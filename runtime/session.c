@@ -19,7 +19,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 #define HELLO_SIZE 56u
 #define HELLO_OK_SIZE 64u
 #define PROMPT_HDR 32u
-#define DONE_HDR 112u
+#define DONE_HDR 144u
 
 static uint64_t now_ns(void)
 {
@@ -770,6 +770,11 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 	put_u64(d + 72, gs.base_params);
 	put_u64(d + 80, gs.plugin_params);
 	put_u32(d + 88, gs.n_layers);
+	/* The cloud's side of the copy accounting (the edge has its own link's). */
+	put_u64(d + 96, ls->copied_tx);
+	put_u64(d + 104, ls->copied_rx);
+	put_u64(d + 112, ls->msgs_tx + 1); /* + this DONE */
+	put_u64(d + 120, ls->msgs_rx);
 	memcpy(d + DONE_HDR, s->step_ns, 8ull * n_gen);
 	struct spa_msg dm = {.type = SPA_MSG_DONE, .session = s->sid};
 	if ((rc = spa_link_send(s->l, &dm, d, dlen)) < 0)
@@ -1003,6 +1008,10 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 	if (!gs->plugin_params && cfg->method != SPA_METHOD_BASE)
 		gs->plugin_params = p->n_params; /* lora/adapter: nothing of it is on the cloud */
 	gs->n_layers = get_u32(d + 88);
+	gs->cloud_copied_tx = get_u64(d + 96);
+	gs->cloud_copied_rx = get_u64(d + 104);
+	gs->cloud_msgs_tx = get_u64(d + 112);
+	gs->cloud_msgs_rx = get_u64(d + 120);
 	gs->step_ns = malloc(8ull * (gs->n_tokens ? gs->n_tokens : 1));
 	if (!gs->step_ns) {
 		rc = -ENOMEM;

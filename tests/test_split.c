@@ -341,3 +341,64 @@ Test(split, too_long_a_request_is_refused_with_a_message)
 	cr_assert_str_eq(got, want);
 	cr_assert_eq(wait_cloud(cloud, 30), 0);
 }
+
+/* Every weight format: a tiny model made in it, a side plugin made for it, and cloud + edge
+ * over shm give exactly spa-run's tokens (greedy and sampled), for spa and lora. */
+Test(split, every_weight_format)
+{
+	static const char *types[] = {"f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"};
+	char *dir = tu_tmpdir();
+	for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+		char base[256], side[256], lora[256], uri[128];
+		snprintf(base, sizeof base, "%s/tiny-%s.gguf", dir, types[t]);
+		snprintf(side, sizeof side, "%s/tiny-%s-side.gguf", dir, types[t]);
+		snprintf(lora, sizeof lora, "%s/tiny-%s-lora.gguf", dir, types[t]);
+		struct spa_hparams hp;
+		struct spa_errbuf e = {{0}};
+		int ty = spa_dtype_from_name(types[t]);
+		cr_assert_geq(ty, 0);
+		cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+		cr_assert_eq(spa_gen_base(&hp, (enum spa_dtype)ty, 1, base, false, &e), 0, "%s: %s",
+			     types[t], e.msg);
+		struct spa_model *m = NULL;
+		cr_assert_eq(spa_model_load(&m, base, false, &e), 0, "%s: %s", types[t], e.msg);
+		struct spa_plugin_gen_params gs = {.kind = SPA_PLUGIN_SIDE, .seed = 2,
+						   .side_fraction = 0.5f};
+		struct spa_plugin_gen_params gl = {.kind = SPA_PLUGIN_LORA, .seed = 2};
+		cr_assert_eq(spa_plugin_generate(m, &gs, side, &e), 0, "%s", e.msg);
+		cr_assert_eq(spa_plugin_generate(m, &gl, lora, &e), 0, "%s", e.msg);
+		spa_model_destroy(m);
+
+		make_uri(uri, sizeof uri, "shm");
+		char cmd[4096];
+		snprintf(cmd, sizeof cmd, "exec %s -m %s --link %s -t 1 --sessions 4 --timeout 10 -q "
+			 ">%s/cloud-%s.log 2>&1", tu_program("spa-cloud"), base, uri, dir, types[t]);
+		pid_t cloud = fork();
+		cr_assert_geq(cloud, 0);
+		if (cloud == 0) {
+			execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+			_exit(127);
+		}
+		if (n_clouds < 8)
+			clouds[n_clouds++] = cloud;
+		const char *methods[2] = {"spa", "lora"};
+		for (int k = 0; k < 2; k++)
+			for (int s = 0; s < 2; s++) {
+				const char *plug = k ? lora : side;
+				char want[4096], got[4096], err[4096];
+				snprintf(cmd, sizeof cmd, "%s -m %s --plugin %s --method %s -p '%s' -n %d "
+					 "--ids -t 1 %s 2>/dev/null", tu_program("spa-run"), base, plug,
+					 methods[k], prompt, N_TOK, sampling[s]);
+				cr_assert_eq(tu_run(cmd, want, sizeof want, 0), 0, "%s: spa-run failed",
+					     types[t]);
+				int rc = run_edge(uri, methods[k], "cloud-linear", "add", sampling[s],
+						  plug, got, sizeof got, NULL, 0, err, sizeof err);
+				cr_assert_eq(rc, 0, "%s %s: %s", types[t], methods[k], err);
+				cr_assert_str_eq(got, want, "%s %s %s: edge+cloud gave\n%s\nspa-run "
+						 "gave\n%s", types[t], methods[k],
+						 s ? "sampled" : "greedy", got, want);
+			}
+		cr_assert_eq(wait_cloud(cloud, 30), 0, "%s: spa-cloud did not end cleanly",
+			     types[t]);
+	}
+}

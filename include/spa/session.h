@@ -114,6 +114,9 @@ struct spa_gen_stats {
 	uint64_t base_params, plugin_params;
 	uint32_t n_layers;
 	uint64_t *step_ns;        /* n_tokens per-token wall times (owned by the holder) */
+	/* The cloud link's payload bytes copied on send / receive and its messages each way,
+	 * over the whole session (zero-copy accounting; 0 in spa-run). */
+	uint64_t cloud_copied_tx, cloud_copied_rx, cloud_msgs_tx, cloud_msgs_rx;
 };
 
 struct spa_cloud_opts {

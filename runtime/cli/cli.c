@@ -145,6 +145,11 @@ void cli_print_token(void *ctx, int32_t id)
 	p->n++;
 }
 
+static double per_msg(uint64_t bytes, uint64_t msgs)
+{
+	return msgs ? (double)bytes / msgs : 0;
+}
+
 int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t edge_wall_ns,
 	       const struct spa_link_stats *link, const char *link_name, const char *path)
 {
@@ -178,14 +183,20 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 		"\"token_ms_p50\": %.3f, \"token_ms_p99\": %.3f, \"bytes_out_per_token\": %.1f, "
 		"\"bytes_in_per_token\": %.1f, \"prefill_ms\": %.3f, \"prefill_xchg\": %llu, "
 		"\"tok_s\": %.2f, \"edge_wall_ms\": %.3f, \"link_bytes_tx\": %llu, "
-		"\"link_bytes_rx\": %llu}\n",
+		"\"link_bytes_rx\": %llu, \"cloud_copied_tx_per_msg\": %.1f, "
+		"\"cloud_copied_rx_per_msg\": %.1f, \"edge_copied_tx_per_msg\": %.1f, "
+		"\"edge_copied_rx_per_msg\": %.1f}\n",
 		spa_method_name(g->cfg.method), spa_split_name(g->cfg.split),
 		spa_merge_name(g->cfg.merge), link_name, s->n_layers, s->n_tokens, s->n_prompt, pct,
 		M, s->n_xchg, s->n_side, infer, (s->wall_ns - s->xchg_ns) / 1e6, s->edge_ns / 1e6,
 		net, total, p50, p99, s->bytes_out / n, s->bytes_in / n, s->prefill_ns / 1e6,
 		(unsigned long long)s->prefill_xchg, tok_s, edge_wall_ns / 1e6,
 		(unsigned long long)(link ? link->bytes_tx : 0),
-		(unsigned long long)(link ? link->bytes_rx : 0));
+		(unsigned long long)(link ? link->bytes_rx : 0),
+		per_msg(s->cloud_copied_tx, s->cloud_msgs_tx),
+		per_msg(s->cloud_copied_rx, s->cloud_msgs_rx),
+		link ? per_msg(link->copied_tx, link->msgs_tx) : 0,
+		link ? per_msg(link->copied_rx, link->msgs_rx) : 0);
 	fclose(f);
 	return 0;
 }

@@ -310,6 +310,9 @@ int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t 
 		return -ENOMEM;
 	e->p = p;
 	e->max_batch = max_batch ? max_batch : DEFAULT_BATCH;
+	/* The plain chain by default: bench/decode measured the fused one slower here (it
+	 * reloads its r-wide accumulators per tile); spa_edge_set_unfused(e, false) selects it. */
+	e->unfused = true;
 	size_t n = (size_t)(p->n_layers + 1) * p->rank + p->rank + p->n_embd + p->rank + 16;
 	if (p->kind == SPA_PLUGIN_SIDE && spa_engine_side_chain_scratch(p) > n)
 		n = spa_engine_side_chain_scratch(p);

@@ -962,7 +962,7 @@ static int get_uint(const struct spa_gguf *g, const char *key, uint64_t max, con
 int spa_gguf_get_u32(const struct spa_gguf *g, const char *key, uint32_t *out,
 		     struct spa_errbuf *err)
 {
-	uint64_t v;
+	uint64_t v = 0; /* set whenever rc == 0; initialised for -O3's flow analysis */
 	int rc = get_uint(g, key, UINT32_MAX, "u32", &v, err);
 	if (rc == 0)
 		*out = (uint32_t)v;

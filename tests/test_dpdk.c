@@ -591,12 +591,16 @@ static const char *plugin_for(const char *method)
 	return tu_tiny_plugin("side");
 }
 
-static void check_split(const char *method)
+/* Cloud and edge as programs over the given URIs (each side's command prefixed, e.g. with
+ * `ip netns exec NS`); for both splits and both sampling modes their tokens must equal
+ * spa-run's. */
+static void check_split_over(const char *method, const char *cloud_uri, const char *edge_uri,
+			     const char *cloud_pre, const char *edge_pre, const char *dir)
 {
-	char uri[256], cmd[4096], *dir = tu_tmpdir();
-	snprintf(uri, sizeof uri, "memif:%s/split.sock", dir);
-	snprintf(cmd, sizeof cmd, "exec %s -m %s --link %s -t 1 --sessions 4 --timeout 20 -q "
-		 ">%s/cloud.log 2>&1", tu_program("spa-cloud"), tu_tiny_model(), uri, dir);
+	char cmd[4096];
+	snprintf(cmd, sizeof cmd, "exec %s%s -m %s --link '%s' -t 1 --sessions 4 --timeout 20 -q "
+		 ">%s/cloud.log 2>&1", cloud_pre, tu_program("spa-cloud"), tu_tiny_model(),
+		 cloud_uri, dir);
 	pid_t cloud = fork_kid();
 	if (cloud == 0) {
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -611,10 +615,10 @@ static void check_split(const char *method)
 				 tu_tiny_model(), plugin_for(method), method, splits[sp], prompt, N_TOK,
 				 sampling[k]);
 			cr_assert_eq(tu_run(cmd, want, sizeof want, 0), 0, "spa-run failed: %s", cmd);
-			snprintf(cmd, sizeof cmd, "%s --link %s --plugin %s --method %s --split %s "
-				 "-p '%s' -n %d --ids --timeout 20 %s 2>%s/edge.err",
-				 tu_program("spa-edge"), uri, plugin_for(method), method, splits[sp],
-				 prompt, N_TOK, sampling[k], dir);
+			snprintf(cmd, sizeof cmd, "%s%s --link '%s' --plugin %s --method %s --split %s "
+				 "-p '%s' -n %d --ids --timeout 20 %s 2>%s/edge.err", edge_pre,
+				 tu_program("spa-edge"), edge_uri, plugin_for(method), method,
+				 splits[sp], prompt, N_TOK, sampling[k], dir);
 			int rc = tu_run(cmd, got, sizeof got, 0);
 			snprintf(cmd, sizeof cmd, "%s/edge.err", dir);
 			size_t n;
@@ -623,14 +627,36 @@ static void check_split(const char *method)
 			free(e);
 			if (rc && strstr(err, "EAL could not start"))
 				cr_skip_test("%s", err);
-			cr_assert_eq(rc, 0, "spa-edge %s %s over memif failed: %s", method, splits[sp],
-				     err);
-			cr_assert_str_eq(got, want, "%s %s %s over memif: edge+cloud gave\n%s\nspa-run "
-					 "gave\n%s", method, splits[sp], k ? "sampled" : "greedy", got,
-					 want);
+			cr_assert_eq(rc, 0, "spa-edge %s %s over %s failed: %s", method, splits[sp],
+				     edge_uri, err);
+			cr_assert_str_eq(got, want, "%s %s %s over %s: edge+cloud gave\n%s\nspa-run "
+					 "gave\n%s", method, splits[sp], k ? "sampled" : "greedy",
+					 edge_uri, got, want);
 		}
-	cr_assert_eq(wait_kid(cloud, 30), 0, "spa-cloud over memif did not end cleanly (see %s/"
-		     "cloud.log)", dir);
+	cr_assert_eq(wait_kid(cloud, 30), 0, "spa-cloud over %s did not end cleanly (see %s/"
+		     "cloud.log)", cloud_uri, dir);
+}
+
+static void check_split(const char *method)
+{
+	char uri[256], *dir = tu_tmpdir();
+	snprintf(uri, sizeof uri, "memif:%s/split.sock", dir);
+	check_split_over(method, uri, uri, "", "", dir);
+}
+
+/* The same over af_packet: the cloud in one namespace, the edge in the other, joined by a
+ * veth pair (MTU 1500, so the larger messages travel as several frames). */
+Test(dpdk, split_equals_local_over_af_packet_on_veth)
+{
+	char mac[64], curi[256], euri[256], cpre[128], epre[128];
+	make_veth(mac, sizeof mac);
+	snprintf(curi, sizeof curi, "dpdk:af_packet?iface=spa-va");
+	snprintf(euri, sizeof euri, "dpdk:af_packet?iface=spa-vb&peer=%s", mac);
+	snprintf(cpre, sizeof cpre, "ip netns exec %s ", netns[0]);
+	snprintf(epre, sizeof epre, "ip netns exec %s ", netns[1]);
+	const char *methods[] = {"lora", "adapter", "lst", "spa"};
+	for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+		check_split_over(methods[i], curi, euri, cpre, epre, tu_tmpdir());
 }
 
 Test(dpdk, split_equals_local_over_memif_lora) { check_split("lora"); }

@@ -298,6 +298,19 @@ static void check_dot(const char *what, enum spa_dtype t, uint64_t n, float got,
 		  (double)got, ref, fabs((double)got - ref), mag);
 }
 
+/* x quantized for the integer dots (scalar quantizer), then decoded: q * d. */
+static float *dequant_q8x(const float *x, uint64_t n)
+{
+	struct spa_block_q8x *q = malloc(n / 32 * sizeof *q);
+	float *y = malloc(n * sizeof(float));
+	cr_assert(q && y);
+	spa_quantize_x_scalar(x, q, n);
+	for (uint64_t i = 0; i < n; i++)
+		y[i] = q[i / 32].qs[i % 32] * q[i / 32].d;
+	free(q);
+	return y;
+}
+
 Test(quant, simd_dot_matches_scalar)
 {
 	static const uint64_t sizes[] = { 32, 64, 256, 4096, 11008 };
@@ -319,11 +332,20 @@ Test(quant, simd_dot_matches_scalar)
 				tu_rand(x, n, 2000 + n + (uint64_t)rep, 1.0f);
 				void *q = quantize(t, w, n);
 				spa_dequant_row(t, q, wd, n);
+				/* Q8_0 and Q4_0 multiply with x quantized to 8 bits: the reference
+				 * takes the activations the dot sees */
+				const float *xr = x;
+				float *xd = NULL;
+				if (sc->dot_q8x[t]) {
+					xd = dequant_q8x(x, n);
+					xr = xd;
+				}
 				double ref = 0, mag = 0;
 				for (uint64_t i = 0; i < n; i++) {
-					ref += (double)wd[i] * x[i];
-					mag += fabs((double)wd[i] * x[i]);
+					ref += (double)wd[i] * xr[i];
+					mag += fabs((double)wd[i] * xr[i]);
 				}
+				free(xd);
 				float s_dot = sc->dot[t](q, x, n);
 				check_dot("scalar", t, n, s_dot, ref, mag, 1e-5);
 				if (simd) {
@@ -338,6 +360,309 @@ Test(quant, simd_dot_matches_scalar)
 			free(wd);
 		}
 	}
+}
+
+/* ---- integer dots with quantized activations ------------------------------------------ */
+
+static uint64_t lcg(uint64_t *st)
+{
+	*st = *st * 6364136223846793005ull + 1442695040888963407ull;
+	return *st >> 33;
+}
+
+/* n activations with blocks of very different magnitudes, some exactly zero, some below the
+ * quantizer's 2^-100 floor, and exact ties (x * id = k + 0.5 once scaled). */
+static void awkward_x(float *x, uint64_t n, uint64_t seed)
+{
+	tu_rand(x, n, seed, 1.0f);
+	for (uint64_t b = 0; b < n / 32; b++) {
+		float *xb = x + 32 * b;
+		switch ((b + seed) % 7) {
+		case 1:
+			memset(xb, 0, 32 * sizeof(float));
+			break;
+		case 2:
+			for (int j = 0; j < 32; j++)
+				xb[j] *= 0x1p-110f;
+			break;
+		case 3:
+			for (int j = 0; j < 32; j++)
+				xb[j] *= 1000.0f;
+			break;
+		case 4: /* amax 127: id = 1, x = k + 0.5 are ties, rounded to even */
+			for (int j = 0; j < 32; j++)
+				xb[j] = (float)(j - 16) + 0.5f;
+			xb[0] = -127.0f;
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+/* Random weight rows: Q8_0 with arbitrary bytes (levels -128 too, which no ggml quantizer
+ * writes but a file may hold), Q4_0 and Q6_K with arbitrary levels; random finite fp16
+ * scales. */
+static void *random_qrow(enum spa_dtype t, uint64_t n, uint64_t seed)
+{
+	uint64_t size, st = seed;
+	cr_assert_eq(spa_dtype_row_size(t, n, &size), 0);
+	uint8_t *r = malloc(size);
+	cr_assert(r);
+	for (uint64_t i = 0; i < size; i++)
+		r[i] = (uint8_t)lcg(&st);
+	/* the fp16 scale: at the start of a Q8_0/Q4_0 block, at the end of a Q6_K one (whose
+	 * int8 sub-block scales stay arbitrary, -128 included) */
+	size_t bs = t == SPA_TYPE_Q8_0 ? 34 : t == SPA_TYPE_Q4_0 ? 18 : 210;
+	size_t at = t == SPA_TYPE_Q6_K ? 208 : 0;
+	for (uint64_t b = 0; b < size / bs; b++) {
+		uint16_t d = spa_fp32_to_fp16(((float)(lcg(&st) % 2001) - 1000.0f) * 1e-4f);
+		memcpy(r + b * bs + at, &d, 2);
+	}
+	return r;
+}
+
+/* Integer weight of element j of 32-element block b of a row, and its float scale: the level
+ * and d for Q8_0 and Q4_0, (level - 32) * sub-block scale and d for Q6_K. */
+static int qlevel(enum spa_dtype t, const void *row, uint64_t b, int j, float *d)
+{
+	if (t == SPA_TYPE_Q6_K) {
+		const struct spa_block_q6_K *q = (const struct spa_block_q6_K *)row + b / 8;
+		int e = (int)(b % 8) * 32 + j, h = e / 128, t2 = e % 128, g = t2 / 32, l = t2 % 32;
+		int lo = (q->ql[64 * h + l + (g % 2 ? 32 : 0)] >> (g >= 2 ? 4 : 0)) & 15;
+		int hi = (q->qh[32 * h + l] >> (2 * g)) & 3;
+		*d = spa_fp16_to_fp32(q->d);
+		return ((lo | hi << 4) - 32) * q->scales[e / 16];
+	}
+	if (t == SPA_TYPE_Q8_0) {
+		const struct spa_block_q8_0 *q = (const struct spa_block_q8_0 *)row + b;
+		*d = spa_fp16_to_fp32(q->d);
+		return q->qs[j];
+	}
+	const struct spa_block_q4_0 *q = (const struct spa_block_q4_0 *)row + b;
+	*d = spa_fp16_to_fp32(q->d);
+	return ((q->qs[j % 16] >> (4 * (j / 16))) & 15) - 8;
+}
+
+static const uint64_t int_blocks[] = { 1, 2, 3, 7, 8, 9, 63, 64, 65, 127, 129, 344, 2047,
+				       2048, 2049, 2056 };
+/* The types with integer dots; Q6_K rows take block counts that are multiples of 8. */
+static const enum spa_dtype int_types[] = { SPA_TYPE_Q8_0, SPA_TYPE_Q4_0, SPA_TYPE_Q6_K };
+#define N_INT_TYPES 3
+#define INT_SKIP(t, nb) ((t) == SPA_TYPE_Q6_K && (nb) % 8)
+
+Test(quant, integer_dots_scalar_and_avx2_give_the_same_bits)
+{
+	if (!spa_kernels_cpu_has_avx2())
+		cr_skip_test("this CPU lacks AVX2/FMA/F16C: no second variant to compare");
+	const struct spa_kernels_ops *sc = &spa_kernels_ops_scalar, *av = &spa_kernels_ops_avx2;
+	const enum spa_dtype *ts = int_types;
+	for (size_t s = 0; s < sizeof int_blocks / sizeof int_blocks[0]; s++) {
+		uint64_t nb = int_blocks[s], n = 32 * nb;
+		float *x = malloc(n * sizeof(float));
+		struct spa_block_q8x *qs = malloc(nb * sizeof *qs), *qa = malloc(nb * sizeof *qa);
+		cr_assert(x && qs && qa);
+		for (int rep = 0; rep < 3; rep++) {
+			awkward_x(x, n, 31 * nb + (uint64_t)rep);
+			sc->quantize_x(x, qs, n);
+			av->quantize_x(x, qa, n);
+			cr_assert_eq(memcmp(qs, qa, nb * sizeof *qs), 0,
+				     "quantize_x: scalar and avx2 differ, %llu blocks",
+				     (unsigned long long)nb);
+			for (size_t k = 0; k < N_INT_TYPES; k++) {
+				if (INT_SKIP(ts[k], nb))
+					continue;
+				void *w = random_qrow(ts[k], n, 77 * nb + k + (uint64_t)rep);
+				float a = sc->dot_q8x[ts[k]](w, qs, n);
+				float b = av->dot_q8x[ts[k]](w, qs, n);
+				cr_assert_eq(memcmp(&a, &b, 4), 0, "%s %llu blocks: %a vs %a",
+					     spa_dtype_name(ts[k]), (unsigned long long)nb,
+					     (double)a, (double)b);
+				/* the f32-x dots quantize x themselves: the same bits */
+				float c = sc->dot[ts[k]](w, x, n), e = av->dot[ts[k]](w, x, n);
+				cr_assert_eq(memcmp(&a, &c, 4), 0, "%s scalar dot vs dot_q8x",
+					     spa_dtype_name(ts[k]));
+				cr_assert_eq(memcmp(&a, &e, 4), 0, "%s avx2 dot vs dot_q8x",
+					     spa_dtype_name(ts[k]));
+				free(w);
+			}
+		}
+		free(x);
+		free(qs);
+		free(qa);
+	}
+}
+
+/* The activation quantizer: |x - q d| <= d / 2 (plus the rounding of x * id), |q| <= 127,
+ * zero blocks below the floor, NaN scale (and so NaN dots) for non-finite input. */
+Test(quant, activation_quantizer_rounds_to_nearest_within_half_a_step)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	const uint64_t nb = 700, n = 32 * nb;
+	float *x = malloc(n * sizeof(float));
+	struct spa_block_q8x *q = malloc(nb * sizeof *q);
+	cr_assert(x && q);
+	awkward_x(x, n, 5);
+	for (int k = 0; k < nv; k++) {
+		v[k]->quantize_x(x, q, n);
+		for (uint64_t b = 0; b < nb; b++) {
+			float amax = 0;
+			for (int j = 0; j < 32; j++)
+				amax = fmaxf(amax, fabsf(x[32 * b + j]));
+			if (amax < 0x1p-100f) {
+				cr_assert_eq(q[b].d, 0.0f);
+				for (int j = 0; j < 32; j++)
+					cr_assert_eq(q[b].qs[j], 0);
+				continue;
+			}
+			cr_assert_eq(q[b].d, amax / 127.0f);
+			for (int j = 0; j < 32; j++) {
+				double e = fabs((double)x[32 * b + j] - (double)q[b].qs[j] * q[b].d);
+				cr_assert(q[b].qs[j] >= -127 && q[b].qs[j] <= 127);
+				cr_assert(e <= 0.5 * q[b].d * (1 + 1e-5), "%s block %llu elem %d: "
+					  "%a -> %d * %a", v[k]->name, (unsigned long long)b, j,
+					  (double)x[32 * b + j], q[b].qs[j], (double)q[b].d);
+			}
+			if ((b + 5) % 7 == 4) { /* the ties block: d = id = 1, k + 0.5 to even */
+				cr_assert_eq(q[b].d, 1.0f);
+				for (int j = 1; j < 32; j++)
+					cr_assert_eq(q[b].qs[j], (int)nearbyint((j - 16) + 0.5),
+						     "%s: %g -> %d", v[k]->name, (j - 16) + 0.5,
+						     q[b].qs[j]);
+			}
+		}
+		float y[64];
+		for (int j = 0; j < 64; j++)
+			y[j] = (float)j;
+		y[40] = NAN;
+		struct spa_block_q8x qn[2];
+		v[k]->quantize_x(y, qn, 64);
+		cr_assert(qn[0].d > 0 && isnan(qn[1].d), "%s", v[k]->name);
+		y[40] = -INFINITY;
+		v[k]->quantize_x(y, qn, 64);
+		cr_assert(isnan(qn[1].d));
+		void *w = random_qrow(SPA_TYPE_Q8_0, 64, 3);
+		cr_assert(isnan(v[k]->dot[SPA_TYPE_Q8_0](w, y, 64)), "%s", v[k]->name);
+		free(w);
+	}
+	free(x);
+	free(q);
+}
+
+/* Against the exact value of what the dot computes: sum over blocks of d_w d_x sum(q_w q_x)
+ * in double (exact: integers and products of two floats). Each block's float term carries two
+ * roundings (d_w * d_x, times the integer sum), each lane sum of nb terms nb - 1 more, the
+ * final combination of the 8 lanes 3: |error| <= (nb + 5) 2^-24 sum |term|. */
+Test(quant, integer_dots_match_exact_reference_within_rounding_bound)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	const enum spa_dtype *ts = int_types;
+	for (size_t s = 0; s < sizeof int_blocks / sizeof int_blocks[0]; s++) {
+		uint64_t nb = int_blocks[s], n = 32 * nb;
+		float *x = malloc(n * sizeof(float));
+		struct spa_block_q8x *q = malloc(nb * sizeof *q);
+		cr_assert(x && q);
+		awkward_x(x, n, 1000 + nb);
+		spa_quantize_x_scalar(x, q, n);
+		for (size_t k = 0; k < N_INT_TYPES; k++) {
+			if (INT_SKIP(ts[k], nb))
+				continue;
+			void *w = random_qrow(ts[k], n, 5000 + nb + k);
+			double ref = 0, mag = 0;
+			for (uint64_t b = 0; b < nb; b++) {
+				float dw;
+				int64_t sum = 0;
+				for (int j = 0; j < 32; j++)
+					sum += (int64_t)qlevel(ts[k], w, b, j, &dw) * q[b].qs[j];
+				double term = (double)dw * (double)q[b].d * (double)sum;
+				ref += term;
+				for (int j = 0; j < 32; j++)
+					mag += fabs((double)dw * q[b].d * qlevel(ts[k], w, b, j, &dw) *
+						    q[b].qs[j]);
+			}
+			double bound = (double)(nb + 5) * 0x1p-24 * mag;
+			for (int i = 0; i < nv; i++) {
+				float got = v[i]->dot_q8x[ts[k]](w, q, n);
+				cr_assert(fabs((double)got - ref) <= bound, "%s %s %llu blocks: %.9g "
+					  "vs %.9g (bound %.3g)", v[i]->name, spa_dtype_name(ts[k]),
+					  (unsigned long long)nb, (double)got, ref, bound);
+			}
+			free(w);
+		}
+		free(x);
+		free(q);
+	}
+}
+
+/* Rows long enough for the activation buffer to matter: 128 blocks (a batch goes through in
+ * sub-batches of 16), and 2056 blocks (past the 64 Ki-element buffer: the dots quantize x
+ * row by row). Matvec bit-identical for 1, 2, 3 threads, each element the bits of dot_q8x on
+ * quantize_x(x); matmul of a batch the bits of repeated matvec. */
+Test(quant, integer_matvec_and_matmul_bits_for_long_rows_and_batches)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	struct spa_pool *pools[3];
+	for (int p = 0; p < 3; p++)
+		cr_assert_eq(spa_pool_create(&pools[p], p + 1, NULL), 0);
+	static const uint64_t shapes[][3] = { /* cols, rows, batch */
+		{ 4096, 37, 37 }, { 32 * 2056, 5, 3 }, { 256, 9, 70 }, { 32, 9, 70 },
+	};
+	const enum spa_dtype *ts = int_types;
+	for (size_t sh = 0; sh < 4; sh++) {
+		uint64_t cols = shapes[sh][0], rows = shapes[sh][1];
+		uint32_t nbat = (uint32_t)shapes[sh][2];
+		float *x = malloc(nbat * cols * sizeof(float));
+		float *y1 = malloc(rows * 4), *yp = malloc(rows * 4), *ym = malloc(nbat * rows * 4);
+		struct spa_block_q8x *q = malloc(cols / 32 * sizeof *q);
+		cr_assert(x && y1 && yp && ym && q);
+		awkward_x(x, nbat * cols, 9 + sh);
+		for (size_t k = 0; k < N_INT_TYPES; k++) {
+			if (INT_SKIP(ts[k], cols / 32))
+				continue;
+			uint64_t rs;
+			cr_assert_eq(spa_dtype_row_size(ts[k], cols, &rs), 0);
+			uint8_t *w = random_qrow(ts[k], cols * rows, 40 + sh + k);
+			struct spa_tensor tw = { ts[k], cols, rows, w };
+			for (int i = 0; i < nv; i++) {
+				const struct spa_kernels_ops *ops = v[i];
+				spa_matvec_ops(ops, pools[0], &tw, x, y1);
+				ops->quantize_x(x, q, cols);
+				for (uint64_t r = 0; r < rows; r++) {
+					float d = ops->dot_q8x[ts[k]](w + r * rs, q, cols);
+					cr_assert_eq(memcmp(&d, &y1[r], 4), 0, "%s %s row %llu",
+						     ops->name, spa_dtype_name(ts[k]),
+						     (unsigned long long)r);
+				}
+				for (int p = 1; p < 3; p++) {
+					spa_matvec_ops(ops, pools[p], &tw, x, yp);
+					cr_assert_eq(memcmp(y1, yp, rows * 4), 0, "%s %s: %d threads",
+						     ops->name, spa_dtype_name(ts[k]), p + 1);
+				}
+				for (int p = 0; p < 3; p += 2) {
+					spa_matmul_ops(ops, pools[p], &tw, x, ym, nbat);
+					for (uint32_t b = 0; b < nbat; b++) {
+						spa_matvec_ops(ops, pools[1], &tw, x + b * cols, yp);
+						cr_assert_eq(memcmp(ym + b * rows, yp, rows * 4), 0,
+							     "%s %s %llux%llu: matmul vector %u",
+							     ops->name, spa_dtype_name(ts[k]),
+							     (unsigned long long)rows,
+							     (unsigned long long)cols, b);
+					}
+				}
+			}
+			free(w);
+		}
+		free(x);
+		free(y1);
+		free(yp);
+		free(ym);
+		free(q);
+	}
+	for (int p = 0; p < 3; p++)
+		spa_pool_destroy(pools[p]);
 }
 
 Test(quant, dispatch_is_fixed_per_process)

@@ -61,7 +61,11 @@ enum spa_dtype spa_quantize_tensor_type(enum spa_dtype ftype, const char *name, 
  * 32; -1 for any other type. */
 int spa_quantize_ftype(enum spa_dtype ftype);
 
-/* y[rows] = W x[cols]. Rows split across the pool. */
+/* y[rows] = W x[cols]. Rows split across the pool. For Q8_0, Q4_0 and Q6_K weights x is first
+ * quantized to 8 bits per block of 32 (an f32 scale per block, as llama.cpp's Q8_0
+ * activations) and the rows are integer dot products, so the activations take a rounding of
+ * at most half a step (amax / 254 per block) that F32/F16/BF16/Q4_K rows do not; x is
+ * quantized once per call, so the bits still do not depend on the thread count. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
 /* Y[n][rows] = X[n][cols] W^T, row-major, for a batch of n vectors (prefill). Same per-element
  * summation order as spa_matvec, so a batch gives the same bits as n single calls. */

@@ -1,8 +1,9 @@
 /* spa: CPU kernels, scalar reference and run-time dispatch (see include/spa/kernels.h).
  *
  * Determinism is the contract: each output element of a matvec/matmul is one call of the
- * variant's dot routine on one thread, so the bits do not depend on the thread count or on
- * the batch size, and the variant is fixed for the life of the process. */
+ * variant's dot routine on one thread (for the integer-dot types, on x quantized once per
+ * call by the calling thread), so the bits do not depend on the thread count or on the batch
+ * size, and the variant is fixed for the life of the process. */
 #include <assert.h>
 #include <math.h>
 #include <pthread.h>
@@ -124,6 +125,12 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 		[SPA_TYPE_Q4_K] = spa_dot_q4_K_scalar,
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_scalar,
 	},
+	.dot_q8x = {
+		[SPA_TYPE_Q8_0] = spa_dot_q8_0_q8x_scalar,
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_scalar,
+		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_scalar,
+	},
+	.quantize_x = spa_quantize_x_scalar,
 	.dequant_row = {
 		[SPA_TYPE_F32] = spa_dequant_f32_scalar,
 		[SPA_TYPE_F16] = spa_dequant_f16_scalar,
@@ -215,14 +222,21 @@ void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t 
 
 /* ---- matvec / matmul ------------------------------------------------------------------ */
 
+/* Activations quantized for the integer dots live on the calling thread's stack, 72 KiB: one
+ * vector of up to 64 Ki elements, or a batch in sub-batches that fit. Longer rows take the
+ * dots that quantize x themselves, row by row (the same bits, only slower). */
+#define XQ_MAX_BLOCKS 2048
+
 struct mm_job {
 	spa_dot_fn dot;
+	spa_dot_q8x_fn dot_q8x; /* non-NULL: rows times xq, else rows times x */
 	const uint8_t *w;
 	size_t row_size;
 	uint64_t rows;
 	uint64_t cols;
-	const float *x; /* [n][cols] */
-	float *y;       /* [n][rows] */
+	const float *x;                 /* [n][cols] */
+	const struct spa_block_q8x *xq; /* [n][cols / 32] */
+	float *y;                       /* [n][rows] */
 	uint32_t n;
 	uint32_t tile; /* rows per tile for the batch */
 };
@@ -236,6 +250,15 @@ static void split_rows(uint64_t rows, int ith, int nth, uint64_t *r0, uint64_t *
 	*r1 = *r0 + q + (i < r ? 1 : 0);
 }
 
+/* y element (vector b, row r): one dot call, whichever the thread or the batch. */
+static inline float row_dot(const struct mm_job *j, uint32_t b, uint64_t r)
+{
+	const uint8_t *w = j->w + r * j->row_size;
+	if (j->dot_q8x)
+		return j->dot_q8x(w, j->xq + (uint64_t)b * (j->cols / SPA_QK8X), j->cols);
+	return j->dot(w, j->x + (uint64_t)b * j->cols, j->cols);
+}
+
 static void matvec_worker(void *ctx, int ith, int nth)
 {
 	const struct mm_job *j = ctx;
@@ -243,7 +266,7 @@ static void matvec_worker(void *ctx, int ith, int nth)
 
 	split_rows(j->rows, ith, nth, &r0, &r1);
 	for (uint64_t r = r0; r < r1; r++)
-		j->y[r] = j->dot(j->w + r * j->row_size, j->x, j->cols);
+		j->y[r] = row_dot(j, 0, r);
 }
 
 /* A tile of rows (tile * row_size bytes, sized for L2) is read from memory once and reused
@@ -257,12 +280,23 @@ static void matmul_worker(void *ctx, int ith, int nth)
 	for (uint64_t rt = r0; rt < r1; rt += j->tile) {
 		uint64_t re = rt + j->tile < r1 ? rt + j->tile : r1;
 		for (uint32_t b = 0; b < j->n; b++) {
-			const float *x = j->x + (uint64_t)b * j->cols;
 			float *y = j->y + (uint64_t)b * j->rows;
 			for (uint64_t r = rt; r < re; r++)
-				y[r] = j->dot(j->w + r * j->row_size, x, j->cols);
+				y[r] = row_dot(j, b, r);
 		}
 	}
+}
+
+static void mm_dispatch(struct spa_pool *pool, struct mm_job *j)
+{
+	if (j->n == 1 || j->rows == 0) {
+		spa_pool_run(pool, matvec_worker, j);
+		return;
+	}
+	/* 64 KiB of weights per tile: stays in L2 while the batch streams past it */
+	uint64_t tile = j->row_size ? (64u << 10) / j->row_size : 16;
+	j->tile = (uint32_t)(tile < 1 ? 1 : tile > 64 ? 64 : tile);
+	spa_pool_run(pool, matmul_worker, j);
 }
 
 static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
@@ -282,14 +316,27 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		.y = y,
 		.n = n,
 	};
-	if (n == 1 || w->rows == 0) {
-		spa_pool_run(pool, matvec_worker, &j);
+	const uint64_t nbx = w->cols / SPA_QK8X;
+	if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0) {
+		mm_dispatch(pool, &j);
 		return;
 	}
-	/* 64 KiB of weights per tile: stays in L2 while the batch streams past it */
-	uint64_t tile = j.row_size ? (64u << 10) / j.row_size : 16;
-	j.tile = (uint32_t)(tile < 1 ? 1 : tile > 64 ? 64 : tile);
-	spa_pool_run(pool, matmul_worker, &j);
+	/* Quantize x once per call, before the rows are split across the pool: every thread
+	 * reads the same blocks, so the bits do not depend on the thread count, and each
+	 * element is dot_q8x(row, quantize_x(x)), the bits of dot(row, x). */
+	struct spa_block_q8x xq[XQ_MAX_BLOCKS];
+	const uint32_t per = (uint32_t)(XQ_MAX_BLOCKS / nbx);
+	j.dot_q8x = ops->dot_q8x[w->type];
+	j.xq = xq;
+	for (uint32_t b0 = 0; b0 < n; b0 += per) {
+		const uint32_t nv = n - b0 < per ? n - b0 : per;
+		for (uint32_t v = 0; v < nv; v++)
+			ops->quantize_x(x + (uint64_t)(b0 + v) * w->cols, xq + v * nbx, w->cols);
+		j.x = x + (uint64_t)b0 * w->cols;
+		j.y = y + (uint64_t)b0 * w->rows;
+		j.n = nv;
+		mm_dispatch(pool, &j);
+	}
 }
 
 void spa_matvec_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,

@@ -22,10 +22,31 @@ typedef float (*spa_dot_fn)(const void *w, const float *x, size_t n);
 /* Convert n elements of the slot's type to float. */
 typedef void (*spa_dequant_fn)(const void *src, float *dst, size_t n);
 
+/* Activations quantized for the integer dots (llama.cpp's vec_dot_type Q8_0, with an f32
+ * scale instead of its fp16 one: the product d_w * d_x then rounds once, not twice): 32 levels
+ * in -127..127 and their scale, value j = qs[j] * d. */
+#define SPA_QK8X 32
+struct spa_block_q8x {
+	float d;
+	int8_t qs[SPA_QK8X];
+};
+_Static_assert(sizeof(struct spa_block_q8x) == 36, "block_q8x is a float and 32 levels");
+
+/* Dot product of one weight row (n elements of the slot's type) with n activations already
+ * quantized by the variant's quantize_x (n / 32 blocks). */
+typedef float (*spa_dot_q8x_fn)(const void *w, const struct spa_block_q8x *x, size_t n);
+/* Quantize n floats (a multiple of 32) into n / 32 blocks of activations. */
+typedef void (*spa_quantize_x_fn)(const float *x, struct spa_block_q8x *y, size_t n);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
 	spa_dequant_fn dequant_row[SPA_TYPE_COUNT]; /* NULL: type not supported */
+	/* Types whose dot quantizes the activations (Q8_0, Q4_0, Q6_K): dot[t](w, x, n) gives the bits
+	 * of dot_q8x[t](w, quantize_x(x), n), so spa_matvec quantizes x once per call and runs
+	 * dot_q8x on every row; NULL for the types that keep x in f32. */
+	spa_dot_q8x_fn dot_q8x[SPA_TYPE_COUNT];
+	spa_quantize_x_fn quantize_x;
 };
 
 /* The portable variant (kernels.c): plain C, 8 independent partial sums so that compilers
@@ -109,15 +130,39 @@ static inline void spa__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint
 	}
 }
 
-/* The quantized row kernels. Dots: the weight row (n elements, a multiple of the block) times
+/* Integer dots of Q8_0 and Q4_0 rows with quantized activations (ggml's
+ * ggml_vec_dot_q8_0_q8_0 and ggml_vec_dot_q4_0_q8_0). Activations: per block of 32,
+ * amax = max |x|; d = amax / 127, id = 127 / amax, q = x * id rounded to nearest even (the
+ * product, then the rounding: no fused operation), so |q| <= 127; a block whose amax is below
+ * 2^-100 (ggml would divide by zero or overflow id) quantizes to zeros with d = 0, and one
+ * holding a NaN or an infinity to zeros with d = NaN, so that the NaN reaches the output.
+ * Dot: per block, 8 exact int32 lane sums s[l] = sum of w[4l + k] * q[4l + k], k = 0..3, then
+ * acc[l] = acc[l] + (d_w * d_x) * (float)s[l] (one multiply of the scales, one multiply, one
+ * add: three roundings, no FMA), blocks in order; lanes combined as in the f32 dot. The
+ * scalar and AVX2 versions perform these float operations identically (and the project
+ * builds with -ffp-contract=off), so they give the same bits; so do their quantizers. */
+void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n);
+void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n);
+float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
+float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
+float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
+float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
+/* Q6_K the same way (the head of Q4_0 and Q4_K files): per block of activations, lanes 0..3
+ * lie in one 16-element sub-block and 4..7 in the next; each lane's exact sum is multiplied by
+ * its sub-block's int8 scale, and the float part is as above with d_w the block's fp16 d. */
+float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
+float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
+
+/* The quantized row kernels. Q8_0, Q4_0 and Q6_K dots with f32 x: quantize x block by block
+ * with the variant's quantizer and run the integer dot (the bits of dot_q8x on
+ * quantize_x(x)). Q4_K dot: the weight row (n elements, a multiple of the block) times
  * n floats, dequantisation fused in: each block's integer levels are converted to float in
  * registers and multiplied with x; the block's scale multiplies the block's partial sums
  * (value = scale * level, so sum(scale * q * x) = scale * sum(q * x), up to rounding). Order
- * (scalar): 8 lane sums p[l] over a (sub-)block, element k*8+l into p[l] (k ascending), then
- * acc[l] += scale * p[l] (q4_K also acc[l] -= min * sum of x in lane l; q6_K alternates two
- * accumulators between even and odd sub-blocks and adds them lane-wise at the end); lanes
- * combined as in the f32 dot. The AVX2 versions keep exactly this structure with lanes as
- * vector lanes and fused multiply-adds, so they differ from the scalar ones by rounding only.
+ * (scalar): 8 lane sums p[l] over a sub-block, element k*8+l into p[l] (k ascending), then
+ * acc[l] += scale * p[l], acc[l] -= min * sum of x in lane l; lanes combined as in the f32
+ * dot. The AVX2 version keeps exactly this structure with lanes as vector lanes and fused
+ * multiply-adds, so it differs from the scalar one by rounding only.
  * Dequant: bit-exact to ggml's dequantize_row_*. */
 float spa_dot_q8_0_scalar(const void *w, const float *x, size_t n);
 float spa_dot_q4_0_scalar(const void *w, const float *x, size_t n);

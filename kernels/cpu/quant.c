@@ -8,10 +8,13 @@
  * match what llama.cpp's quantizer writes without an importance matrix and the decoded floats
  * match ggml's bit for bit.
  *
- * The dot products fuse dequantisation into the product and keep x in f32 (llama.cpp instead
- * quantizes x to Q8 and uses integer dots: faster when compute-bound, but it adds a second
- * rounding of the activations). Summation order: kernels_impl.h. */
+ * Q8_0 and Q4_0 rows are multiplied as llama.cpp does: x quantized to 8 bits per block of 32
+ * and integer dots (a second rounding, of the activations, for a dot that is no longer
+ * compute-bound), and so are Q6_K rows (the output matrix of Q4_0 and Q4_K files); the
+ * Q4_K dots fuse dequantisation into the product and keep x in f32. Summation orders:
+ * kernels_impl.h. */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
@@ -80,20 +83,70 @@ void spa_dequant_q8_0_scalar(const void *src, float *dst, size_t n)
 	}
 }
 
+/* ---- activations quantized for the integer dots (kernels_impl.h) --------------------------- */
+
+/* Below this largest magnitude a block of activations counts as zero: 127 / amax stays finite
+ * (ggml's quantizer divides by zero there), and such blocks add nothing a float sum of
+ * magnitude >= 2^-100 could resolve. */
+#define XQ_TINY 0x1p-100f
+/* Blocks of x quantized at a time by the dots that take f32 x: 2.3 KiB of stack. */
+#define XQ_CHUNK 64
+
+void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n)
+{
+	for (size_t i = 0; i < n / SPA_QK8X; i++, x += SPA_QK8X) {
+		float amax = 0.0f;
+		int bad = 0;
+		for (int j = 0; j < SPA_QK8X; j++) {
+			const float a = fabsf(x[j]);
+			bad |= !(a <= FLT_MAX); /* NaN or infinity */
+			amax = a > amax ? a : amax;
+		}
+		if (bad || amax < XQ_TINY) {
+			y[i].d = bad ? NAN : 0.0f;
+			memset(y[i].qs, 0, sizeof y[i].qs);
+			continue;
+		}
+		const float id = 127.0f / amax;
+		y[i].d = amax / 127.0f;
+		for (int j = 0; j < SPA_QK8X; j++) {
+			const float v = x[j] * id; /* |v| <= 127 (1 + 2^-23)^2: rounds to <= 127 */
+			y[i].qs[j] = (int8_t)nearest_int(v);
+		}
+	}
+}
+
+/* acc[l] += (d_w * d_x) * s[l] over nb blocks, s[l] the exact sum of elements 4l .. 4l + 3. */
+static void dot_q8_0_q8x_acc(const struct spa_block_q8_0 *b, const struct spa_block_q8x *x,
+			     size_t nb, float acc[8])
+{
+	for (size_t i = 0; i < nb; i++) {
+		const float d = spa__fp16_to_fp32(b[i].d) * x[i].d;
+		for (int l = 0; l < 8; l++) {
+			int32_t s = 0;
+			for (int k = 4 * l; k < 4 * l + 4; k++)
+				s += (int32_t)b[i].qs[k] * x[i].qs[k];
+			acc[l] += d * (float)s;
+		}
+	}
+}
+
+float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	float acc[8] = { 0 };
+	dot_q8_0_q8x_acc(w, x, n / SPA_QK8_0, acc);
+	return lanes_sum(acc);
+}
+
 float spa_dot_q8_0_scalar(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q8_0 *b = w;
+	struct spa_block_q8x xq[XQ_CHUNK];
 	float acc[8] = { 0 };
-	for (size_t i = 0; i < n / SPA_QK8_0; i++, x += SPA_QK8_0) {
-		const float d = spa__fp16_to_fp32(b[i].d);
-		float p[8];
-		for (int l = 0; l < 8; l++)
-			p[l] = (float)b[i].qs[l] * x[l];
-		for (int k = 8; k < SPA_QK8_0; k += 8)
-			for (int l = 0; l < 8; l++)
-				p[l] += (float)b[i].qs[k + l] * x[k + l];
-		for (int l = 0; l < 8; l++)
-			acc[l] += d * p[l];
+	for (size_t i = 0; i < n / SPA_QK8_0; i += XQ_CHUNK) {
+		size_t nb = n / SPA_QK8_0 - i < XQ_CHUNK ? n / SPA_QK8_0 - i : XQ_CHUNK;
+		spa_quantize_x_scalar(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0);
+		dot_q8_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return lanes_sum(acc);
 }
@@ -142,24 +195,37 @@ void spa_dequant_q4_0_scalar(const void *src, float *dst, size_t n)
 	}
 }
 
+/* As dot_q8_0_q8x_acc; weight level j = ((qs[j % 16] >> 4 (j / 16)) & 15) - 8. */
+static void dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b, const struct spa_block_q8x *x,
+			     size_t nb, float acc[8])
+{
+	for (size_t i = 0; i < nb; i++) {
+		const float d = spa__fp16_to_fp32(b[i].d) * x[i].d;
+		for (int l = 0; l < 8; l++) {
+			int32_t s = 0;
+			for (int k = 4 * l; k < 4 * l + 4; k++)
+				s += (((b[i].qs[k % 16] >> (4 * (k / 16))) & 15) - 8) * x[i].qs[k];
+			acc[l] += d * (float)s;
+		}
+	}
+}
+
+float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	float acc[8] = { 0 };
+	dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, acc);
+	return lanes_sum(acc);
+}
+
 float spa_dot_q4_0_scalar(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q4_0 *b = w;
+	struct spa_block_q8x xq[XQ_CHUNK];
 	float acc[8] = { 0 };
-	for (size_t i = 0; i < n / SPA_QK4_0; i++, x += SPA_QK4_0) {
-		const float d = spa__fp16_to_fp32(b[i].d);
-		const uint8_t *q = b[i].qs;
-		float p[8];
-		for (int l = 0; l < 8; l++)
-			p[l] = (float)((q[l] & 0x0F) - 8) * x[l];
-		for (int l = 0; l < 8; l++)
-			p[l] += (float)((q[8 + l] & 0x0F) - 8) * x[8 + l];
-		for (int l = 0; l < 8; l++)
-			p[l] += (float)((q[l] >> 4) - 8) * x[16 + l];
-		for (int l = 0; l < 8; l++)
-			p[l] += (float)((q[8 + l] >> 4) - 8) * x[24 + l];
-		for (int l = 0; l < 8; l++)
-			acc[l] += d * p[l];
+	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
+		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
+		spa_quantize_x_scalar(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
+		dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return lanes_sum(acc);
 }
@@ -541,31 +607,52 @@ static inline int q6_level(const uint8_t *ql, const uint8_t *qh, int t)
 	return ((ql[l + 32 * (g & 1)] >> (4 * (g >> 1))) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
 }
 
-float spa_dot_q6_K_scalar(const void *w, const float *x, size_t n)
+/* As dot_q8_0_q8x_acc, over the 8 blocks of activations of each Q6_K block: x block 4h + g
+ * is group g of half h (elements 32 g .. 32 g + 31 of the half), its lanes 0..3 in sub-block
+ * 2 g (scale sc[8h + 2g]) and lanes 4..7 in sub-block 2 g + 1; the integer lane sums of the
+ * levels minus 32 times x are multiplied by their sub-block's int8 scale (exact: at most
+ * 4 * 32 * 127 * 128 in magnitude), then acc[l] += (d_w * d_x) * (float)(sc * s[l]). */
+static void dot_q6_K_q8x_acc(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
+			     size_t nb, float acc[8])
 {
-	const struct spa_block_q6_K *b = w;
-	float acc0[8] = { 0 }, acc1[8] = { 0 };
-	for (size_t i = 0; i < n / SPA_QK_K; i++) {
-		const float d = spa__fp16_to_fp32(b[i].d);
+	for (size_t i = 0; i < nb; i++) {
+		const float dw = spa__fp16_to_fp32(b[i].d);
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
 			const int8_t *sc = b[i].scales + 8 * h;
-			for (int s = 0; s < 8; s++, x += 16) {
-				const float ds = d * sc[s];
-				float p[8];
-				for (int l = 0; l < 8; l++)
-					p[l] = (float)(q6_level(ql, qh, 16 * s + l) - 32) * x[l];
-				for (int l = 0; l < 8; l++)
-					p[l] += (float)(q6_level(ql, qh, 16 * s + 8 + l) - 32) * x[8 + l];
-				float *acc = (s & 1) ? acc1 : acc0;
-				for (int l = 0; l < 8; l++)
-					acc[l] += ds * p[l];
+			for (int g = 0; g < 4; g++, x++) {
+				const float d = dw * x->d;
+				for (int l = 0; l < 8; l++) {
+					int32_t s = 0;
+					for (int k = 4 * l; k < 4 * l + 4; k++)
+						s += (q6_level(ql, qh, 32 * g + k) - 32) * x->qs[k];
+					acc[l] += d * (float)(sc[2 * g + l / 4] * s);
+				}
 			}
 		}
 	}
-	for (int l = 0; l < 8; l++)
-		acc0[l] += acc1[l];
-	return lanes_sum(acc0);
+}
+
+float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	float acc[8] = { 0 };
+	dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, acc);
+	return lanes_sum(acc);
+}
+
+/* XQ_CHUNK (64) blocks of x are 8 Q6_K blocks. */
+float spa_dot_q6_K_scalar(const void *w, const float *x, size_t n)
+{
+	const struct spa_block_q6_K *b = w;
+	struct spa_block_q8x xq[XQ_CHUNK];
+	const size_t per = XQ_CHUNK / (SPA_QK_K / SPA_QK8X);
+	float acc[8] = { 0 };
+	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
+		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
+		spa_quantize_x_scalar(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
+		dot_q6_K_q8x_acc(b + i, xq, nb, acc);
+	}
+	return lanes_sum(acc);
 }
 
 /* ---- public: quantize a row, file-type rules ---------------------------------------------- */

@@ -2,12 +2,17 @@
  * -mf16c; only reached through spa_kernels_ops_avx2, which kernels.c selects when the CPU has
  * all three).
  *
- * Same structure as the scalar references in quant.c (kernels_impl.h describes it): the 8
+ * Q8_0, Q4_0 and Q6_K: integer dots with quantized activations, as ggml's
+ * ggml_vec_dot_q8_0_q8_0 and ggml_vec_dot_q4_0_q8_0 (maddubs with the sign trick, madd, one
+ * float multiply per block; Q6_K madds by its sub-block scales), the same float operations
+ * as the scalar versions in quant.c, so the same bits.
+ * Q4_K: the structure of the scalar references (kernels_impl.h describes it): the 8
  * lane sums of a (sub-)block are one __m256, started with a multiply and continued with FMAs,
- * then folded into the accumulator with one FMA by the block's scale. The levels are widened
- * to int32 and converted to float (exact), so x stays in f32 and nothing is quantized on the
- * activation side. */
+ * then folded into the accumulator with one FMA by the block's scale; x stays in f32. */
+#include <float.h>
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #include "kernels_impl.h"
 
@@ -30,23 +35,115 @@ static inline __m256 i8_ps(__m128i v)
 	return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
 }
 
-/* 32 bytes of levels (element k of the sub-block in byte k) times x[0..31]: the lane sums. */
-static inline __m256 dot32_i8(__m256i q, const float *x)
+/* ---- integer dots with quantized activations (kernels_impl.h gives the arithmetic) ---- */
+
+#define XQ_TINY 0x1p-100f /* as quant.c */
+#define XQ_CHUNK 64
+
+void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n)
 {
-	__m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-	__m256 p = _mm256_mul_ps(i8_ps(lo), _mm256_loadu_ps(x));
-	p = _mm256_fmadd_ps(i8_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), p);
-	p = _mm256_fmadd_ps(i8_ps(hi), _mm256_loadu_ps(x + 16), p);
-	return _mm256_fmadd_ps(i8_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), p);
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+	const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+	for (size_t i = 0; i < n / SPA_QK8X; i++, x += SPA_QK8X) {
+		__m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+		__m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+		__m256 a0 = _mm256_and_ps(v0, abs_mask), a1 = _mm256_and_ps(v1, abs_mask);
+		__m256 a2 = _mm256_and_ps(v2, abs_mask), a3 = _mm256_and_ps(v3, abs_mask);
+		/* NaN or infinity: not (a <= FLT_MAX), unordered compares true */
+		__m256 bad = _mm256_or_ps(
+			_mm256_or_ps(_mm256_cmp_ps(a0, fmax, _CMP_NLE_UQ),
+				     _mm256_cmp_ps(a1, fmax, _CMP_NLE_UQ)),
+			_mm256_or_ps(_mm256_cmp_ps(a2, fmax, _CMP_NLE_UQ),
+				     _mm256_cmp_ps(a3, fmax, _CMP_NLE_UQ)));
+		/* the largest of 32 magnitudes: exact in any order */
+		__m256 m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+		const float amax = _mm_cvtss_f32(m4);
+		if (_mm256_movemask_ps(bad) || amax < XQ_TINY) {
+			y[i].d = _mm256_movemask_ps(bad) ? NAN : 0.0f;
+			memset(y[i].qs, 0, sizeof y[i].qs);
+			continue;
+		}
+		const __m256 id = _mm256_set1_ps(127.0f / amax);
+		y[i].d = amax / 127.0f;
+		/* x * id, then round to nearest even (the MXCSR default, as nearest_int) */
+		__m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id));
+		__m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
+		__m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id));
+		__m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
+		/* the packs work per 128-bit half: 0-3 8-11 16-19 24-27 4-7 12-15 20-23 28-31 */
+		i0 = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+		_mm256_storeu_si256((__m256i *)y[i].qs, _mm256_permutevar8x32_epi32(i0, perm));
+	}
+}
+
+/* The 8 exact int32 lane sums of 32 products w[j] * q[j] (lane l: j = 4l .. 4l + 3), as
+ * floats. maddubs multiplies unsigned by signed bytes, so w's sign moves to q: |w| <= 128 and
+ * |q| <= 127 keep each pair sum within int16 (2 * 128 * 127 = 32512), no saturation. */
+static inline __m256 lane_sums(__m256i w, __m256i q)
+{
+	const __m256i aw = _mm256_sign_epi8(w, w);
+	const __m256i sq = _mm256_sign_epi8(q, w);
+	const __m256i p16 = _mm256_maddubs_epi16(aw, sq);
+	return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+static inline __m256 dot_q8_0_q8x_acc(const struct spa_block_q8_0 *b,
+				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
+{
+	for (size_t i = 0; i < nb; i++) {
+		__m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
+		__m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
+		__m256 d = _mm256_set1_ps(half(b[i].d) * x[i].d);
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, lane_sums(w, q)));
+	}
+	return acc;
+}
+
+static inline __m256 dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b,
+				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0F), c8 = _mm256_set1_epi8(8);
+	const __m256i sh = _mm256_setr_epi64x(0, 0, 4, 4);
+	for (size_t i = 0; i < nb; i++) {
+		/* the 16 bytes in both halves, the upper shifted by 4: low nibbles (elements
+		 * 0..15) in bytes 0..15, high nibbles (16..31) in bytes 16..31 */
+		__m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[i].qs));
+		__m256i u = _mm256_and_si256(_mm256_srlv_epi64(raw, sh), m4);
+		__m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
+		/* (u - 8) q = u q - 8 q: the levels stay unsigned for maddubs, no sign trick;
+		 * pair sums within +-2 * 15 * 127 and 2 * 8 * 127, their difference too */
+		__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u, q),
+					       _mm256_maddubs_epi16(c8, q));
+		__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+		__m256 d = _mm256_set1_ps(half(b[i].d) * x[i].d);
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, s));
+	}
+	return acc;
+}
+
+float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	return hsum8(dot_q8_0_q8x_acc(w, x, n / SPA_QK8_0, _mm256_setzero_ps()));
+}
+
+float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	return hsum8(dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, _mm256_setzero_ps()));
 }
 
 float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q8_0 *b = w;
+	struct spa_block_q8x xq[XQ_CHUNK];
 	__m256 acc = _mm256_setzero_ps();
-	for (size_t i = 0; i < n / SPA_QK8_0; i++, x += SPA_QK8_0) {
-		__m256i q = _mm256_loadu_si256((const __m256i *)b[i].qs);
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(half(b[i].d)), dot32_i8(q, x), acc);
+	for (size_t i = 0; i < n / SPA_QK8_0; i += XQ_CHUNK) {
+		size_t nb = n / SPA_QK8_0 - i < XQ_CHUNK ? n / SPA_QK8_0 - i : XQ_CHUNK;
+		spa_quantize_x_avx2(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0);
+		acc = dot_q8_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return hsum8(acc);
 }
@@ -54,17 +151,17 @@ float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
 float spa_dot_q4_0_avx2(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q4_0 *b = w;
-	const __m128i m4 = _mm_set1_epi8(0x0F), c8 = _mm_set1_epi8(8);
+	struct spa_block_q8x xq[XQ_CHUNK];
 	__m256 acc = _mm256_setzero_ps();
-	for (size_t i = 0; i < n / SPA_QK4_0; i++, x += SPA_QK4_0) {
-		__m128i raw = _mm_loadu_si128((const __m128i *)b[i].qs);
-		__m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), c8);                     /* 0..15 */
-		__m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), c8); /* 16..31 */
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(half(b[i].d)),
-				      dot32_i8(_mm256_set_m128i(hi, lo), x), acc);
+	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
+		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
+		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
+		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return hsum8(acc);
 }
+
+/* ---- Q4_K: x in f32 ------------------------------------------------------------- */
 
 /* 32 unsigned nibbles (one per byte) times x[0..31], and the lane sums of x. */
 static inline __m256 dot32_u4(__m256i q, const float *x, __m256 *sx)
@@ -107,28 +204,22 @@ float spa_dot_q4_K_avx2(const void *w, const float *x, size_t n)
 	return hsum8(acc);
 }
 
-/* 16 signed levels (bytes of v) times x[0..15]: the lane sums of one Q6_K sub-block. */
-static inline __m256 dot16_i8(__m128i v, const float *x)
+/* As quant.c's dot_q6_K_q8x_acc: the levels minus 32 of group g of a half against x block
+ * 4h + g (the same integers, computed as g q - 32 q); madd by the sub-block scales instead of ones multiplies each lane's exact sum by
+ * its scale (|pair sum| <= 2 * 32 * 127, times |sc| <= 128, two per lane: within int32). */
+static inline __m256 dot_q6_K_q8x_acc(const struct spa_block_q6_K *b,
+				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
 {
-	__m256 p = _mm256_mul_ps(i8_ps(v), _mm256_loadu_ps(x));
-	return _mm256_fmadd_ps(i8_ps(_mm_srli_si128(v, 8)), _mm256_loadu_ps(x + 8), p);
-}
-
-float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
-{
-	const struct spa_block_q6_K *b = w;
 	const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
 	const __m256i c32 = _mm256_set1_epi8(32);
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-	for (size_t i = 0; i < n / SPA_QK_K; i++) {
-		const float d = half(b[i].d);
+	for (size_t i = 0; i < nb; i++) {
+		const float dw = half(b[i].d);
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
 			const int8_t *sc = b[i].scales + 8 * h;
 			__m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
 			__m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
 			__m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-			/* group g: elements 32 g .. 32 g + 31 of the half, levels minus 32 */
 			__m256i g[4];
 			g[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
 					       _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
@@ -138,14 +229,39 @@ float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
 					       _mm256_and_si256(hb, m30));
 			g[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
 					       _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
-			for (int k = 0; k < 4; k++, x += 32) {
-				__m256i q = _mm256_sub_epi8(g[k], c32);
-				__m256 p0 = dot16_i8(_mm256_castsi256_si128(q), x);
-				__m256 p1 = dot16_i8(_mm256_extracti128_si256(q, 1), x + 16);
-				acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * k]), p0, acc0);
-				acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * k + 1]), p1, acc1);
+			for (int k = 0; k < 4; k++, x++) {
+				__m256i q = _mm256_loadu_si256((const __m256i *)x->qs);
+				/* (g - 32) q = g q - 32 q with g unsigned (0..63) for maddubs:
+				 * pair sums within 2 * 63 * 127, 2 * 32 * 127, the difference too */
+				__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(g[k], q),
+							       _mm256_maddubs_epi16(c32, q));
+				/* int16 0..7 (elements 0..15): sc[2k]; 8..15: sc[2k + 1] */
+				__m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]),
+							       _mm_set1_epi16(sc[2 * k]));
+				__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16));
+				__m256 d = _mm256_set1_ps(dw * x->d);
+				acc = _mm256_add_ps(acc, _mm256_mul_ps(d, s));
 			}
 		}
 	}
-	return hsum8(_mm256_add_ps(acc0, acc1));
+	return acc;
+}
+
+float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n)
+{
+	return hsum8(dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, _mm256_setzero_ps()));
+}
+
+float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
+{
+	const struct spa_block_q6_K *b = w;
+	struct spa_block_q8x xq[XQ_CHUNK];
+	const size_t per = XQ_CHUNK / (SPA_QK_K / SPA_QK8X);
+	__m256 acc = _mm256_setzero_ps();
+	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
+		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
+		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
+		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
+	}
+	return hsum8(acc);
 }

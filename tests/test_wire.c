@@ -268,8 +268,9 @@ Test(wire, message_type_names)
 		cr_assert_str_neq(spa_msg_type_name(t), "?", "type %u has no name", t);
 }
 
-/* The hardware CRC runs three streams over blocks of 256 and 8192 bytes: lengths around and
- * across those blocks (3 x 256, 3 x 8192 and beyond) must still equal the software CRC. */
+/* The hardware CRC runs three streams over blocks of 64, 256 and 8192 bytes: lengths around
+ * and across those blocks (3 x 64, 3 x 256, 3 x 8192 and beyond) must still equal the
+ * software CRC. */
 Test(wire, crc32c_hardware_equals_software_across_its_block_sizes)
 {
 	if (!spa_crc32c_have_hw())
@@ -279,7 +280,8 @@ Test(wire, crc32c_hardware_equals_software_across_its_block_sizes)
 	uint8_t *buf = malloc(N + 64);
 	for (int i = 0; i < N + 64; i++)
 		buf[i] = (uint8_t)rnd();
-	const size_t edges[] = {767, 768, 769, 1535, 1536, 2048, 24575, 24576, 24577, 49152,
+	const size_t edges[] = {191, 192, 193, 383, 384, 576, 767, 768, 769, 1535, 1536, 2048,
+				 24575, 24576, 24577, 49152,
 				 49160, 75000, N};
 	for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++)
 		for (size_t off = 0; off < 9; off++) {

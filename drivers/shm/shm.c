@@ -13,8 +13,10 @@
  * [u32 length][u32 0][frame bytes] padded to a multiple of 64, so the 56-byte wire header ends
  * at a cache-line boundary and the payload starts on one. A record never wraps: when it does
  * not fit before the end of the ring, the producer writes the wrap marker 0xffffffff as the
- * length and continues at position 0. Receive is zero copy: recv_frame hands out the ring
- * memory and release_frame gives it back by advancing tail.
+ * length and continues at position 0; it also wraps early, when the ring is empty and it is
+ * past the first REWIND_AT bytes, so request/response traffic stays on warm lines. Receive is
+ * zero copy: recv_frame hands out the ring memory and release_frame gives it back by advancing
+ * tail.
  *
  * Sessions: the listener serves one edge at a time. An edge claims the segment with a CAS on
  * the state word (0 -> CLAIMED | pid); the listener's accept turns CLAIMED into ACCEPTED. Each
@@ -49,6 +51,8 @@
 #define REC_HDR 8u
 #define REC_ALIGN 64u
 #define WRAP_MARK 0xffffffffu
+/* A producer past REWIND_AT in its ring wraps early when the ring is empty (see send) */
+#define REWIND_AT (256u << 10)
 #define SEG_SIZE ((size_t)CTL_SIZE + 2 * (size_t)RING_SIZE)
 
 /* state word: bits 0..31 the attached edge's pid, flags above */
@@ -85,6 +89,7 @@ struct shm_dir {
 	uint8_t *data;
 	uint64_t pos;   /* producer: our head; consumer: our tail */
 	uint64_t cache; /* producer: last tail seen; consumer: last head seen */
+	uint64_t rewind_next; /* producer: head from which to look again for an empty ring */
 };
 
 struct shm_link {
@@ -203,7 +208,21 @@ static int shm_send_frame(struct spa_link_base *b, const struct iovec *iov, int 
 	uint64_t rec = rec_size(len);
 	uint64_t pos = d->pos % RING_SIZE;
 	uint64_t contig = RING_SIZE - pos;
-	uint64_t need = rec + (contig < rec ? contig : 0);
+	int wrap = contig < rec;
+	if (pos >= REWIND_AT && pos >= rec && d->pos >= d->rewind_next && !wrap) {
+		/* Past the warm window: when the consumer has caught up (the ring is empty), wrap
+		 * early, so that request/response traffic keeps reusing the first REWIND_AT bytes,
+		 * lines still in cache, instead of walking cold lines through all 8 MiB (measured:
+		 * ~0.25 us off a 2 KiB shm round trip). The wrap marker at pos is safe: the ring is
+		 * empty and pos >= rec, so the record written at 0 cannot reach it. A busy
+		 * stream (ring not empty) looks again only every REWIND_AT / 8 bytes, so it does not
+		 * pull the consumer's tail line on every frame. */
+		d->cache = atomic_load_explicit(&d->idx->tail, memory_order_acquire);
+		wrap = d->cache == d->pos;
+		if (!wrap)
+			d->rewind_next = d->pos + REWIND_AT / 8;
+	}
+	uint64_t need = rec + (wrap ? contig : 0);
 	struct shm_wait w = { 0, 0 };
 	while (RING_SIZE - (d->pos - d->cache) < need) {
 		/* acquire: pairs with the consumer's release store of tail in shm_release_frame;
@@ -215,7 +234,7 @@ static int shm_send_frame(struct spa_link_base *b, const struct iovec *iov, int 
 		if (rc)
 			return rc;
 	}
-	if (contig < rec) {
+	if (wrap) {
 		uint32_t mark = WRAP_MARK;
 		memcpy(d->data + pos, &mark, 4);
 		d->pos += contig;
@@ -260,6 +279,11 @@ static int shm_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 				return -SPA_EPROTO; /* the peer wrote a malformed record */
 			*frame = d->data + pos + REC_HDR;
 			*len = n;
+			/* Ask for the record's first lines at once: they sit in the producer's
+			 * cache, and the CRC pass would otherwise miss on them one at a time (past
+			 * 4 KiB the hardware prefetcher has caught on). */
+			for (uint32_t o = 64; o < REC_HDR + n && o < 4096; o += 64)
+				__builtin_prefetch(d->data + pos + o);
 			l->rx_pending = (uint32_t)rec_size(n);
 			return 0;
 		}

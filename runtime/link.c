@@ -278,8 +278,7 @@ static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *
 			snprintf(addr + k, addr_size - k, "?mtu=%lu", mtu);
 		return 0;
 	}
-	/* Drivers that check their own addresses get the whole URI. The DPDK driver is
-	 * referenced weakly so that the library links while it is being built. */
+	/* Drivers that check their own addresses get the whole URI. */
 	static const struct {
 		const char *prefix;
 		const struct spa_link_driver *drv;
@@ -292,14 +291,16 @@ static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *
 	};
 	for (size_t i = 0; own[i].prefix; i++)
 		if (!strncmp(uri, own[i].prefix, strlen(own[i].prefix))) {
-			if (!own[i].drv)
-				return spa_err(err, -SPA_EUNSUPPORTED,
-					       "link URI \"%s\": this build has no %.*s driver", uri,
-					       (int)strlen(own[i].prefix) - 1, own[i].prefix);
 			*drv = own[i].drv;
 			memcpy(addr, uri, n + 1);
 			return 0;
 		}
+#ifndef SPA_HAVE_DPDK
+	if (!strncmp(uri, "dpdk:", 5) || !strncmp(uri, "memif:", 6))
+		return spa_err(err, -SPA_EUNSUPPORTED, "link URI \"%s\": this build has no DPDK "
+			       "driver (libdpdk was not found when it was built: install libdpdk-dev "
+			       "and rebuild)", uri);
+#endif
 	return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": unknown transport; " URI_FORMS, uri);
 }
 

@@ -78,7 +78,7 @@ extern const struct spa_link_driver spa_drv_tcp;
 extern const struct spa_link_driver spa_drv_udp;
 #ifdef SPA_HAVE_DPDK
 /* dpdk:PORTSPEC and memif:SOCKETPATH; the address it gets is the whole URI. */
-extern const struct spa_link_driver spa_drv_dpdk __attribute__((weak));
+extern const struct spa_link_driver spa_drv_dpdk;
 #endif
 
 /* CLOCK_MONOTONIC in ns. Thread-safe; no system call (vDSO); fine on the hot path. */

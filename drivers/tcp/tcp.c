@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "spa/drv/link.h"
+#include "../sock.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
 #define MAX_FRAME (1u << 20)
@@ -59,79 +60,6 @@ struct tcp_listener {
 	int fd;
 	char addr[256];
 };
-
-/* "HOST:PORT" or "[V6]:PORT" (already checked by runtime/link.c) into host and port. */
-static int split_addr(const char *addr, char *host, size_t host_size, char *port,
-		      size_t port_size, struct spa_errbuf *err)
-{
-	const char *colon = strrchr(addr, ':');
-	const char *h = addr;
-	size_t hlen;
-	if (!colon)
-		return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected HOST:PORT", addr);
-	hlen = (size_t)(colon - addr);
-	if (addr[0] == '[') {
-		if (hlen < 2 || addr[hlen - 1] != ']')
-			return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected [IPV6]:PORT", addr);
-		h = addr + 1;
-		hlen -= 2;
-	}
-	if (hlen == 0 || hlen >= host_size || strlen(colon + 1) >= port_size)
-		return spa_err(err, -SPA_EUSAGE, "tcp://%s: expected HOST:PORT", addr);
-	memcpy(host, h, hlen);
-	host[hlen] = 0;
-	strcpy(port, colon + 1);
-	return 0;
-}
-
-static int resolve(const char *addr, int passive, struct addrinfo **res, struct spa_errbuf *err)
-{
-	char host[256], port[16];
-	int rc = split_addr(addr, host, sizeof host, port, sizeof port, err);
-	if (rc)
-		return rc;
-	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
-		.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0),
-	};
-	rc = getaddrinfo(host, port, &hints, res);
-	if (rc == EAI_SYSTEM)
-		return spa_err(err, -errno, "tcp://%s: cannot resolve \"%s\": %s", addr, host,
-			       strerror(errno));
-	if (rc)
-		return spa_err(err, rc == EAI_AGAIN ? -EAGAIN : -EHOSTUNREACH,
-			       "tcp://%s: cannot resolve \"%s\": %s: check the host name", addr,
-			       host, gai_strerror(rc));
-	return 0;
-}
-
-static struct timespec ns_to_ts(int64_t ns)
-{
-	return (struct timespec){ ns / 1000000000, ns % 1000000000 };
-}
-
-/* Wait for events on fd until deadline (< 0: forever). 1 when ready, 0 at the deadline, or
- * -errno. */
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = events };
-		struct timespec ts, *tp = NULL;
-		if (deadline >= 0) {
-			int64_t left = deadline - spa_now_ns();
-			if (left <= 0)
-				return 0;
-			ts = ns_to_ts(left);
-			tp = &ts;
-		}
-		int n = ppoll(&p, 1, tp, NULL);
-		if (n > 0)
-			return 1;
-		if (n < 0 && errno != EINTR)
-			return -errno;
-	}
-}
 
 static int sock_setup(int fd)
 {
@@ -186,7 +114,7 @@ static int tcp_send_frame(struct spa_link_base *b, const struct iovec *iov_in, i
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				int rc = wait_fd(l->fd, POLLOUT, -1);
+				int rc = spa_sock_wait(l->fd, POLLOUT, -1);
 				if (rc < 0)
 					return rc;
 				continue;
@@ -248,7 +176,7 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 			if (!idle_since) {
 				idle_since = now;
 			} else if (now - idle_since > SPIN_NS) {
-				int rc = wait_fd(l->fd, POLLIN, deadline_ns);
+				int rc = spa_sock_wait(l->fd, POLLIN, deadline_ns);
 				if (rc < 0)
 					return rc;
 				if (rc == 0)
@@ -295,7 +223,7 @@ static void tcp_release_frame(struct spa_link_base *b)
 static int tcp_listen(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err)
 {
 	struct addrinfo *res;
-	int rc = resolve(addr, 1, &res, err), fd = -1, e = 0;
+	int rc = spa_sock_resolve("tcp", addr, SOCK_STREAM, 1, &res, err), fd = -1, e = 0;
 	if (rc)
 		return rc;
 	for (struct addrinfo *a = res; a; a = a->ai_next) {
@@ -352,7 +280,7 @@ static int tcp_accept(struct spa_listener_base *b, struct spa_link_base **out, i
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return spa_err(err, -errno, "tcp://%s: accept failed: %s", l->addr,
 				       strerror(errno));
-		int rc = wait_fd(l->fd, POLLIN, deadline);
+		int rc = spa_sock_wait(l->fd, POLLIN, deadline);
 		if (rc < 0)
 			return spa_err(err, rc, "tcp://%s: poll failed: %s", l->addr, strerror(-rc));
 		if (rc == 0)
@@ -386,7 +314,7 @@ static int try_connect(const struct addrinfo *a, int64_t deadline)
 		/* A SYN lost to a full accept queue is only retried by the kernel after a second
 		 * or more: bound each attempt and start afresh instead. */
 		int64_t cap = spa_now_ns() + ATTEMPT_NS;
-		int rc = wait_fd(fd, POLLOUT, deadline >= 0 && deadline < cap ? deadline : cap);
+		int rc = spa_sock_wait(fd, POLLOUT, deadline >= 0 && deadline < cap ? deadline : cap);
 		int soerr = 0;
 		socklen_t sl = sizeof soerr;
 		if (rc <= 0) {
@@ -419,7 +347,7 @@ static int tcp_connect(struct spa_link_base **out, const char *addr, int64_t tim
 	/* The cloud may start after the edge: retry until the deadline. */
 	for (;;) {
 		if (!res) {
-			rc = resolve(addr, 0, &res, err);
+			rc = spa_sock_resolve("tcp", addr, SOCK_STREAM, 0, &res, err);
 			if (rc && rc != -EAGAIN)
 				return rc;
 			if (rc)

@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "spa/drv/link.h"
+#include "../sock.h"
 #include "spa/wire.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
@@ -81,35 +82,10 @@ struct udp_link {
 	uint8_t *buf;               /* max_frame + 1 bytes: one more shows an oversized datagram */
 };
 
-static struct timespec ns_to_ts(int64_t ns)
-{
-	return (struct timespec){ ns / 1000000000, ns % 1000000000 };
-}
-
-/* Wait for events on fd until deadline (< 0: forever). 1 ready, 0 deadline, or -errno. */
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = events };
-		struct timespec ts, *tp = NULL;
-		if (deadline >= 0) {
-			int64_t left = deadline - spa_now_ns();
-			if (left <= 0)
-				return 0;
-			ts = ns_to_ts(left);
-			tp = &ts;
-		}
-		int n = ppoll(&p, 1, tp, NULL);
-		if (n > 0)
-			return 1;
-		if (n < 0 && errno != EINTR)
-			return -errno;
-	}
-}
-
-/* "HOST:PORT[?mtu=N]" or "[V6]:PORT[?mtu=N]" (already checked by runtime/link.c). */
-static int split_addr(const char *addr, char *host, size_t host_size, char *port,
-		      size_t port_size, unsigned *mtu, struct spa_errbuf *err)
+/* "HOST:PORT[?mtu=N]" or "[V6]:PORT[?mtu=N]" (already checked by runtime/link.c): the mtu
+ * option, then the address. */
+static int resolve(const char *addr, int passive, struct addrinfo **res, unsigned *mtu,
+		   struct spa_errbuf *err)
 {
 	char a[256];
 	snprintf(a, sizeof a, "%s", addr);
@@ -127,46 +103,7 @@ static int split_addr(const char *addr, char *host, size_t host_size, char *port
 				       addr, MIN_MTU, MAX_MTU);
 		*mtu = (unsigned)v;
 	}
-	const char *colon = strrchr(a, ':');
-	const char *h = a;
-	if (!colon)
-		return spa_err(err, -SPA_EUSAGE, "udp://%s: expected HOST:PORT", addr);
-	size_t hlen = (size_t)(colon - a);
-	if (a[0] == '[') {
-		if (hlen < 2 || a[hlen - 1] != ']')
-			return spa_err(err, -SPA_EUSAGE, "udp://%s: expected [IPV6]:PORT", addr);
-		h = a + 1;
-		hlen -= 2;
-	}
-	if (hlen == 0 || hlen >= host_size || strlen(colon + 1) >= port_size)
-		return spa_err(err, -SPA_EUSAGE, "udp://%s: expected HOST:PORT", addr);
-	memcpy(host, h, hlen);
-	host[hlen] = 0;
-	strcpy(port, colon + 1);
-	return 0;
-}
-
-static int resolve(const char *addr, int passive, struct addrinfo **res, unsigned *mtu,
-		   struct spa_errbuf *err)
-{
-	char host[256], port[16];
-	int rc = split_addr(addr, host, sizeof host, port, sizeof port, mtu, err);
-	if (rc)
-		return rc;
-	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_DGRAM,
-		.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0),
-	};
-	rc = getaddrinfo(host, port, &hints, res);
-	if (rc == EAI_SYSTEM)
-		return spa_err(err, -errno, "udp://%s: cannot resolve \"%s\": %s", addr, host,
-			       strerror(errno));
-	if (rc)
-		return spa_err(err, rc == EAI_AGAIN ? -EAGAIN : -EHOSTUNREACH,
-			       "udp://%s: cannot resolve \"%s\": %s: check the host name", addr,
-			       host, gai_strerror(rc));
-	return 0;
+	return spa_sock_resolve("udp", a, SOCK_DGRAM, passive, res, err);
 }
 
 static size_t frame_for(unsigned mtu, int family)
@@ -252,7 +189,7 @@ static int udp_send_frame(struct spa_link_base *b, const struct iovec *iov, int 
 			continue;
 		}
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			int rc = wait_fd(l->fd, POLLOUT, -1);
+			int rc = spa_sock_wait(l->fd, POLLOUT, -1);
 			if (rc < 0)
 				return rc;
 			continue;
@@ -315,7 +252,7 @@ static int udp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 		if (!idle_since) {
 			idle_since = now;
 		} else if (now - idle_since > SPIN_NS) {
-			int rc = wait_fd(l->fd, POLLIN, deadline_ns);
+			int rc = spa_sock_wait(l->fd, POLLIN, deadline_ns);
 			if (rc < 0)
 				return rc;
 			if (rc == 0)
@@ -415,7 +352,7 @@ static int udp_accept(struct spa_listener_base *b, struct spa_link_base **out,
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return spa_err(err, -errno, "udp://%s: receive failed: %s", l->addr,
 					       strerror(errno));
-			int rc = wait_fd(l->fd, POLLIN, deadline);
+			int rc = spa_sock_wait(l->fd, POLLIN, deadline);
 			if (rc < 0)
 				return spa_err(err, rc, "udp://%s: poll failed: %s", l->addr,
 					       strerror(-rc));
@@ -500,7 +437,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 		if (until > end)
 			until = end;
 		for (;;) {
-			int rc = wait_fd(fd, POLLIN, until);
+			int rc = spa_sock_wait(fd, POLLIN, until);
 			if (rc <= 0) {
 				if (rc < 0)
 					last = rc;
@@ -511,7 +448,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 				if (errno == ECONNREFUSED) { /* nobody there yet */
 					last = -ECONNREFUSED;
 					/* wait out the rest of this knock's slot */
-					struct timespec ts = ns_to_ts(5000000);
+					struct timespec ts = { 0, 5000000 };
 					nanosleep(&ts, NULL);
 					break;
 				}

@@ -85,32 +85,16 @@ static inline int cand_before(const struct cand *a, const struct cand *b)
 	return a->v > b->v || (a->v == b->v && a->i < b->i);
 }
 
-/* Min-heap (root = the candidate that comes last in cand_cmp's order) of the k best. */
-static void heap_sift_down(struct cand *h, uint32_t k, uint32_t j)
+/* Sift down in a heap of k candidates. max = 0: a min-heap (root = the candidate that comes
+ * last in cand_cmp's order), used to keep the k best; max = 1: a max-heap (root = the one that
+ * comes first). */
+static void sift_down(struct cand *h, uint32_t k, uint32_t j, int max)
 {
 	for (;;) {
 		uint32_t l = 2 * j + 1, r = l + 1, m = j;
-		if (l < k && cand_before(&h[m], &h[l]))
+		if (l < k && (max ? cand_before(&h[l], &h[m]) : cand_before(&h[m], &h[l])))
 			m = l;
-		if (r < k && cand_before(&h[m], &h[r]))
-			m = r;
-		if (m == j)
-			return;
-		struct cand t = h[j];
-		h[j] = h[m];
-		h[m] = t;
-		j = m;
-	}
-}
-
-/* Max-heap (root = the candidate that comes first in cand_cmp's order). */
-static void maxheap_sift_down(struct cand *h, uint32_t k, uint32_t j)
-{
-	for (;;) {
-		uint32_t l = 2 * j + 1, r = l + 1, m = j;
-		if (l < k && cand_before(&h[l], &h[m]))
-			m = l;
-		if (r < k && cand_before(&h[r], &h[m]))
+		if (r < k && (max ? cand_before(&h[r], &h[m]) : cand_before(&h[m], &h[r])))
 			m = r;
 		if (m == j)
 			return;
@@ -127,14 +111,14 @@ static void maxheap_sift_down(struct cand *h, uint32_t k, uint32_t j)
 static uint32_t nucleus(struct cand *c, uint32_t m, double target, double *mass)
 {
 	for (uint32_t j = m / 2; j-- > 0;)
-		maxheap_sift_down(c, m, j);
+		sift_down(c, m, j, 1);
 	double cum = 0;
 	uint32_t end = m; /* popped tokens collect in c[end..m), the best at c[m - 1] */
 	while (end > 0) {
 		struct cand t = c[0];
 		c[0] = c[--end];
 		c[end] = t;
-		maxheap_sift_down(c, end, 0);
+		sift_down(c, end, 0, 1);
 		cum += t.v;
 		if (cum >= target)
 			break;
@@ -154,11 +138,11 @@ static uint32_t nucleus(struct cand *c, uint32_t m, double target, double *mass)
 static void top_k(struct cand *c, uint32_t n, uint32_t k)
 {
 	for (uint32_t j = k / 2; j-- > 0;)
-		heap_sift_down(c, k, j);
+		sift_down(c, k, j, 0);
 	for (uint32_t i = k; i < n; i++)
 		if (cand_before(&c[i], &c[0])) {
 			c[0] = c[i];
-			heap_sift_down(c, k, 0);
+			sift_down(c, k, 0, 0);
 		}
 	qsort(c, k, sizeof(*c), cand_cmp);
 }

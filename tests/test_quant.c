@@ -493,6 +493,57 @@ Test(quant, integer_dots_scalar_and_avx2_give_the_same_bits)
 	}
 }
 
+/* The rows kernels (4 rows interleaved, prefetching the next 4) give each row the bits of the
+ * single-row dot, for 1..4 rows and awkward row lengths, with the rows packed at their real
+ * stride (the next group read ahead is the rest of the matrix, or past its end). */
+Test(quant, rows_kernels_give_each_row_the_single_row_bits)
+{
+	if (!spa_kernels_cpu_has_avx2())
+		cr_skip_test("this CPU lacks AVX2/FMA/F16C: no rows kernels to check");
+	const struct spa_kernels_ops *av = &spa_kernels_ops_avx2;
+	int checked = 0;
+	for (size_t s = 0; s < sizeof int_blocks / sizeof int_blocks[0]; s++) {
+		uint64_t nb = int_blocks[s], n = 32 * nb;
+		float *x = malloc(n * sizeof(float));
+		struct spa_block_q8x *xq = malloc(nb * sizeof *xq);
+		cr_assert(x && xq);
+		awkward_x(x, n, 5 * nb + 1);
+		av->quantize_x(x, xq, n);
+		for (size_t k = 0; k < N_INT_TYPES; k++) {
+			const enum spa_dtype t = int_types[k];
+			if (INT_SKIP(t, nb) || !av->dot_q8x_rows[t])
+				continue;
+			uint64_t rs = 0;
+			cr_assert_eq(spa_dtype_row_size(t, n, &rs), 0);
+			uint8_t *w = malloc(7 * rs);
+			cr_assert(w);
+			for (int r = 0; r < 7; r++) {
+				void *row = random_qrow(t, n, 991 * nb + 13 * k + (uint64_t)r);
+				memcpy(w + r * rs, row, rs);
+				free(row);
+			}
+			for (unsigned nrows = 1; nrows <= SPA_DOT_ROWS; nrows++) {
+				for (unsigned r0 = 0; r0 + nrows <= 7; r0 += 3) {
+					float y[SPA_DOT_ROWS];
+					av->dot_q8x_rows[t](w + r0 * rs, rs, xq, n, y, nrows);
+					for (unsigned r = 0; r < nrows; r++) {
+						float a = av->dot_q8x[t](w + (r0 + r) * rs, xq, n);
+						cr_assert_eq(memcmp(&a, &y[r], 4), 0,
+							     "%s %llu blocks, %u rows, row %u: %a vs %a",
+							     spa_dtype_name(t), (unsigned long long)nb,
+							     nrows, r0 + r, (double)a, (double)y[r]);
+						checked++;
+					}
+				}
+			}
+			free(w);
+		}
+		free(x);
+		free(xq);
+	}
+	cr_assert_gt(checked, 400, "only %d rows checked", checked);
+}
+
 /* The activation quantizer: |x - q d| <= d / 2 (plus the rounding of x * id), |q| <= 127,
  * zero blocks below the floor, NaN scale (and so NaN dots) for non-finite input. */
 Test(quant, activation_quantizer_rounds_to_nearest_within_half_a_step)

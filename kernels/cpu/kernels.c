@@ -230,6 +230,8 @@ void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t 
 struct mm_job {
 	spa_dot_fn dot;
 	spa_dot_q8x_fn dot_q8x; /* non-NULL: rows times xq, else rows times x */
+	spa_dot_rows_fn dot_rows;         /* optional, with dot */
+	spa_dot_q8x_rows_fn dot_q8x_rows; /* optional, with dot_q8x */
 	const uint8_t *w;
 	size_t row_size;
 	uint64_t rows;
@@ -259,14 +261,33 @@ static inline float row_dot(const struct mm_job *j, uint32_t b, uint64_t r)
 	return j->dot(w, j->x + (uint64_t)b * j->cols, j->cols);
 }
 
+/* y elements [r0, r1) of vector b: SPA_DOT_ROWS rows per call where the variant has a rows
+ * kernel (the bits of row_dot on each), else one row per call. */
+static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r1, float *y)
+{
+	uint64_t r = r0;
+	if (j->dot_q8x ? j->dot_q8x_rows != NULL : j->dot_rows != NULL) {
+		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
+		const float *x = j->x + (uint64_t)b * j->cols;
+		for (; r + SPA_DOT_ROWS <= r1; r += SPA_DOT_ROWS) {
+			const uint8_t *w = j->w + r * j->row_size;
+			if (j->dot_q8x)
+				j->dot_q8x_rows(w, j->row_size, xq, j->cols, y + r, SPA_DOT_ROWS);
+			else
+				j->dot_rows(w, j->row_size, x, j->cols, y + r, SPA_DOT_ROWS);
+		}
+	}
+	for (; r < r1; r++)
+		y[r] = row_dot(j, b, r);
+}
+
 static void matvec_worker(void *ctx, int ith, int nth)
 {
 	const struct mm_job *j = ctx;
 	uint64_t r0, r1;
 
 	split_rows(j->rows, ith, nth, &r0, &r1);
-	for (uint64_t r = r0; r < r1; r++)
-		j->y[r] = row_dot(j, 0, r);
+	rows_dot(j, 0, r0, r1, j->y);
 }
 
 /* A tile of rows (tile * row_size bytes, sized for L2) is read from memory once and reused
@@ -279,11 +300,8 @@ static void matmul_worker(void *ctx, int ith, int nth)
 	split_rows(j->rows, ith, nth, &r0, &r1);
 	for (uint64_t rt = r0; rt < r1; rt += j->tile) {
 		uint64_t re = rt + j->tile < r1 ? rt + j->tile : r1;
-		for (uint32_t b = 0; b < j->n; b++) {
-			float *y = j->y + (uint64_t)b * j->rows;
-			for (uint64_t r = rt; r < re; r++)
-				y[r] = row_dot(j, b, r);
-		}
+		for (uint32_t b = 0; b < j->n; b++)
+			rows_dot(j, b, rt, re, j->y + (uint64_t)b * j->rows);
 	}
 }
 
@@ -308,6 +326,7 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		return;
 	struct mm_job j = {
 		.dot = ops->dot[w->type],
+		.dot_rows = ops->dot_rows[w->type],
 		.w = w->data,
 		.row_size = row_size,
 		.rows = w->rows,
@@ -327,6 +346,7 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 	struct spa_block_q8x xq[XQ_MAX_BLOCKS];
 	const uint32_t per = (uint32_t)(XQ_MAX_BLOCKS / nbx);
 	j.dot_q8x = ops->dot_q8x[w->type];
+	j.dot_q8x_rows = ops->dot_q8x_rows[w->type];
 	j.xq = xq;
 	for (uint32_t b0 = 0; b0 < n; b0 += per) {
 		const uint32_t nv = n - b0 < per ? n - b0 : per;

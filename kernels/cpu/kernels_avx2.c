@@ -103,6 +103,11 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_avx2,
 	},
 	.quantize_x = spa_quantize_x_avx2,
+	.dot_q8x_rows = {
+		[SPA_TYPE_Q8_0] = spa_dot_q8_0_q8x_rows_avx2,
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_rows_avx2,
+		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_rows_avx2,
+	},
 	/* The quantized rows decode with the scalar ports of ggml's dequantize_row_*: only
 	 * embedding rows are dequantized (one per token), and the scalar code is bit-exact to
 	 * ggml by construction. */

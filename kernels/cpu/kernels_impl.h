@@ -38,6 +38,17 @@ typedef float (*spa_dot_q8x_fn)(const void *w, const struct spa_block_q8x *x, si
 /* Quantize n floats (a multiple of 32) into n / 32 blocks of activations. */
 typedef void (*spa_quantize_x_fn)(const float *x, struct spa_block_q8x *y, size_t n);
 
+/* Rows kernels: nrows (1..SPA_DOT_ROWS) consecutive weight rows, row_size bytes apart, each
+ * times the same x, into y[0..nrows-1]. y[k] has exactly the bits of the slot's single-row
+ * dot on row k (the rows are interleaved for instruction-level parallelism and share the
+ * loads of x and the reduction of the lanes; each row's own operations are unchanged). */
+#define SPA_DOT_ROWS 4
+typedef void (*spa_dot_rows_fn)(const void *w, size_t row_size, const float *x, size_t n,
+				float *y, unsigned nrows);
+typedef void (*spa_dot_q8x_rows_fn)(const void *w, size_t row_size,
+				    const struct spa_block_q8x *x, size_t n, float *y,
+				    unsigned nrows);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
@@ -47,6 +58,9 @@ struct spa_kernels_ops {
 	 * dot_q8x on every row; NULL for the types that keep x in f32. */
 	spa_dot_q8x_fn dot_q8x[SPA_TYPE_COUNT];
 	spa_quantize_x_fn quantize_x;
+	/* Optional (NULL: matvec calls the single-row slot row by row; same bits either way). */
+	spa_dot_rows_fn dot_rows[SPA_TYPE_COUNT];
+	spa_dot_q8x_rows_fn dot_q8x_rows[SPA_TYPE_COUNT];
 };
 
 /* The portable variant (kernels.c): plain C, 8 independent partial sums so that compilers
@@ -152,6 +166,13 @@ float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t
  * its sub-block's int8 scale, and the float part is as above with d_w the block's fp16 d. */
 float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
+void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
+				size_t n, float *y, unsigned nrows);
+/* Their rows versions (the spa_dot_q8x_rows_fn contract). */
+void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
+				size_t n, float *y, unsigned nrows);
+void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
+				size_t n, float *y, unsigned nrows);
 
 /* The quantized row kernels. Q8_0, Q4_0 and Q6_K dots with f32 x: quantize x block by block
  * with the variant's quantizer and run the integer dot (the bits of dot_q8x on

@@ -13,9 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "spa/engine.h"
 #include "spa/error.h"
@@ -611,9 +608,9 @@ static void attn_worker(void *ctx, int ith, int nth)
 		const float *q = e->q + (uint64_t)j * H + (uint64_t)h * hd;
 		float *out = e->att + (uint64_t)j * H + (uint64_t)h * hd;
 
+		spa_dot_f32_rows(kc + (uint64_t)kvh * hd, kv_dim, q, hd, sc, p + 1);
 		for (uint32_t t = 0; t <= p; t++)
-			sc[t] = spa_dot_f32(q, kc + (uint64_t)t * kv_dim + (uint64_t)kvh * hd, hd) *
-				scale;
+			sc[t] = sc[t] * scale;
 		spa_softmax(sc, p + 1);
 		memset(out, 0, hd * sizeof(float));
 		for (uint32_t t = 0; t <= p; t++) {
@@ -845,163 +842,31 @@ void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok)
 
 /* ---------------------------------------------------------------- fused side chain
  *
- * Per block: s = relu(s); for each tile of H: u = relu(U s + b_up) for the tile's rows, then
- * every D row's partial sums take the tile in. The partial sums are exactly those of the
- * variant's F32 dot (kernels/cpu: scalar = 8 sums, element i to sum i % 8; AVX2 = four 8-lane
- * FMA accumulators over blocks of 32, whole groups of 8 then the zero-padded last group into
- * the first), combined the same way at the end, so D relu(U s) has spa_matvec_f32's bits.
- * A variant whose order this file does not know falls back to spa_plugin_side_chain. */
-
-static float relu1(float x)
-{
-	return x > 0.0f ? x : 0.0f;
-}
-
-/* u[k] = relu(U_h s + b_h) for h = h0..h0+n-1 */
-static void chain_u(const float *up_w, const float *up_b, const float *s, uint32_t r,
-		    uint32_t h0, uint32_t n, float *u)
-{
-	for (uint32_t k = 0; k < n; k++)
-		u[k] = relu1(spa_dot_f32(up_w + (size_t)(h0 + k) * r, s, r) + up_b[h0 + k]);
-}
-
-static void chain_scalar(const struct spa_plugin *p, const float *taps, float *relu_s,
-			 float *scratch)
-{
-	const uint32_t H = p->n_embd, r = p->rank;
-	float *s = scratch;               /* r */
-	float *acc = scratch + r;         /* r x 8 partial sums */
-	float u[8];
-	memcpy(s, taps, r * sizeof *s);
-	for (uint32_t i = 0; i < p->n_layers; i++) {
-		const float *t = taps + (size_t)(i + 1) * r;
-		const float *up_w = p->up_w + (size_t)i * H * r, *up_b = p->up_b + (size_t)i * H;
-		const float *dn_w = p->down_w + (size_t)i * r * H, *dn_b = p->down_b + (size_t)i * r;
-		for (uint32_t j = 0; j < r; j++)
-			s[j] = relu1(s[j]);
-		memset(acc, 0, sizeof(float) * 8 * r);
-		for (uint32_t h = 0; h < H; h += 8) {
-			uint32_t n = H - h < 8 ? H - h : 8;
-			chain_u(up_w, up_b, s, r, h, n, u);
-			for (uint32_t j = 0; j < r; j++) {
-				const float *d = dn_w + (size_t)j * H + h;
-				float *a = acc + (size_t)j * 8;
-				for (uint32_t k = 0; k < n; k++)
-					a[k] += d[k] * u[k];
-			}
-		}
-		for (uint32_t j = 0; j < r; j++) {
-			const float *a = acc + (size_t)j * 8;
-			float d = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-			d = d + dn_b[j];
-			s[j] = (t[j] + s[j]) + d;
-		}
-	}
-	for (uint32_t j = 0; j < r; j++)
-		relu_s[j] = relu1(s[j]);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) static float hsum8_avx2(__m256 v)
-{
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-	return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2,fma")))
-static void chain_avx2(const struct spa_plugin *p, const float *taps, float *relu_s,
-		       float *scratch)
-{
-	const uint32_t H = p->n_embd, r = p->rank;
-	float *s = scratch;                                   /* r */
-	/* r x 4 accumulators of 8 lanes, 32-byte aligned */
-	float *acc = (float *)(((uintptr_t)(scratch + r) + 31) & ~(uintptr_t)31);
-	float u[32] __attribute__((aligned(32)));
-	memcpy(s, taps, r * sizeof *s);
-	for (uint32_t i = 0; i < p->n_layers; i++) {
-		const float *t = taps + (size_t)(i + 1) * r;
-		const float *up_w = p->up_w + (size_t)i * H * r, *up_b = p->up_b + (size_t)i * H;
-		const float *dn_w = p->down_w + (size_t)i * r * H, *dn_b = p->down_b + (size_t)i * r;
-		for (uint32_t j = 0; j < r; j++)
-			s[j] = relu1(s[j]);
-		memset(acc, 0, sizeof(float) * 32 * r);
-		uint32_t h = 0;
-		for (; h + 32 <= H; h += 32) {
-			chain_u(up_w, up_b, s, r, h, 32, u);
-			const __m256 u0 = _mm256_load_ps(u), u1 = _mm256_load_ps(u + 8);
-			const __m256 u2 = _mm256_load_ps(u + 16), u3 = _mm256_load_ps(u + 24);
-			for (uint32_t j = 0; j < r; j++) {
-				const float *d = dn_w + (size_t)j * H + h;
-				float *a = acc + (size_t)j * 32;
-				_mm256_store_ps(a, _mm256_fmadd_ps(_mm256_loadu_ps(d), u0,
-								   _mm256_load_ps(a)));
-				_mm256_store_ps(a + 8, _mm256_fmadd_ps(_mm256_loadu_ps(d + 8), u1,
-								       _mm256_load_ps(a + 8)));
-				_mm256_store_ps(a + 16, _mm256_fmadd_ps(_mm256_loadu_ps(d + 16), u2,
-									_mm256_load_ps(a + 16)));
-				_mm256_store_ps(a + 24, _mm256_fmadd_ps(_mm256_loadu_ps(d + 24), u3,
-									_mm256_load_ps(a + 24)));
-			}
-		}
-		for (; h < H; h += 8) { /* whole groups of 8, then the zero-padded last one: a0 */
-			uint32_t n = H - h < 8 ? H - h : 8;
-			float db[8] __attribute__((aligned(32)));
-			for (int k = 0; k < 8; k++)
-				u[k] = 0.0f;
-			chain_u(up_w, up_b, s, r, h, n, u);
-			const __m256 uv = _mm256_load_ps(u);
-			for (uint32_t j = 0; j < r; j++) {
-				const float *d = dn_w + (size_t)j * H + h;
-				float *a = acc + (size_t)j * 32;
-				__m256 dv;
-				if (n == 8) {
-					dv = _mm256_loadu_ps(d);
-				} else {
-					memset(db, 0, sizeof db);
-					memcpy(db, d, n * sizeof *d);
-					dv = _mm256_load_ps(db);
-				}
-				_mm256_store_ps(a, _mm256_fmadd_ps(dv, uv, _mm256_load_ps(a)));
-			}
-		}
-		for (uint32_t j = 0; j < r; j++) {
-			const float *a = acc + (size_t)j * 32;
-			__m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(a), _mm256_load_ps(a + 8)),
-						 _mm256_add_ps(_mm256_load_ps(a + 16),
-							       _mm256_load_ps(a + 24)));
-			float d = hsum8_avx2(v) + dn_b[j];
-			s[j] = (t[j] + s[j]) + d;
-		}
-	}
-	for (uint32_t j = 0; j < r; j++)
-		relu_s[j] = relu1(s[j]);
-}
-#endif
-
+ * One pass per block over the r-wide state: u = relu(U s + b_up) with the bias and the relu
+ * applied as the kernels' rows kernels produce u (no second pass over the H-wide vector),
+ * then s = (t + s) + (D u + b_down). Each element is the same dot call as in
+ * spa_plugin_side_chain (spa_matvec_f32), so the bits are its bits, in every variant. */
 size_t spa_engine_side_chain_scratch(const struct spa_plugin *p)
 {
-	/* s, 32 accumulators per row (+ alignment); spa_plugin_side_chain's r + H for the
-	 * fallback */
-	size_t a = (size_t)p->rank + 32u * p->rank + 8;
-	size_t b = (size_t)p->rank + p->n_embd;
-	return a > b ? a : b;
+	/* s (r), u (H), D u (r) */
+	return 2u * (size_t)p->rank + p->n_embd;
 }
 
 void spa_engine_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
 			   float *scratch)
 {
-	const char *v = spa_kernels_variant();
-	if (!strcmp(v, "scalar")) {
-		chain_scalar(p, taps, relu_s, scratch);
-		return;
+	const uint32_t H = p->n_embd, r = p->rank;
+	float *s = scratch, *u = scratch + r, *d = scratch + r + H;
+	memcpy(s, taps, r * sizeof *s);
+	for (uint32_t i = 0; i < p->n_layers; i++) {
+		const float *t = taps + (size_t)(i + 1) * r;
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = s[j] > 0.0f ? s[j] : 0.0f;
+		spa_matvec_f32_relu(p->up_w + (size_t)i * H * r, p->up_b + (size_t)i * H, s, u, H, r);
+		spa_matvec_f32(p->down_w + (size_t)i * r * H, p->down_b + (size_t)i * r, u, d, r, H);
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = (t[j] + s[j]) + d[j];
 	}
-#if defined(__x86_64__)
-	if (!strcmp(v, "avx2-fma-f16c")) {
-		chain_avx2(p, taps, relu_s, scratch);
-		return;
-	}
-#endif
-	spa_plugin_side_chain(p, taps, relu_s, scratch);
+	for (uint32_t j = 0; j < r; j++)
+		relu_s[j] = s[j] > 0.0f ? s[j] : 0.0f;
 }

@@ -385,9 +385,67 @@ Test(kernels, matvec_f32_with_and_without_bias_uses_the_dot_order)
 		spa_matvec_f32(w, b, x, y, rows, cols);
 		spa_matvec_f32_ops(spa_kernels_ops(), w, b, x, yb, rows, cols);
 		cr_assert_eq(memcmp(y, yb, rows * 4), 0);
+		spa_matvec_f32_relu(w, b, x, y, rows, cols);
+		for (uint32_t r = 0; r < rows; r++)
+			cr_assert_eq(y[r], yb[r] > 0.0f ? yb[r] : 0.0f, "relu row %u", r);
 		free(w);
 		free(x);
 	}
+}
+
+/* The float rows kernels (4 rows, one shuffle reduction) give each row the single-row dot's
+ * bits, for 1..4 rows, every float type and awkward lengths. */
+Test(kernels, rows_kernels_give_each_row_the_single_row_bits)
+{
+	const struct spa_kernels_ops *v[2];
+	int nv = variants(v), checked = 0;
+	for (int k = 0; k < nv; k++) {
+		for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+			if (!v[k]->dot_rows[types[t]])
+				continue;
+			for (size_t si = 0; si < N_SIZES; si++) {
+				const uint32_t n = sizes[si];
+				float *wf = malloc(sizeof(float) * 5 * n), *x = malloc(sizeof(float) * n);
+				cr_assert(wf && x);
+				void *w = make_weights(types[t], (size_t)5 * n, 40 + si, wf);
+				tu_rand(x, n, 50 + si, 1.0f);
+				const size_t rs = n * elem_size(types[t]);
+				for (unsigned nr = 1; nr <= SPA_DOT_ROWS; nr++) {
+					float y[SPA_DOT_ROWS];
+					v[k]->dot_rows[types[t]]((const uint8_t *)w + rs, rs, x, n, y, nr);
+					for (unsigned r = 0; r < nr; r++) {
+						float d = v[k]->dot[types[t]]((const uint8_t *)w + (1 + r) * rs,
+									     x, n);
+						cr_assert_eq(memcmp(&d, &y[r], 4), 0,
+							     "%s %s n %u: %u rows, row %u: %a vs %a",
+							     v[k]->name, spa_dtype_name(types[t]), n, nr, r,
+							     (double)d, (double)y[r]);
+						checked++;
+					}
+				}
+				free(w);
+				free(wf);
+				free(x);
+			}
+		}
+	}
+	/* the public strided form (attention scores over a KV cache): any row count */
+	const uint32_t n = 64, stride = 256, rows = 23;
+	float *k = malloc(sizeof(float) * stride * rows), *q = malloc(sizeof(float) * n), y[23];
+	cr_assert(k && q);
+	tu_rand(k, (size_t)stride * rows, 61, 1.0f);
+	tu_rand(q, n, 62, 1.0f);
+	spa_dot_f32_rows(k + 64, stride, q, n, y, rows);
+	for (uint32_t r = 0; r < rows; r++) {
+		float d = spa_dot_f32(k + 64 + (size_t)r * stride, q, n);
+		cr_assert_eq(memcmp(&d, &y[r], 4), 0, "strided row %u: %a vs %a", r, (double)d,
+			     (double)y[r]);
+	}
+	free(k);
+	free(q);
+	if (!spa_kernels_cpu_has_avx2())
+		cr_skip_test("this CPU lacks AVX2/FMA/F16C: no rows kernels to check");
+	cr_assert_gt(checked, 200, "only %d rows checked", checked);
 }
 
 Test(kernels, variant_is_avx2_when_the_cpu_has_it)

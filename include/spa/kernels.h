@@ -75,6 +75,9 @@ void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *
  * y[rows] = W[rows][cols] x + b (b may be NULL). */
 void spa_matvec_f32(const float *w, const float *b, const float *x, float *y, uint32_t rows,
 		    uint32_t cols);
+/* y = relu(W x + b): spa_matvec_f32's bits, then max(0, .). Single thread, hot path. */
+void spa_matvec_f32_relu(const float *w, const float *b, const float *x, float *y, uint32_t rows,
+			 uint32_t cols);
 
 /* out = x / rms(x) * weight, n elements; out may alias x. */
 void spa_rmsnorm(float *out, const float *x, const float *weight, uint32_t n, float eps);
@@ -87,6 +90,10 @@ void spa_softmax(float *x, uint32_t n);
 void spa_swiglu(float *out, const float *gate, const float *up, uint32_t n);
 /* Dot product with a fixed summation order (the one spa_matvec uses for F32). */
 float spa_dot_f32(const float *a, const float *b, uint32_t n);
+/* y[k] = spa_dot_f32(w + k * stride, x, n) for k < rows, with its bits, several rows per
+ * kernel call (rows of a strided matrix: the attention scores over a KV cache). */
+void spa_dot_f32_rows(const float *w, size_t stride, const float *x, uint32_t n, float *y,
+		      uint32_t rows);
 /* Index of the largest element (the lowest index on ties). */
 uint32_t spa_argmax(const float *x, uint32_t n);
 

@@ -5,6 +5,7 @@
  * call by the calling thread), so the bits do not depend on the thread count or on the batch
  * size, and the variant is fixed for the life of the process. */
 #include <assert.h>
+#include <stdbool.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -384,14 +385,37 @@ void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *
 	spa_matmul_ops(spa_kernels_ops(), pool, w, x, y, n);
 }
 
+/* y = W x (+ b), then relu when asked: the relu of each group of rows as it is produced. */
+static void matvec_f32_run(const struct spa_kernels_ops *ops, const float *w, const float *b,
+			   const float *x, float *y, uint32_t rows, uint32_t cols, bool relu)
+{
+	spa_dot_fn dot = ops->dot[SPA_TYPE_F32];
+	spa_dot_rows_fn dot_rows = ops->dot_rows[SPA_TYPE_F32];
+	uint32_t r = 0;
+	if (dot_rows)
+		for (; r + SPA_DOT_ROWS <= rows; r += SPA_DOT_ROWS)
+			dot_rows(w + (uint64_t)r * cols, (size_t)cols * sizeof(float), x, cols, y + r,
+				 SPA_DOT_ROWS);
+	for (; r < rows; r++)
+		y[r] = dot(w + (uint64_t)r * cols, x, cols);
+	if (b)
+		for (r = 0; r < rows; r++)
+			y[r] = y[r] + b[r];
+	if (relu)
+		for (r = 0; r < rows; r++)
+			y[r] = y[r] > 0.0f ? y[r] : 0.0f;
+}
+
 void spa_matvec_f32_ops(const struct spa_kernels_ops *ops, const float *w, const float *b,
 			const float *x, float *y, uint32_t rows, uint32_t cols)
 {
-	spa_dot_fn dot = ops->dot[SPA_TYPE_F32];
-	for (uint32_t r = 0; r < rows; r++) {
-		float v = dot(w + (uint64_t)r * cols, x, cols);
-		y[r] = b ? v + b[r] : v;
-	}
+	matvec_f32_run(ops, w, b, x, y, rows, cols, false);
+}
+
+void spa_matvec_f32_relu(const float *w, const float *b, const float *x, float *y, uint32_t rows,
+			 uint32_t cols)
+{
+	matvec_f32_run(spa_kernels_ops(), w, b, x, y, rows, cols, true);
 }
 
 void spa_matvec_f32(const float *w, const float *b, const float *x, float *y, uint32_t rows,
@@ -403,6 +427,19 @@ void spa_matvec_f32(const float *w, const float *b, const float *x, float *y, ui
 float spa_dot_f32(const float *a, const float *b, uint32_t n)
 {
 	return spa_kernels_ops()->dot[SPA_TYPE_F32](a, b, n);
+}
+
+void spa_dot_f32_rows(const float *w, size_t stride, const float *x, uint32_t n, float *y,
+		      uint32_t rows)
+{
+	const struct spa_kernels_ops *ops = spa_kernels_ops();
+	spa_dot_rows_fn dot_rows = ops->dot_rows[SPA_TYPE_F32];
+	uint32_t r = 0;
+	if (dot_rows)
+		for (; r + SPA_DOT_ROWS <= rows; r += SPA_DOT_ROWS)
+			dot_rows(w + r * stride, stride * sizeof(float), x, n, y + r, SPA_DOT_ROWS);
+	for (; r < rows; r++)
+		y[r] = ops->dot[SPA_TYPE_F32](w + r * stride, x, n);
 }
 
 /* ---- element-wise kernels (one implementation: their order does not depend on the ISA) -- */

@@ -62,6 +62,71 @@ static inline __m256 load_bf16(const void *w, size_t i)
 		return hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));  \
 	}
 
+/* The same loop without the final reduction: the row's 8-lane sum before hsum8. */
+#define SPA_DOT_AVX2_LANES(name, wtype, load)                                              \
+	static inline __m256 name(const void *w, const float *x, size_t n)                 \
+	{                                                                                  \
+		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                 \
+		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                 \
+		size_t i = 0;                                                              \
+		for (; i + 32 <= n; i += 32) {                                             \
+			a0 = _mm256_fmadd_ps(load(w, i), _mm256_loadu_ps(x + i), a0);      \
+			a1 = _mm256_fmadd_ps(load(w, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
+			a2 = _mm256_fmadd_ps(load(w, i + 16), _mm256_loadu_ps(x + i + 16), a2); \
+			a3 = _mm256_fmadd_ps(load(w, i + 24), _mm256_loadu_ps(x + i + 24), a3); \
+		}                                                                          \
+		for (; i + 8 <= n; i += 8)                                                 \
+			a0 = _mm256_fmadd_ps(load(w, i), _mm256_loadu_ps(x + i), a0);      \
+		if (i < n) {                                                               \
+			wtype wb[8] = { 0 };                                               \
+			float xb[8] = { 0 };                                               \
+			memcpy(wb, (const wtype *)w + i, (n - i) * sizeof(wtype));         \
+			memcpy(xb, x + i, (n - i) * sizeof(float));                        \
+			a0 = _mm256_fmadd_ps(load(wb, 0), _mm256_loadu_ps(xb), a0);        \
+		}                                                                          \
+		return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));        \
+	}
+
+SPA_DOT_AVX2_LANES(lanes_f32, float, load_f32)
+SPA_DOT_AVX2_LANES(lanes_f16, uint16_t, load_f16)
+SPA_DOT_AVX2_LANES(lanes_bf16, uint16_t, load_bf16)
+
+/* The 4 hsum8's of a, b, c, d into y[0..3], each with hsum8's association (see
+ * quant_avx2.c's copy: the same bits as 4 hsum8 calls). */
+static inline void hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d, float *y)
+{
+	__m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
+				  _mm256_permute2f128_ps(a, b, 0x31));
+	__m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20),
+				  _mm256_permute2f128_ps(c, d, 0x31));
+	__m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+				 _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+	__m256 r = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
+				 _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
+	_mm_storeu_ps(y, _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1)));
+}
+
+/* Rows kernels for the float types: each row's loop as in the single-row dot, one after the
+ * other (so the reads stay sequential), and the four reductions in one shuffle tree; the call
+ * and the reduction were most of a short row's time (a 32-wide side adapter row, a 64-wide
+ * attention head). */
+#define SPA_DOT_ROWS_AVX2(name, lanes)                                                     \
+	static void name(const void *w, size_t row_size, const float *x, size_t n, float *y, \
+			 unsigned nrows)                                                   \
+	{                                                                                  \
+		const uint8_t *p = w;                                                      \
+		__m256 v[4];                                                               \
+		float t[4];                                                                \
+		for (unsigned k = 0; k < 4; k++)                                           \
+			v[k] = k < nrows ? lanes(p + k * row_size, x, n) : _mm256_setzero_ps(); \
+		hsum8x4(v[0], v[1], v[2], v[3], t);                                        \
+		memcpy(y, t, nrows * sizeof(float));                                       \
+	}
+
+SPA_DOT_ROWS_AVX2(dot_f32_rows_avx2, lanes_f32)
+SPA_DOT_ROWS_AVX2(dot_f16_rows_avx2, lanes_f16)
+SPA_DOT_ROWS_AVX2(dot_bf16_rows_avx2, lanes_bf16)
+
 static SPA_DOT_AVX2(dot_f32_avx2, float, load_f32)
 static SPA_DOT_AVX2(dot_f16_avx2, uint16_t, load_f16)
 static SPA_DOT_AVX2(dot_bf16_avx2, uint16_t, load_bf16)
@@ -103,6 +168,11 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_avx2,
 	},
 	.quantize_x = spa_quantize_x_avx2,
+	.dot_rows = {
+		[SPA_TYPE_F32] = dot_f32_rows_avx2,
+		[SPA_TYPE_F16] = dot_f16_rows_avx2,
+		[SPA_TYPE_BF16] = dot_bf16_rows_avx2,
+	},
 	.dot_q8x_rows = {
 		[SPA_TYPE_Q8_0] = spa_dot_q8_0_q8x_rows_avx2,
 		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_rows_avx2,

@@ -689,12 +689,18 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->attn_norm,
 				    H, hp->rms_eps);
-		if ((rc = mmw(e, l, 0, e->xb, e->q, n_tok)) < 0)
-			return rc;
-		if ((rc = mmw(e, l, 1, e->xb, kc, n_tok)) < 0)
-			return rc;
-		if ((rc = mmw(e, l, 2, e->xb, vc, n_tok)) < 0)
-			return rc;
+		if (n_tok == 1 && l < e->st.first) { /* resident: q, k, v in one pool job */
+			const struct spa_tensor *w3[3] = { &ly->wq, &ly->wk, &ly->wv };
+			float *y3[3] = { e->q, kc, vc };
+			spa_matvec_multi(e->pool, 3, w3, e->xb, y3);
+		} else {
+			if ((rc = mmw(e, l, 0, e->xb, e->q, n_tok)) < 0)
+				return rc;
+			if ((rc = mmw(e, l, 1, e->xb, kc, n_tok)) < 0)
+				return rc;
+			if ((rc = mmw(e, l, 2, e->xb, vc, n_tok)) < 0)
+				return rc;
+		}
 		if (hooks && hooks->lora) {
 			memset(e->dq, 0, (uint64_t)n_tok * H * sizeof(float));
 			memset(e->dv, 0, (uint64_t)n_tok * kv_dim * sizeof(float));
@@ -722,13 +728,17 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->ffn_norm,
 				    H, hp->rms_eps);
-		if ((rc = mmw(e, l, 4, e->xb, e->hb, n_tok)) < 0)
-			return rc;
-		if ((rc = mmw(e, l, 5, e->xb, e->hb2, n_tok)) < 0)
-			return rc;
-		for (uint32_t j = 0; j < n_tok; j++)
-			spa_swiglu(e->hb + (uint64_t)j * F, e->hb + (uint64_t)j * F,
-				   e->hb2 + (uint64_t)j * F, F);
+		if (n_tok == 1 && l < e->st.first) { /* gate, up and SwiGLU in one pool job */
+			spa_matvec_swiglu(e->pool, &ly->w_gate, &ly->w_up, e->xb, e->hb, e->hb2);
+		} else {
+			if ((rc = mmw(e, l, 4, e->xb, e->hb, n_tok)) < 0)
+				return rc;
+			if ((rc = mmw(e, l, 5, e->xb, e->hb2, n_tok)) < 0)
+				return rc;
+			for (uint32_t j = 0; j < n_tok; j++)
+				spa_swiglu(e->hb + (uint64_t)j * F, e->hb + (uint64_t)j * F,
+					   e->hb2 + (uint64_t)j * F, F);
+		}
 		if ((rc = mmw(e, l, 6, e->hb, e->proj, n_tok)) < 0)
 			return rc;
 		if ((rc = call_adapter(e, hooks, l, 1, n_tok)) < 0)

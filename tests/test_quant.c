@@ -544,6 +544,85 @@ Test(quant, rows_kernels_give_each_row_the_single_row_bits)
 	cr_assert_gt(checked, 400, "only %d rows checked", checked);
 }
 
+/* Several matrices in one pool job (q, k, v; gate and up with the SwiGLU applied per thread)
+ * give the bits of separate spa_matvec calls and spa_swiglu, for mixed types (a Q4_K_M file
+ * mixes Q4_K and Q6_K) and 1 to 3 threads. */
+Test(quant, multi_matvec_and_fused_swiglu_give_the_bits_of_separate_calls)
+{
+	const enum spa_dtype ts[] = { SPA_TYPE_Q8_0, SPA_TYPE_Q4_0, SPA_TYPE_Q6_K, SPA_TYPE_F16,
+				      SPA_TYPE_F32, SPA_TYPE_Q4_K };
+	const uint64_t cols = 512, rows[3] = { 37, 64, 129 };
+	float *x = malloc(sizeof(float) * cols);
+	cr_assert(x);
+	awkward_x(x, cols, 3);
+	for (int nth = 1; nth <= 3; nth++) {
+		struct spa_pool *pool = NULL;
+		cr_assert_eq(spa_pool_create(&pool, nth, NULL), 0);
+		for (size_t a = 0; a < sizeof ts / sizeof ts[0]; a++) {
+			const enum spa_dtype tk[3] = { ts[a], ts[(a + 1) % 6], ts[(a + 2) % 6] };
+			struct spa_tensor w[3];
+			float *y[3], *ref[3];
+			for (int k = 0; k < 3; k++) {
+				uint64_t rs = 0;
+				cr_assert_eq(spa_dtype_row_size(tk[k], cols, &rs), 0);
+				uint8_t *d = malloc(rs * rows[k]);
+				for (uint64_t r = 0; r < rows[k]; r++) {
+					void *row = random_qrow(tk[k] == SPA_TYPE_F16 || tk[k] == SPA_TYPE_F32 ||
+								tk[k] == SPA_TYPE_Q4_K ? SPA_TYPE_Q8_0 : tk[k],
+								cols, 100 * a + 10 * k + r);
+					/* float and Q4_K rows: any bytes that decode to finite values */
+					if (tk[k] == SPA_TYPE_F16 || tk[k] == SPA_TYPE_F32 ||
+					    tk[k] == SPA_TYPE_Q4_K) {
+						float f[512];
+						awkward_x(f, cols, 7 * r + k);
+						if (tk[k] == SPA_TYPE_F32)
+							memcpy(d + r * rs, f, rs);
+						else if (tk[k] == SPA_TYPE_F16)
+							for (uint64_t c = 0; c < cols; c++)
+								((uint16_t *)(d + r * rs))[c] =
+									spa_fp32_to_fp16(f[c]);
+						else
+							spa_quantize_q4_K_ref(f, d + r * rs, cols);
+					} else {
+						memcpy(d + r * rs, row, rs);
+					}
+					free(row);
+				}
+				w[k] = (struct spa_tensor){ tk[k], cols, rows[k], d };
+				y[k] = malloc(sizeof(float) * rows[k]);
+				ref[k] = malloc(sizeof(float) * rows[k]);
+				spa_matvec(pool, &w[k], x, ref[k]);
+			}
+			const struct spa_tensor *wp[3] = { &w[0], &w[1], &w[2] };
+			spa_matvec_multi(pool, 3, wp, x, y);
+			for (int k = 0; k < 3; k++)
+				cr_assert_eq(memcmp(y[k], ref[k], sizeof(float) * rows[k]), 0,
+					     "multi: matrix %d (%s), %d threads", k,
+					     spa_dtype_name(tk[k]), nth);
+			/* gate and up: the same rows */
+			struct spa_tensor up = w[1];
+			up.rows = rows[0];
+			float *ru = malloc(sizeof(float) * rows[0]), *o = malloc(sizeof(float) * rows[0]);
+			float *u = malloc(sizeof(float) * rows[0]), *ro = malloc(sizeof(float) * rows[0]);
+			spa_matvec(pool, &up, x, ru);
+			spa_swiglu(ro, ref[0], ru, (uint32_t)rows[0]);
+			spa_matvec_swiglu(pool, &w[0], &up, x, o, u);
+			cr_assert_eq(memcmp(u, ru, sizeof(float) * rows[0]), 0, "swiglu: up");
+			cr_assert_eq(memcmp(o, ro, sizeof(float) * rows[0]), 0,
+				     "swiglu: out (%s, %s), %d threads", spa_dtype_name(tk[0]),
+				     spa_dtype_name(tk[1]), nth);
+			free(ru), free(o), free(u), free(ro);
+			for (int k = 0; k < 3; k++) {
+				free((void *)w[k].data);
+				free(y[k]);
+				free(ref[k]);
+			}
+		}
+		spa_pool_destroy(pool);
+	}
+	free(x);
+}
+
 /* The activation quantizer: |x - q d| <= d / 2 (plus the rounding of x * id), |q| <= 127,
  * zero blocks below the floor, NaN scale (and so NaN dots) for non-finite input. */
 Test(quant, activation_quantizer_rounds_to_nearest_within_half_a_step)

@@ -67,6 +67,16 @@ int spa_quantize_ftype(enum spa_dtype ftype);
  * at most half a step (amax / 254 per block) that F32/F16/BF16/Q4_K rows do not; x is
  * quantized once per call, so the bits still do not depend on the thread count. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
+/* y[k] = W_k x for k < n (1..4 matrices with the same cols, any types), in one pool job:
+ * each thread takes its share of every matrix, so the pool wakes once (decode's q, k, v).
+ * The bits of n spa_matvec calls. Not thread-safe on one pool; hot path, no allocation. */
+void spa_matvec_multi(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
+		      const float *x, float *const *y);
+/* out = swiglu(W_gate x, W_up x) (spa_swiglu on the two products), one pool job: each thread
+ * applies the SwiGLU to its own rows. up receives W_up x (rows floats of scratch); out may
+ * not alias x. The bits of two spa_matvec calls and spa_swiglu. */
+void spa_matvec_swiglu(struct spa_pool *pool, const struct spa_tensor *w_gate,
+		       const struct spa_tensor *w_up, const float *x, float *out, float *up);
 /* Y[n][rows] = X[n][cols] W^T, row-major, for a batch of n vectors (prefill). Same per-element
  * summation order as spa_matvec, so a batch gives the same bits as n single calls. */
 void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y,

@@ -360,6 +360,98 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 	}
 }
 
+/* ---- several matrices in one pool job (decode: q, k, v; gate and up) ------------------
+ * Each thread takes its share of every matrix's rows, so the pool wakes once instead of once
+ * per matrix; with swiglu, gate and up have the same rows, so each thread's share of gate and
+ * of up is the same range and it applies the SwiGLU to it too. */
+#define MULTI_MAX 4
+
+struct multi_job {
+	struct mm_job j[MULTI_MAX];
+	unsigned n;
+	float *swiglu_out; /* non-NULL: out = swiglu(y_0, y_1) */
+};
+
+static void multi_worker(void *ctx, int ith, int nth)
+{
+	const struct multi_job *m = ctx;
+	uint64_t r0 = 0, r1 = 0;
+	for (unsigned k = 0; k < m->n; k++) {
+		split_rows(m->j[k].rows, ith, nth, &r0, &r1);
+		rows_dot(&m->j[k], 0, r0, r1, m->j[k].y);
+	}
+	if (m->swiglu_out) {
+		const float *g = m->j[0].y, *u = m->j[1].y;
+		for (uint64_t r = r0; r < r1; r++) /* spa_swiglu's expression: its bits */
+			m->swiglu_out[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+	}
+}
+
+static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
+		      const float *x, float *const *y, float *swiglu_out)
+{
+	const struct spa_kernels_ops *ops = spa_kernels_ops();
+	struct multi_job m = { .n = n, .swiglu_out = swiglu_out };
+	bool need_xq = false;
+	const uint64_t cols = w[0]->cols, nbx = cols / SPA_QK8X;
+	for (unsigned k = 0; k < n; k++) {
+		uint64_t row_size = 0;
+		if (w[k]->cols != cols || check_type(w[k]->type, cols, y[k], w[k]->rows) < 0 ||
+		    spa_dtype_row_size(w[k]->type, cols, &row_size) < 0)
+			goto one_by_one;
+		m.j[k] = (struct mm_job){
+			.dot = ops->dot[w[k]->type],
+			.dot_rows = ops->dot_rows[w[k]->type],
+			.w = w[k]->data,
+			.row_size = row_size,
+			.rows = w[k]->rows,
+			.cols = cols,
+			.x = x,
+			.y = y[k],
+			.n = 1,
+		};
+		if (ops->dot_q8x[w[k]->type] && nbx > 0 && nbx <= XQ_MAX_BLOCKS) {
+			m.j[k].dot_q8x = ops->dot_q8x[w[k]->type];
+			m.j[k].dot_q8x_rows = ops->dot_q8x_rows[w[k]->type];
+			need_xq = true;
+		}
+	}
+	struct spa_block_q8x xq[XQ_MAX_BLOCKS]; /* 72 KiB of stack, as mm_run */
+	if (need_xq) {
+		ops->quantize_x(x, xq, cols); /* once, as mm_run: the same blocks for every row */
+		for (unsigned k = 0; k < n; k++)
+			m.j[k].xq = xq;
+	}
+	spa_pool_run(pool, multi_worker, &m);
+	return;
+one_by_one:
+	for (unsigned k = 0; k < n; k++)
+		mm_run(ops, pool, w[k], x, y[k], 1);
+	if (swiglu_out)
+		spa_swiglu(swiglu_out, y[0], y[1], (uint32_t)w[0]->rows);
+}
+
+void spa_matvec_multi(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
+		      const float *x, float *const *y)
+{
+	assert(n >= 1 && n <= MULTI_MAX);
+	multi_run(pool, n, w, x, y, NULL);
+}
+
+void spa_matvec_swiglu(struct spa_pool *pool, const struct spa_tensor *w_gate,
+		       const struct spa_tensor *w_up, const float *x, float *out, float *up)
+{
+	const struct spa_tensor *w[2] = { w_gate, w_up };
+	float *y[2] = { out, up };
+	if (w_gate->rows != w_up->rows) {
+		assert(!"spa_matvec_swiglu: gate and up have different row counts");
+		for (uint64_t i = 0; i < w_gate->rows; i++)
+			out[i] = NAN;
+		return;
+	}
+	multi_run(pool, 2, w, x, y, out);
+}
+
 void spa_matvec_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		    const struct spa_tensor *w, const float *x, float *y)
 {

@@ -104,6 +104,7 @@ struct spa_engine {
 	/* greedy head: per-thread best and tile, one cache line apart */
 	struct head_best { float v; uint32_t i; bool any; char pad[52]; } *hbest;
 	float *htile;   /* (n_threads, HEAD_TILE) */
+	float *rope_cs; /* (max_batch, head_dim): cos, sin of each position in the batch */
 
 	struct engine_stream st;
 };
@@ -125,7 +126,8 @@ void spa_engine_destroy(struct spa_engine *e)
 	if (!e)
 		return;
 	float *bufs[] = { e->x, e->xb, e->q, e->att, e->proj, e->delta, e->dq, e->dv, e->hb,
-			  e->hb2, e->scores, e->k_cache, e->v_cache, e->resid, e->f, e->htile };
+			  e->hb2, e->scores, e->k_cache, e->v_cache, e->resid, e->f, e->htile,
+			  e->rope_cs };
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
@@ -174,6 +176,7 @@ int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32
 	    !(e->k_cache = alloc_f32(cache)) || !(e->v_cache = alloc_f32(cache)) ||
 	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H)) ||
 	    !(e->htile = alloc_f32((uint64_t)e->n_threads * HEAD_TILE)) ||
+	    !(e->rope_cs = alloc_f32(B * hp->head_dim)) ||
 	    posix_memalign((void **)&e->hbest, 64, sizeof *e->hbest * (size_t)e->n_threads)) {
 		e->hbest = NULL;
 		spa_engine_destroy(e);
@@ -679,6 +682,10 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 	if (e->taps)
 		spa_matvec_f32(sp->in_w, sp->in_b, x_last, e->taps, r, H);
 
+	/* the rotary angles of the batch's positions, once for every block */
+	for (uint32_t j = 0; j < n_tok; j++)
+		spa_rope_table(e->rope_cs + (uint64_t)j * hp->head_dim, hp->head_dim, pos + j,
+			       hp->rope_base);
 	for (uint32_t l = 0; l < L; l++) {
 		const struct spa_layer *ly = &m->layers[l];
 		/* this layer's cache rows for the batch: (n_tok, kv_dim) */
@@ -711,10 +718,9 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 			add_rows(vc, e->dv, (uint64_t)n_tok * kv_dim);
 		}
 		for (uint32_t j = 0; j < n_tok; j++) {
-			spa_rope(e->q + (uint64_t)j * H, hp->n_heads, hp->head_dim, pos + j,
-				 hp->rope_base);
-			spa_rope(kc + (uint64_t)j * kv_dim, hp->n_kv_heads, hp->head_dim, pos + j,
-				 hp->rope_base);
+			const float *cs = e->rope_cs + (uint64_t)j * hp->head_dim;
+			spa_rope_apply(e->q + (uint64_t)j * H, hp->n_heads, hp->head_dim, cs);
+			spa_rope_apply(kc + (uint64_t)j * kv_dim, hp->n_kv_heads, hp->head_dim, cs);
 		}
 		struct attn_job job = { .e = e, .layer = l, .n_tok = n_tok, .pos = pos };
 		spa_pool_run(e->pool, attn_worker, &job);

@@ -520,6 +520,15 @@ Test(kernels, rope_rotates_adjacent_pairs_like_the_reference)
 			tu_rand(x0, n, d * 10 + pi, 2.0f);
 			memcpy(x, x0, n * 4);
 			spa_rope(x, nh, hd, pos, base);
+			/* the table form (the engine's, once per position): the same bits */
+			float *x2 = malloc(n * 4), *cs = malloc(hd * 4);
+			memcpy(x2, x0, n * 4);
+			spa_rope_table(cs, hd, pos, base);
+			spa_rope_apply(x2, nh, hd, cs);
+			cr_assert_eq(memcmp(x, x2, n * 4), 0, "table form differs: heads %u dim %u pos %u",
+				     nh, hd, pos);
+			free(x2);
+			free(cs);
 			for (uint32_t h = 0; h < nh; h++)
 				for (uint32_t i = 0; i < hd / 2; i++) {
 					double th = pos * pow(base, -2.0 * i / hd);

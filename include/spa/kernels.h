@@ -94,6 +94,11 @@ void spa_rmsnorm(float *out, const float *x, const float *weight, uint32_t n, fl
 /* Rotary embedding in place on n_heads heads of head_dim at position pos (Llama/GGUF "normal"
  * pairing: (x[2i], x[2i+1]) rotated by pos * base^(-2i/head_dim)). */
 void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float base);
+/* spa_rope in two steps, for a position shared by many calls (every block's q and k):
+ * spa_rope_table writes the head_dim cosines and sines (c0, s0, c1, s1, ...) of position pos
+ * into cs, spa_rope_apply rotates with them. Together: spa_rope's bits. */
+void spa_rope_table(float *cs, uint32_t head_dim, uint32_t pos, float base);
+void spa_rope_apply(float *x, uint32_t n_heads, uint32_t head_dim, const float *cs);
 /* Numerically stable softmax in place. */
 void spa_softmax(float *x, uint32_t n);
 /* out[i] = silu(gate[i]) * up[i]; out may alias gate. */

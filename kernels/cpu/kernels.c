@@ -569,6 +569,29 @@ void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float
 	}
 }
 
+void spa_rope_table(float *cs, uint32_t head_dim, uint32_t pos, float base)
+{
+	/* spa_rope's angles, computed the same way */
+	for (uint32_t i = 0; i + 1 < head_dim; i += 2) {
+		double freq = pow((double)base, -(double)i / (double)head_dim);
+		double ang = (double)pos * freq;
+		cs[i] = (float)cos(ang);
+		cs[i + 1] = (float)sin(ang);
+	}
+}
+
+void spa_rope_apply(float *x, uint32_t n_heads, uint32_t head_dim, const float *cs)
+{
+	for (uint32_t h = 0; h < n_heads; h++) {
+		float *p = x + (uint64_t)h * head_dim;
+		for (uint32_t i = 0; i + 1 < head_dim; i += 2) {
+			const float c = cs[i], s = cs[i + 1], a = p[i], b = p[i + 1];
+			p[i] = a * c - b * s;
+			p[i + 1] = a * s + b * c;
+		}
+	}
+}
+
 void spa_softmax(float *x, uint32_t n)
 {
 	if (n == 0)

@@ -291,7 +291,7 @@ static int stream_init(struct spa_engine *e)
 			}
 		/* Enough pieces in flight to cover both slots without polling during a product. */
 		struct spa_errbuf err;
-		int rc = spa_uring_reader_create(&st->rd, g->fd, 16, SPA_URING_QUIET, &err);
+		int rc = spa_uring_reader_create(&st->rd, g->fd, 16, SPA_URING_QUIET | SPA_URING_ASYNC, &err);
 		if (rc < 0)
 			return rc;
 		uint64_t chunk = (st->slot_size / 8 + 65535) & ~65535ull;
@@ -639,6 +639,31 @@ static int call_adapter(struct spa_engine *e, const struct spa_engine_hooks *hoo
 	return 0;
 }
 
+/* Side tap i (0: W_in, i > 0: W_down of block i - 1) as a product item on x: the bits of
+ * spa_matvec_f32(W, b, x, taps + i r, r, H). */
+static void tap_item(const struct spa_engine *e, uint32_t i, const float *x, struct spa_tensor *t,
+		     struct spa_matvec_item *it)
+{
+	const struct spa_plugin *sp = e->side;
+	const uint32_t r = sp->rank, H = e->m->hp.n_embd;
+	*t = (struct spa_tensor){ SPA_TYPE_F32, H, r,
+				  i ? sp->tap_w + (size_t)(i - 1) * r * H : sp->in_w };
+	*it = (struct spa_matvec_item){ t, x, i ? sp->tap_b + (size_t)(i - 1) * r : sp->in_b,
+					e->taps + (size_t)i * r };
+}
+
+/* The pending tap, if any, on this thread alone. */
+static void tap_alone(struct spa_engine *e, int *pending, const float *x)
+{
+	if (*pending < 0)
+		return;
+	struct spa_tensor t;
+	struct spa_matvec_item it;
+	tap_item(e, (uint32_t)*pending, x, &t, &it);
+	spa_matvec_f32(it.w->data, it.b, x, it.y, (uint32_t)t.rows, (uint32_t)t.cols);
+	*pending = -1;
+}
+
 int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_tok,
 		       const struct spa_engine_hooks *hooks)
 {
@@ -676,11 +701,12 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 	}
 	const float *x_last = e->x + (uint64_t)(n_tok - 1) * H;
 	memcpy(e->resid, x_last, H * sizeof(float));
-	const struct spa_plugin *sp = e->side;
-	const uint32_t r = sp ? sp->rank : 0;
-	/* t_in now: the TAPS payload fills up while the blocks run (spa_plugin_side_taps' calls) */
-	if (e->taps)
-		spa_matvec_f32(sp->in_w, sp->in_b, x_last, e->taps, r, H);
+	/* The TAPS payload fills up while the blocks run (spa_plugin_side_taps' products): tap i
+	 * (0: t_in = W_in e, i > 0: block i-1's W_down y) becomes pending when its input is in
+	 * x_last, and is computed in the next block's q, k, v pool job (x_last does not change
+	 * before that block's attention), or alone when that block cannot take it; the last
+	 * block's tap is all that is left after the blocks end. */
+	int pending_tap = e->taps ? 0 : -1;
 
 	/* the rotary angles of the batch's positions, once for every block */
 	for (uint32_t j = 0; j < n_tok; j++)
@@ -696,11 +722,18 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->attn_norm,
 				    H, hp->rms_eps);
-		if (n_tok == 1 && l < e->st.first) { /* resident: q, k, v in one pool job */
-			const struct spa_tensor *w3[3] = { &ly->wq, &ly->wk, &ly->wv };
-			float *y3[3] = { e->q, kc, vc };
-			spa_matvec_multi(e->pool, 3, w3, e->xb, y3);
+		if (n_tok == 1 && l < e->st.first) { /* resident: q, k, v (+ a tap), one pool job */
+			struct spa_tensor tap;
+			struct spa_matvec_item it[4] = { { &ly->wq, e->xb, NULL, e->q },
+							  { &ly->wk, e->xb, NULL, kc },
+							  { &ly->wv, e->xb, NULL, vc } };
+			unsigned n_it = 3;
+			if (pending_tap >= 0)
+				tap_item(e, (uint32_t)pending_tap, x_last, &tap, &it[n_it++]);
+			pending_tap = -1;
+			spa_matvec_items(e->pool, n_it, it);
 		} else {
+			tap_alone(e, &pending_tap, x_last);
 			if ((rc = mmw(e, l, 0, e->xb, e->q, n_tok)) < 0)
 				return rc;
 			if ((rc = mmw(e, l, 1, e->xb, kc, n_tok)) < 0)
@@ -752,14 +785,14 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		add_rows(e->x, e->proj, (uint64_t)n_tok * H);
 
 		memcpy(e->resid + (uint64_t)(l + 1) * H, x_last, H * sizeof(float));
-		/* block l's epilogue: its tap, straight into the outgoing payload */
+		/* block l's epilogue: its tap, into the outgoing payload with the next block */
 		if (e->taps)
-			spa_matvec_f32(sp->tap_w + (size_t)l * r * H, sp->tap_b + (size_t)l * r,
-				       x_last, e->taps + (size_t)(l + 1) * r, r, H);
+			pending_tap = (int)l + 1;
 	}
+	tap_alone(e, &pending_tap, x_last);
 	spa_rmsnorm(e->f, x_last, m->output_norm, H, hp->rms_eps);
 	if (e->gate_on)
-		spa_matvec_f32(sp->cls_w, sp->cls_b, e->f, e->gate, 2, H);
+		spa_matvec_f32(e->side->cls_w, e->side->cls_b, e->f, e->gate, 2, H);
 	e->st.n_forward++;
 	e->pos = pos + n_tok;
 	return 0;

@@ -593,8 +593,10 @@ Test(quant, multi_matvec_and_fused_swiglu_give_the_bits_of_separate_calls)
 				ref[k] = malloc(sizeof(float) * rows[k]);
 				spa_matvec(pool, &w[k], x, ref[k]);
 			}
-			const struct spa_tensor *wp[3] = { &w[0], &w[1], &w[2] };
-			spa_matvec_multi(pool, 3, wp, x, y);
+			const struct spa_matvec_item it[3] = { { &w[0], x, NULL, y[0] },
+							       { &w[1], x, NULL, y[1] },
+							       { &w[2], x, NULL, y[2] } };
+			spa_matvec_items(pool, 3, it);
 			for (int k = 0; k < 3; k++)
 				cr_assert_eq(memcmp(y[k], ref[k], sizeof(float) * rows[k]), 0,
 					     "multi: matrix %d (%s), %d threads", k,

@@ -67,11 +67,21 @@ int spa_quantize_ftype(enum spa_dtype ftype);
  * at most half a step (amax / 254 per block) that F32/F16/BF16/Q4_K rows do not; x is
  * quantized once per call, so the bits still do not depend on the thread count. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
-/* y[k] = W_k x for k < n (1..4 matrices with the same cols, any types), in one pool job:
- * each thread takes its share of every matrix, so the pool wakes once (decode's q, k, v).
- * The bits of n spa_matvec calls. Not thread-safe on one pool; hot path, no allocation. */
-void spa_matvec_multi(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
-		      const float *x, float *const *y);
+/* One matrix-vector product of a spa_matvec_items job: y = W x (+ b, added after the product
+ * as spa_matvec_f32 does; b may be NULL). */
+struct spa_matvec_item {
+	const struct spa_tensor *w;
+	const float *x;
+	const float *b;
+	float *y;
+};
+#define SPA_MATVEC_MAX_ITEMS 4
+/* 1..SPA_MATVEC_MAX_ITEMS products (any types and shapes, x shared or not) in one pool job:
+ * each thread takes its share of every item, so the pool wakes once (decode's q, k, v and a
+ * side tap). Each y has the bits of spa_matvec (F32 with b: of spa_matvec_f32). y must not
+ * alias any x. Not thread-safe on one pool; hot path, no allocation (up to 144 KiB of stack
+ * for the quantized inputs). */
+void spa_matvec_items(struct spa_pool *pool, unsigned n, const struct spa_matvec_item *items);
 /* out = swiglu(W_gate x, W_up x) (spa_swiglu on the two products), one pool job: each thread
  * applies the SwiGLU to its own rows. up receives W_up x (rows floats of scratch); out may
  * not alias x. The bits of two spa_matvec calls and spa_swiglu. */

@@ -360,14 +360,15 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 	}
 }
 
-/* ---- several matrices in one pool job (decode: q, k, v; gate and up) ------------------
- * Each thread takes its share of every matrix's rows, so the pool wakes once instead of once
+/* ---- several matrices in one pool job (decode: q, k, v and a side tap; gate and up) -----
+ * Each thread takes its share of every item's rows, so the pool wakes once instead of once
  * per matrix; with swiglu, gate and up have the same rows, so each thread's share of gate and
  * of up is the same range and it applies the SwiGLU to it too. */
-#define MULTI_MAX 4
+#define XQ_DISTINCT 2 /* distinct quantized inputs per job (72 KiB of stack each) */
 
 struct multi_job {
-	struct mm_job j[MULTI_MAX];
+	struct mm_job j[SPA_MATVEC_MAX_ITEMS];
+	const float *b[SPA_MATVEC_MAX_ITEMS];
 	unsigned n;
 	float *swiglu_out; /* non-NULL: out = swiglu(y_0, y_1) */
 };
@@ -379,77 +380,102 @@ static void multi_worker(void *ctx, int ith, int nth)
 	for (unsigned k = 0; k < m->n; k++) {
 		split_rows(m->j[k].rows, ith, nth, &r0, &r1);
 		rows_dot(&m->j[k], 0, r0, r1, m->j[k].y);
+		if (m->b[k]) /* spa_matvec_f32's bias: after the dot */
+			for (uint64_t r = r0; r < r1; r++)
+				m->j[k].y[r] = m->j[k].y[r] + m->b[k][r];
 	}
 	if (m->swiglu_out) {
 		const float *g = m->j[0].y, *u = m->j[1].y;
+		split_rows(m->j[0].rows, ith, nth, &r0, &r1);
 		for (uint64_t r = r0; r < r1; r++) /* spa_swiglu's expression: its bits */
 			m->swiglu_out[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
 	}
 }
 
-static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
-		      const float *x, float *const *y, float *swiglu_out)
+static void multi_one_by_one(const struct spa_kernels_ops *ops, struct spa_pool *pool,
+			     unsigned n, const struct spa_matvec_item *it)
+{
+	for (unsigned k = 0; k < n; k++) {
+		mm_run(ops, pool, it[k].w, it[k].x, it[k].y, 1);
+		if (it[k].b)
+			for (uint64_t r = 0; r < it[k].w->rows; r++)
+				it[k].y[r] = it[k].y[r] + it[k].b[r];
+	}
+}
+
+static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec_item *it,
+		      float *swiglu_out)
 {
 	const struct spa_kernels_ops *ops = spa_kernels_ops();
 	struct multi_job m = { .n = n, .swiglu_out = swiglu_out };
-	bool need_xq = false;
-	const uint64_t cols = w[0]->cols, nbx = cols / SPA_QK8X;
+	struct spa_block_q8x xq[XQ_DISTINCT][XQ_MAX_BLOCKS];
+	const float *xq_of[XQ_DISTINCT] = { NULL };
+	uint64_t xq_cols[XQ_DISTINCT] = { 0 };
+	unsigned n_xq = 0;
+	if (n == 0 || n > SPA_MATVEC_MAX_ITEMS) {
+		assert(!"spa_matvec_items: 1 to SPA_MATVEC_MAX_ITEMS items");
+		return;
+	}
 	for (unsigned k = 0; k < n; k++) {
+		const struct spa_tensor *w = it[k].w;
 		uint64_t row_size = 0;
-		if (w[k]->cols != cols || check_type(w[k]->type, cols, y[k], w[k]->rows) < 0 ||
-		    spa_dtype_row_size(w[k]->type, cols, &row_size) < 0)
-			goto one_by_one;
+		if (check_type(w->type, w->cols, it[k].y, w->rows) < 0 ||
+		    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
+			return;
+		m.b[k] = it[k].b;
 		m.j[k] = (struct mm_job){
-			.dot = ops->dot[w[k]->type],
-			.dot_rows = ops->dot_rows[w[k]->type],
-			.w = w[k]->data,
+			.dot = ops->dot[w->type],
+			.dot_rows = ops->dot_rows[w->type],
+			.w = w->data,
 			.row_size = row_size,
-			.rows = w[k]->rows,
-			.cols = cols,
-			.x = x,
-			.y = y[k],
+			.rows = w->rows,
+			.cols = w->cols,
+			.x = it[k].x,
+			.y = it[k].y,
 			.n = 1,
 		};
-		if (ops->dot_q8x[w[k]->type] && nbx > 0 && nbx <= XQ_MAX_BLOCKS) {
-			m.j[k].dot_q8x = ops->dot_q8x[w[k]->type];
-			m.j[k].dot_q8x_rows = ops->dot_q8x_rows[w[k]->type];
-			need_xq = true;
+		const uint64_t nbx = w->cols / SPA_QK8X;
+		if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0)
+			continue;
+		/* quantize each distinct x once (the bits do not depend on who reads it) */
+		unsigned q = 0;
+		while (q < n_xq && !(xq_of[q] == it[k].x && xq_cols[q] == w->cols))
+			q++;
+		if (q == n_xq) {
+			if (n_xq == XQ_DISTINCT) {
+				multi_one_by_one(ops, pool, n, it);
+				if (swiglu_out)
+					spa_swiglu(swiglu_out, it[0].y, it[1].y, (uint32_t)it[0].w->rows);
+				return;
+			}
+			ops->quantize_x(it[k].x, xq[q], w->cols);
+			xq_of[q] = it[k].x;
+			xq_cols[q] = w->cols;
+			n_xq++;
 		}
-	}
-	struct spa_block_q8x xq[XQ_MAX_BLOCKS]; /* 72 KiB of stack, as mm_run */
-	if (need_xq) {
-		ops->quantize_x(x, xq, cols); /* once, as mm_run: the same blocks for every row */
-		for (unsigned k = 0; k < n; k++)
-			m.j[k].xq = xq;
+		m.j[k].dot_q8x = ops->dot_q8x[w->type];
+		m.j[k].dot_q8x_rows = ops->dot_q8x_rows[w->type];
+		m.j[k].xq = xq[q];
 	}
 	spa_pool_run(pool, multi_worker, &m);
-	return;
-one_by_one:
-	for (unsigned k = 0; k < n; k++)
-		mm_run(ops, pool, w[k], x, y[k], 1);
-	if (swiglu_out)
-		spa_swiglu(swiglu_out, y[0], y[1], (uint32_t)w[0]->rows);
 }
 
-void spa_matvec_multi(struct spa_pool *pool, unsigned n, const struct spa_tensor *const *w,
-		      const float *x, float *const *y)
+void spa_matvec_items(struct spa_pool *pool, unsigned n, const struct spa_matvec_item *items)
 {
-	assert(n >= 1 && n <= MULTI_MAX);
-	multi_run(pool, n, w, x, y, NULL);
+	multi_run(pool, n, items, NULL);
 }
 
 void spa_matvec_swiglu(struct spa_pool *pool, const struct spa_tensor *w_gate,
 		       const struct spa_tensor *w_up, const float *x, float *out, float *up)
 {
-	const struct spa_tensor *w[2] = { w_gate, w_up };
-	float *y[2] = { out, up };
+	const struct spa_matvec_item it[2] = { { w_gate, x, NULL, out }, { w_up, x, NULL, up } };
 	if (w_gate->rows != w_up->rows) {
 		assert(!"spa_matvec_swiglu: gate and up have different row counts");
 		for (uint64_t i = 0; i < w_gate->rows; i++)
 			out[i] = NAN;
 		return;
 	}
-	multi_run(pool, 2, w, x, y, out);
+	multi_run(pool, 2, it, out);
 }
 
 void spa_matvec_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,

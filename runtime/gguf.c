@@ -13,6 +13,7 @@
 #include <float.h>
 #include <inttypes.h>
 #include <liburing.h>
+#include <sched.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -1190,6 +1191,25 @@ int spa_uring_reader_create(struct spa_uring_reader **out, int fd, unsigned dept
 	r->chunk = SPA_URING_CHUNK;
 	*out = r;
 	return 0;
+}
+
+int spa_uring_reader_spread_workers(struct spa_uring_reader *r)
+{
+	if (!r->uring)
+		return 0;
+	cpu_set_t all;
+	CPU_ZERO(&all);
+	long n = sysconf(_SC_NPROCESSORS_CONF);
+	for (long i = 0; i < n && i < CPU_SETSIZE; i++)
+		CPU_SET((int)i, &all);
+	/* One worker for the buffered (bounded) reads: the kernel keeps the last worker of a
+	 * ring alive when idle, so the one made while the caller was allowed everywhere stays
+	 * the one that copies (workers made later would take the caller's pinned affinity). */
+	unsigned max[2] = { 1, 1 };
+	int rc = io_uring_register_iowq_max_workers(&r->ring, max);
+	if (rc < 0)
+		return rc;
+	return io_uring_register_iowq_aff(&r->ring, sizeof all, &all);
 }
 
 int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk)

@@ -269,12 +269,14 @@ void spa_uring_reader_destroy(struct spa_uring_reader *r);
 /* Bytes per piece for reads queued from now on (rounded up to the O_DIRECT alignment;
  * 0: SPA_URING_CHUNK). Returns 0 or -EINVAL. */
 int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk);
-/* Let io_uring's kernel workers of the calling thread run on every CPU of its cpuset. The
- * workers are made with the affinity of the thread that submits, so a compute thread pinned
- * to one core would copy its own buffered reads (SPA_URING_ASYNC) on that core, in turn with
- * its work. Call from the submitting thread, after its first read was queued (the kernel
- * has no workers to place before). Returns 0, or a negative errno (-EINVAL: no reads yet, or
- * an older kernel that refuses; the reads work either way). Not on the hot path. */
+/* Let the calling thread's io_uring kernel workers run on every CPU, and keep one worker for
+ * its reads. The workers are made with the affinity of the thread that submits, so a compute
+ * thread pinned to one core would copy its own buffered reads (SPA_URING_ASYNC) on that core,
+ * in turn with its work. Call before the first read, from the thread that will submit, while
+ * it is allowed on every CPU (then re-pin it): the one worker made then is kept by the kernel
+ * even when idle. The limit and the affinity belong to the thread (all its rings). Returns 0
+ * or a negative errno (an older kernel that refuses; the reads work either way). Not on the
+ * hot path. */
 int spa_uring_reader_spread_workers(struct spa_uring_reader *r);
 /* Register destination memory (replaces an earlier registration; n == 0 unregisters). The
  * memory stays the caller's and must outlive the registration; it is pinned (RLIMIT_MEMLOCK

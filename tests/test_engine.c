@@ -1066,6 +1066,9 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	const uint32_t plan[] = { 9, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1 };
 	const size_t n_plan = sizeof plan / sizeof plan[0];
 	float *ref = malloc(sizeof(float) * V * n_plan), *got = malloc(sizeof(float) * V);
+	struct spa_plugin *side = load_side();
+	float *taps = calloc((size_t)(L + 1) * side->rank, sizeof(float));
+	float *tref = calloc((size_t)(L + 1) * side->rank, sizeof(float));
 	struct spa_pool *pool = NULL;
 	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
 	struct spa_engine *e = NULL;
@@ -1093,12 +1096,19 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 		cr_assert(st.n_streamed_blocks > 0 && st.n_streamed_blocks <= L, "%u %%: %u blocks",
 			  pct[b], st.n_streamed_blocks);
 		cr_assert(ms->data_size + st.buffer_bytes <= size * pct[b] / 100);
+		/* the fused taps too: resident blocks take them in their pool jobs, streamed ones
+		 * alone */
+		const uint32_t r = side->rank;
+		cr_assert_eq(spa_engine_set_side(e, side, taps), 0);
 		at = 0;
 		for (size_t c = 0; c < n_plan; c++) {
 			cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
 			spa_engine_logits(e, spa_engine_final(e), got);
 			cr_assert_eq(memcmp(got, ref + c * V, sizeof(float) * V), 0,
 				     "%u %% budget: logits differ after forward %zu", pct[b], c);
+			spa_plugin_side_taps(side, spa_engine_resid(e), tref);
+			cr_assert_eq(memcmp(taps, tref, (L + 1) * r * sizeof(float)), 0,
+				     "%u %% budget: taps differ after forward %zu", pct[b], c);
 			at += plan[c];
 			if (c == 3) { /* a probe in between leaves the stream where it was */
 				uint64_t ns;
@@ -1112,7 +1122,8 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 		spa_model_destroy(ms);
 	}
 	spa_pool_destroy(pool);
-	free(ref), free(got);
+	free(ref), free(got), free(taps), free(tref);
+	spa_plugin_destroy(side);
 	spa_model_destroy(m);
 }
 

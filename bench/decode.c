@@ -2,7 +2,10 @@
  *
  * For each shape x weight type x thread count, in one run and on one thread pool:
  *   - the machine's read bandwidth: a parallel streaming read-and-sum over a buffer far
- *     bigger than the caches, with the same threads (the roofline of a memory-bound decode);
+ *     bigger than the caches, with the same threads (the roofline of a memory-bound decode),
+ *     one pass right after every decode step: the ratio is the median over the steps of
+ *     (bytes / step time) / (the bandwidth of the pass after it), so that a busy moment of a
+ *     shared machine slows both sides of a ratio alike;
  *   - the FMA peak: independent 8-lane FMA chains on every thread (the roofline of prefill
  *     and of compute-bound formats);
  *   - decode tokens/s (greedy, median and p99 of the step), the effective bandwidth = weight
@@ -275,7 +278,28 @@ static int cmp_u64(const void *a, const void *b)
 
 /* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n]. The head is the
  * fused one. With side set, the taps and the gate are fused into every forward. */
+/* One pass of the read-bandwidth test between decode steps (bw_gbs non-NULL): the machine's
+ * bandwidth is then measured at the same moments as the decode, so that the noise of a
+ * shared machine touches both sides of each ratio alike. */
+struct bw_between {
+	struct spa_pool *pool;
+	float *buf;
+	uint64_t size;
+	double *gbs; /* [n] */
+};
+
+static void bw_worker(void *ctx, int ith, int nth);
+
+static int decode_steps_bw(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps,
+			   const struct bw_between *bw);
+
 static int decode_steps(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps)
+{
+	return decode_steps_bw(e, V, n, steps, NULL);
+}
+
+static int decode_steps_bw(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps,
+			   const struct bw_between *bw)
 {
 	int32_t prompt[16];
 	for (int i = 0; i < 16; i++)
@@ -289,6 +313,12 @@ static int decode_steps(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *
 			break;
 		spa_engine_head_argmax(e, NULL, &tok);
 		steps[i] = bu_now_ns() - t0;
+		if (bw) {
+			struct bw_job j = { .buf = bw->buf, .n = bw->size / sizeof(float) };
+			uint64_t b0 = bu_now_ns();
+			spa_pool_run(bw->pool, bw_worker, &j);
+			bw->gbs[i] = (double)bw->size / (double)(bu_now_ns() - b0);
+		}
 	}
 	return rc;
 }
@@ -342,7 +372,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	if (spa_pool_create(&pool, nth, NULL) < 0)
 		cli_die(1, "cannot start %d threads", nth);
 	w->threads = spa_pool_n_threads(pool);
-	w->machine_gbs = machine_read_gbs(pool, bwbuf, o->bw_bytes);
+	(void)machine_read_gbs(pool, bwbuf, o->bw_bytes); /* warm: the buffer's pages faulted in */
 	w->peak_gflops = machine_fma_gflops(pool, w->threads);
 
 	const uint32_t V = m->hp.n_vocab, H = m->hp.n_embd, L = m->hp.n_layers;
@@ -353,13 +383,21 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 		cli_die(1, "cannot create the engine");
 
 	/* decode, fused head, no plugin: the base model's speed */
-	if (decode_steps(e, V, o->n_tok, steps) < 0)
+	double *bw_gbs = calloc(o->n_tok, sizeof *bw_gbs), *ratios = calloc(o->n_tok, sizeof *ratios);
+	const struct bw_between bwb = { pool, bwbuf, o->bw_bytes, bw_gbs };
+	if (!bw_gbs || !ratios || decode_steps_bw(e, V, o->n_tok, steps, &bwb) < 0)
 		cli_die(1, "decode failed");
+	/* the ratio of each step to the bandwidth pass right after it, then their median */
+	for (uint32_t i = 0; i < o->n_tok; i++)
+		ratios[i] = (double)bytes_per_token(m) / (double)steps[i] / bw_gbs[i];
+	w->ratio = bu_percentile(ratios, o->n_tok, 50);
+	w->machine_gbs = bu_percentile(bw_gbs, o->n_tok, 50);
+	free(bw_gbs);
+	free(ratios);
 	w->p50_ms = median_ns(steps, o->n_tok, 50) / 1e6;
 	w->p99_ms = median_ns(steps, o->n_tok, 99) / 1e6;
 	w->tok_s = 1e3 / w->p50_ms;
 	w->eff_gbs = (double)bytes_per_token(m) * w->tok_s / 1e9;
-	w->ratio = w->eff_gbs / w->machine_gbs;
 	w->gflops = (double)flops_per_token(m) * w->tok_s / 1e9;
 
 	/* fusions, side by side on the same states */
@@ -585,7 +623,7 @@ int main(int argc, char **argv)
 				measure(&o, o.shapes[s], o.types[t], o.threads[k], bwbuf, &rows[n++]);
 	bu_load(load1, sizeof load1);
 
-	printf("decode (greedy, %u steps after a 16-token prompt; tok/s from the median step)\n",
+	printf("decode (greedy, %u steps after a 16-token prompt; tok/s from the median step;\n ratio: median over the steps of step bandwidth / the read pass right after it)\n",
 	       o.n_tok);
 	printf("%-8s %-5s %3s %8s %8s %8s %9s %9s %6s %8s %8s %6s\n", "shape", "type", "thr",
 	       "tok/s", "p50 ms", "p99 ms", "eff GB/s", "mach GB/s", "ratio", "GFLOP/s", "peak",

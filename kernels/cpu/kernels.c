@@ -5,6 +5,7 @@
  * call by the calling thread), so the bits do not depend on the thread count or on the batch
  * size, and the variant is fixed for the life of the process. */
 #include <assert.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <math.h>
 #include <pthread.h>
@@ -242,6 +243,7 @@ struct mm_job {
 	float *y;                       /* [n][rows] */
 	uint32_t n;
 	uint32_t tile; /* rows per tile for the batch */
+	atomic_uint_fast64_t next; /* matvec: the first row no thread has taken */
 };
 
 /* Contiguous share [*r0, *r1) of the rows for thread ith of nth. */
@@ -282,13 +284,44 @@ static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r
 		y[r] = row_dot(j, b, r);
 }
 
+/* Guided self-scheduling of a matrix's rows: each thread takes the next chunk of rows, a
+ * share of what is left that shrinks as the job ends (at least ROWS_CHUNK_MIN, a multiple of
+ * SPA_DOT_ROWS), so a thread that starts late (woken after the caller began) or is
+ * preempted on a shared machine takes fewer rows instead of holding the others at the end.
+ * Which thread computes a row does not change its bits (one dot call per row). Returns
+ * false when no rows are left. */
+#define ROWS_CHUNK_MIN 16
+
+static bool next_rows(atomic_uint_fast64_t *next, uint64_t rows, int nth, uint64_t *r0,
+		      uint64_t *r1)
+{
+	uint64_t r = atomic_load_explicit(next, memory_order_relaxed);
+	for (;;) {
+		if (r >= rows)
+			return false;
+		uint64_t take = (rows - r) / (2 * (uint64_t)nth);
+		take = (take + SPA_DOT_ROWS - 1) / SPA_DOT_ROWS * SPA_DOT_ROWS;
+		if (take < ROWS_CHUNK_MIN)
+			take = ROWS_CHUNK_MIN;
+		if (take > rows - r)
+			take = rows - r;
+		if (atomic_compare_exchange_weak_explicit(next, &r, r + take, memory_order_relaxed,
+							  memory_order_relaxed)) {
+			*r0 = r;
+			*r1 = r + take;
+			return true;
+		}
+	}
+}
+
 static void matvec_worker(void *ctx, int ith, int nth)
 {
-	const struct mm_job *j = ctx;
+	struct mm_job *j = ctx;
 	uint64_t r0, r1;
 
-	split_rows(j->rows, ith, nth, &r0, &r1);
-	rows_dot(j, 0, r0, r1, j->y);
+	(void)ith;
+	while (next_rows(&j->next, j->rows, nth, &r0, &r1))
+		rows_dot(j, 0, r0, r1, j->y);
 }
 
 /* A tile of rows (tile * row_size bytes, sized for L2) is read from memory once and reused
@@ -375,20 +408,27 @@ struct multi_job {
 
 static void multi_worker(void *ctx, int ith, int nth)
 {
-	const struct multi_job *m = ctx;
+	struct multi_job *m = ctx;
 	uint64_t r0 = 0, r1 = 0;
-	for (unsigned k = 0; k < m->n; k++) {
-		split_rows(m->j[k].rows, ith, nth, &r0, &r1);
-		rows_dot(&m->j[k], 0, r0, r1, m->j[k].y);
-		if (m->b[k]) /* spa_matvec_f32's bias: after the dot */
-			for (uint64_t r = r0; r < r1; r++)
-				m->j[k].y[r] = m->j[k].y[r] + m->b[k][r];
+	(void)ith;
+	if (m->swiglu_out) { /* gate and up of one chunk together, then its SwiGLU */
+		struct mm_job *g = &m->j[0], *u = &m->j[1];
+		while (next_rows(&g->next, g->rows, nth, &r0, &r1)) {
+			rows_dot(g, 0, r0, r1, g->y);
+			rows_dot(u, 0, r0, r1, u->y);
+			for (uint64_t r = r0; r < r1; r++) /* spa_swiglu's expression: its bits */
+				m->swiglu_out[r] = g->y[r] / (1.0f + expf(-g->y[r])) * u->y[r];
+		}
+		return;
 	}
-	if (m->swiglu_out) {
-		const float *g = m->j[0].y, *u = m->j[1].y;
-		split_rows(m->j[0].rows, ith, nth, &r0, &r1);
-		for (uint64_t r = r0; r < r1; r++) /* spa_swiglu's expression: its bits */
-			m->swiglu_out[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+	for (unsigned k = 0; k < m->n; k++) {
+		struct mm_job *j = &m->j[k];
+		while (next_rows(&j->next, j->rows, nth, &r0, &r1)) {
+			rows_dot(j, 0, r0, r1, j->y);
+			if (m->b[k]) /* spa_matvec_f32's bias: after the dot */
+				for (uint64_t r = r0; r < r1; r++)
+					j->y[r] = j->y[r] + m->b[k][r];
+		}
 	}
 }
 

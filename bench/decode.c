@@ -6,8 +6,10 @@
  *     one pass right after every decode step: the ratio is the median over the steps of
  *     (bytes / step time) / (the bandwidth of the pass after it), so that a busy moment of a
  *     shared machine slows both sides of a ratio alike;
- *   - the FMA peak: independent 8-lane FMA chains on every thread (the roofline of prefill
- *     and of compute-bound formats);
+ *   - the FMA peak: independent 8-lane FMA chains on every thread (the roofline of prefill);
+ *   - the format's own compute ceiling: its matvec on weights that stay in L2 (kern GB/s); a
+ *     format whose ceiling is below the machine's bandwidth is compute-bound here, and %roof
+ *     compares the decode with the lower of the two;
  *   - decode tokens/s (greedy, median and p99 of the step), the effective bandwidth = weight
  *     bytes read per token x tokens/s, its ratio to the read bandwidth, and GFLOP/s;
  *   - the fusions of RUNTIME.md §3 side by side on the same tokens: taps computed inside
@@ -193,6 +195,42 @@ static double machine_fma_gflops(struct spa_pool *pool, int nth)
 	return best;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The format's own compute ceiling: the decode's largest matrix (block 0's FFN gate) cut to
+ * the rows that fit in half of each thread's L2, multiplied by a vector again and again, so
+ * that no byte comes from memory: GB/s of weights through the kernels with these threads.
+ * Where it is below the machine's read bandwidth the format is compute-bound here. */
+static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m, int nth)
+{
+	const struct spa_tensor *g = &m->layers[0].w_gate;
+	uint64_t rs = 0;
+	if (!g->data || spa_dtype_row_size(g->type, g->cols, &rs) < 0 || rs == 0)
+		return NAN;
+	uint64_t rows = ((256u << 10) * (uint64_t)nth) / rs;
+	rows = rows < 4 ? 4 : rows > g->rows ? g->rows : rows;
+	struct spa_tensor t = *g;
+	t.rows = rows;
+	float *x = calloc(g->cols, sizeof(float)), *y = calloc(rows, sizeof(float));
+	for (uint64_t i = 0; i < g->cols; i++)
+		x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
+	uint64_t v[15];
+	for (int r = 0; r < 15; r++) {
+		uint64_t t0 = bu_now_ns();
+		for (int k = 0; k < 50; k++)
+			spa_matvec(pool, &t, x, y);
+		v[r] = bu_now_ns() - t0;
+	}
+	free(x);
+	free(y);
+	qsort(v, 15, sizeof v[0], cmp_u64);
+	return (double)rs * (double)rows * 50 / (double)v[7];
+}
+
 /* ---------------------------------------------------------------- models */
 
 static int model_path(const struct opts *o, const char *shape, enum spa_dtype type, char *path,
@@ -261,6 +299,8 @@ struct row {
 	enum spa_dtype type;
 	int threads;
 	double tok_s, p50_ms, p99_ms, eff_gbs, machine_gbs, ratio, gflops, peak_gflops;
+	double kernel_gbs; /* the format's matvec on weights in L2 */
+	double roof;       /* eff_gbs / min(machine_gbs, kernel_gbs) */
 	double taps_fused_us, taps_unfused_us;   /* added to a step */
 	double taps_tail_us;                     /* fused: left after the last block */
 	double head_fused_us, head_unfused_us;
@@ -270,11 +310,6 @@ struct row {
 	int budget_ok[3];
 };
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
 
 /* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n]. The head is the
  * fused one. With side set, the taps and the gate are fused into every forward. */
@@ -374,6 +409,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	w->threads = spa_pool_n_threads(pool);
 	(void)machine_read_gbs(pool, bwbuf, o->bw_bytes); /* warm: the buffer's pages faulted in */
 	w->peak_gflops = machine_fma_gflops(pool, w->threads);
+	w->kernel_gbs = kernel_cache_gbs(pool, m, w->threads);
 
 	const uint32_t V = m->hp.n_vocab, H = m->hp.n_embd, L = m->hp.n_layers;
 	uint32_t max_p = 16;
@@ -399,6 +435,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	w->tok_s = 1e3 / w->p50_ms;
 	w->eff_gbs = (double)bytes_per_token(m) * w->tok_s / 1e9;
 	w->gflops = (double)flops_per_token(m) * w->tok_s / 1e9;
+	w->roof = w->eff_gbs / (w->kernel_gbs < w->machine_gbs ? w->kernel_gbs : w->machine_gbs);
 
 	/* fusions, side by side on the same states */
 	if (make_plugin(o, m, shape, type, &p) == 0) {
@@ -625,18 +662,22 @@ int main(int argc, char **argv)
 
 	printf("decode (greedy, %u steps after a 16-token prompt; tok/s from the median step;\n ratio: median over the steps of step bandwidth / the read pass right after it)\n",
 	       o.n_tok);
-	printf("%-8s %-5s %3s %8s %8s %8s %9s %9s %6s %8s %8s %6s\n", "shape", "type", "thr",
-	       "tok/s", "p50 ms", "p99 ms", "eff GB/s", "mach GB/s", "ratio", "GFLOP/s", "peak",
-	       "%peak");
+	printf("%-8s %-5s %3s %8s %8s %8s %9s %9s %6s %9s %6s %8s %8s %6s\n", "shape", "type",
+	       "thr", "tok/s", "p50 ms", "p99 ms", "eff GB/s", "mach GB/s", "ratio", "kern GB/s",
+	       "%roof", "GFLOP/s", "peak", "%peak");
 	for (int i = 0; i < n; i++) {
 		struct row *w = &rows[i];
 		if (!w->threads)
 			continue;
-		printf("%-8s %-5s %3d %8.2f %8.2f %8.2f %9.2f %9.2f %5.0f%% %8.2f %8.2f %5.0f%%\n",
+		printf("%-8s %-5s %3d %8.2f %8.2f %8.2f %9.2f %9.2f %5.0f%% %9.2f %5.0f%% %8.2f %8.2f "
+		       "%5.0f%%\n",
 		       w->shape, spa_dtype_name(w->type), w->threads, w->tok_s, w->p50_ms,
-		       w->p99_ms, w->eff_gbs, w->machine_gbs, 100 * w->ratio, w->gflops,
-		       w->peak_gflops, 100 * w->gflops / w->peak_gflops);
+		       w->p99_ms, w->eff_gbs, w->machine_gbs, 100 * w->ratio, w->kernel_gbs,
+		       100 * w->roof, w->gflops, w->peak_gflops, 100 * w->gflops / w->peak_gflops);
 	}
+	printf("kern GB/s: the format's matvec on weights held in L2 (its compute ceiling with these\n"
+	       "threads); %%roof: eff GB/s / the lower of mach and kern GB/s (a format whose kern is\n"
+	       "below mach is compute-bound here); peak: an FMA loop\n");
 	printf("\nfusions (median per token, same run, same states)\n");
 	printf("%-8s %-5s %3s %14s %14s %14s %14s %14s %14s %14s\n", "shape", "type", "thr",
 	       "taps in fwd us", "taps tail us", "taps after us", "head fused us",
@@ -707,6 +748,8 @@ int main(int argc, char **argv)
 			bu_json_num(&j, "p99_ms", w->p99_ms);
 			bu_json_num(&j, "gflops", w->gflops);
 			bu_json_num(&j, "peak_gflops", w->peak_gflops);
+			bu_json_num(&j, "kernel_gbs", w->kernel_gbs);
+			bu_json_num(&j, "roof", w->roof);
 			bu_json_obj_begin(&j, "fusion");
 			bu_json_num(&j, "taps_fused_us", w->taps_fused_us);
 			bu_json_num(&j, "taps_unfused_us", w->taps_unfused_us);

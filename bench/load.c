@@ -21,7 +21,9 @@
  *                   copied by the kernel's workers (what the default did before the mapped
  *                   copy, and its fallback when no lease can be taken)
  *   gguf-load-alloc spa_gguf_load_data_opts, default mode: allocates its own buffer every
- *                   time whatever --fresh says (what a program pays)
+ *                   time whatever --fresh says, faults it in on every CPU, loads (what a
+ *                   program pays)
+ *   gguf-load-alloc-nopf  the same with no_prefault (the load faults the buffer in)
  *   alloc-fault     allocate the file's size, fault it in, free it: no I/O
  * the io_uring times include creating the reader and destroying it; the model's header is
  * parsed once, before all runs. GB/s is the bytes each method moves (the file, or its data
@@ -49,6 +51,8 @@
 
 #define READ_CHUNK (4u << 20)
 #define MAX_REPS 64
+
+#define NO_PREFAULT 0x100 /* gguf rows: flags = mode | this */
 
 enum kind { K_READ, K_URING, K_MMAP_TOUCH, K_MMAP_COPY, K_ALLOC, K_GGUF, K_GGUF_ALLOC };
 
@@ -78,6 +82,7 @@ static struct method methods[] = {
 	M("gguf-load", K_GGUF, 0, 0, false, false),
 	M("gguf-load-buffered", K_GGUF, 0, SPA_LOAD_BUFFERED, false, true),
 	M("gguf-load-alloc", K_GGUF_ALLOC, 0, 0, false, false),
+	M("gguf-load-alloc-nopf", K_GGUF_ALLOC, 0, NO_PREFAULT, false, false),
 	M("alloc-fault", K_ALLOC, 0, 0, false, false),
 };
 #define N_METHODS (sizeof methods / sizeof *methods)
@@ -298,8 +303,8 @@ static int run_gguf(struct method *m, int c)
 {
 	struct spa_errbuf err = {{0}};
 	enum spa_load_mode used = SPA_LOAD_AUTO;
-	struct spa_load_opts o = {.mode = (enum spa_load_mode)m->flags, .chunk = chunk,
-				  .used = &used};
+	struct spa_load_opts o = {.mode = (enum spa_load_mode)(m->flags & 0xff), .chunk = chunk,
+				  .used = &used, .no_prefault = m->flags & NO_PREFAULT};
 	int rc;
 	if (m->kind == K_GGUF) {
 		rc = spa_gguf_load_data_into(model, buf, buf_cap, &o, &err);

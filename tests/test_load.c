@@ -124,6 +124,11 @@ static void random_reads(unsigned depth, unsigned flags, bool fixed, size_t chun
 		cr_assert_gt(st.pieces_fixed, 0);
 	else
 		cr_assert_eq(st.pieces_fixed, 0);
+	if (flags & SPA_URING_ASYNC)
+		cr_assert(st.workers >= 1 && st.workers <= depth, "kernel workers: %u for depth %u",
+			  st.workers, depth);
+	else
+		cr_assert_eq(st.workers, 0);
 	if (direct && st.direct)
 		cr_assert_gt(st.bytes_direct, 0, "O_DIRECT was accepted but never used");
 	else
@@ -614,4 +619,74 @@ Test(load, truncate_during_a_mapped_copy_is_an_error_not_a_crash)
 	}
 	cr_log_info("truncate during mapped copy: %d loads ended first, %d saw the file shrink",
 		    outcomes[0], outcomes[1]);
+}
+
+/* AUTO decides by the share of the data section in the page cache (sampled over the section
+ * when it is larger than 16 MiB): a fifth resident reads O_DIRECT, four fifths mapped. */
+Test(load, auto_picks_by_residency)
+{
+	char path[512];
+	make_model(path, sizeof path, 40, 15);
+	struct spa_errbuf err;
+	struct spa_gguf *g;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	size_t n = g->data_size;
+	uint8_t *want = malloc(n);
+	uint8_t *buf = alloc_page(n);
+	static const struct { double part; enum spa_load_mode mode; } cases[] = {
+		{0.0, SPA_LOAD_DIRECT}, {0.2, SPA_LOAD_DIRECT}, {0.8, SPA_LOAD_MAPPED},
+		{1.0, SPA_LOAD_MAPPED},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		drop_file(g->fd);
+		size_t part = (size_t)(cases[c].part * (double)n);
+		if (part)
+			cr_assert_eq(spa_gguf_pread(g, 0, want, part, &err), 0, "%s", err.msg);
+		enum spa_load_mode used = (enum spa_load_mode)-1;
+		struct spa_load_opts o = {.used = &used};
+		memset(buf, 0, n);
+		cr_assert_eq(spa_gguf_load_data_into(g, buf, n, &o, &err), 0, "%s", err.msg);
+		cr_assert_eq(used, cases[c].mode, "%.0f %% resident: mode %d, expected %d",
+			     100 * cases[c].part, used, cases[c].mode);
+		cr_assert_eq(spa_gguf_pread(g, 0, want, n, &err), 0, "%s", err.msg);
+		cr_assert_eq(memcmp(buf, want, n), 0);
+	}
+	spa_gguf_close(g);
+	free(buf);
+	free(want);
+}
+
+/* spa_gguf_load_data_opts into its own buffer, with and without faulting it in on every CPU
+ * first, in the modes that do that (O_DIRECT, pread, buffered inline) and those that do not
+ * (mapped, buffered with kernel workers): the same bytes, the tail up to 4096 zeroed. */
+Test(load, load_data_with_and_without_prefault)
+{
+	char path[512];
+	make_model(path, sizeof path, 9, 16);
+	struct spa_errbuf err;
+	struct spa_gguf *g;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	uint8_t *want = malloc(g->data_size);
+	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	static const struct spa_load_opts opts[] = {
+		{.mode = SPA_LOAD_DIRECT}, {.mode = SPA_LOAD_PREAD},
+		{.mode = SPA_LOAD_BUFFERED, .no_workers = true}, {.mode = SPA_LOAD_BUFFERED},
+		{.mode = SPA_LOAD_MAPPED}, {.mode = SPA_LOAD_AUTO},
+	};
+	for (size_t k = 0; k < sizeof opts / sizeof *opts; k++) {
+		for (int pf = 0; pf < 2; pf++) {
+			struct spa_load_opts o = opts[k];
+			o.no_prefault = pf;
+			void *data;
+			size_t n;
+			cr_assert_eq(spa_gguf_load_data_opts(g, &data, &n, &o, &err), 0, "%s", err.msg);
+			cr_assert_eq(n, g->data_size);
+			cr_assert_eq(memcmp(data, want, n), 0, "mode %zu, no_prefault %d", k, pf);
+			for (size_t i = n; i % 4096; i++)
+				cr_assert_eq(((uint8_t *)data)[i], 0, "tail byte %zu not zero", i);
+			free(data);
+		}
+	}
+	spa_gguf_close(g);
+	free(want);
 }

@@ -186,6 +186,9 @@ struct spa_load_opts {
 				* one CPU only (they inherit its affinity) */
 	enum spa_load_mode *used; /* when not NULL: the mode that did the load (AUTO resolved;
 				   * BUFFERED where MAPPED found no lease) */
+	bool no_prefault;      /* spa_gguf_load_data[_opts]: before an O_DIRECT, pread or inline
+				* buffered load, the new buffer is faulted in on every CPU the
+				* caller may run on (MADV_POPULATE_WRITE); true: not */
 };
 
 /* spa_gguf_load_data with options (NULL: the defaults). SPA_LOAD_AUTO reads the environment

@@ -144,9 +144,10 @@ int spa_gguf_get_str(const struct spa_gguf *g, const char *key, const char **out
 int spa_gguf_get_arr(const struct spa_gguf *g, const char *key, enum spa_gguf_vtype type,
 		     const struct spa_gguf_kv **out, struct spa_errbuf *err);
 
-/* Read the whole data section into a new 4096-byte aligned buffer (free with free()), with
- * io_uring (spa_uring_reader below): several reads in flight, short reads resumed, buffered
- * or O_DIRECT as spa_gguf_load_data_opts' SPA_LOAD_AUTO decides. *out + t->offset is tensor
+/* Read the whole data section into a new 4096-byte aligned buffer (free with free()): data
+ * in the page cache copied from a mapping under a read lease, data on disk read with
+ * O_DIRECT io_uring (spa_uring_reader below: several reads in flight, short reads resumed),
+ * as spa_gguf_load_data_opts' SPA_LOAD_AUTO decides. *out + t->offset is tensor
  * t; the bytes after the data section up to the next 4096 are zero. For a memory image,
  * copies. Progress goes to stderr when it is a terminal and show_progress. Returns 0 or a
  * negative code with err filled. Not on the hot path; thread-safe on distinct files. */

@@ -144,9 +144,10 @@ int spa_gguf_get_str(const struct spa_gguf *g, const char *key, const char **out
 int spa_gguf_get_arr(const struct spa_gguf *g, const char *key, enum spa_gguf_vtype type,
 		     const struct spa_gguf_kv **out, struct spa_errbuf *err);
 
-/* Read the whole data section into a new 4096-byte aligned buffer (free with free()), with
- * io_uring (spa_uring_reader below): several reads in flight, short reads resumed, buffered
- * or O_DIRECT as spa_gguf_load_data_opts' SPA_LOAD_AUTO decides. *out + t->offset is tensor
+/* Read the whole data section into a new 4096-byte aligned buffer (free with free()): data
+ * in the page cache copied from a mapping under a read lease, data on disk read with
+ * O_DIRECT io_uring (spa_uring_reader below: several reads in flight, short reads resumed),
+ * as spa_gguf_load_data_opts' SPA_LOAD_AUTO decides. *out + t->offset is tensor
  * t; the bytes after the data section up to the next 4096 are zero. For a memory image,
  * copies. Progress goes to stderr when it is a terminal and show_progress. Returns 0 or a
  * negative code with err filled. Not on the hot path; thread-safe on distinct files. */
@@ -154,32 +155,59 @@ int spa_gguf_load_data(struct spa_gguf *g, void **out, size_t *out_size, bool sh
 		       struct spa_errbuf *err);
 /* How spa_gguf_load_data_opts reads (docs/loading.md has the measurements behind the default). */
 enum spa_load_mode {
-	SPA_LOAD_AUTO = 0,     /* the measured default (docs/loading.md): buffered io_uring
-				* when most of the data is in the page cache (mincore),
-				* O_DIRECT when it is not; the environment variable SPA_LOAD
-				* forces a mode */
-	SPA_LOAD_BUFFERED,     /* io_uring through the page cache */
+	SPA_LOAD_AUTO = 0,     /* the measured default (docs/loading.md): SPA_LOAD_MAPPED when
+				* most of the data is in the page cache (mincore), O_DIRECT
+				* when it is not; the environment variable SPA_LOAD forces a
+				* mode */
+	SPA_LOAD_BUFFERED,     /* io_uring through the page cache, copied by the kernel's
+				* workers on every CPU the caller may run on (they inherit its
+				* affinity; inline on one CPU or with no_workers) */
 	SPA_LOAD_DIRECT,       /* io_uring with O_DIRECT (buffered where the file refuses it) */
 	SPA_LOAD_PREAD,        /* plain pread(), no io_uring */
+	SPA_LOAD_MAPPED,       /* mmap of the page cache + memcpy on every CPU the caller may
+				* run on, under a read lease (a writer or truncate waits for it,
+				* no SIGBUS); buffered io_uring where no lease can be taken (a
+				* file open for writing, not the caller's, no leases) and for
+				* what is left when a writer breaks the lease */
 };
 
 struct spa_load_opts {
 	enum spa_load_mode mode;
 	unsigned depth;        /* reads in flight; 0: the default (SPA_URING_DEPTH) */
-	size_t chunk;          /* bytes per read; 0: the default (SPA_URING_CHUNK) */
+	size_t chunk;          /* bytes per read; 0: the default (SPA_URING_CHUNK). Mapped:
+				* bytes per memcpy, the lease checked between them (0: 256 MiB) */
 	bool fixed;            /* register the destination (READ_FIXED). Off by default: for a
 				* one-shot load of a fresh buffer, pinning it costs more than it
 				* saves (bench/load, docs/loading.md); the staging buffers of an
 				* O_DIRECT load are always registered */
 	bool show_progress;    /* a progress bar on stderr when it is a terminal */
+	bool no_workers;       /* buffered: copy out of the page cache in the calling thread
+				* (inline in io_uring_enter) instead of in io_uring's kernel
+				* workers; they are not used anyway when the caller may run on
+				* one CPU only (they inherit its affinity) */
+	enum spa_load_mode *used; /* when not NULL: the mode that did the load (AUTO resolved;
+				   * BUFFERED where MAPPED found no lease) */
+	bool no_prefault;      /* spa_gguf_load_data[_opts]: before an O_DIRECT, pread or inline
+				* buffered load, the new buffer is faulted in on every CPU the
+				* caller may run on (MADV_POPULATE_WRITE); true: not */
 };
 
 /* spa_gguf_load_data with options (NULL: the defaults). SPA_LOAD_AUTO reads the environment
- * variable SPA_LOAD = buffered | direct | pread (so every program can be forced without a new
+ * variable SPA_LOAD = mapped | buffered | direct | pread (so every program can be forced without a new
  * option) and SPA_LOAD_DEPTH = 1..256. The buffer is 4096-byte aligned; free it with free().
  * Returns 0 or a negative code with err filled. Not on the hot path; thread-safe on distinct
  * files. */
 int spa_gguf_load_data_opts(struct spa_gguf *g, void **out, size_t *out_size,
+			    const struct spa_load_opts *o, struct spa_errbuf *err);
+
+/* The same into caller memory: dst holds at least cap >= g->data_size bytes (nothing is
+ * written past data_size). Any alignment works; O_DIRECT reads go straight into dst when
+ * dst and the data section's file offset agree modulo the O_DIRECT alignment (512 or 4096),
+ * otherwise through staging buffers (one extra copy). Returns 0, -EINVAL (no dst, cap too
+ * small) or a negative code with err filled; on failure dst's contents are unspecified. For a
+ * buffer that outlives the model or is reused (a pool, huge pages, device-mapped memory),
+ * and for comparing loaders into one destination (bench/load). */
+int spa_gguf_load_data_into(struct spa_gguf *g, void *dst, size_t cap,
 			    const struct spa_load_opts *o, struct spa_errbuf *err);
 
 /* Read `size` bytes at data-section offset `off` with pread (small reads, fingerprints). */
@@ -236,11 +264,11 @@ enum {
 	SPA_URING_PREAD = 1u << 1,   /* no io_uring: synchronous pread (comparisons, tests) */
 	SPA_URING_QUIET = 1u << 2,   /* no stderr line when falling back to pread */
 	SPA_URING_ASYNC = 1u << 3,   /* buffered pieces go straight to io_uring's kernel workers
-				      * (IOSQE_ASYNC): copies from the page cache proceed in
-				      * parallel on several cores instead of inline in submit.
-				      * Measured: ~1.5x faster warm into memory already faulted
-				      * in (staging buffers), slower from disk, and erratic
-				      * into fresh memory; see docs/loading.md */
+				      * (IOSQE_ASYNC), one worker per CPU the creating thread
+				      * may run on (the workers inherit its affinity): copies
+				      * from the page cache run on every such core instead of
+				      * inline in submit. Faster warm on 2+ CPUs, slower from
+				      * disk; see docs/loading.md */
 };
 
 struct spa_uring_stats {
@@ -254,6 +282,8 @@ struct spa_uring_stats {
 	bool direct;             /* O_DIRECT in use (asked for and accepted so far) */
 	int direct_refused;      /* the error that turned O_DIRECT off (-EINVAL...), or 0 */
 	unsigned dio_align;      /* O_DIRECT alignment used (bytes) */
+	unsigned workers;        /* SPA_URING_ASYNC: kernel workers allowed (one per CPU the
+				  * creating thread may run on, at most depth); 0: not set */
 };
 
 /* Create a reader over fd (a regular file opened for reading; the caller keeps it open until

@@ -858,8 +858,10 @@ static int port_link_up(struct dp_port *p)
 	return lk.link_status == RTE_ETH_LINK_UP;
 }
 
-/* rx/tx burst on the port's queue 0. On memif, under the PMD's cc_lock and only while the
- * link is up (memif_ring_lock above): the rings cannot be unmapped under us. Hot path. */
+/* rx/tx burst on the port's queue 0. On memif, under the PMD's cc_lock (memif_ring_lock
+ * above): the rings cannot be unmapped under us. The burst itself then returns at once when
+ * the port is no longer connected: memif_disconnect clears the flag eth_memif_rx/tx test on
+ * entry before it takes the lock (and our trylock orders the two). Hot path. */
 static inline uint16_t port_rx(struct dp_port *p, struct rte_mbuf **m, uint16_t n)
 {
 	rte_spinlock_t *lk = p->ring_lock;
@@ -867,7 +869,7 @@ static inline uint16_t port_rx(struct dp_port *p, struct rte_mbuf **m, uint16_t 
 		return rte_eth_rx_burst(p->port_id, 0, m, n);
 	if (!rte_spinlock_trylock(lk))
 		return 0; /* the PMD is disconnecting */
-	uint16_t k = port_link_up(p) ? rte_eth_rx_burst(p->port_id, 0, m, n) : 0;
+	uint16_t k = rte_eth_rx_burst(p->port_id, 0, m, n);
 	rte_spinlock_unlock(lk);
 	return k;
 }
@@ -879,7 +881,7 @@ static inline uint16_t port_tx(struct dp_port *p, struct rte_mbuf **m, uint16_t 
 		return rte_eth_tx_burst(p->port_id, 0, m, n);
 	if (!rte_spinlock_trylock(lk))
 		return 0;
-	uint16_t k = port_link_up(p) ? rte_eth_tx_burst(p->port_id, 0, m, n) : 0;
+	uint16_t k = rte_eth_tx_burst(p->port_id, 0, m, n);
 	rte_spinlock_unlock(lk);
 	return k;
 }

@@ -160,62 +160,82 @@ static inline uint32_t crc_shift(uint32_t zeros[4][256], uint32_t c)
 	       zeros[3][c >> 24];
 }
 
-/* The SSE4.2 crc32 instruction computes exactly the reflected Castagnoli step. */
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
+/* The SSE4.2 crc32 instruction computes exactly the reflected Castagnoli step. With dst, each
+ * 8-byte word is also stored to dst as it is folded in: the CRC pass and the copy share their
+ * loads (one pass over src instead of two; the receive path checks and places a payload so).
+ * Specialised at compile time for dst == NULL (always_inline, constant argument). */
+static inline __attribute__((always_inline, target("sse4.2")))
+uint32_t crc32c_hw_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
 {
 	if (!__atomic_load_n(&crc_shift_ready, __ATOMIC_ACQUIRE))
 		crc_shift_init();
-	while (n && ((uintptr_t)p & 7)) {
+#define CP8(o, v)                                                                              \
+	do {                                                                                   \
+		if (dst)                                                                       \
+			memcpy(dst + (o), &(v), 8);                                            \
+	} while (0)
+	/* Align the stores when copying (a split store costs more than a split load), else the
+	 * loads. */
+	while (n && ((uintptr_t)(dst ? (const uint8_t *)dst : p) & 7)) {
+		if (dst)
+			*dst++ = *p;
 		c = _mm_crc32_u8(c, *p++);
 		n--;
 	}
 	uint64_t c0 = c, c1, c2;
-	while (n >= 3 * CRC_LONG) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_LONG; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_LONG));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_LONG));
-		}
-		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_LONG;
-		n -= 3 * CRC_LONG;
+#define CRC3(BLOCK, TABLES)                                                                    \
+	while (n >= 3 * (BLOCK)) {                                                             \
+		c1 = c2 = 0;                                                                   \
+		for (size_t o = 0; o < (BLOCK); o += 8) {                                      \
+			uint64_t v0 = load_le64(p + o), v1 = load_le64(p + o + (BLOCK)),        \
+				 v2 = load_le64(p + o + 2 * (BLOCK));                           \
+			c0 = _mm_crc32_u64(c0, v0);                                            \
+			c1 = _mm_crc32_u64(c1, v1);                                            \
+			c2 = _mm_crc32_u64(c2, v2);                                            \
+			CP8(o, v0);                                                            \
+			CP8(o + (BLOCK), v1);                                                  \
+			CP8(o + 2 * (BLOCK), v2);                                              \
+		}                                                                              \
+		c0 = crc_shift(TABLES, (uint32_t)c0) ^ c1;                                     \
+		c0 = crc_shift(TABLES, (uint32_t)c0) ^ c2;                                     \
+		p += 3 * (BLOCK);                                                              \
+		if (dst)                                                                       \
+			dst += 3 * (BLOCK);                                                    \
+		n -= 3 * (BLOCK);                                                              \
 	}
-	while (n >= 3 * CRC_SHORT) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_SHORT; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_SHORT));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_SHORT));
-		}
-		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_SHORT;
-		n -= 3 * CRC_SHORT;
-	}
-	while (n >= 3 * CRC_TINY) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_TINY; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_TINY));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_TINY));
-		}
-		c0 = crc_shift(crc_tiny, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_tiny, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_TINY;
-		n -= 3 * CRC_TINY;
-	}
+	CRC3(CRC_LONG, crc_long)
+	CRC3(CRC_SHORT, crc_short)
+	CRC3(CRC_TINY, crc_tiny)
+#undef CRC3
 	while (n >= 8) {
-		c0 = _mm_crc32_u64(c0, load_le64(p));
+		uint64_t v = load_le64(p);
+		c0 = _mm_crc32_u64(c0, v);
+		CP8(0, v);
 		p += 8;
+		if (dst)
+			dst += 8;
 		n -= 8;
 	}
+#undef CP8
 	c = (uint32_t)c0;
-	while (n--)
+	while (n--) {
+		if (dst)
+			*dst++ = *p;
 		c = _mm_crc32_u8(c, *p++);
+	}
 	return c;
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
+{
+	return crc32c_hw_body(c, p, n, NULL);
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw_copy_raw(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+	return crc32c_hw_body(c, p, n, dst);
 }
 
 /* Both versions are exported (include/spa/drv/link.h) so tests can check that they agree. */
@@ -247,6 +267,14 @@ uint32_t spa_crc32c(uint32_t crc, const void *buf, size_t len)
 	if (spa_crc32c_have_hw())
 		return ~crc32c_hw_raw(~crc, buf, len);
 	return ~crc32c_sw_raw(~crc, buf, len);
+}
+
+uint32_t spa_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len)
+{
+	if (spa_crc32c_have_hw())
+		return ~crc32c_hw_copy_raw(~crc, dst, src, len);
+	memcpy(dst, src, len);
+	return ~crc32c_sw_raw(~crc, src, len);
 }
 
 /* ---- header ---------------------------------------------------------------------------- */
@@ -365,12 +393,17 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 	return 0;
 }
 
+uint32_t spa_wire_hdr_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE])
+{
+	/* one pass over an aligned copy with the crc field zeroed (not four calls) */
+	uint64_t h[SPA_WIRE_HDR_SIZE / 8];
+	memcpy(h, hdr, SPA_WIRE_HDR_SIZE);
+	memset((uint8_t *)h + 48, 0, 4);
+	return spa_crc32c(0, h, SPA_WIRE_HDR_SIZE);
+}
+
 uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *payload,
 			    size_t payload_len)
 {
-	static const uint8_t zero[4];
-	uint32_t c = spa_crc32c(0, hdr, 48);
-	c = spa_crc32c(c, zero, 4);
-	c = spa_crc32c(c, hdr + 52, SPA_WIRE_HDR_SIZE - 52);
-	return spa_crc32c(c, payload, payload_len);
+	return spa_crc32c(spa_wire_hdr_crc(hdr), payload, payload_len);
 }

@@ -899,11 +899,19 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		return link_fail(l, -SPA_EUSAGE,
 				 "receive resumed with another buffer after a timeout in the middle "
 				 "of a fragmented message: pass the same buffer again");
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	/* A first try with a deadline already past (0) reads no clock: a frame that is there
+	 * (or comes within the driver's first spins) needs none. Only then is the real
+	 * deadline computed (one clock read, ~30 ns here, off the common path). Datagram
+	 * (kernel socket) links compute it at once: there a failed try costs a system call. */
+	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_now_ns() + timeout_ns : 0;
 	for (;;) {
 		const uint8_t *f;
 		size_t flen;
 		int rc = l->drv->recv_frame(l->base, &f, &flen, deadline);
+		if (rc == -ETIMEDOUT && deadline == 0 && timeout_ns > 0) {
+			deadline = spa_now_ns() + timeout_ns;
+			continue;
+		}
 		if (rc == -ETIMEDOUT)
 			return rc; /* partial reassembly state is kept for the next call */
 		if (rc)

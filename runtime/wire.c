@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include <immintrin.h>
 #include <nmmintrin.h>
 
 #include "spa/drv/link.h"
@@ -226,15 +227,162 @@ uint32_t crc32c_hw_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
 	return c;
 }
 
+/* Carry-less multiplication folding (VPCLMULQDQ on 256-bit registers, AVX2): the CRC of a
+ * message is that of the message with a leading 16-byte block B replaced by B's "fold" XORed
+ * into the block D bits later, fold(B) = lo(B) * K1 ^ hi(B) * K2 (carry-less), because
+ * B * x^D and the fold are congruent modulo P. With the bytes of a 128-bit lane read as a
+ * little-endian integer (bit j the j-th message bit, i.e. x^(127-j) of the lane) a carry-less
+ * product carries an extra x^-127, which the constants absorb: K1 = x^(D+63) mod P and
+ * K2 = x^(D-1) mod P, each bit-reflected into the upper half of a 64-bit word (kconst). Four
+ * lanes (two registers) fold 64 bytes per step; at the end they fold into one lane, 16-byte
+ * blocks follow, and the crc32 instruction finishes the last lane and the tail. On this
+ * machine (AMD EPYC, no AVX-512) it runs about 1.3x the three-way crc32 on 2 KiB in cache;
+ * with a copy the loads are shared and the stores are 32-byte ones. Checked against the
+ * table at first use; any disagreement leaves it unused. */
+#define CLMUL_MIN 256
+static uint64_t k_fold64[2], k_fold16[2];
+static int clmul_ok = -1; /* -1: not decided yet */
+
+static uint64_t kconst(unsigned n)
+{
+	uint64_t r = 1; /* x^n mod P, P = x^32 + 0x1EDC6F41, unreflected */
+	while (n--) {
+		r <<= 1;
+		if (r >> 32)
+			r ^= (1ull << 32) | 0x1EDC6F41u;
+	}
+	uint32_t v = 0;
+	for (int d = 0; d < 32; d++)
+		if (r >> d & 1)
+			v |= 1u << (31 - d);
+	return (uint64_t)v << 32;
+}
+
+__attribute__((target("pclmul,sse4.2")))
+static inline __m128i fold16(__m128i x, __m128i k)
+{
+	return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
+}
+
+/* n >= 64. With dst, the bytes are copied there as they are read. */
+static inline __attribute__((always_inline, target("vpclmulqdq,avx2,pclmul,sse4.2")))
+uint32_t crc32c_clmul_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
+{
+	__m256i x0 = _mm256_loadu_si256((const void *)p);
+	__m256i x1 = _mm256_loadu_si256((const void *)(p + 32));
+	if (dst) {
+		_mm256_storeu_si256((void *)dst, x0);
+		_mm256_storeu_si256((void *)(dst + 32), x1);
+		dst += 64;
+	}
+	x0 = _mm256_xor_si256(x0, _mm256_set_epi64x(0, 0, 0, (long long)c));
+	p += 64;
+	n -= 64;
+	const __m256i k = _mm256_set_epi64x((long long)k_fold64[1], (long long)k_fold64[0],
+					    (long long)k_fold64[1], (long long)k_fold64[0]);
+	while (n >= 64) {
+		__m256i y0 = _mm256_loadu_si256((const void *)p);
+		__m256i y1 = _mm256_loadu_si256((const void *)(p + 32));
+		if (dst) {
+			_mm256_storeu_si256((void *)dst, y0);
+			_mm256_storeu_si256((void *)(dst + 32), y1);
+			dst += 64;
+		}
+		x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x0, k, 0x00),
+						       _mm256_clmulepi64_epi128(x0, k, 0x11)), y0);
+		x1 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x1, k, 0x00),
+						       _mm256_clmulepi64_epi128(x1, k, 0x11)), y1);
+		p += 64;
+		n -= 64;
+	}
+	const __m128i k1 = _mm_set_epi64x((long long)k_fold16[1], (long long)k_fold16[0]);
+	__m128i a = _mm256_castsi256_si128(x0);
+	a = _mm_xor_si128(fold16(a, k1), _mm256_extracti128_si256(x0, 1));
+	a = _mm_xor_si128(fold16(a, k1), _mm256_castsi256_si128(x1));
+	a = _mm_xor_si128(fold16(a, k1), _mm256_extracti128_si256(x1, 1));
+	while (n >= 16) {
+		__m128i y = _mm_loadu_si128((const void *)p);
+		if (dst) {
+			_mm_storeu_si128((void *)dst, y);
+			dst += 16;
+		}
+		a = _mm_xor_si128(fold16(a, k1), y);
+		p += 16;
+		n -= 16;
+	}
+	uint64_t r = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(a));
+	r = _mm_crc32_u64(r, (uint64_t)_mm_extract_epi64(a, 1));
+	c = (uint32_t)r;
+	while (n--) {
+		if (dst)
+			*dst++ = *p;
+		c = _mm_crc32_u8(c, *p++);
+	}
+	return c;
+}
+
+__attribute__((target("vpclmulqdq,avx2,pclmul,sse4.2")))
+static uint32_t crc32c_clmul_raw(uint32_t c, const uint8_t *p, size_t n)
+{
+	return crc32c_clmul_body(c, p, n, NULL);
+}
+
+__attribute__((target("vpclmulqdq,avx2,pclmul,sse4.2")))
+static uint32_t crc32c_clmul_copy_raw(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+	return crc32c_clmul_body(c, p, n, dst);
+}
+
+/* Decide once whether the folding path is used: the CPU has it and it agrees with the
+ * table on a few buffers. Racing callers decide alike. */
+static int clmul_decide(void)
+{
+	__builtin_cpu_init();
+	int ok = __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("avx2") &&
+		 __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.2");
+	if (ok) {
+		k_fold64[0] = kconst(512 + 63);
+		k_fold64[1] = kconst(512 - 1);
+		k_fold16[0] = kconst(128 + 63);
+		k_fold16[1] = kconst(128 - 1);
+		uint8_t b[1000], d[1000];
+		uint64_t x = 0x9e3779b97f4a7c15ull;
+		for (size_t i = 0; i < sizeof b; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			b[i] = (uint8_t)x;
+		}
+		for (size_t n = 64; ok && n <= sizeof b - 8; n += 93)
+			ok = crc32c_clmul_raw(0x12345678u, b + 3, n) ==
+				     crc32c_sw_raw(0x12345678u, b + 3, n) &&
+			     crc32c_clmul_copy_raw(~0u, d + 5, b + 1, n) ==
+				     crc32c_sw_raw(~0u, b + 1, n) &&
+			     !memcmp(d + 5, b + 1, n);
+	}
+	__atomic_store_n(&clmul_ok, ok, __ATOMIC_RELEASE);
+	return ok;
+}
+
+static inline int use_clmul(size_t n)
+{
+	if (n < CLMUL_MIN)
+		return 0;
+	int ok = __atomic_load_n(&clmul_ok, __ATOMIC_ACQUIRE);
+	return ok < 0 ? clmul_decide() : ok;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
 {
+	if (use_clmul(n))
+		return crc32c_clmul_raw(c, p, n);
 	return crc32c_hw_body(c, p, n, NULL);
 }
 
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw_copy_raw(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
 {
+	if (use_clmul(n))
+		return crc32c_clmul_copy_raw(c, dst, p, n);
 	return crc32c_hw_body(c, p, n, dst);
 }
 

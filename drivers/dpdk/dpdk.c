@@ -152,6 +152,8 @@ struct dp_link {
 	size_t max_frame;
 	int peer_closed;
 	struct rte_mbuf *cur;  /* frame handed out by recv_frame */
+	struct rte_mbuf *tx_h, *tx_x; /* memif: the head and external mbufs every frame reuses
+					 (send_reuse) */
 	uint8_t *lin;          /* linearisation buffer, max_frame bytes */
 	struct rte_mbuf_ext_shared_info shinfo;
 	volatile int ext_out;  /* external buffers the PMD still holds */
@@ -1145,6 +1147,76 @@ static void ext_free(void *addr, void *opaque)
 	l->ext_out--;
 }
 
+/* memif, a frame with a payload: the PMD copies the frame into its ring inside tx_burst and
+ * frees the mbufs there, so one head mbuf and one external-buffer mbuf per link serve every
+ * frame. Each goes out with a reference count of 2; the PMD's free drops it to 1, so neither
+ * returns to its pool nor is the external buffer detached, and we own both again once
+ * tx_burst returns: no pool operations, no attach/detach of a fresh mbuf per frame. The payload
+ * is still attached, not copied (zero copy on send). */
+static int send_reuse(struct dp_link *l, const struct iovec *iov)
+{
+	struct dp_port *p = l->port;
+	if (unlikely(!l->tx_h)) {
+		l->tx_h = rte_pktmbuf_alloc(p->pool);
+		l->tx_x = rte_pktmbuf_alloc(p->ext_pool);
+		if (!l->tx_h || !l->tx_x) {
+			rte_pktmbuf_free(l->tx_h);
+			rte_pktmbuf_free(l->tx_x);
+			l->tx_h = l->tx_x = NULL;
+			return -ENOBUFS;
+		}
+		l->shinfo.free_cb = ext_free;
+		l->shinfo.fcb_opaque = l;
+		rte_mbuf_ext_refcnt_set(&l->shinfo, 1);
+	}
+	struct rte_mbuf *h = l->tx_h, *x = l->tx_x;
+	uint16_t hl = (uint16_t)(l->hdr_len + iov[0].iov_len), n = (uint16_t)iov[1].iov_len;
+	h->data_off = RTE_PKTMBUF_HEADROOM;
+	uint8_t *d = rte_pktmbuf_mtod(h, uint8_t *);
+	memcpy(d, l->tmpl, l->hdr_len);
+	encap_fix(&l->o, d, (size_t)hl + n);
+	memcpy(d + l->hdr_len, iov[0].iov_base, iov[0].iov_len);
+	h->data_len = hl;
+	h->pkt_len = (uint32_t)hl + n;
+	h->nb_segs = 2;
+	h->next = x;
+	/* attach the payload: the API the first time; afterwards x keeps the EXTBUF flag and the
+	 * shared info (whose count stays 1: the PMD never frees x down to 0), and only the
+	 * buffer moves */
+	if (!RTE_MBUF_HAS_EXTBUF(x)) {
+		rte_pktmbuf_attach_extbuf(x, iov[1].iov_base, RTE_BAD_IOVA, n, &l->shinfo);
+	} else {
+		x->buf_addr = iov[1].iov_base;
+		rte_mbuf_iova_set(x, RTE_BAD_IOVA);
+		x->buf_len = n;
+		x->data_off = 0;
+	}
+	x->data_len = n;
+	x->pkt_len = n;
+	x->nb_segs = 1;
+	x->next = NULL;
+	rte_mbuf_refcnt_set(h, 2);
+	rte_mbuf_refcnt_set(x, 2);
+	unsigned spins = 0;
+	int64_t next_check = 0;
+	while (port_tx(p, &h, 1) == 0) {
+		rte_pause();
+		if (++spins & 255)
+			continue;
+		int64_t now = spa_now_ns();
+		if (now >= next_check) {
+			next_check = now + CHECK_NS;
+			if (!port_link_up(p)) {
+				l->peer_closed = 1;
+				return -SPA_ECLOSED;
+			}
+		}
+	}
+	l->st.tx_zc_bytes += n;
+	l->st.tx_frames++;
+	return 0;
+}
+
 static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n_iov)
 {
 	struct dp_link *l = (struct dp_link *)b;
@@ -1160,6 +1232,8 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 		return -EINVAL;
 	if (len > l->max_frame)
 		return -EMSGSIZE;
+	if (p->is_memif && p->zc && n_iov == 2 && iov[1].iov_len)
+		return send_reuse(l, iov);
 	struct rte_mbuf *h = rte_pktmbuf_alloc(p->pool);
 	if (!h)
 		return -ENOBUFS;
@@ -1380,6 +1454,18 @@ static void dp_close(struct spa_link_base *b)
 		return;
 	if (l->cur)
 		rte_pktmbuf_free(l->cur);
+	if (l->tx_h) {
+		/* back to one reference each; x's free runs the shared info's callback once */
+		rte_mbuf_refcnt_set(l->tx_h, 1);
+		l->tx_h->next = NULL;
+		l->tx_h->nb_segs = 1;
+		rte_pktmbuf_free(l->tx_h);
+		rte_mbuf_refcnt_set(l->tx_x, 1);
+		rte_mbuf_ext_refcnt_set(&l->shinfo, 1);
+		l->ext_out = 1;
+		rte_pktmbuf_free(l->tx_x);
+		l->ext_out = 0;
+	}
 	struct dp_port *p = l->port;
 	if (!l->peer_closed && port_link_up(p)) {
 		send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);

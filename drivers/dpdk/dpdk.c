@@ -636,6 +636,7 @@ static rte_spinlock_t *memif_ring_lock(uint16_t port_id, int role, const char *s
 		if (!readable(pmd, sizeof *pmd) || rte_mem_virt2memseg_list(pmd) == NULL)
 			continue; /* dev_private is rte_zmalloc'ed: DPDK memory */
 		if (pmd->role != role || !readable(pmd->socket_filename, 1) ||
+		    rte_mem_virt2memseg_list(pmd->socket_filename) == NULL ||
 		    strncmp(pmd->socket_filename, sock_path, 108) || pmd->cfg.num_c2s_rings != 1 ||
 		    pmd->cfg.num_s2c_rings != 1 || pmd->cfg.pkt_buffer_size != MEMIF_BSIZE ||
 		    (pmd->cc_lock.locked & ~1))

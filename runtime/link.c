@@ -611,15 +611,20 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 		h.tx_ns = (uint64_t)spa_now_ns();
 		h.crc = 0;
 		spa_wire_hdr_encode(&h, hb);
-		h.crc = spa_crc32c(spa_crc32c(0, hb, HDR), p, chunk);
-		spa_wire_hdr_encode(&h, hb);
 		int rc;
-		if (likely(!l->faulty)) {
-			iov[0] = (struct iovec){ hb, HDR };
-			iov[1] = (struct iovec){ (void *)p, chunk };
-			rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
+		if (likely(!l->faulty) && l->drv->send_frame_crc) {
+			/* the driver copies the frame and computes its CRC in that same pass */
+			rc = l->drv->send_frame_crc(l->base, hb, p, chunk);
 		} else {
-			rc = fault_send(l, &hd, hb, p, chunk, off + chunk >= len);
+			h.crc = spa_crc32c(spa_crc32c(0, hb, HDR), p, chunk);
+			memcpy(hb + SPA_WIRE_CRC_OFF, &h.crc, 4); /* little-endian (x86-64) */
+			if (likely(!l->faulty)) {
+				iov[0] = (struct iovec){ hb, HDR };
+				iov[1] = (struct iovec){ (void *)p, chunk };
+				rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
+			} else {
+				rc = fault_send(l, &hd, hb, p, chunk, off + chunk >= len);
+			}
 		}
 		if (rc)
 			return drv_error(l, rc, "sending");
@@ -746,6 +751,19 @@ static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
 /* Check one frame and copy its payload into place. Returns 1 when the message is complete,
  * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
  * negative code (the link has failed). */
+/* rx_frame's refusals: a frame failing its CRC, and (stream links, whose CRC is checked
+ * late) a header refusal that is reported as a CRC failure when the frame is corrupt. */
+#define CRC_FAIL(computed)                                                                     \
+	BAD(-SPA_ECRC,                                                                         \
+	    "%s frame (seq %u, bytes %u..%u of %u) failed its CRC32C check (0x%08x, computed "   \
+	    "0x%08x): the link corrupts data",                                                 \
+	    spa_msg_type_name(h.type), h.seq, h.frag_off, h.frag_off + h.payload_len,           \
+	    h.msg_len, h.crc, (computed))
+#define BAD_HDR(code, ...)                                                                     \
+	(!l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc               \
+		 ? CRC_FAIL(crc)                                                               \
+		 : BAD(code, __VA_ARGS__))
+
 static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf, size_t cap)
 {
 	struct spa_wire_hdr h;
@@ -761,13 +779,15 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		return MALFORMED(-SPA_EPROTO,
 				 "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
 				 spa_msg_type_name(h.type), flen, HDR, h.payload_len);
-	uint32_t crc = spa_wire_frame_crc(f, f + HDR, h.payload_len);
-	if (crc != h.crc)
-		return BAD(-SPA_ECRC,
-			   "%s frame (seq %u, bytes %u..%u of %u) failed its CRC32C check "
-			   "(0x%08x, computed 0x%08x): the link corrupts data",
-			   spa_msg_type_name(h.type), h.seq, h.frag_off, h.frag_off + h.payload_len,
-			   h.msg_len, h.crc, crc);
+	/* The CRC covers header and payload. Datagram (tolerant) links check it first, as
+	 * before anything is trusted. Stream links check it while the payload is copied into
+	 * place (spa_crc32c_copy: one pass over the frame instead of two), and a frame refused
+	 * on its header checks before that is first checked against its CRC, so a corrupted
+	 * frame is reported as such (ECRC) either way. A frame failing its CRC is never
+	 * delivered: the link fails. */
+	uint32_t hcrc = spa_wire_hdr_crc(f), crc;
+	if (l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc)
+		return CRC_FAIL(crc);
 	if (l->tolerant && h.seq != l->rx_seq) {
 		if ((int32_t)(h.seq - l->rx_seq) < 0) {
 			l->stats.dup_frames++; /* of a message already delivered */
@@ -779,17 +799,17 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 	}
 	if (l->session) {
 		if (h.session != l->session)
-			return BAD(-SPA_EPROTO, "%s frame for session %u on session %u",
+			return BAD_HDR(-SPA_EPROTO, "%s frame for session %u on session %u",
 				   spa_msg_type_name(h.type), h.session, l->session);
 	} else if (h.session && h.type != SPA_MSG_HELLO_OK && h.type != SPA_MSG_ERROR) {
 		/* Before HELLO_OK only the cloud's answers to HELLO may name a session: the
 		 * HELLO_OK that sets it, or the ERROR that refuses it. */
-		return BAD(-SPA_EPROTO,
+		return BAD_HDR(-SPA_EPROTO,
 			   "%s frame names session %u before the cloud's HELLO_OK set one",
 			   spa_msg_type_name(h.type), h.session);
 	}
 	if (h.seq != l->rx_seq)
-		return BAD(-SPA_EPROTO,
+		return BAD_HDR(-SPA_EPROTO,
 			   "%s frame has sequence number %u, expected %u: %s",
 			   spa_msg_type_name(h.type), h.seq, l->rx_seq,
 			   l->rx_active ? "the rest of a fragmented message was lost"
@@ -797,15 +817,15 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 
 	if (!l->rx_active) {
 		if (h.msg_len > l->opts.max_msg)
-			return BAD(-SPA_ETOOBIG,
+			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes exceeds this side's limit of %zu bytes",
 				   spa_msg_type_name(h.type), h.msg_len, l->opts.max_msg);
 		if (h.msg_len > cap)
-			return BAD(-SPA_ETOOBIG,
+			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes does not fit the %zu-byte receive buffer",
 				   spa_msg_type_name(h.type), h.msg_len, cap);
 		if (h.frag_off != 0 && !l->tolerant)
-			return BAD(-SPA_EPROTO,
+			return BAD_HDR(-SPA_EPROTO,
 				   "%s message (seq %u) starts at byte %u: its first fragment was lost",
 				   spa_msg_type_name(h.type), h.seq, h.frag_off);
 		l->rx_first = h;
@@ -822,14 +842,14 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		if (h.msg_len != a->msg_len || h.type != a->type || h.dtype != a->dtype ||
 		    h.pos != a->pos || h.layer != a->layer || h.n_rows != a->n_rows ||
 		    h.aux != a->aux || h.session != a->session)
-			return BAD(-SPA_EPROTO,
+			return BAD_HDR(-SPA_EPROTO,
 				   "fragment of %s message seq %u disagrees with the first one "
 				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux/session differ)",
 				   spa_msg_type_name(a->type), h.seq, spa_msg_type_name(h.type),
 				   h.msg_len, a->msg_len);
 	}
 	if (h.payload_len == 0 && h.msg_len != 0)
-		return BAD(-SPA_EPROTO, "%s message seq %u: empty fragment",
+		return BAD_HDR(-SPA_EPROTO, "%s message seq %u: empty fragment",
 			   spa_msg_type_name(h.type), h.seq);
 
 	if (likely(h.frag_off == l->rx_next && !l->rx_ooo)) {
@@ -839,10 +859,10 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		l->rx_next += h.payload_len;
 	} else if (!l->tolerant) {
 		if (h.frag_off > l->rx_got)
-			return BAD(-SPA_EPROTO,
+			return BAD_HDR(-SPA_EPROTO,
 				   "%s message seq %u: gap, fragment at byte %u but only %u received",
 				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-		return BAD(-SPA_EPROTO,
+		return BAD_HDR(-SPA_EPROTO,
 			   "%s message seq %u: fragment at byte %u overlaps the %u bytes received",
 			   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
 	} else {
@@ -850,7 +870,14 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		if (rc)
 			return rc < 0 ? rc : 0;
 	}
-	memcpy((uint8_t *)l->rx_buf + h.frag_off, f + HDR, h.payload_len);
+	if (l->tolerant) {
+		memcpy((uint8_t *)l->rx_buf + h.frag_off, f + HDR, h.payload_len);
+	} else {
+		crc = spa_crc32c_copy(hcrc, (uint8_t *)l->rx_buf + h.frag_off, f + HDR,
+				      h.payload_len);
+		if (crc != h.crc)
+			return CRC_FAIL(crc);
+	}
 	l->stats.copied_rx += h.payload_len;
 	l->stats.frames_rx++;
 	l->stats.bytes_rx += flen;
@@ -859,6 +886,9 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		l->rx_last_tx_ns = h.tx_ns;
 	return l->rx_got == h.msg_len;
 }
+
+#undef BAD_HDR
+#undef CRC_FAIL
 
 int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		  int64_t timeout_ns)
@@ -869,11 +899,19 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		return link_fail(l, -SPA_EUSAGE,
 				 "receive resumed with another buffer after a timeout in the middle "
 				 "of a fragmented message: pass the same buffer again");
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	/* A first try with a deadline already past (0) reads no clock: a frame that is there
+	 * (or comes within the driver's first spins) needs none. Only then is the real
+	 * deadline computed (one clock read, ~30 ns here, off the common path). Datagram
+	 * (kernel socket) links compute it at once: there a failed try costs a system call. */
+	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_now_ns() + timeout_ns : 0;
 	for (;;) {
 		const uint8_t *f;
 		size_t flen;
 		int rc = l->drv->recv_frame(l->base, &f, &flen, deadline);
+		if (rc == -ETIMEDOUT && deadline == 0 && timeout_ns > 0) {
+			deadline = spa_now_ns() + timeout_ns;
+			continue;
+		}
 		if (rc == -ETIMEDOUT)
 			return rc; /* partial reassembly state is kept for the next call */
 		if (rc)

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include <immintrin.h>
 #include <nmmintrin.h>
 
 #include "spa/drv/link.h"
@@ -160,62 +161,229 @@ static inline uint32_t crc_shift(uint32_t zeros[4][256], uint32_t c)
 	       zeros[3][c >> 24];
 }
 
-/* The SSE4.2 crc32 instruction computes exactly the reflected Castagnoli step. */
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
+/* The SSE4.2 crc32 instruction computes exactly the reflected Castagnoli step. With dst, each
+ * 8-byte word is also stored to dst as it is folded in: the CRC pass and the copy share their
+ * loads (one pass over src instead of two; the receive path checks and places a payload so).
+ * Specialised at compile time for dst == NULL (always_inline, constant argument). */
+static inline __attribute__((always_inline, target("sse4.2")))
+uint32_t crc32c_hw_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
 {
 	if (!__atomic_load_n(&crc_shift_ready, __ATOMIC_ACQUIRE))
 		crc_shift_init();
-	while (n && ((uintptr_t)p & 7)) {
+#define CP8(o, v)                                                                              \
+	do {                                                                                   \
+		if (dst)                                                                       \
+			memcpy(dst + (o), &(v), 8);                                            \
+	} while (0)
+	/* Align the stores when copying (a split store costs more than a split load), else the
+	 * loads. */
+	while (n && ((uintptr_t)(dst ? (const uint8_t *)dst : p) & 7)) {
+		if (dst)
+			*dst++ = *p;
 		c = _mm_crc32_u8(c, *p++);
 		n--;
 	}
 	uint64_t c0 = c, c1, c2;
-	while (n >= 3 * CRC_LONG) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_LONG; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_LONG));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_LONG));
-		}
-		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_long, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_LONG;
-		n -= 3 * CRC_LONG;
+#define CRC3(BLOCK, TABLES)                                                                    \
+	while (n >= 3 * (BLOCK)) {                                                             \
+		c1 = c2 = 0;                                                                   \
+		for (size_t o = 0; o < (BLOCK); o += 8) {                                      \
+			uint64_t v0 = load_le64(p + o), v1 = load_le64(p + o + (BLOCK)),        \
+				 v2 = load_le64(p + o + 2 * (BLOCK));                           \
+			c0 = _mm_crc32_u64(c0, v0);                                            \
+			c1 = _mm_crc32_u64(c1, v1);                                            \
+			c2 = _mm_crc32_u64(c2, v2);                                            \
+			CP8(o, v0);                                                            \
+			CP8(o + (BLOCK), v1);                                                  \
+			CP8(o + 2 * (BLOCK), v2);                                              \
+		}                                                                              \
+		c0 = crc_shift(TABLES, (uint32_t)c0) ^ c1;                                     \
+		c0 = crc_shift(TABLES, (uint32_t)c0) ^ c2;                                     \
+		p += 3 * (BLOCK);                                                              \
+		if (dst)                                                                       \
+			dst += 3 * (BLOCK);                                                    \
+		n -= 3 * (BLOCK);                                                              \
 	}
-	while (n >= 3 * CRC_SHORT) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_SHORT; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_SHORT));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_SHORT));
-		}
-		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_short, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_SHORT;
-		n -= 3 * CRC_SHORT;
-	}
-	while (n >= 3 * CRC_TINY) {
-		c1 = c2 = 0;
-		for (const uint8_t *end = p + CRC_TINY; p < end; p += 8) {
-			c0 = _mm_crc32_u64(c0, load_le64(p));
-			c1 = _mm_crc32_u64(c1, load_le64(p + CRC_TINY));
-			c2 = _mm_crc32_u64(c2, load_le64(p + 2 * CRC_TINY));
-		}
-		c0 = crc_shift(crc_tiny, (uint32_t)c0) ^ c1;
-		c0 = crc_shift(crc_tiny, (uint32_t)c0) ^ c2;
-		p += 2 * CRC_TINY;
-		n -= 3 * CRC_TINY;
-	}
+	CRC3(CRC_LONG, crc_long)
+	CRC3(CRC_SHORT, crc_short)
+	CRC3(CRC_TINY, crc_tiny)
+#undef CRC3
 	while (n >= 8) {
-		c0 = _mm_crc32_u64(c0, load_le64(p));
+		uint64_t v = load_le64(p);
+		c0 = _mm_crc32_u64(c0, v);
+		CP8(0, v);
 		p += 8;
+		if (dst)
+			dst += 8;
 		n -= 8;
 	}
+#undef CP8
 	c = (uint32_t)c0;
-	while (n--)
+	while (n--) {
+		if (dst)
+			*dst++ = *p;
 		c = _mm_crc32_u8(c, *p++);
+	}
 	return c;
+}
+
+/* Carry-less multiplication folding (VPCLMULQDQ on 256-bit registers, AVX2): the CRC of a
+ * message is that of the message with a leading 16-byte block B replaced by B's "fold" XORed
+ * into the block D bits later, fold(B) = lo(B) * K1 ^ hi(B) * K2 (carry-less), because
+ * B * x^D and the fold are congruent modulo P. With the bytes of a 128-bit lane read as a
+ * little-endian integer (bit j the j-th message bit, i.e. x^(127-j) of the lane) a carry-less
+ * product carries an extra x^-127, which the constants absorb: K1 = x^(D+63) mod P and
+ * K2 = x^(D-1) mod P, each bit-reflected into the upper half of a 64-bit word (kconst). Four
+ * lanes (two registers) fold 64 bytes per step; at the end they fold into one lane, 16-byte
+ * blocks follow, and the crc32 instruction finishes the last lane and the tail. On this
+ * machine (AMD EPYC, no AVX-512) it runs about 1.3x the three-way crc32 on 2 KiB in cache;
+ * with a copy the loads are shared and the stores are 32-byte ones. Checked against the
+ * table at first use; any disagreement leaves it unused. */
+#define CLMUL_MIN 256
+static uint64_t k_fold64[2], k_fold16[2];
+static int clmul_ok = -1; /* -1: not decided yet */
+
+static uint64_t kconst(unsigned n)
+{
+	uint64_t r = 1; /* x^n mod P, P = x^32 + 0x1EDC6F41, unreflected */
+	while (n--) {
+		r <<= 1;
+		if (r >> 32)
+			r ^= (1ull << 32) | 0x1EDC6F41u;
+	}
+	uint32_t v = 0;
+	for (int d = 0; d < 32; d++)
+		if (r >> d & 1)
+			v |= 1u << (31 - d);
+	return (uint64_t)v << 32;
+}
+
+__attribute__((target("pclmul,sse4.2")))
+static inline __m128i fold16(__m128i x, __m128i k)
+{
+	return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
+}
+
+/* n >= 64. With dst, the bytes are copied there as they are read. */
+static inline __attribute__((always_inline, target("vpclmulqdq,avx2,pclmul,sse4.2")))
+uint32_t crc32c_clmul_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
+{
+	__m256i x0 = _mm256_loadu_si256((const void *)p);
+	__m256i x1 = _mm256_loadu_si256((const void *)(p + 32));
+	if (dst) {
+		_mm256_storeu_si256((void *)dst, x0);
+		_mm256_storeu_si256((void *)(dst + 32), x1);
+		dst += 64;
+	}
+	x0 = _mm256_xor_si256(x0, _mm256_set_epi64x(0, 0, 0, (long long)c));
+	p += 64;
+	n -= 64;
+	const __m256i k = _mm256_set_epi64x((long long)k_fold64[1], (long long)k_fold64[0],
+					    (long long)k_fold64[1], (long long)k_fold64[0]);
+	while (n >= 64) {
+		__m256i y0 = _mm256_loadu_si256((const void *)p);
+		__m256i y1 = _mm256_loadu_si256((const void *)(p + 32));
+		if (dst) {
+			_mm256_storeu_si256((void *)dst, y0);
+			_mm256_storeu_si256((void *)(dst + 32), y1);
+			dst += 64;
+		}
+		x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x0, k, 0x00),
+						       _mm256_clmulepi64_epi128(x0, k, 0x11)), y0);
+		x1 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x1, k, 0x00),
+						       _mm256_clmulepi64_epi128(x1, k, 0x11)), y1);
+		p += 64;
+		n -= 64;
+	}
+	const __m128i k1 = _mm_set_epi64x((long long)k_fold16[1], (long long)k_fold16[0]);
+	__m128i a = _mm256_castsi256_si128(x0);
+	a = _mm_xor_si128(fold16(a, k1), _mm256_extracti128_si256(x0, 1));
+	a = _mm_xor_si128(fold16(a, k1), _mm256_castsi256_si128(x1));
+	a = _mm_xor_si128(fold16(a, k1), _mm256_extracti128_si256(x1, 1));
+	while (n >= 16) {
+		__m128i y = _mm_loadu_si128((const void *)p);
+		if (dst) {
+			_mm_storeu_si128((void *)dst, y);
+			dst += 16;
+		}
+		a = _mm_xor_si128(fold16(a, k1), y);
+		p += 16;
+		n -= 16;
+	}
+	uint64_t r = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(a));
+	r = _mm_crc32_u64(r, (uint64_t)_mm_extract_epi64(a, 1));
+	c = (uint32_t)r;
+	while (n--) {
+		if (dst)
+			*dst++ = *p;
+		c = _mm_crc32_u8(c, *p++);
+	}
+	return c;
+}
+
+__attribute__((target("vpclmulqdq,avx2,pclmul,sse4.2")))
+static uint32_t crc32c_clmul_raw(uint32_t c, const uint8_t *p, size_t n)
+{
+	return crc32c_clmul_body(c, p, n, NULL);
+}
+
+__attribute__((target("vpclmulqdq,avx2,pclmul,sse4.2")))
+static uint32_t crc32c_clmul_copy_raw(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+	return crc32c_clmul_body(c, p, n, dst);
+}
+
+/* Decide once whether the folding path is used: the CPU has it and it agrees with the
+ * table on a few buffers. Racing callers decide alike. */
+static int clmul_decide(void)
+{
+	__builtin_cpu_init();
+	int ok = __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("avx2") &&
+		 __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.2");
+	if (ok) {
+		k_fold64[0] = kconst(512 + 63);
+		k_fold64[1] = kconst(512 - 1);
+		k_fold16[0] = kconst(128 + 63);
+		k_fold16[1] = kconst(128 - 1);
+		uint8_t b[1000], d[1000];
+		uint64_t x = 0x9e3779b97f4a7c15ull;
+		for (size_t i = 0; i < sizeof b; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			b[i] = (uint8_t)x;
+		}
+		for (size_t n = 64; ok && n <= sizeof b - 8; n += 93)
+			ok = crc32c_clmul_raw(0x12345678u, b + 3, n) ==
+				     crc32c_sw_raw(0x12345678u, b + 3, n) &&
+			     crc32c_clmul_copy_raw(~0u, d + 5, b + 1, n) ==
+				     crc32c_sw_raw(~0u, b + 1, n) &&
+			     !memcmp(d + 5, b + 1, n);
+	}
+	__atomic_store_n(&clmul_ok, ok, __ATOMIC_RELEASE);
+	return ok;
+}
+
+static inline int use_clmul(size_t n)
+{
+	if (n < CLMUL_MIN)
+		return 0;
+	int ok = __atomic_load_n(&clmul_ok, __ATOMIC_ACQUIRE);
+	return ok < 0 ? clmul_decide() : ok;
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw_raw(uint32_t c, const uint8_t *p, size_t n)
+{
+	if (use_clmul(n))
+		return crc32c_clmul_raw(c, p, n);
+	return crc32c_hw_body(c, p, n, NULL);
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw_copy_raw(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+	if (use_clmul(n))
+		return crc32c_clmul_copy_raw(c, dst, p, n);
+	return crc32c_hw_body(c, p, n, dst);
 }
 
 /* Both versions are exported (include/spa/drv/link.h) so tests can check that they agree. */
@@ -247,6 +415,14 @@ uint32_t spa_crc32c(uint32_t crc, const void *buf, size_t len)
 	if (spa_crc32c_have_hw())
 		return ~crc32c_hw_raw(~crc, buf, len);
 	return ~crc32c_sw_raw(~crc, buf, len);
+}
+
+uint32_t spa_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len)
+{
+	if (spa_crc32c_have_hw())
+		return ~crc32c_hw_copy_raw(~crc, dst, src, len);
+	memcpy(dst, src, len);
+	return ~crc32c_sw_raw(~crc, src, len);
 }
 
 /* ---- header ---------------------------------------------------------------------------- */
@@ -365,12 +541,17 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 	return 0;
 }
 
+uint32_t spa_wire_hdr_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE])
+{
+	/* one pass over an aligned copy with the crc field zeroed (not four calls) */
+	uint64_t h[SPA_WIRE_HDR_SIZE / 8];
+	memcpy(h, hdr, SPA_WIRE_HDR_SIZE);
+	memset((uint8_t *)h + 48, 0, 4);
+	return spa_crc32c(0, h, SPA_WIRE_HDR_SIZE);
+}
+
 uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *payload,
 			    size_t payload_len)
 {
-	static const uint8_t zero[4];
-	uint32_t c = spa_crc32c(0, hdr, 48);
-	c = spa_crc32c(c, zero, 4);
-	c = spa_crc32c(c, hdr + 52, SPA_WIRE_HDR_SIZE - 52);
-	return spa_crc32c(c, payload, payload_len);
+	return spa_crc32c(spa_wire_hdr_crc(hdr), payload, payload_len);
 }

@@ -194,6 +194,38 @@ Test(wire, crc32c_known_vectors)
 		cr_log_warn("CPU without SSE4.2: the hardware CRC32C path could not be checked");
 }
 
+/* spa_crc32c_copy (the receive path checks and places a payload with it, shm's send copies a
+ * frame into its ring with it): the same CRC as the software reference, every byte copied and
+ * none written outside dst, for every relative alignment of source and destination and for
+ * lengths across the 3-way block sizes (64, 256, 8192 bytes, times 3). */
+Test(wire, crc32c_copy_equals_crc_then_copy_at_every_alignment)
+{
+	rng_state = 4242;
+	enum { N = 30000 };
+	uint8_t *src = malloc(N + 64), *dst = malloc(N + 96);
+	for (int i = 0; i < N + 64; i++)
+		src[i] = (uint8_t)rnd();
+	static const size_t edges[] = {0, 1, 7, 8, 9, 63, 64, 191, 192, 193, 767, 768, 769, 2048,
+				       2104, 24575, 24576, 24577};
+	for (int it = 0; it < 1500; it++) {
+		size_t so = rnd_below(16), dof = rnd_below(16);
+		size_t len = it < 18 * 4 ? edges[it % 18] : rnd_below(N);
+		uint32_t seed = it & 1 ? (uint32_t)rnd() : 0;
+		memset(dst, 0xa5, N + 96);
+		uint32_t got = spa_crc32c_copy(seed, dst + 16 + dof, src + so, len);
+		uint32_t want = spa_crc32c_sw(seed, src + so, len);
+		cr_assert_eq(got, want, "len %zu src+%zu dst+%zu: 0x%08x, want 0x%08x", len, so, dof,
+			     got, want);
+		cr_assert(!memcmp(dst + 16 + dof, src + so, len), "len %zu: bytes differ", len);
+		for (size_t i = 0; i < 16 + dof; i++)
+			cr_assert_eq(dst[i], 0xa5, "written before dst (len %zu)", len);
+		for (size_t i = 16 + dof + len; i < N + 96; i++)
+			cr_assert_eq(dst[i], 0xa5, "written past dst (len %zu)", len);
+	}
+	free(src);
+	free(dst);
+}
+
 Test(wire, crc32c_hardware_equals_software_on_odd_lengths_and_alignments)
 {
 	rng_state = 777;

@@ -33,11 +33,16 @@
  * Receive: rx_burst into a small cache-aligned array on the port; frames are handed out one at
  * a time, pointing into the mbuf (a chained mbuf is first linearised into a per-link buffer),
  * until release_frame frees it. Everything not ours is dropped and counted. Polling only: no
- * system call on the hot path (the link status check every ~1 ms reads the port's state). */
+ * system call on the hot path (the link status check every ~1 ms reads the port's state).
+ *
+ * memif: every burst holds the PMD's own disconnect lock, so that a peer that dies mid-session
+ * cannot have the rings unmapped under a burst (memif_ring_lock below). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dirent.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -66,6 +71,8 @@
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_memory.h>
+#include <rte_spinlock.h>
+#include <rte_version.h>
 #include <rte_udp.h>
 
 #include "spa/drv/link.h"
@@ -121,6 +128,10 @@ struct dp_port {
 	int busy;             /* a link is open on it */
 	int stopped;          /* memif client whose start found no server: connect retries */
 	int64_t quiet_until;  /* memif server: no rx polling until the peer's hang-up is done */
+	rte_spinlock_t *ring_lock; /* memif: the PMD's lock its disconnect takes before it
+				      unmaps the rings (memif_ring_lock); NULL: not found */
+	char no_lock[96];     /* memif without ring_lock: why */
+	int warned;           /* ... said once */
 	uint32_t done[N_DONE];
 	unsigned n_done;
 	struct spa_dpdk_stats drops; /* drop_* counters */
@@ -141,6 +152,8 @@ struct dp_link {
 	size_t max_frame;
 	int peer_closed;
 	struct rte_mbuf *cur;  /* frame handed out by recv_frame */
+	struct rte_mbuf *tx_h, *tx_x; /* memif: the head and external mbufs every frame reuses
+					 (send_reuse) */
 	uint8_t *lin;          /* linearisation buffer, max_frame bytes */
 	struct rte_mbuf_ext_shared_info shinfo;
 	volatile int ext_out;  /* external buffers the PMD still holds */
@@ -523,6 +536,135 @@ static int memif_server_there(const struct dp_opts *o)
 	return !stat(path, &st) && S_ISSOCK(st.st_mode);
 }
 
+/* ---- memif: bursts serialised with the PMD's disconnect --------------------------------- *
+ *
+ * DPDK 22.11's memif PMD handles its control socket in EAL's interrupt thread. When the peer
+ * goes away (a DISCONNECT message, or the socket's end of file when the peer process died),
+ * memif_disconnect() runs there: it marks the link down and the port not connected, takes the
+ * port's control-channel lock (pmd_internals.cc_lock), closes the channel, releases it, and
+ * then unmaps the shared-memory regions that hold the rings and buffers
+ * (memif_free_regions). eth_memif_rx/tx check "connected" once, on entry, then work on the
+ * rings: a polling thread that passed the check and was preempted (or is simply mid-copy)
+ * when the interrupt thread unmaps faults (SIGSEGV) in the PMD. Checking the link state before
+ * each burst only narrows the window; a peer killed mid-session still crashed the survivor.
+ *
+ * The fix: every burst on a memif port holds that same cc_lock (trylock; on failure a
+ * disconnect is under way and the burst is skipped) and rechecks the link state under it.
+ * memif_disconnect sets the link down before it takes the lock, and unmaps only after it
+ * released it, so under the lock either the link reads down (we stay off the rings) or the
+ * unmapping waits until our burst is over. The lock is the PMD's private state: it is found
+ * through 22.11's layouts (rte_eth_devices[port].data->dev_private, struct pmd_internals of
+ * drivers/net/memif/rte_eth_memif.h), each step checked against what we know independently
+ * (the burst functions and queue arrays of the public rte_eth_fp_ops, the port's name, the
+ * socket path, buffer size and ring counts we configured). Anything unexpected (another DPDK)
+ * leaves ring_lock NULL: the old best effort, said at listen/connect. */
+
+/* The head of DPDK 22.11's struct pmd_internals (memif), up to cfg. */
+struct memif_pmd_2211 {
+	uint32_t id;
+	int role; /* 0 server, 1 client */
+	uint32_t flags;
+	char *socket_filename;
+	char secret[24];
+	void *cc;
+	rte_spinlock_t cc_lock;
+	char remote_name[RTE_DEV_NAME_MAX_LEN];
+	char remote_if_name[RTE_DEV_NAME_MAX_LEN];
+	struct {
+		uint8_t log2_ring_size, num_c2s_rings, num_s2c_rings;
+		uint16_t pkt_buffer_size;
+	} cfg;
+};
+
+/* The head of struct rte_eth_dev: 6 fast-path function pointers, then data. */
+struct ethdev_head_2211 {
+	void *rx_pkt_burst, *tx_pkt_burst, *fn[4];
+	uint8_t *data; /* struct rte_eth_dev_data: name[RTE_ETH_NAME_MAX_LEN] first */
+};
+
+static int readable(const void *a, size_t n)
+{
+	/* only DPDK's own memory is looked at; a NULL or odd pointer is refused */
+	return a && !((uintptr_t)a & 7) && n;
+}
+
+/* The cc_lock of memif port port_id (role 0 server, 1 client, on socket sock_path), or NULL
+ * with why filled. Control path. */
+static rte_spinlock_t *memif_ring_lock(uint16_t port_id, int role, const char *sock_path,
+				       char *why, size_t why_size)
+{
+#define NO(...) (snprintf(why, why_size, __VA_ARGS__), (rte_spinlock_t *)NULL)
+	if (strncmp(rte_version(), "DPDK 22.11", 10))
+		return NO("%s, not 22.11", rte_version());
+	void *sym = dlsym(RTLD_DEFAULT, "rte_eth_devices");
+	Dl_info di;
+	const ElfW(Sym) *es = NULL;
+	if (!sym || !dladdr1(sym, &di, (void **)&es, RTLD_DL_SYMENT) || !es ||
+	    es->st_size % RTE_MAX_ETHPORTS)
+		return NO("rte_eth_devices not found");
+	size_t stride = es->st_size / RTE_MAX_ETHPORTS;
+	if (stride < sizeof(struct ethdev_head_2211))
+		return NO("rte_eth_devices has an unexpected size");
+	const struct ethdev_head_2211 *dev =
+		(const void *)((const uint8_t *)sym + stride * port_id);
+	const struct rte_eth_fp_ops *fp = &rte_eth_fp_ops[port_id];
+	if (dev->rx_pkt_burst != (void *)fp->rx_pkt_burst ||
+	    dev->tx_pkt_burst != (void *)fp->tx_pkt_burst || !readable(dev->data, 1))
+		return NO("rte_eth_dev layout differs");
+	char name[RTE_ETH_NAME_MAX_LEN];
+	if (rte_eth_dev_get_name_by_port(port_id, name) ||
+	    strncmp((const char *)dev->data, name, sizeof name))
+		return NO("rte_eth_dev_data layout differs (name)");
+	/* rx_queues, tx_queues, two counts, sriov, then dev_private: find the queue arrays
+	 * (rte_eth_fp_ops holds the same pointers), dev_private a little after them */
+	const uint8_t *d = dev->data;
+	size_t q = 0;
+	for (size_t o = RTE_ETH_NAME_MAX_LEN; o <= 256; o += 8) {
+		void *a, *b;
+		memcpy(&a, d + o, 8);
+		memcpy(&b, d + o + 8, 8);
+		if (a == (void *)fp->rxq.data && b == (void *)fp->txq.data) {
+			q = o;
+			break;
+		}
+	}
+	if (!q)
+		return NO("rte_eth_dev_data layout differs (queues)");
+	for (size_t o = q + 16; o <= q + 48; o += 8) {
+		const struct memif_pmd_2211 *pmd;
+		memcpy(&pmd, d + o, 8);
+		if (!readable(pmd, sizeof *pmd) || rte_mem_virt2memseg_list(pmd) == NULL)
+			continue; /* dev_private is rte_zmalloc'ed: DPDK memory */
+		if (pmd->role != role || !readable(pmd->socket_filename, 1) ||
+		    rte_mem_virt2memseg_list(pmd->socket_filename) == NULL ||
+		    strncmp(pmd->socket_filename, sock_path, 108) || pmd->cfg.num_c2s_rings != 1 ||
+		    pmd->cfg.num_s2c_rings != 1 || pmd->cfg.pkt_buffer_size != MEMIF_BSIZE ||
+		    (pmd->cc_lock.locked & ~1))
+			continue;
+		return (rte_spinlock_t *)&pmd->cc_lock;
+	}
+	return NO("memif's pmd_internals not recognised");
+#undef NO
+}
+
+/* memif: find the PMD's lock once the port is started (the burst functions and queue
+ * arrays checked against are in place only then); a later start tries again. */
+static void port_find_ring_lock(struct dp_port *p, const struct dp_opts *o, int role)
+{
+	if (p->ring_lock)
+		return;
+	if (p->stopped) {
+		snprintf(p->no_lock, sizeof p->no_lock, "port not started");
+		return;
+	}
+	const char *s = strstr(o->pmdargs, ",socket=");
+	char path[128];
+	snprintf(path, sizeof path, "%s", s ? s + 8 : "");
+	path[strcspn(path, ",")] = 0;
+	p->ring_lock = memif_ring_lock(p->port_id, role == 1 ? 0 : 1, path, p->no_lock,
+				       sizeof p->no_lock);
+}
+
 /* Find or make the port for o; role 1 listener, 2 connector. Called with g.lock held. */
 static int port_get(struct dp_port **out, const struct dp_opts *o, int listener, const char *uri,
 		    struct spa_errbuf *err)
@@ -701,6 +843,8 @@ found:;
 	if (!memif)
 		rte_eth_promiscuous_enable(p->port_id); /* peers may use a MAC we do not own */
 	rte_eth_macaddr_get(p->port_id, &p->mac);
+	if (memif)
+		port_find_ring_lock(p, o, role);
 	g.ports[g.n_ports++] = p;
 	*out = p;
 	return 0;
@@ -717,9 +861,47 @@ static int port_link_up(struct dp_port *p)
 	return lk.link_status == RTE_ETH_LINK_UP;
 }
 
+/* rx/tx burst on the port's queue 0. On memif, under the PMD's cc_lock (memif_ring_lock
+ * above): the rings cannot be unmapped under us. The burst itself then returns at once when
+ * the port is no longer connected: memif_disconnect clears the flag eth_memif_rx/tx test on
+ * entry before it takes the lock (and our trylock orders the two). Hot path. */
+static inline uint16_t port_rx(struct dp_port *p, struct rte_mbuf **m, uint16_t n)
+{
+	rte_spinlock_t *lk = p->ring_lock;
+	if (!lk)
+		return rte_eth_rx_burst(p->port_id, 0, m, n);
+	if (!rte_spinlock_trylock(lk))
+		return 0; /* the PMD is disconnecting */
+	uint16_t k = rte_eth_rx_burst(p->port_id, 0, m, n);
+	rte_spinlock_unlock(lk);
+	return k;
+}
+
+static inline uint16_t port_tx(struct dp_port *p, struct rte_mbuf **m, uint16_t n)
+{
+	rte_spinlock_t *lk = p->ring_lock;
+	if (!lk)
+		return rte_eth_tx_burst(p->port_id, 0, m, n);
+	if (!rte_spinlock_trylock(lk))
+		return 0;
+	uint16_t k = rte_eth_tx_burst(p->port_id, 0, m, n);
+	rte_spinlock_unlock(lk);
+	return k;
+}
+
+static void warn_no_lock(struct dp_port *p, const char *uri)
+{
+	if (p->is_memif && !p->ring_lock && !p->warned) {
+		p->warned = 1;
+		fprintf(stderr, "spa dpdk: warning: %s: memif's disconnect lock not found (%s): a "
+			"peer killed mid-session may crash this process (docs/dpdk.md)\n", uri,
+			p->no_lock);
+	}
+}
+
 /* hwloc placement: on a NIC, the calling (polling) thread moves to a core near it; else it
  * keeps its binding. Printed once per listen / connect. */
-static void place(const struct dp_port *p, const char *uri)
+static void place(struct dp_port *p, const char *uri)
 {
 	char where[160], why[300] = "";
 	unsigned dom, bus, dev, fn;
@@ -761,6 +943,8 @@ static void place(const struct dp_port *p, const char *uri)
 		p->name, p->mtu, p->zc ? "zero-copy send" : "send copies the payload: PMD takes no "
 							    "chained mbufs",
 		where, why);
+	if (!p->stopped)
+		warn_no_lock(p, uri);
 }
 
 /* ---- frames ---------------------------------------------------------------------------- */
@@ -828,7 +1012,7 @@ static int send_ctl(struct dp_port *p, const struct dp_opts *o, int kind, uint32
 	memcpy(d, h, n);
 	encap_fix(o, d, len);
 	for (int i = 0; i < 1000; i++)
-		if (rte_eth_tx_burst(p->port_id, 0, &m, 1) == 1)
+		if (port_tx(p, &m, 1) == 1)
 			return 0;
 	rte_pktmbuf_free(m);
 	return -EAGAIN;
@@ -936,11 +1120,11 @@ static inline struct rte_mbuf *port_next(struct dp_port *p)
 	if (p->rx_i == p->rx_n) {
 		p->rx_i = 0;
 		p->rx_n = 0;
-		/* memif: the link goes down before the rings go away; a cheap read of the port's
-		 * state narrows the race above to nearly nothing */
-		if (p->is_memif && !port_link_up(p))
+		/* memif without the PMD's lock (memif_ring_lock): the link goes down before the
+		 * rings go away; a read of the port's state narrows the race, no more */
+		if (p->is_memif && !p->ring_lock && !port_link_up(p))
 			return NULL;
-		p->rx_n = rte_eth_rx_burst(p->port_id, 0, p->rx, RX_BURST);
+		p->rx_n = port_rx(p, p->rx, RX_BURST);
 		if (!p->rx_n)
 			return NULL;
 	}
@@ -964,6 +1148,76 @@ static void ext_free(void *addr, void *opaque)
 	l->ext_out--;
 }
 
+/* memif, a frame with a payload: the PMD copies the frame into its ring inside tx_burst and
+ * frees the mbufs there, so one head mbuf and one external-buffer mbuf per link serve every
+ * frame. Each goes out with a reference count of 2; the PMD's free drops it to 1, so neither
+ * returns to its pool nor is the external buffer detached, and we own both again once
+ * tx_burst returns: no pool operations, no attach/detach of a fresh mbuf per frame. The payload
+ * is still attached, not copied (zero copy on send). */
+static int send_reuse(struct dp_link *l, const struct iovec *iov)
+{
+	struct dp_port *p = l->port;
+	if (unlikely(!l->tx_h)) {
+		l->tx_h = rte_pktmbuf_alloc(p->pool);
+		l->tx_x = rte_pktmbuf_alloc(p->ext_pool);
+		if (!l->tx_h || !l->tx_x) {
+			rte_pktmbuf_free(l->tx_h);
+			rte_pktmbuf_free(l->tx_x);
+			l->tx_h = l->tx_x = NULL;
+			return -ENOBUFS;
+		}
+		l->shinfo.free_cb = ext_free;
+		l->shinfo.fcb_opaque = l;
+		rte_mbuf_ext_refcnt_set(&l->shinfo, 1);
+	}
+	struct rte_mbuf *h = l->tx_h, *x = l->tx_x;
+	uint16_t hl = (uint16_t)(l->hdr_len + iov[0].iov_len), n = (uint16_t)iov[1].iov_len;
+	h->data_off = RTE_PKTMBUF_HEADROOM;
+	uint8_t *d = rte_pktmbuf_mtod(h, uint8_t *);
+	memcpy(d, l->tmpl, l->hdr_len);
+	encap_fix(&l->o, d, (size_t)hl + n);
+	memcpy(d + l->hdr_len, iov[0].iov_base, iov[0].iov_len);
+	h->data_len = hl;
+	h->pkt_len = (uint32_t)hl + n;
+	h->nb_segs = 2;
+	h->next = x;
+	/* attach the payload: the API the first time; afterwards x keeps the EXTBUF flag and the
+	 * shared info (whose count stays 1: the PMD never frees x down to 0), and only the
+	 * buffer moves */
+	if (!RTE_MBUF_HAS_EXTBUF(x)) {
+		rte_pktmbuf_attach_extbuf(x, iov[1].iov_base, RTE_BAD_IOVA, n, &l->shinfo);
+	} else {
+		x->buf_addr = iov[1].iov_base;
+		rte_mbuf_iova_set(x, RTE_BAD_IOVA);
+		x->buf_len = n;
+		x->data_off = 0;
+	}
+	x->data_len = n;
+	x->pkt_len = n;
+	x->nb_segs = 1;
+	x->next = NULL;
+	rte_mbuf_refcnt_set(h, 2);
+	rte_mbuf_refcnt_set(x, 2);
+	unsigned spins = 0;
+	int64_t next_check = 0;
+	while (port_tx(p, &h, 1) == 0) {
+		rte_pause();
+		if (++spins & 255)
+			continue;
+		int64_t now = spa_now_ns();
+		if (now >= next_check) {
+			next_check = now + CHECK_NS;
+			if (!port_link_up(p)) {
+				l->peer_closed = 1;
+				return -SPA_ECLOSED;
+			}
+		}
+	}
+	l->st.tx_zc_bytes += n;
+	l->st.tx_frames++;
+	return 0;
+}
+
 static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n_iov)
 {
 	struct dp_link *l = (struct dp_link *)b;
@@ -979,6 +1233,8 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 		return -EINVAL;
 	if (len > l->max_frame)
 		return -EMSGSIZE;
+	if (p->is_memif && p->zc && n_iov == 2 && iov[1].iov_len)
+		return send_reuse(l, iov);
 	struct rte_mbuf *h = rte_pktmbuf_alloc(p->pool);
 	if (!h)
 		return -ENOBUFS;
@@ -1040,7 +1296,7 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 	}
 	unsigned spins = 0;
 	int64_t next_check = 0;
-	while (rte_eth_tx_burst(p->port_id, 0, &h, 1) == 0) {
+	while (port_tx(p, &h, 1) == 0) {
 		/* ring full, or memif not connected */
 		rte_pause();
 		if (++spins & 255)
@@ -1199,6 +1455,18 @@ static void dp_close(struct spa_link_base *b)
 		return;
 	if (l->cur)
 		rte_pktmbuf_free(l->cur);
+	if (l->tx_h) {
+		/* back to one reference each; x's free runs the shared info's callback once */
+		rte_mbuf_refcnt_set(l->tx_h, 1);
+		l->tx_h->next = NULL;
+		l->tx_h->nb_segs = 1;
+		rte_pktmbuf_free(l->tx_h);
+		rte_mbuf_refcnt_set(l->tx_x, 1);
+		rte_mbuf_ext_refcnt_set(&l->shinfo, 1);
+		l->ext_out = 1;
+		rte_pktmbuf_free(l->tx_x);
+		l->ext_out = 0;
+	}
 	struct dp_port *p = l->port;
 	if (!l->peer_closed && port_link_up(p)) {
 		send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);
@@ -1378,6 +1646,7 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 				if (!p->stopped)
 					rte_eth_dev_stop(p->port_id);
 				p->stopped = rte_eth_dev_start(p->port_id) != 0;
+				port_find_ring_lock(p, &o, 2);
 				down_since = now;
 			}
 			rte_delay_us_sleep(1000);
@@ -1404,6 +1673,7 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 			continue;
 		}
 		struct dp_link *l;
+		warn_no_lock(p, uri);
 		rc = link_make(&l, p, &o, conn, &ri.src, o.peer_ip, 0, uri, err);
 		if (rc)
 			return rc;
@@ -1442,7 +1712,7 @@ int spa_dpdk_send_raw(struct spa_link_base *b, const void *frame, size_t len)
 	}
 	memcpy(d, frame, len);
 	for (int i = 0; i < 100000; i++)
-		if (rte_eth_tx_burst(l->port->port_id, 0, &m, 1) == 1)
+		if (port_tx(l->port, &m, 1) == 1)
 			return 0;
 	rte_pktmbuf_free(m);
 	return -EAGAIN;

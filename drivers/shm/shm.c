@@ -193,13 +193,11 @@ static int shm_idle(struct shm_link *l, struct shm_wait *w, int64_t deadline)
 	return 0;
 }
 
-static int shm_send_frame(struct spa_link_base *b, const struct iovec *iov, int n_iov)
+/* Reserve room for a record of a len-byte frame at the producer's position (waiting while the
+ * ring is full); *out is where the frame's bytes go. Publish with shm_publish. */
+static int shm_reserve(struct shm_link *l, size_t len, uint8_t **out, uint64_t *rec_out)
 {
-	struct shm_link *l = (struct shm_link *)b;
 	struct shm_dir *d = &l->tx;
-	size_t len = 0;
-	for (int i = 0; i < n_iov; i++)
-		len += iov[i].iov_len;
 	if (len > MAX_FRAME)
 		return -EMSGSIZE;
 	if (atomic_load_explicit(&l->ctl->state, memory_order_relaxed) & l->peer_closed)
@@ -243,15 +241,54 @@ static int shm_send_frame(struct spa_link_base *b, const struct iovec *iov, int 
 	uint8_t *p = d->data + pos;
 	uint32_t hdr[2] = { (uint32_t)len, 0 };
 	memcpy(p, hdr, REC_HDR);
-	p += REC_HDR;
-	for (int i = 0; i < n_iov; i++) {
-		memcpy(p, iov[i].iov_base, iov[i].iov_len);
-		p += iov[i].iov_len;
-	}
+	*out = p + REC_HDR;
+	*rec_out = rec;
+	return 0;
+}
+
+static inline void shm_publish(struct shm_link *l, uint64_t rec)
+{
+	struct shm_dir *d = &l->tx;
 	d->pos += rec;
 	/* release: pairs with the consumer's acquire load of head in shm_recv_frame; the record
 	 * (and any wrap marker) is complete before the consumer can see it */
 	atomic_store_explicit(&d->idx->head, d->pos, memory_order_release);
+}
+
+static int shm_send_frame(struct spa_link_base *b, const struct iovec *iov, int n_iov)
+{
+	struct shm_link *l = (struct shm_link *)b;
+	size_t len = 0;
+	for (int i = 0; i < n_iov; i++)
+		len += iov[i].iov_len;
+	uint8_t *p;
+	uint64_t rec;
+	int rc = shm_reserve(l, len, &p, &rec);
+	if (rc)
+		return rc;
+	for (int i = 0; i < n_iov; i++) {
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
+	}
+	shm_publish(l, rec);
+	return 0;
+}
+
+/* The frame is copied into the ring anyway: its CRC is computed in that same pass over the
+ * payload (spa_crc32c_copy) rather than in a pass of the link layer's before it. */
+static int shm_send_frame_crc(struct spa_link_base *b, const uint8_t *hdr, const void *payload,
+			      size_t len)
+{
+	struct shm_link *l = (struct shm_link *)b;
+	uint8_t *p;
+	uint64_t rec;
+	int rc = shm_reserve(l, SPA_WIRE_HDR_SIZE + len, &p, &rec);
+	if (rc)
+		return rc;
+	memcpy(p, hdr, SPA_WIRE_HDR_SIZE);
+	uint32_t crc = spa_crc32c_copy(spa_wire_hdr_crc(hdr), p + SPA_WIRE_HDR_SIZE, payload, len);
+	memcpy(p + SPA_WIRE_CRC_OFF, &crc, 4); /* little-endian (x86-64) */
+	shm_publish(l, rec);
 	return 0;
 }
 
@@ -596,4 +633,5 @@ const struct spa_link_driver spa_drv_shm = {
 	.send_frame = shm_send_frame,
 	.recv_frame = shm_recv_frame,
 	.release_frame = shm_release_frame,
+	.send_frame_crc = shm_send_frame_crc,
 };

@@ -33,6 +33,7 @@
 #define SPA_WIRE_MAGIC 0x31415053u
 #define SPA_WIRE_VERSION 1
 #define SPA_WIRE_HDR_SIZE 56
+#define SPA_WIRE_CRC_OFF 48 /* offset of the crc field in the header */
 /* Largest message any spa peer accepts (UPLOAD of a 7B side plugin is ~20 MB). */
 #define SPA_WIRE_MAX_MSG (256u << 20)
 
@@ -77,6 +78,10 @@ const char *spa_msg_type_name(unsigned type);
  * Chain by passing the previous result as crc. Hardware instruction when the CPU has SSE4.2. */
 uint32_t spa_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* spa_crc32c of src, copying its len bytes to dst in the same pass (dst and src must not
+ * overlap). Thread-safe; hot path (the receive side checks and places a payload with it). */
+uint32_t spa_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
+
 /* Encode h into 56 bytes at out (little-endian, crc field written as given). */
 void spa_wire_hdr_encode(const struct spa_wire_hdr *h, uint8_t out[SPA_WIRE_HDR_SIZE]);
 /* Decode and validate the fields that do not need the payload: magic, version, type, dtype,
@@ -84,6 +89,9 @@ void spa_wire_hdr_encode(const struct spa_wire_hdr *h, uint8_t out[SPA_WIRE_HDR_
  * frag_off + payload_len <= msg_len. Returns 0 or -SPA_EPROTO with a message in err. */
 int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr *h,
 			size_t max_frame_payload, struct spa_errbuf *err);
+/* CRC of a frame's header alone (crc field taken as 0): continue it over the payload with
+ * spa_crc32c or spa_crc32c_copy to get spa_wire_frame_crc. */
+uint32_t spa_wire_hdr_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE]);
 /* CRC of a frame: header bytes (crc field taken as 0) then payload. */
 uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *payload,
 			    size_t payload_len);

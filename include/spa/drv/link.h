@@ -71,6 +71,15 @@ struct spa_link_driver {
 	/* Payload bytes the driver copied on send on this link so far (link.c adds them to
 	 * spa_link_stats.copied_tx; 0 on a zero-copy path). Cheap; any thread of the link. */
 	uint64_t (*copied_tx)(struct spa_link_base *l);
+	/* Send one frame made of hdr (SPA_WIRE_HDR_SIZE bytes, its crc field zero) and len
+	 * payload bytes (total <= max_frame), writing the frame's CRC32C (docs/wire-protocol.md)
+	 * into the crc field of the copy the driver sends. For drivers that copy every frame
+	 * anyway (shm: into its ring): the CRC is computed in that copy's pass
+	 * (spa_crc32c_copy), the link layer making none of its own. link.c uses it instead of
+	 * send_frame when set (and no fault is being injected). Hot path; returns as
+	 * send_frame. */
+	int (*send_frame_crc)(struct spa_link_base *l, const uint8_t *hdr, const void *payload,
+			      size_t len);
 };
 
 extern const struct spa_link_driver spa_drv_shm;

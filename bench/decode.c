@@ -310,9 +310,6 @@ struct row {
 	int budget_ok[3];
 };
 
-
-/* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n]. The head is the
- * fused one. With side set, the taps and the gate are fused into every forward. */
 /* One pass of the read-bandwidth test between decode steps (bw_gbs non-NULL): the machine's
  * bandwidth is then measured at the same moments as the decode, so that the noise of a
  * shared machine touches both sides of each ratio alike. */
@@ -333,6 +330,9 @@ static int decode_steps(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *
 	return decode_steps_bw(e, V, n, steps, NULL);
 }
 
+/* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n] (and, with bw,
+ * one read-bandwidth pass after each step). The head is the fused one. With side set, the
+ * taps and the gate are fused into every forward. */
 static int decode_steps_bw(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps,
 			   const struct bw_between *bw)
 {

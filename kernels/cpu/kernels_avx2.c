@@ -10,14 +10,7 @@
 #include <string.h>
 
 #include "kernels_impl.h"
-
-static inline float hsum8(__m256 v)
-{
-	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-	return _mm_cvtss_f32(s);
-}
+#include "simd_avx2.h"
 
 /* The 8 floats of group i of a row of any type, converted. */
 static inline __m256 load_f32(const void *w, size_t i)
@@ -36,33 +29,9 @@ static inline __m256 load_bf16(const void *w, size_t i)
 	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-/* Partial group of rem < 8 elements at i: copied into zeroed buffers (zeros add nothing, and
- * 0 * 0 cannot make a NaN) so that nothing is read past the end of either array. */
-#define SPA_DOT_AVX2(name, wtype, load)                                                    \
-	float name(const void *w, const float *x, size_t n)                                \
-	{                                                                                  \
-		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                 \
-		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                 \
-		size_t i = 0;                                                              \
-		for (; i + 32 <= n; i += 32) {                                             \
-			a0 = _mm256_fmadd_ps(load(w, i), _mm256_loadu_ps(x + i), a0);      \
-			a1 = _mm256_fmadd_ps(load(w, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
-			a2 = _mm256_fmadd_ps(load(w, i + 16), _mm256_loadu_ps(x + i + 16), a2); \
-			a3 = _mm256_fmadd_ps(load(w, i + 24), _mm256_loadu_ps(x + i + 24), a3); \
-		}                                                                          \
-		for (; i + 8 <= n; i += 8)                                                 \
-			a0 = _mm256_fmadd_ps(load(w, i), _mm256_loadu_ps(x + i), a0);      \
-		if (i < n) {                                                               \
-			wtype wb[8] = { 0 };                                               \
-			float xb[8] = { 0 };                                               \
-			memcpy(wb, (const wtype *)w + i, (n - i) * sizeof(wtype));         \
-			memcpy(xb, x + i, (n - i) * sizeof(float));                        \
-			a0 = _mm256_fmadd_ps(load(wb, 0), _mm256_loadu_ps(xb), a0);        \
-		}                                                                          \
-		return hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));  \
-	}
-
-/* The same loop without the final reduction: the row's 8-lane sum before hsum8. */
+/* One row's 8 lane sums before the final hsum8, in the order the file's header gives. Partial
+ * group of rem < 8 elements at i: copied into zeroed buffers (zeros add nothing, and 0 * 0
+ * cannot make a NaN) so that nothing is read past the end of either array. */
 #define SPA_DOT_AVX2_LANES(name, wtype, load)                                              \
 	static inline __m256 name(const void *w, const float *x, size_t n)                 \
 	{                                                                                  \
@@ -91,21 +60,6 @@ SPA_DOT_AVX2_LANES(lanes_f32, float, load_f32)
 SPA_DOT_AVX2_LANES(lanes_f16, uint16_t, load_f16)
 SPA_DOT_AVX2_LANES(lanes_bf16, uint16_t, load_bf16)
 
-/* The 4 hsum8's of a, b, c, d into y[0..3], each with hsum8's association (see
- * quant_avx2.c's copy: the same bits as 4 hsum8 calls). */
-static inline void hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d, float *y)
-{
-	__m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
-				  _mm256_permute2f128_ps(a, b, 0x31));
-	__m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20),
-				  _mm256_permute2f128_ps(c, d, 0x31));
-	__m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-				 _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
-	__m256 r = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
-				 _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
-	_mm_storeu_ps(y, _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1)));
-}
-
 /* Rows kernels for the float types: each row's loop as in the single-row dot, one after the
  * other (so the reads stay sequential), and the four reductions in one shuffle tree; the call
  * and the reduction were most of a short row's time (a 32-wide side adapter row, a 64-wide
@@ -127,9 +81,20 @@ SPA_DOT_ROWS_AVX2(dot_f32_rows_avx2, lanes_f32)
 SPA_DOT_ROWS_AVX2(dot_f16_rows_avx2, lanes_f16)
 SPA_DOT_ROWS_AVX2(dot_bf16_rows_avx2, lanes_bf16)
 
-static SPA_DOT_AVX2(dot_f32_avx2, float, load_f32)
-static SPA_DOT_AVX2(dot_f16_avx2, uint16_t, load_f16)
-static SPA_DOT_AVX2(dot_bf16_avx2, uint16_t, load_bf16)
+static float dot_f32_avx2(const void *w, const float *x, size_t n)
+{
+	return hsum8(lanes_f32(w, x, n));
+}
+
+static float dot_f16_avx2(const void *w, const float *x, size_t n)
+{
+	return hsum8(lanes_f16(w, x, n));
+}
+
+static float dot_bf16_avx2(const void *w, const float *x, size_t n)
+{
+	return hsum8(lanes_bf16(w, x, n));
+}
 
 static void dequant_f16_avx2(const void *src, float *dst, size_t n)
 {

@@ -351,14 +351,12 @@ static void mm_dispatch(struct spa_pool *pool, struct mm_job *j)
 	spa_pool_run(pool, matmul_worker, j);
 }
 
-static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
-		   const struct spa_tensor *w, const float *x, float *y, uint32_t n)
+/* The job of W times x (n vectors) with the variant's float-x kernels; the integer-dot ones
+ * are set by the caller once x is quantized. */
+static struct mm_job mm_job_of(const struct spa_kernels_ops *ops, const struct spa_tensor *w,
+			       uint64_t row_size, const float *x, float *y, uint32_t n)
 {
-	uint64_t row_size = 0;
-	if (check_type(w->type, w->cols, y, w->rows * (uint64_t)n) < 0 ||
-	    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
-		return;
-	struct mm_job j = {
+	return (struct mm_job){
 		.dot = ops->dot[w->type],
 		.dot_rows = ops->dot_rows[w->type],
 		.w = w->data,
@@ -369,6 +367,16 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		.y = y,
 		.n = n,
 	};
+}
+
+static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
+		   const struct spa_tensor *w, const float *x, float *y, uint32_t n)
+{
+	uint64_t row_size = 0;
+	if (check_type(w->type, w->cols, y, w->rows * (uint64_t)n) < 0 ||
+	    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
+		return;
+	struct mm_job j = mm_job_of(ops, w, row_size, x, y, n);
 	const uint64_t nbx = w->cols / SPA_QK8X;
 	if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0) {
 		mm_dispatch(pool, &j);
@@ -463,17 +471,7 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 		    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
 			return;
 		m.b[k] = it[k].b;
-		m.j[k] = (struct mm_job){
-			.dot = ops->dot[w->type],
-			.dot_rows = ops->dot_rows[w->type],
-			.w = w->data,
-			.row_size = row_size,
-			.rows = w->rows,
-			.cols = w->cols,
-			.x = it[k].x,
-			.y = it[k].y,
-			.n = 1,
-		};
+		m.j[k] = mm_job_of(ops, w, row_size, it[k].x, it[k].y, 1);
 		const uint64_t nbx = w->cols / SPA_QK8X;
 		if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0)
 			continue;

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 #include "spa/tokenizer.h"
 
 /* Greedy head: rows per tile (1 KiB of logits per thread, in L1). */
-#define HEAD_TILE 256u
+#define HEAD_TILE 512u
 /* Matrices of a streamed block, in the order the forward uses them. */
 #define BLK_MATS 7
 #define STREAM_SLOTS 2
@@ -860,23 +861,28 @@ struct head_job {
 	struct spa_engine *e;
 	const float *z;
 	uint64_t row_size;
+	atomic_uint next_tile; /* the first tile no thread has taken */
 };
 
-/* Thread ith takes a contiguous share of the rows (ascending with ith) and runs the kernels'
- * own matvec, single-threaded, over tiles of HEAD_TILE rows: each logit is the same dot call
- * as in spa_matvec, whatever the weight type. NaNs never win (spa_argmax's rule). */
+/* Threads take tiles of HEAD_TILE rows in turn from a shared counter (a thread that wakes
+ * late or is preempted takes fewer), each running the kernels' own matvec single-threaded
+ * over the tile: each logit is the same dot call as in spa_matvec, whatever the weight type.
+ * A thread's tiles ascend, so its strict > keeps its lowest index among equal values. NaNs
+ * never win (spa_argmax's rule). */
 static void head_worker(void *ctx, int ith, int nth)
 {
-	const struct head_job *j = ctx;
+	struct head_job *j = ctx;
 	struct spa_engine *e = j->e;
 	const struct spa_tensor *w = &e->m->output;
 	float *tile = e->htile + (uint64_t)ith * HEAD_TILE;
-	uint64_t rows = w->rows, q = rows / (uint64_t)nth, rem = rows % (uint64_t)nth;
-	uint64_t i = (uint64_t)ith;
-	uint64_t r0 = q * i + (i < rem ? i : rem), r1 = r0 + q + (i < rem ? 1 : 0);
 	struct head_best b = { .v = 0, .i = 0, .any = false };
-	for (uint64_t t0 = r0; t0 < r1; t0 += HEAD_TILE) {
-		uint64_t n = r1 - t0 < HEAD_TILE ? r1 - t0 : HEAD_TILE;
+	(void)nth;
+	for (;;) {
+		const uint64_t t0 = (uint64_t)atomic_fetch_add_explicit(&j->next_tile, 1,
+									memory_order_relaxed) * HEAD_TILE;
+		if (t0 >= w->rows)
+			break;
+		uint64_t n = w->rows - t0 < HEAD_TILE ? w->rows - t0 : HEAD_TILE;
 		struct spa_tensor sub = { w->type, w->cols, n,
 					  (const uint8_t *)w->data + t0 * j->row_size };
 		spa_matvec(NULL, &sub, j->z, tile);
@@ -901,11 +907,11 @@ void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok)
 	spa_dtype_row_size(w->type, w->cols, &j.row_size);
 	int nth = e->pool ? spa_pool_n_threads(e->pool) : 1;
 	spa_pool_run(e->pool, head_worker, &j);
-	/* fixed order merge: thread shares ascend, so strict > keeps the lowest index */
+	/* the highest value; among equal ones the lowest index, whichever thread had it */
 	struct head_best best = { .any = false };
 	for (int t = 0; t < nth; t++) {
 		const struct head_best *b = &e->hbest[t];
-		if (b->any && (!best.any || b->v > best.v))
+		if (b->any && (!best.any || b->v > best.v || (b->v == best.v && b->i < best.i)))
 			best = *b;
 	}
 	*tok = best.any ? (int32_t)best.i : 0; /* all NaN: 0, as spa_argmax */

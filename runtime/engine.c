@@ -9,13 +9,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "spa/engine.h"
 #include "spa/error.h"
@@ -293,37 +291,23 @@ static int stream_init(struct spa_engine *e)
 				return -ENOMEM;
 			}
 		/* Enough pieces in flight to cover both slots without polling during a product.
-		 * IOSQE_ASYNC: the copies out of the page cache run on io_uring's kernel workers,
-		 * not inline in the compute thread's submit. The workers take the CPU affinity of
-		 * the thread that first submits, which is usually pinned to one core: they would
-		 * then copy on the compute core, in turn with the products (measured: the step
-		 * took compute + I/O). So the ring is made and first used with this thread
-		 * allowed on every CPU, and its own affinity put back after. */
-		cpu_set_t mine, all;
-		const bool widen = sched_getaffinity(0, sizeof mine, &mine) == 0;
-		if (widen) {
-			CPU_ZERO(&all);
-			for (long c = 0; c < sysconf(_SC_NPROCESSORS_CONF) && c < CPU_SETSIZE; c++)
-				CPU_SET((int)c, &all);
-			(void)sched_setaffinity(0, sizeof all, &all);
-		}
+		 * IOSQE_ASYNC: the copies out of the page cache run on an io_uring kernel worker
+		 * that may run on every CPU (spa_uring_reader_spread_workers), not inline in this
+		 * pinned compute thread's submit, in turn with its products (measured: the step
+		 * took compute + I/O). */
 		struct spa_errbuf err;
 		int rc = spa_uring_reader_create(&st->rd, g->fd, 16,
 						 SPA_URING_QUIET | SPA_URING_ASYNC, &err);
+		if (rc < 0)
+			return rc;
+		(void)spa_uring_reader_spread_workers(st->rd); /* best effort */
 		uint64_t chunk = (st->slot_size / 8 + 65535) & ~65535ull;
 		if (chunk < (256u << 10))
 			chunk = 256u << 10;
-		if (rc == 0)
-			rc = spa_uring_reader_set_chunk(st->rd, chunk);
-		if (rc == 0) {
-			(void)spa_uring_reader_spread_workers(st->rd);
-			stream_queue(st, 0);
-			stream_queue(st, 1);
-		}
-		if (widen)
-			(void)sched_setaffinity(0, sizeof mine, &mine);
-		if (rc < 0)
+		if ((rc = spa_uring_reader_set_chunk(st->rd, chunk)) < 0)
 			return rc;
+		stream_queue(st, 0);
+		stream_queue(st, 1);
 	}
 	if (!m->tok_embd.data) {
 		const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, "token_embd.weight");

@@ -13,7 +13,6 @@
 #include <float.h>
 #include <inttypes.h>
 #include <liburing.h>
-#include <sched.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1219,19 +1218,43 @@ int spa_uring_reader_spread_workers(struct spa_uring_reader *r)
 {
 	if (!r->uring)
 		return 0;
-	cpu_set_t all;
+	if (r->inflight || r->n_free != SPA_URING_MAX_REQS)
+		return -EBUSY; /* the worker must be made before any read */
+	cpu_set_t mine, all;
 	CPU_ZERO(&all);
 	long n = sysconf(_SC_NPROCESSORS_CONF);
 	for (long i = 0; i < n && i < CPU_SETSIZE; i++)
 		CPU_SET((int)i, &all);
-	/* One worker for the buffered (bounded) reads: the kernel keeps the last worker of a
-	 * ring alive when idle, so the one made while the caller was allowed everywhere stays
-	 * the one that copies (workers made later would take the caller's pinned affinity). */
+	/* This thread allowed everywhere for a moment: the worker made now takes that. */
+	const bool widen = sched_getaffinity(0, sizeof mine, &mine) == 0 &&
+			   sched_setaffinity(0, sizeof all, &all) == 0;
+	/* One worker for the reads: the kernel keeps a ring's last worker alive when idle, so
+	 * the one made here stays the one that copies (more, made later, would take this
+	 * thread's pinned affinity). */
 	unsigned max[2] = { 1, 1 };
 	int rc = io_uring_register_iowq_max_workers(&r->ring, max);
-	if (rc < 0)
-		return rc;
-	return io_uring_register_iowq_aff(&r->ring, sizeof all, &all);
+	if (rc == 0)
+		rc = io_uring_register_iowq_aff(&r->ring, sizeof all, &all);
+	if (rc == 0) {
+		/* make it: a one-byte read of the file handed to the workers (IOSQE_ASYNC; the
+		 * same kind of work as the reads to come, so the same worker pool), waited for */
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+		struct io_uring_cqe *cqe;
+		uint8_t byte;
+		if (!sqe) {
+			rc = -EBUSY;
+		} else {
+			io_uring_prep_read(sqe, r->fd, &byte, 1, 0);
+			io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
+			io_uring_sqe_set_data64(sqe, UINT64_MAX);
+			rc = io_uring_submit_and_wait(&r->ring, 1);
+			if (rc >= 0 && (rc = io_uring_wait_cqe(&r->ring, &cqe)) == 0)
+				io_uring_cqe_seen(&r->ring, cqe);
+		}
+	}
+	if (widen)
+		(void)sched_setaffinity(0, sizeof mine, &mine);
+	return rc < 0 ? rc : 0;
 }
 
 int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk)
@@ -1750,6 +1773,36 @@ static int load_staged(struct spa_gguf *g, struct spa_uring_reader *r, uint8_t *
 #define LOAD_MAP_BREAK_MIN 10       /* seconds */
 #define LOAD_MAP_ALIGN (2u << 20)   /* map from a 2 MiB boundary: huge folios map whole */
 
+/* Shares of total bytes for the copier threads: at most one per CPU the caller may run on
+ * (LOAD_MAP_THREADS at most), each a multiple of LOAD_MAP_ALIGN, *per bytes (the last one
+ * what is left). Returns the most shares there may be; cut [0, total) into pieces of *per
+ * while any is left. */
+static unsigned load_shares(uint64_t total, uint64_t *per)
+{
+	unsigned n = ur_cpus() < LOAD_MAP_THREADS ? ur_cpus() : LOAD_MAP_THREADS;
+	*per = ((total + n - 1) / n + LOAD_MAP_ALIGN - 1) / LOAD_MAP_ALIGN * LOAD_MAP_ALIGN;
+	return n;
+}
+
+/* fn on each of the k jobs (size bytes apart from jobs): the first on the calling thread, one
+ * new thread each for the others; a job whose thread could not start runs on the caller. */
+static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, unsigned k)
+{
+	pthread_t th[LOAD_MAP_THREADS];
+	bool started[LOAD_MAP_THREADS] = {false};
+	uint8_t *j = jobs;
+	for (unsigned i = 1; i < k; i++)
+		started[i] = pthread_create(&th[i], NULL, fn, j + i * size) == 0;
+	if (k)
+		fn(j);
+	for (unsigned i = 1; i < k; i++) {
+		if (started[i])
+			pthread_join(th[i], NULL);
+		else
+			fn(j + i * size);
+	}
+}
+
 static int load_shrank(const struct spa_gguf *g, uint64_t now, struct spa_errbuf *err)
 {
 	return spa_err(err, -SPA_EFORMAT, "%s: the file ends at byte %" PRIu64 ", before the end "
@@ -1838,16 +1891,11 @@ static int load_mapped(struct spa_gguf *g, uint8_t *dst, size_t seg, struct map_
 	if (m == MAP_FAILED)
 		goto out;
 	madvise(m, (size_t)len, MADV_SEQUENTIAL);
-	/* One share per copier, in 2 MiB multiples (huge pages of the destination are then
-	 * faulted by one thread each); no helper for less than LOAD_MAP_ALIGN each. */
-	unsigned n = ur_cpus() < LOAD_MAP_THREADS ? ur_cpus() : LOAD_MAP_THREADS;
-	if ((uint64_t)n * LOAD_MAP_ALIGN > size)
-		n = (unsigned)(size / LOAD_MAP_ALIGN) + 1;
-	uint64_t per = ((size + n - 1) / n + LOAD_MAP_ALIGN - 1) / LOAD_MAP_ALIGN * LOAD_MAP_ALIGN;
+	/* One share per copier (huge pages of the destination are then faulted by one thread
+	 * each). */
 	atomic_bool stop = false;
-	pthread_t th[LOAD_MAP_THREADS];
-	bool started[LOAD_MAP_THREADS] = {false};
-	unsigned k = 0;
+	uint64_t per;
+	unsigned n = load_shares(size, &per), k = 0;
 	for (uint64_t at = 0; at < size && k < n; k++) {
 		uint64_t l = per < size - at ? per : size - at;
 		jobs[k] = (struct map_job){.src = m + (off - base) + at, .dst = dst + at,
@@ -1855,15 +1903,7 @@ static int load_mapped(struct spa_gguf *g, uint8_t *dst, size_t seg, struct map_
 					   .stop = &stop};
 		at += l;
 	}
-	for (unsigned i = 1; i < k; i++)
-		started[i] = pthread_create(&th[i], NULL, map_copy, &jobs[i]) == 0;
-	map_copy(&jobs[0]);
-	for (unsigned i = 1; i < k; i++) {
-		if (started[i])
-			pthread_join(th[i], NULL);
-		else
-			map_copy(&jobs[i]); /* no thread: this one copies it too */
-	}
+	run_jobs(map_copy, jobs, sizeof jobs[0], k);
 	munmap(m, (size_t)len);
 	for (unsigned i = 0; i < k; i++)
 		*left += jobs[i].len - jobs[i].done;
@@ -1897,27 +1937,15 @@ static void *load_fault(void *arg)
 
 static void load_prefault(uint8_t *buf, size_t cap)
 {
-	unsigned n = ur_cpus() < LOAD_MAP_THREADS ? ur_cpus() : LOAD_MAP_THREADS;
-	size_t per = ((cap + n - 1) / n + LOAD_MAP_ALIGN - 1) / LOAD_MAP_ALIGN * LOAD_MAP_ALIGN;
 	struct fault_job jobs[LOAD_MAP_THREADS];
-	pthread_t th[LOAD_MAP_THREADS];
-	bool started[LOAD_MAP_THREADS] = {false};
-	unsigned k = 0;
+	uint64_t per;
+	unsigned n = load_shares(cap, &per), k = 0;
 	for (size_t at = 0; at < cap && k < n; k++) {
-		size_t l = per < cap - at ? per : cap - at;
+		size_t l = per < cap - at ? (size_t)per : cap - at;
 		jobs[k] = (struct fault_job){.p = buf + at, .n = l};
 		at += l;
 	}
-	for (unsigned i = 1; i < k; i++)
-		started[i] = pthread_create(&th[i], NULL, load_fault, &jobs[i]) == 0;
-	if (k)
-		load_fault(&jobs[0]);
-	for (unsigned i = 1; i < k; i++) {
-		if (started[i])
-			pthread_join(th[i], NULL);
-		else
-			load_fault(&jobs[i]);
-	}
+	run_jobs(load_fault, jobs, sizeof jobs[0], k);
 }
 
 /* The strategy SPA_LOAD_AUTO picks, and why (docs/loading.md has the measurements):

@@ -616,8 +616,8 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 			/* the driver copies the frame and computes its CRC in that same pass */
 			rc = l->drv->send_frame_crc(l->base, hb, p, chunk);
 		} else {
-			h.crc = spa_crc32c(spa_crc32c(0, hb, HDR), p, chunk);
-			memcpy(hb + SPA_WIRE_CRC_OFF, &h.crc, 4); /* little-endian (x86-64) */
+			h.crc = spa_wire_frame_crc(hb, p, chunk); /* hb's crc field is 0 */
+			spa_wire_hdr_set_crc(hb, h.crc);
 			if (likely(!l->faulty)) {
 				iov[0] = (struct iovec){ hb, HDR };
 				iov[1] = (struct iovec){ (void *)p, chunk };
@@ -748,9 +748,6 @@ static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
 	return 0;
 }
 
-/* Check one frame and copy its payload into place. Returns 1 when the message is complete,
- * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
- * negative code (the link has failed). */
 /* rx_frame's refusals: a frame failing its CRC, and (stream links, whose CRC is checked
  * late) a header refusal that is reported as a CRC failure when the frame is corrupt. */
 #define CRC_FAIL(computed)                                                                     \
@@ -764,6 +761,9 @@ static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
 		 ? CRC_FAIL(crc)                                                               \
 		 : BAD(code, __VA_ARGS__))
 
+/* Check one frame and copy its payload into place. Returns 1 when the message is complete,
+ * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
+ * negative code (the link has failed). */
 static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf, size_t cap)
 {
 	struct spa_wire_hdr h;

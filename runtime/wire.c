@@ -546,8 +546,13 @@ uint32_t spa_wire_hdr_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE])
 	/* one pass over an aligned copy with the crc field zeroed (not four calls) */
 	uint64_t h[SPA_WIRE_HDR_SIZE / 8];
 	memcpy(h, hdr, SPA_WIRE_HDR_SIZE);
-	memset((uint8_t *)h + 48, 0, 4);
+	memset((uint8_t *)h + SPA_WIRE_CRC_OFF, 0, 4);
 	return spa_crc32c(0, h, SPA_WIRE_HDR_SIZE);
+}
+
+void spa_wire_hdr_set_crc(uint8_t hdr[SPA_WIRE_HDR_SIZE], uint32_t crc)
+{
+	put32(hdr + SPA_WIRE_CRC_OFF, crc);
 }
 
 uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *payload,

@@ -740,6 +740,20 @@ static void edge_equals_local(const char *uri, const char *dir, const char *want
 			 got, want);
 }
 
+/* Edge k mid-generation: wait until it printed some tokens to out (more each round, so the
+ * kills land at different points of the exchanges); skip when its EAL could not start (err
+ * says), fail when it printed none in 20 s. */
+static void wait_tokens(const char *out, const char *err_path, int k)
+{
+	if (!wait_bytes(out, 8 + 7 * (size_t)k, 20))
+		return;
+	size_t n;
+	char *e = tu_read_file(err_path, &n);
+	if (e && strstr(e, "EAL could not start"))
+		cr_skip_test("%s", e);
+	cr_assert_fail("edge %d printed no tokens: %s", k, e ? e : "");
+}
+
 /* Edges killed with SIGKILL while they generate: the cloud (the survivor) says each session
  * ended because the peer went away, never crashes or hangs, and serves the next edge with
  * tokens equal to spa-run's. The edges slow their own replies (--net-delay-us), so the cloud
@@ -761,16 +775,8 @@ Test(dpdk, killed_edges_never_crash_the_cloud_which_serves_the_next, .timeout = 
 			 " --timeout 20 >%s 2>%s/edge%d.err", tu_program("spa-edge"), uri,
 			 tu_tiny_plugin("lora"), out, dir, k);
 		pid_t edge = spawn(cmd);
-		/* mid-generation: some tokens are out (more each round, so the kill lands at
-		 * different points of the exchanges) */
-		if (wait_bytes(out, 8 + 7 * (size_t)k, 20)) {
-			snprintf(cmd, sizeof cmd, "%s/edge%d.err", dir, k);
-			size_t n;
-			char *e = tu_read_file(cmd, &n);
-			if (e && strstr(e, "EAL could not start"))
-				cr_skip_test("%s", e);
-			cr_assert_fail("edge %d printed no tokens: %s", k, e ? e : "");
-		}
+		snprintf(cmd, sizeof cmd, "%s/edge%d.err", dir, k);
+		wait_tokens(out, cmd, k);
 		kill_kid(edge);
 		int st = wait_kid(cloud, 0);
 		cr_assert_eq(st, -2, "the cloud ended (%d; >100: a signal) when edge %d was killed",
@@ -809,13 +815,7 @@ Test(dpdk, a_killed_cloud_never_crashes_or_hangs_the_edge, .timeout = 120)
 		snprintf(cmd, sizeof cmd, "exec %s --link '%s' --plugin %s --timeout 20 " KILL_ARGS
 			 " >%s 2>%s", tu_program("spa-edge"), uri, tu_tiny_plugin("lora"), out, errp);
 		pid_t edge = spawn(cmd);
-		if (wait_bytes(out, 8 + 7 * (size_t)k, 20)) {
-			size_t n;
-			char *e = tu_read_file(errp, &n);
-			if (e && strstr(e, "EAL could not start"))
-				cr_skip_test("%s", e);
-			cr_assert_fail("edge %d printed no tokens: %s", k, e ? e : "");
-		}
+		wait_tokens(out, errp, k);
 		kill_kid(cloud);
 		int st = wait_kid(edge, 10);
 		size_t n;

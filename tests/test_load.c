@@ -330,14 +330,23 @@ Test(load, pread_mode_and_bad_arguments)
 	free(ref);
 }
 
+/* The data section of g as the file holds it now (malloc'ed; read with pread). */
+static uint8_t *section_bytes(struct spa_gguf *g)
+{
+	struct spa_errbuf err;
+	uint8_t *b = malloc(g->data_size ? g->data_size : 1);
+	cr_assert_not_null(b);
+	cr_assert_eq(spa_gguf_pread(g, 0, b, g->data_size, &err), 0, "%s", err.msg);
+	return b;
+}
+
 /* spa_gguf_load_data in every mode gives the data section exactly as pread reads it. */
 Test(load, load_data_equals_pread_in_every_mode)
 {
 	struct spa_errbuf err;
 	struct spa_gguf *g;
 	cr_assert_eq(spa_gguf_open(&g, tu_tiny_model(), &err), 0, "%s", err.msg);
-	uint8_t *want = malloc(g->data_size);
-	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	uint8_t *want = section_bytes(g);
 	static const struct spa_load_opts opts[] = {
 		{.mode = SPA_LOAD_AUTO},
 		{.mode = SPA_LOAD_BUFFERED, .depth = 1},
@@ -392,8 +401,7 @@ Test(load, auto_mode_cold_and_warm_gives_the_same_bytes)
 	struct spa_errbuf err;
 	struct spa_gguf *g;
 	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
-	uint8_t *want = malloc(g->data_size);
-	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	uint8_t *want = section_bytes(g);
 	for (int cold = 1; cold >= 0; cold--) {
 		if (cold) {
 			cr_assert_eq(fdatasync(g->fd), 0);
@@ -454,8 +462,7 @@ Test(load, load_into_every_mode_and_place)
 	struct spa_gguf *g;
 	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
 	size_t n = g->data_size;
-	uint8_t *want = malloc(n);
-	cr_assert_eq(spa_gguf_pread(g, 0, want, n, &err), 0, "%s", err.msg);
+	uint8_t *want = section_bytes(g);
 	uint8_t *buf = alloc_page(n + 3 * 4096);
 	static const enum spa_load_mode modes[] = {SPA_LOAD_AUTO, SPA_LOAD_MAPPED,
 		SPA_LOAD_BUFFERED, SPA_LOAD_DIRECT, SPA_LOAD_PREAD};
@@ -518,8 +525,7 @@ Test(load, mapped_without_a_lease_reads_buffered)
 	struct spa_errbuf err;
 	struct spa_gguf *g;
 	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
-	uint8_t *want = malloc(g->data_size);
-	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	uint8_t *want = section_bytes(g);
 	int wfd = open(path, O_RDWR | O_CLOEXEC);
 	cr_assert_geq(wfd, 0);
 	void *data;
@@ -593,8 +599,7 @@ Test(load, truncate_during_a_mapped_copy_is_an_error_not_a_crash)
 		struct spa_errbuf err;
 		struct spa_gguf *g;
 		cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
-		uint8_t *want = malloc(g->data_size);
-		cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+		uint8_t *want = section_bytes(g);
 		drop_file(g->fd);
 		struct shrinker s = {.path = path, .to = (off_t)(g->data_offset + 4096)};
 		pthread_t th;
@@ -671,8 +676,7 @@ Test(load, load_data_with_and_without_prefault)
 	struct spa_errbuf err;
 	struct spa_gguf *g;
 	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
-	uint8_t *want = malloc(g->data_size);
-	cr_assert_eq(spa_gguf_pread(g, 0, want, g->data_size, &err), 0, "%s", err.msg);
+	uint8_t *want = section_bytes(g);
 	static const struct spa_load_opts opts[] = {
 		{.mode = SPA_LOAD_DIRECT}, {.mode = SPA_LOAD_PREAD},
 		{.mode = SPA_LOAD_BUFFERED, .no_workers = true}, {.mode = SPA_LOAD_BUFFERED},

@@ -1148,6 +1148,30 @@ static void ext_free(void *addr, void *opaque)
 	l->ext_out--;
 }
 
+/* Hand frame *h to the port, waiting while its ring is full (or memif is not connected yet).
+ * Returns 0 once sent, or -SPA_ECLOSED (the link marked closed, *h still the caller's) when
+ * the port's link went down meanwhile. Hot path: the link state is read once per CHECK_NS. */
+static int tx_wait(struct dp_link *l, struct rte_mbuf **h)
+{
+	struct dp_port *p = l->port;
+	unsigned spins = 0;
+	int64_t next_check = 0;
+	while (port_tx(p, h, 1) == 0) {
+		rte_pause();
+		if (++spins & 255)
+			continue;
+		int64_t now = spa_now_ns();
+		if (now >= next_check) {
+			next_check = now + CHECK_NS;
+			if (!port_link_up(p)) {
+				l->peer_closed = 1;
+				return -SPA_ECLOSED;
+			}
+		}
+	}
+	return 0;
+}
+
 /* memif, a frame with a payload: the PMD copies the frame into its ring inside tx_burst and
  * frees the mbufs there, so one head mbuf and one external-buffer mbuf per link serve every
  * frame. Each goes out with a reference count of 2; the PMD's free drops it to 1, so neither
@@ -1198,21 +1222,8 @@ static int send_reuse(struct dp_link *l, const struct iovec *iov)
 	x->next = NULL;
 	rte_mbuf_refcnt_set(h, 2);
 	rte_mbuf_refcnt_set(x, 2);
-	unsigned spins = 0;
-	int64_t next_check = 0;
-	while (port_tx(p, &h, 1) == 0) {
-		rte_pause();
-		if (++spins & 255)
-			continue;
-		int64_t now = spa_now_ns();
-		if (now >= next_check) {
-			next_check = now + CHECK_NS;
-			if (!port_link_up(p)) {
-				l->peer_closed = 1;
-				return -SPA_ECLOSED;
-			}
-		}
-	}
+	if (tx_wait(l, &h) < 0)
+		return -SPA_ECLOSED; /* h and x stay the link's (dp_close) */
 	l->st.tx_zc_bytes += n;
 	l->st.tx_frames++;
 	return 0;
@@ -1294,25 +1305,12 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 		}
 		l->st.tx_zc_bytes += iov[i].iov_len;
 	}
-	unsigned spins = 0;
-	int64_t next_check = 0;
-	while (port_tx(p, &h, 1) == 0) {
-		/* ring full, or memif not connected */
-		rte_pause();
-		if (++spins & 255)
-			continue;
-		int64_t now = spa_now_ns();
-		if (now >= next_check) {
-			next_check = now + CHECK_NS;
-			if (!port_link_up(p)) {
-				rte_pktmbuf_free(h);
-				l->peer_closed = 1;
-				return -SPA_ECLOSED;
-			}
-		}
+	if (tx_wait(l, &h) < 0) {
+		rte_pktmbuf_free(h);
+		return -SPA_ECLOSED;
 	}
 	/* The caller may reuse the payload once we return: wait until the PMD let go of it. */
-	spins = 0;
+	unsigned spins = 0;
 	while (l->ext_out) {
 		rte_pause();
 		if (p->pmd_holds && !(++spins & 63))

@@ -287,7 +287,7 @@ static int shm_send_frame_crc(struct spa_link_base *b, const uint8_t *hdr, const
 		return rc;
 	memcpy(p, hdr, SPA_WIRE_HDR_SIZE);
 	uint32_t crc = spa_crc32c_copy(spa_wire_hdr_crc(hdr), p + SPA_WIRE_HDR_SIZE, payload, len);
-	memcpy(p + SPA_WIRE_CRC_OFF, &crc, 4); /* little-endian (x86-64) */
+	spa_wire_hdr_set_crc(p, crc);
 	shm_publish(l, rec);
 	return 0;
 }

@@ -299,14 +299,15 @@ void spa_uring_reader_destroy(struct spa_uring_reader *r);
 /* Bytes per piece for reads queued from now on (rounded up to the O_DIRECT alignment;
  * 0: SPA_URING_CHUNK). Returns 0 or -EINVAL. */
 int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk);
-/* Let the calling thread's io_uring kernel workers run on every CPU, and keep one worker for
- * its reads. The workers are made with the affinity of the thread that submits, so a compute
- * thread pinned to one core would copy its own buffered reads (SPA_URING_ASYNC) on that core,
- * in turn with its work. Call before the first read, from the thread that will submit, while
- * it is allowed on every CPU (then re-pin it): the one worker made then is kept by the kernel
- * even when idle. The limit and the affinity belong to the thread (all its rings). Returns 0
- * or a negative errno (an older kernel that refuses; the reads work either way). Not on the
- * hot path. */
+/* Give the calling thread's buffered reads (SPA_URING_ASYNC) one io_uring kernel worker that
+ * may run on every CPU. The kernel makes its workers with the affinity of the thread that
+ * submits, so a compute thread pinned to one core would otherwise copy its own reads on that
+ * core, in turn with its work. The reader allows this thread on every CPU for a moment, makes
+ * the worker then (a one-byte read handed to the workers), limits the thread's workers to that one
+ * (the kernel keeps a ring's last worker alive when idle) and puts the affinity back. Call
+ * from the thread that will submit, before the first read. Returns 0, -EBUSY (reads already
+ * queued), or a negative errno from an older kernel that refuses (the reads work either way).
+ * The limit and the affinity belong to the thread (all its rings). Not on the hot path. */
 int spa_uring_reader_spread_workers(struct spa_uring_reader *r);
 /* Register destination memory (replaces an earlier registration; n == 0 unregisters). The
  * memory stays the caller's and must outlive the registration; it is pinned (RLIMIT_MEMLOCK

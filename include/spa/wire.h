@@ -92,6 +92,8 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 /* CRC of a frame's header alone (crc field taken as 0): continue it over the payload with
  * spa_crc32c or spa_crc32c_copy to get spa_wire_frame_crc. */
 uint32_t spa_wire_hdr_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE]);
+/* Write crc into the crc field of an encoded header (little-endian, as the encoder). */
+void spa_wire_hdr_set_crc(uint8_t hdr[SPA_WIRE_HDR_SIZE], uint32_t crc);
 /* CRC of a frame: header bytes (crc field taken as 0) then payload. */
 uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *payload,
 			    size_t payload_len);

@@ -541,19 +541,26 @@ void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *
 	spa_matmul_ops(spa_kernels_ops(), pool, w, x, y, n);
 }
 
-/* y = W x (+ b), then relu when asked: the relu of each group of rows as it is produced. */
-static void matvec_f32_run(const struct spa_kernels_ops *ops, const float *w, const float *b,
-			   const float *x, float *y, uint32_t rows, uint32_t cols, bool relu)
+/* y[k] = the variant's F32 dot of row k (stride floats apart) with x, for k < rows: the rows
+ * kernel on whole groups of SPA_DOT_ROWS, the single-row dot on the rest (the same bits). */
+static void f32_rows(const struct spa_kernels_ops *ops, const float *w, size_t stride,
+		     const float *x, uint32_t n, float *y, uint32_t rows)
 {
-	spa_dot_fn dot = ops->dot[SPA_TYPE_F32];
 	spa_dot_rows_fn dot_rows = ops->dot_rows[SPA_TYPE_F32];
 	uint32_t r = 0;
 	if (dot_rows)
 		for (; r + SPA_DOT_ROWS <= rows; r += SPA_DOT_ROWS)
-			dot_rows(w + (uint64_t)r * cols, (size_t)cols * sizeof(float), x, cols, y + r,
-				 SPA_DOT_ROWS);
+			dot_rows(w + r * stride, stride * sizeof(float), x, n, y + r, SPA_DOT_ROWS);
 	for (; r < rows; r++)
-		y[r] = dot(w + (uint64_t)r * cols, x, cols);
+		y[r] = ops->dot[SPA_TYPE_F32](w + r * stride, x, n);
+}
+
+/* y = W x (+ b), then relu when asked: the relu of each group of rows as it is produced. */
+static void matvec_f32_run(const struct spa_kernels_ops *ops, const float *w, const float *b,
+			   const float *x, float *y, uint32_t rows, uint32_t cols, bool relu)
+{
+	f32_rows(ops, w, cols, x, cols, y, rows);
+	uint32_t r;
 	if (b)
 		for (r = 0; r < rows; r++)
 			y[r] = y[r] + b[r];
@@ -588,14 +595,7 @@ float spa_dot_f32(const float *a, const float *b, uint32_t n)
 void spa_dot_f32_rows(const float *w, size_t stride, const float *x, uint32_t n, float *y,
 		      uint32_t rows)
 {
-	const struct spa_kernels_ops *ops = spa_kernels_ops();
-	spa_dot_rows_fn dot_rows = ops->dot_rows[SPA_TYPE_F32];
-	uint32_t r = 0;
-	if (dot_rows)
-		for (; r + SPA_DOT_ROWS <= rows; r += SPA_DOT_ROWS)
-			dot_rows(w + r * stride, stride * sizeof(float), x, n, y + r, SPA_DOT_ROWS);
-	for (; r < rows; r++)
-		y[r] = ops->dot[SPA_TYPE_F32](w + r * stride, x, n);
+	f32_rows(spa_kernels_ops(), w, stride, x, n, y, rows);
 }
 
 /* ---- element-wise kernels (one implementation: their order does not depend on the ISA) -- */

@@ -12,6 +12,7 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "kernels_impl.h"
@@ -140,21 +141,33 @@ static inline void prefetch_next_rows(const uint8_t *next, size_t i, size_t bsiz
 		_mm_prefetch((const char *)a + k, _MM_HINT_T0);
 }
 
+/* Fewer than four rows (the end of a thread's share): each by the single-row kernel. Returns
+ * whether it did them. */
+static inline bool rows_one_by_one(float (*dot)(const void *, const struct spa_block_q8x *,
+						size_t),
+				   const uint8_t *p, size_t row_size,
+				   const struct spa_block_q8x *x, size_t n, float *y, unsigned nrows)
+{
+	if (nrows == 4)
+		return false;
+	for (unsigned k = 0; k < nrows; k++)
+		y[k] = dot(p + k * row_size, x, n);
+	return true;
+}
+
+/* Row k of the four at p. */
+#define ROW(p, k) ((const void *)((p) + (k) * row_size))
+
 /* Four rows at once: four independent accumulator chains (one row's chain alone is bound by
- * the latency of its add), one load of each activation block for the four. Fewer rows (the
- * end of a thread's share) go row by row. */
+ * the latency of its add), one load of each activation block for the four. */
 void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
 				size_t n, float *y, unsigned nrows)
 {
 	const uint8_t *p = w;
-	if (nrows != 4) {
-		for (unsigned k = 0; k < nrows; k++)
-			y[k] = spa_dot_q8_0_q8x_avx2(p + k * row_size, x, n);
+	if (rows_one_by_one(spa_dot_q8_0_q8x_avx2, p, row_size, x, n, y, nrows))
 		return;
-	}
-	const struct spa_block_q8_0 *b0 = (const void *)p, *b1 = (const void *)(p + row_size);
-	const struct spa_block_q8_0 *b2 = (const void *)(p + 2 * row_size);
-	const struct spa_block_q8_0 *b3 = (const void *)(p + 3 * row_size);
+	const struct spa_block_q8_0 *b0 = ROW(p, 0), *b1 = ROW(p, 1);
+	const struct spa_block_q8_0 *b2 = ROW(p, 2), *b3 = ROW(p, 3);
 	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	for (size_t i = 0; i < n / SPA_QK8_0; i++) {
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
@@ -193,14 +206,10 @@ void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				size_t n, float *y, unsigned nrows)
 {
 	const uint8_t *p = w;
-	if (nrows != 4) {
-		for (unsigned k = 0; k < nrows; k++)
-			y[k] = spa_dot_q4_0_q8x_avx2(p + k * row_size, x, n);
+	if (rows_one_by_one(spa_dot_q4_0_q8x_avx2, p, row_size, x, n, y, nrows))
 		return;
-	}
-	const struct spa_block_q4_0 *b0 = (const void *)p, *b1 = (const void *)(p + row_size);
-	const struct spa_block_q4_0 *b2 = (const void *)(p + 2 * row_size);
-	const struct spa_block_q4_0 *b3 = (const void *)(p + 3 * row_size);
+	const struct spa_block_q4_0 *b0 = ROW(p, 0), *b1 = ROW(p, 1);
+	const struct spa_block_q4_0 *b2 = ROW(p, 2), *b3 = ROW(p, 3);
 	const __m256i c8 = _mm256_set1_epi8(8);
 	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
@@ -343,14 +352,10 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				size_t n, float *y, unsigned nrows)
 {
 	const uint8_t *p = w;
-	if (nrows != 4) {
-		for (unsigned k = 0; k < nrows; k++)
-			y[k] = spa_dot_q6_K_q8x_avx2(p + k * row_size, x, n);
+	if (rows_one_by_one(spa_dot_q6_K_q8x_avx2, p, row_size, x, n, y, nrows))
 		return;
-	}
-	const struct spa_block_q6_K *b0 = (const void *)p, *b1 = (const void *)(p + row_size);
-	const struct spa_block_q6_K *b2 = (const void *)(p + 2 * row_size);
-	const struct spa_block_q6_K *b3 = (const void *)(p + 3 * row_size);
+	const struct spa_block_q6_K *b0 = ROW(p, 0), *b1 = ROW(p, 1);
+	const struct spa_block_q6_K *b2 = ROW(p, 2), *b3 = ROW(p, 3);
 	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	for (size_t i = 0; i < n / SPA_QK_K; i++) {
 		const struct spa_block_q8x *xb = x + i * (SPA_QK_K / SPA_QK8X);

@@ -6,9 +6,11 @@
  * one thread with a fixed summation order, so the whole forward pass is bit-identical across
  * thread counts and across batched prefill versus token-by-token decoding. The split runtime
  * (cloud + edge must equal the local reference) relies on this. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,6 @@
 #define HEAD_TILE 512u
 /* Matrices of a streamed block, in the order the forward uses them. */
 #define BLK_MATS 7
-#define STREAM_SLOTS 2
 
 static uint64_t now_ns(void)
 {
@@ -36,27 +37,39 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* A streamed matrix: where it lies in the file. */
+/* Streamed matrices travel in pieces of whole rows, about STREAM_PIECE bytes each, through a
+ * ring of STREAM_RING piece buffers. The ring is small enough to stay in the last-level cache,
+ * so a streamed weight byte crosses the memory bus once (the page-cache read), as a resident
+ * one does: the reader's copy lands in cache and the product reads it from there. Two
+ * buffers of whole matrices would each go out to memory and back (measured: half the I/O
+ * hidden at best, against the copy's own memory traffic). */
+#define STREAM_PIECE (1024u << 10)
+#define STREAM_RING 8
+
+/* A piece of a streamed matrix: rows r0..r1 of block l's matrix k, where they lie in the
+ * file. */
 struct stream_unit {
 	uint64_t off;   /* file offset */
 	uint64_t size;  /* bytes */
+	uint32_t l, r0, r1;
+	uint8_t k;
 };
 
-/* Blocks first..L-1 stream through STREAM_SLOTS buffers: unit n of the endless sequence
- * (block first + (n / 7) % n_blocks, matrix n % 7) is read into slot n % 2 with tag n. When
- * the forward is done with unit n, unit n + 2 is queued into the slot n freed, so the read
- * of the next matrix always overlaps the product of the current one (and the next token's
- * first reads overlap the head, the sampling and the exchanges). */
+/* Blocks first..L-1 stream through the ring: unit n of the endless sequence (the pieces of
+ * block first..L-1's matrices in forward order, then again) is read into buffer n % RING
+ * with tag n. When the forward is done with unit n, unit n + RING is queued into the buffer
+ * n freed, so the reads run up to a ring ahead of the products (and the next token's first
+ * pieces overlap the head, the sampling and the exchanges). */
 struct engine_stream {
 	struct spa_uring_reader *rd;
-	uint32_t first;             /* first streamed block (L: none) */
-	uint32_t n_units;           /* 7 x streamed blocks */
+	uint32_t n_units;           /* pieces of the streamed blocks */
 	struct stream_unit *units;
-	uint8_t *slot[STREAM_SLOTS];
+	uint8_t *slot[STREAM_RING];
 	uint64_t slot_size;
+	uint8_t *streamed;          /* (L): the block has streamed rows */
+	float *part_y;              /* (max_batch, most rows of a matrix): batched parts */
 	uint64_t seq;               /* next unit the forward consumes */
 	int err;                    /* sticky: a failed read ends the stream */
-	struct spa_tensor cur;      /* the unit being computed with */
 	/* token embedding read row by row when not resident */
 	const struct spa_gguf *g;
 	uint64_t embd_off;          /* data-section offset of token_embd */
@@ -133,9 +146,11 @@ void spa_engine_destroy(struct spa_engine *e)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
 	spa_uring_reader_destroy(e->st.rd);
-	for (int i = 0; i < STREAM_SLOTS; i++)
+	for (int i = 0; i < STREAM_RING; i++)
 		free(e->st.slot[i]);
 	free(e->st.units);
+	free(e->st.part_y);
+	free(e->st.streamed);
 	free(e->st.embd_row);
 	free(e->hbest);
 	free(e);
@@ -237,77 +252,137 @@ static const struct spa_tensor *blk_mat(const struct spa_layer *ly, int k)
 	return t[k];
 }
 
+/* Rows of a streamed matrix (size bytes, rows rows) per piece: about piece bytes, at least
+ * one row. */
+static uint64_t piece_rows(uint64_t size, uint64_t rows, uint64_t piece)
+{
+	uint64_t row = rows ? size / rows : size, n = row ? piece / row : rows;
+	return n < 1 ? 1 : n > rows ? rows : n;
+}
+
+/* Bytes of the largest piece of such a matrix. */
+static uint64_t piece_bytes(uint64_t size, uint64_t rows, uint64_t piece)
+{
+	return rows ? piece_rows(size, rows, piece) * (size / rows) : size;
+}
+
 static void stream_queue(struct engine_stream *st, uint64_t n)
 {
 	if (st->err)
 		return;
 	const struct stream_unit *u = &st->units[n % st->n_units];
-	int rc = spa_uring_read_async(st->rd, st->slot[n % STREAM_SLOTS], u->off, u->size, n);
+	int rc = spa_uring_read_async(st->rd, st->slot[n % STREAM_RING], u->off, u->size, n);
 	if (rc < 0)
 		st->err = rc;
 }
 
-/* Set up streaming when the model was loaded under a budget (spa_engine_model_load): blocks
- * whose matrices have no data, and a token embedding without data. */
+/* The CPUs the pool's threads are pinned to (a thread allowed on several pins nothing). */
+#define STREAM_MAX_BUSY 1024
+struct pool_cpus_job {
+	int cpu[STREAM_MAX_BUSY];
+};
+
+static void pool_cpus_worker(void *ctx, int ith, int nth)
+{
+	(void)nth;
+	struct pool_cpus_job *j = ctx;
+	cpu_set_t s;
+	j->cpu[ith] = -1;
+	if (sched_getaffinity(0, sizeof s, &s) == 0 && CPU_COUNT(&s) == 1)
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &s))
+				j->cpu[ith] = c;
+}
+
+static unsigned pool_cpus(struct spa_pool *pool, int *out)
+{
+	if (!pool || spa_pool_n_threads(pool) > STREAM_MAX_BUSY)
+		return 0;
+	struct pool_cpus_job j;
+	spa_pool_run(pool, pool_cpus_worker, &j);
+	unsigned n = (unsigned)spa_pool_n_threads(pool);
+	memcpy(out, j.cpu, n * sizeof *out);
+	return n;
+}
+
+/* Set up streaming when the model was loaded under a budget (spa_engine_model_load): block
+ * matrices without data (their first rows in m->res_part), and a token embedding without
+ * data. */
 static int stream_init(struct spa_engine *e)
 {
 	const struct spa_model *m = e->m;
 	const uint32_t L = m->hp.n_layers;
 	struct engine_stream *st = &e->st;
-	uint32_t first = L;
-	for (uint32_t l = 0; l < L && first == L; l++)
-		if (!m->layers[l].wq.data)
-			first = l;
-	st->first = first;
-	if (first == L && m->tok_embd.data)
+	if (!m->res_part && m->tok_embd.data)
 		return 0;
 	const struct spa_gguf *g = m->gguf;
 	if (!g || g->fd < 0 || !m->output.data || !m->output_norm)
 		return -SPA_EUSAGE; /* only spa_engine_model_load makes such models */
 	st->g = g;
-	st->n_units = BLK_MATS * (L - first);
-	if (st->n_units) {
-		if (!(st->units = calloc(st->n_units, sizeof *st->units)))
-			return -ENOMEM;
-		char name[96];
-		for (uint32_t l = first; l < L; l++)
+	/* the streamed rows, checked against the file, cut into pieces: counted, then made */
+	char name[96];
+	uint64_t n = 0, most_rows = 0;
+	for (int pass = 0; m->res_part && pass < 2; pass++) {
+		for (uint32_t l = 0; l < L; l++)
 			for (int k = 0; k < BLK_MATS; k++) {
-				if (blk_mat(&m->layers[l], k)->data)
-					return -SPA_EUSAGE; /* streamed blocks are the last ones */
+				const struct spa_tensor *t = blk_mat(&m->layers[l], k);
+				if (t->data)
+					continue;
 				snprintf(name, sizeof name, "blk.%u.%s.weight", l, blk_mat_names[k]);
-				const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, name);
-				if (!t)
+				const struct spa_gguf_tensor *gt = spa_gguf_find_tensor(g, name);
+				const uint64_t r_res = m->res_part[(size_t)l * BLK_MATS + k].rows;
+				if (!gt || gt->ne[1] != t->rows || r_res >= t->rows)
 					return -SPA_EUSAGE;
-				struct stream_unit *u = &st->units[(l - first) * BLK_MATS + k];
-				u->off = g->data_offset + t->offset;
-				u->size = t->size;
-				if (u->size > st->slot_size)
-					st->slot_size = u->size;
-				st->bytes_per_token += u->size;
+				const uint64_t rows = t->rows, row = gt->size / rows,
+					       rp = piece_rows(gt->size, rows, m->stream_piece);
+				most_rows = rows > most_rows ? rows : most_rows;
+				if (pass)
+					st->streamed[l] = 1;
+				for (uint64_t r0 = r_res; r0 < rows; r0 += rp, n++) {
+					const uint64_t r1 = r0 + rp < rows ? r0 + rp : rows;
+					if (!pass)
+						continue;
+					struct stream_unit *u = &st->units[n];
+					*u = (struct stream_unit){
+						.off = g->data_offset + gt->offset + r0 * row,
+						.size = (r1 - r0) * row, .l = l, .r0 = (uint32_t)r0,
+						.r1 = (uint32_t)r1, .k = (uint8_t)k };
+					st->slot_size = u->size > st->slot_size ? u->size : st->slot_size;
+					st->bytes_per_token += u->size;
+				}
 			}
-		for (int i = 0; i < STREAM_SLOTS; i++)
+		if (!pass) {
+			if (n > UINT32_MAX || !(st->units = calloc(n ? n : 1, sizeof *st->units)) ||
+			    !(st->streamed = calloc(L, 1)))
+				return -ENOMEM;
+			st->n_units = (uint32_t)n;
+			n = 0;
+		}
+	}
+	if (st->n_units) {
+		for (int i = 0; i < STREAM_RING; i++)
 			if (posix_memalign((void **)&st->slot[i], 4096, (st->slot_size + 4095) & ~4095ull)) {
 				st->slot[i] = NULL;
 				return -ENOMEM;
 			}
-		/* Enough pieces in flight to cover both slots without polling during a product.
-		 * IOSQE_ASYNC: the copies out of the page cache run on an io_uring kernel worker
-		 * that may run on every CPU (spa_uring_reader_spread_workers), not inline in this
-		 * pinned compute thread's submit, in turn with its products (measured: the step
-		 * took compute + I/O). */
+		if (!(st->part_y = malloc(sizeof(float) * e->max_batch * most_rows)))
+			return -ENOMEM;
+		/* The whole ring in flight, one read per piece. IOSQE_ASYNC: the copies out of
+		 * the page cache run on an io_uring kernel worker that may run on every CPU
+		 * (spa_uring_reader_spread_workers), not inline in this pinned compute thread's
+		 * submit, in turn with its products (measured: the step took compute + I/O). */
 		struct spa_errbuf err;
-		int rc = spa_uring_reader_create(&st->rd, g->fd, 16,
+		int rc = spa_uring_reader_create(&st->rd, g->fd, STREAM_RING,
 						 SPA_URING_QUIET | SPA_URING_ASYNC, &err);
 		if (rc < 0)
 			return rc;
-		(void)spa_uring_reader_spread_workers(st->rd); /* best effort */
-		uint64_t chunk = (st->slot_size / 8 + 65535) & ~65535ull;
-		if (chunk < (256u << 10))
-			chunk = 256u << 10;
-		if ((rc = spa_uring_reader_set_chunk(st->rd, chunk)) < 0)
+		int busy[STREAM_MAX_BUSY];
+		unsigned n_busy = pool_cpus(e->pool, busy);
+		(void)spa_uring_reader_spread_workers(st->rd, busy, n_busy); /* best effort */
+		if ((rc = spa_uring_reader_set_chunk(st->rd, (st->slot_size + 4095) & ~4095ull)) < 0)
 			return rc;
-		stream_queue(st, 0);
-		stream_queue(st, 1);
+		for (uint64_t i = 0; i < STREAM_RING; i++)
+			stream_queue(st, i);
 	}
 	if (!m->tok_embd.data) {
 		const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, "token_embd.weight");
@@ -319,16 +394,19 @@ static int stream_init(struct spa_engine *e)
 	return 0;
 }
 
-/* The matrix k of block l, waiting for its read when the block is streamed. NULL: the stream
- * failed (st->err). Paired with w_put. */
-static const struct spa_tensor *w_get(struct spa_engine *e, uint32_t l, int k)
+/* The next piece of the stream (it must be block l's matrix k), waiting for its read; its
+ * rows as a tensor in *w. NULL: the stream failed (st->err). Paired with piece_put. */
+static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int k,
+					   struct spa_tensor *w)
 {
-	const struct spa_tensor *t = blk_mat(&e->m->layers[l], k);
 	struct engine_stream *st = &e->st;
-	if (l < st->first)
-		return t;
 	if (st->err)
 		return NULL;
+	const struct stream_unit *u = &st->units[st->seq % st->n_units];
+	if (u->l != l || u->k != k) {
+		st->err = -EPROTO; /* the forward and the stream disagree: a bug, not bad input */
+		return NULL;
+	}
 	uint64_t t0 = now_ns();
 	int rc = spa_uring_wait(st->rd, st->seq, -1);
 	st->wait_ns += now_ns() - t0;
@@ -336,18 +414,17 @@ static const struct spa_tensor *w_get(struct spa_engine *e, uint32_t l, int k)
 		st->err = rc;
 		return NULL;
 	}
-	st->bytes_read += st->units[st->seq % st->n_units].size;
-	st->cur = *t;
-	st->cur.data = st->slot[st->seq % STREAM_SLOTS];
-	return &st->cur;
+	st->bytes_read += u->size;
+	*w = *blk_mat(&e->m->layers[l], k);
+	w->rows = u->r1 - u->r0;
+	w->data = st->slot[st->seq % STREAM_RING];
+	return u;
 }
 
-static void w_put(struct spa_engine *e, uint32_t l)
+/* Done with the current piece: its buffer takes the piece a ring ahead. */
+static void piece_put(struct engine_stream *st)
 {
-	struct engine_stream *st = &e->st;
-	if (l < st->first)
-		return;
-	stream_queue(st, st->seq + STREAM_SLOTS);
+	stream_queue(st, st->seq + STREAM_RING);
 	st->seq++;
 }
 
@@ -355,9 +432,10 @@ void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_strea
 {
 	const struct engine_stream *st = &e->st;
 	memset(out, 0, sizeof *out);
-	out->n_streamed_blocks = e->m->hp.n_layers - st->first;
+	for (uint32_t l = 0; st->streamed && l < e->m->hp.n_layers; l++)
+		out->n_streamed_blocks += st->streamed[l];
 	out->resident_bytes = e->m->data_size;
-	out->buffer_bytes = st->n_units ? STREAM_SLOTS * st->slot_size : 0;
+	out->buffer_bytes = st->n_units ? STREAM_RING * st->slot_size : 0;
 	out->bytes_per_token = st->bytes_per_token;
 	out->bytes_read = st->bytes_read;
 	out->wait_ns = st->wait_ns;
@@ -368,13 +446,13 @@ int spa_engine_stream_probe(struct spa_engine *e, uint64_t *ns)
 {
 	struct engine_stream *st = &e->st;
 	uint64_t t0 = now_ns(), wait0 = st->wait_ns, read0 = st->bytes_read;
-	const uint32_t L = e->m->hp.n_layers;
-	for (uint32_t l = st->first; l < L; l++)
-		for (int k = 0; k < BLK_MATS; k++) {
-			if (!w_get(e, l, k))
-				return st->err;
-			w_put(e, l);
-		}
+	struct spa_tensor w;
+	for (uint32_t i = 0; i < st->n_units; i++) {
+		const struct stream_unit *u = &st->units[st->seq % st->n_units];
+		if (!piece_get(e, u->l, u->k, &w))
+			return st->err;
+		piece_put(st);
+	}
 	*ns = now_ns() - t0;
 	/* A probe is not a forward: keep the forward's counters about forwards. */
 	st->wait_ns = wait0;
@@ -382,14 +460,47 @@ int spa_engine_stream_probe(struct spa_engine *e, uint64_t *ns)
 	return st->err;
 }
 
-/* Matrix product with block l's matrix k, streamed or resident. */
+static bool blk_streamed(const struct spa_engine *e, uint32_t l)
+{
+	return e->st.streamed && e->st.streamed[l];
+}
+
+/* Rows r0.. of Y[n][rows] = W X[n], from w (those rows of the matrix). */
+static void part_mm(struct spa_engine *e, const struct spa_tensor *w, uint64_t r0,
+		    const float *x, float *y, uint64_t rows, uint32_t n)
+{
+	if (n == 1) {
+		spa_matvec(e->pool, w, x, y + r0);
+		return;
+	}
+	spa_matmul(e->pool, w, x, e->st.part_y, n);
+	for (uint32_t j = 0; j < n; j++)
+		memcpy(y + j * rows + r0, e->st.part_y + (uint64_t)j * w->rows,
+		       w->rows * sizeof(float));
+}
+
+/* Y[n] = W X[n] with block l's matrix k: resident, or its resident rows and then its streamed
+ * pieces as they arrive (each row has the bits of the whole product: rows do not depend on
+ * each other). */
 static int mmw(struct spa_engine *e, uint32_t l, int k, const float *x, float *y, uint32_t n)
 {
-	const struct spa_tensor *w = w_get(e, l, k);
-	if (!w)
-		return e->st.err;
-	mm(e, w, x, y, n);
-	w_put(e, l);
+	const struct spa_tensor *t = blk_mat(&e->m->layers[l], k);
+	if (t->data) {
+		mm(e, t, x, y, n);
+		return 0;
+	}
+	const struct spa_tensor *res = &e->m->res_part[(size_t)l * BLK_MATS + k];
+	if (res->rows)
+		part_mm(e, res, 0, x, y, t->rows, n);
+	for (uint64_t r = res->rows; r < t->rows;) {
+		struct spa_tensor w;
+		const struct stream_unit *u = piece_get(e, l, k, &w);
+		if (!u)
+			return e->st.err;
+		part_mm(e, &w, u->r0, x, y, t->rows, n);
+		r = u->r1;
+		piece_put(&e->st);
+	}
 	return 0;
 }
 
@@ -400,14 +511,38 @@ static uint64_t align64(uint64_t n)
 	return (n + 63) & ~63ull;
 }
 
+/* The piece size of streamed matrices: STREAM_PIECE (returns 0), or $SPA_STREAM_PIECE_KIB (a
+ * tuning knob for other cache sizes, and the tests' way to cut small matrices into many
+ * pieces; returns 1). */
+static int stream_piece_size(uint64_t *out, struct spa_errbuf *err)
+{
+	*out = STREAM_PIECE;
+	const char *v = getenv("SPA_STREAM_PIECE_KIB");
+	if (!v || !*v)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long kib = strtoull(v, &end, 10);
+	if (errno || *end || !isdigit((unsigned char)v[0]) || kib < 1 || kib > 65536)
+		return spa_err(err, -SPA_EUSAGE, "SPA_STREAM_PIECE_KIB=%s: give a whole number of "
+			       "KiB from 1 to 65536, or unset it for the default %u", v,
+			       STREAM_PIECE >> 10);
+	*out = (uint64_t)kib << 10;
+	return 1;
+}
+
 int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
 			  bool show_progress, struct spa_errbuf *err)
 {
 	*out = NULL;
+	uint64_t piece;
+	int rc = stream_piece_size(&piece, err);
+	const bool piece_given = rc == 1;
+	if (rc < 0)
+		return rc;
 	struct spa_gguf *g = NULL;
 	struct spa_hparams hp;
-	int rc = spa_gguf_open(&g, path, err);
-	if (rc < 0)
+	if ((rc = spa_gguf_open(&g, path, err)) < 0)
 		return rc;
 	if ((rc = spa_model_check(g, &hp, err)) < 0) {
 		spa_gguf_close(g);
@@ -415,145 +550,151 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	}
 	const uint32_t L = hp.n_layers;
 	char name[96];
-const struct spa_gguf *gt = g; /* g moves into the model below */
+	const struct spa_gguf *gt = g; /* g moves into the model below */
 #define FIND(...) (snprintf(name, sizeof name, __VA_ARGS__), spa_gguf_find_tensor(gt, name))
 	const struct spa_gguf_tensor *t_embd = FIND("token_embd.weight");
 	const struct spa_gguf_tensor *t_out = FIND("output.weight");
 	const struct spa_gguf_tensor *t_onorm = FIND("output_norm.weight");
-	uint64_t total = align64(t_embd->size) + align64(t_onorm->size) +
-			 (t_out ? align64(t_out->size) : 0);
+	/* base: resident whatever the budget (the norms and the LM head); blocks: the block
+	 * matrices' bytes */
 	uint64_t base = align64(t_onorm->size) + align64(t_out ? t_out->size : t_embd->size);
-	uint64_t *blk = calloc(L, sizeof *blk), *blk_max = calloc(L + 1, sizeof *blk_max);
-	if (!blk || !blk_max) {
-		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
-		goto fail;
-	}
+	uint64_t blocks = 0, blocks_al = 0;
 	for (uint32_t l = 0; l < L; l++) {
 		base += align64(FIND("blk.%u.attn_norm.weight", l)->size) +
 			align64(FIND("blk.%u.ffn_norm.weight", l)->size);
-		for (int k = 0; k < BLK_MATS; k++)
-			blk[l] += align64(FIND("blk.%u.%s.weight", l, blk_mat_names[k])->size);
-	}
-	total += base - align64(t_onorm->size) - align64(t_out ? t_out->size : t_embd->size);
-	for (uint32_t l = 0; l < L; l++)
-		total += blk[l];
-	/* blk_max[k]: the largest matrix of blocks k..L-1 (the stream buffers' size). */
-	for (uint32_t l = L; l-- > 0;) {
-		uint64_t mx = blk_max[l + 1];
 		for (int k = 0; k < BLK_MATS; k++) {
-			uint64_t sz = FIND("blk.%u.%s.weight", l, blk_mat_names[k])->size;
-			mx = sz > mx ? sz : mx;
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
+			blocks += t->size;
+			blocks_al += align64(t->size);
 		}
-		blk_max[l] = mx;
 	}
+	const uint64_t total = base + blocks_al + (t_out ? align64(t_embd->size) : 0);
 	if (mem_budget == 0 || mem_budget >= total) {
-		free(blk);
-		free(blk_max);
 		spa_gguf_close(g);
 		return spa_model_load(out, path, show_progress, err);
 	}
-	/* The most resident blocks that fit beside the head, the norms and the two buffers (the
-	 * embedding is read a row per token: keeping it would cost the most for the least). */
-	int64_t first = -1;
-	uint64_t res_blocks = 0, sum = 0;
-	for (uint32_t k = 0; k <= L; k++) {
-		/* blocks 0..k-1 resident (sum), k..L-1 streamed */
-		uint64_t need = base + sum + (k < L ? STREAM_SLOTS * align64(blk_max[k]) : 0);
-		if (need <= mem_budget) {
-			first = k;
-			res_blocks = sum;
-		}
-		if (k < L)
-			sum += blk[k];
+	/* Every block matrix keeps the same share of its rows resident, the rest streamed: the
+	 * reads then spread evenly over the forward, and a matrix's streamed rows are read
+	 * while its resident rows (and the matrices before it) compute. The embedding is read a
+	 * row per token (keeping it would cost the most for the least). Each resident part is
+	 * 64-byte aligned: slack. The ring holds STREAM_RING of the largest piece; under a
+	 * tight budget the pieces shrink, down to 4 KiB (or a row), unless the size was given. */
+	const uint64_t slack = 64ull * BLK_MATS * L;
+	uint64_t least;
+	for (;;) {
+		uint64_t most = 0;
+		for (uint32_t l = 0; l < L; l++)
+			for (int k = 0; k < BLK_MATS; k++) {
+				const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l,
+								       blk_mat_names[k]);
+				const uint64_t pb = piece_bytes(t->size, t->ne[1], piece);
+				most = pb > most ? pb : most;
+			}
+		least = base + STREAM_RING * align64(most) + slack;
+		if (least <= mem_budget || piece_given || piece <= 4096)
+			break;
+		piece /= 2;
 	}
-	if (first < 0) {
-		uint64_t least = base + STREAM_SLOTS * align64(blk_max[0]);
+	if (mem_budget < least) {
 		rc = spa_err(err, -SPA_EUSAGE, "%s: a memory budget of %" PRIu64 " bytes cannot hold "
-			     "the LM head, the norms and two stream buffers (%" PRIu64 " bytes); give "
+			     "the LM head, the norms and the stream buffers (%" PRIu64 " bytes); give "
 			     "--mem-budget %" PRIu64 " or more (the whole model is %" PRIu64 ")",
 			     path, mem_budget, least, least, total);
-		goto fail;
+		spa_gguf_close(g);
+		return rc;
 	}
+	const uint64_t avail = mem_budget - least;
 
 	struct spa_model *m = calloc(1, sizeof *m);
 	if (!m) {
-		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
-		goto fail;
+		spa_gguf_close(g);
+		return spa_err(err, -ENOMEM, "%s: out of memory", path);
 	}
 	m->gguf = g;
 	g = NULL;
 	m->hp = hp;
-	if (!(m->layers = calloc(L, sizeof *m->layers))) {
+	m->stream_piece = piece;
+	if (!(m->layers = calloc(L, sizeof *m->layers)) ||
+	    !(m->res_part = calloc((size_t)L * BLK_MATS, sizeof *m->res_part))) {
 		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
 		goto fail_m;
 	}
 	if ((rc = spa_tokenizer_load(&m->tok, m->gguf, err)) < 0 ||
 	    (rc = spa_model_fingerprint(m->gguf, m->fingerprint, err)) < 0)
 		goto fail_m;
-	uint64_t res_size = base + res_blocks;
-	if (posix_memalign(&m->data, 4096, res_size ? res_size : 64)) {
+	/* resident rows of each block matrix: rows x avail / blocks, rounded down */
+	uint64_t res_size = base;
+	for (uint32_t l = 0; l < L; l++)
+		for (int k = 0; k < BLK_MATS; k++) {
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
+			const uint64_t rows = t->ne[1];
+			uint64_t r = (uint64_t)((unsigned __int128)rows * avail / blocks);
+			r = r < rows ? r : rows;
+			m->res_part[(size_t)l * BLK_MATS + k] =
+				(struct spa_tensor){ t->type, t->ne[0], r, NULL };
+			res_size += align64(r * (t->size / rows));
+		}
+	if (posix_memalign(&m->data, 4096, res_size)) {
 		m->data = NULL;
 		rc = spa_err(err, -ENOMEM, "%s: no memory for %" PRIu64 " resident bytes", path,
 			     res_size);
 		goto fail_m;
 	}
 	m->data_size = res_size;
-	/* Resident tensors, packed; read with the loader's io_uring reader, several in flight. */
+	/* Resident tensors and parts, packed; read with the loader's io_uring reader. */
 	struct spa_uring_reader *rd = NULL;
 	if ((rc = spa_uring_reader_create(&rd, m->gguf->fd, 8, SPA_URING_QUIET, err)) < 0)
 		goto fail_m;
 	uint8_t *p = m->data;
 	uint64_t type_elems[SPA_TYPE_COUNT] = {0};
-#define PLACE(t, dst) do { \
+#define PLACE(t, len, dst) do { \
 		m->n_params += (t)->n_elems; \
-		if ((rc = spa_uring_read_async(rd, p, m->gguf->data_offset + (t)->offset, \
-					       (t)->size, 0)) < 0) { \
-			spa_err(err, rc, "%s", spa_uring_reader_errmsg(rd)); \
-			goto fail_rd; \
-		} \
-		if ((rc = spa_uring_wait(rd, 0, -1)) < 0) { \
+		if ((len) != 0 && ((rc = spa_uring_read_async(rd, p, m->gguf->data_offset + (t)->offset, \
+							 (len), 0)) < 0 || \
+			      (rc = spa_uring_wait(rd, 0, -1)) < 0)) { \
 			spa_err(err, rc, "%s", spa_uring_reader_errmsg(rd)); \
 			goto fail_rd; \
 		} \
 		dst = (void *)p; \
-		p += align64((t)->size); \
+		p += align64(len); \
 	} while (0)
 #define MATRIX(t) ((struct spa_tensor){ (t)->type, (t)->ne[0], (t)->ne[1], NULL })
 	void *vp;
-	PLACE(t_onorm, vp);
+	PLACE(t_onorm, t_onorm->size, vp);
 	m->output_norm = vp;
 	m->tok_embd = MATRIX(t_embd);
 	m->tied = t_out == NULL;
-	PLACE(t_out ? t_out : t_embd, vp);
+	PLACE(t_out ? t_out : t_embd, (t_out ? t_out : t_embd)->size, vp);
 	m->output = MATRIX(t_out ? t_out : t_embd);
 	m->output.data = vp;
-	if (m->tied) {
+	if (m->tied)
 		m->tok_embd.data = vp;
-	} else {
+	else
 		m->n_params += t_embd->n_elems;
-		type_elems[t_out->type] += t_out->n_elems;
-	}
-	type_elems[t_embd->type] += t_embd->n_elems;
 	for (uint32_t l = 0; l < L; l++) {
 		struct spa_layer *ly = &m->layers[l];
-		PLACE(FIND("blk.%u.attn_norm.weight", l), vp);
+		const struct spa_gguf_tensor *t = FIND("blk.%u.attn_norm.weight", l);
+		PLACE(t, t->size, vp);
 		ly->attn_norm = vp;
-		PLACE(FIND("blk.%u.ffn_norm.weight", l), vp);
+		t = FIND("blk.%u.ffn_norm.weight", l);
+		PLACE(t, t->size, vp);
 		ly->ffn_norm = vp;
 		for (int k = 0; k < BLK_MATS; k++) {
-			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l,
-							       blk_mat_names[k]);
+			t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
 			struct spa_tensor *dst = (struct spa_tensor *)blk_mat(ly, k);
+			struct spa_tensor *part = &m->res_part[(size_t)l * BLK_MATS + k];
 			*dst = MATRIX(t);
 			type_elems[t->type] += t->n_elems;
-			if ((int64_t)l < first) {
-				PLACE(t, vp);
-				dst->data = vp;
-			} else {
-				m->n_params += t->n_elems;
-			}
+			PLACE(t, part->rows * (t->size / t->ne[1]), vp);
+			if (part->rows == dst->rows)
+				dst->data = vp;     /* whole */
+			else if (part->rows)
+				part->data = vp;    /* the first rows; the others streamed */
 		}
 	}
+	type_elems[t_embd->type] += t_embd->n_elems;
+	if (t_out)
+		type_elems[t_out->type] += t_out->n_elems;
 #undef PLACE
 #undef MATRIX
 #undef FIND
@@ -564,21 +705,16 @@ const struct spa_gguf *gt = g; /* g moves into the model below */
 			best = (enum spa_dtype)i;
 	m->wtype = best;
 	if (show_progress)
-		fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " weight bytes resident, blocks "
-			"%" PRId64 "..%u streamed per token (memory budget %" PRIu64 ")\n", path,
-			res_size, total, first, L - 1, mem_budget);
-	free(blk);
-	free(blk_max);
+		fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " weight bytes resident: %.1f %% of "
+			"each block matrix's rows, the rest streamed per token (memory budget "
+			"%" PRIu64 ")\n", path, res_size, total,
+			blocks ? 100.0 * (double)avail / (double)blocks : 0.0, mem_budget);
 	*out = m;
 	return 0;
 fail_rd:
 	spa_uring_reader_destroy(rd);
 fail_m:
 	spa_model_destroy(m);
-fail:
-	free(blk);
-	free(blk_max);
-	spa_gguf_close(g);
 	return rc;
 }
 
@@ -729,7 +865,7 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->attn_norm,
 				    H, hp->rms_eps);
-		if (n_tok == 1 && l < e->st.first) { /* resident: q, k, v (+ a tap), one pool job */
+		if (n_tok == 1 && !blk_streamed(e, l)) { /* resident: q, k, v (+ a tap), one pool job */
 			struct spa_tensor tap;
 			struct spa_matvec_item it[4] = { { &ly->wq, e->xb, NULL, e->q },
 							  { &ly->wk, e->xb, NULL, kc },
@@ -774,7 +910,7 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 		for (uint32_t j = 0; j < n_tok; j++)
 			spa_rmsnorm(e->xb + (uint64_t)j * H, e->x + (uint64_t)j * H, ly->ffn_norm,
 				    H, hp->rms_eps);
-		if (n_tok == 1 && l < e->st.first) { /* gate, up and SwiGLU in one pool job */
+		if (n_tok == 1 && !blk_streamed(e, l)) { /* gate, up and SwiGLU in one pool job */
 			spa_matvec_swiglu(e->pool, &ly->w_gate, &ly->w_up, e->xb, e->hb, e->hb2);
 		} else {
 			if ((rc = mmw(e, l, 4, e->xb, e->hb, n_tok)) < 0)

@@ -1182,7 +1182,15 @@ int spa_uring_reader_create(struct spa_uring_reader **out, int fd, unsigned dept
 	r->n_free = SPA_URING_MAX_REQS;
 	ur_path(r);
 	if (!(flags & SPA_URING_PREAD)) {
-		int rc = io_uring_queue_init(depth, &r->ring, 0);
+		/* Completions without an interrupt of this thread (COOP_TASKRUN): the kernel
+		 * flags them (TASKRUN_FLAG) and the reader collects them when it next polls or
+		 * waits. Otherwise every read a kernel worker finishes would interrupt the
+		 * thread, mid-product, to post it (measured: 8 % of a streaming decode's time
+		 * in those interrupts). Kernels before 5.19: without. */
+		int rc = io_uring_queue_init(depth, &r->ring, IORING_SETUP_COOP_TASKRUN |
+							   IORING_SETUP_TASKRUN_FLAG);
+		if (rc == -EINVAL)
+			rc = io_uring_queue_init(depth, &r->ring, 0);
 		if (rc == 0) {
 			r->uring = true;
 		} else if (!(flags & SPA_URING_QUIET)) {
@@ -1214,18 +1222,27 @@ int spa_uring_reader_create(struct spa_uring_reader **out, int fd, unsigned dept
 	return 0;
 }
 
-int spa_uring_reader_spread_workers(struct spa_uring_reader *r)
+int spa_uring_reader_spread_workers(struct spa_uring_reader *r, const int *busy, unsigned n_busy)
 {
 	if (!r->uring)
 		return 0;
 	if (r->inflight || r->n_free != SPA_URING_MAX_REQS)
 		return -EBUSY; /* the worker must be made before any read */
-	cpu_set_t mine, all;
+	cpu_set_t mine, all, free_cpus;
 	CPU_ZERO(&all);
 	long n = sysconf(_SC_NPROCESSORS_CONF);
 	for (long i = 0; i < n && i < CPU_SETSIZE; i++)
 		CPU_SET((int)i, &all);
-	/* This thread allowed everywhere for a moment: the worker made now takes that. */
+	/* The CPUs no compute thread holds, when there are any: a worker woken on a compute
+	 * thread's CPU would copy in turn with its products. */
+	CPU_ZERO(&free_cpus);
+	CPU_OR(&free_cpus, &free_cpus, &all);
+	for (unsigned i = 0; busy && i < n_busy; i++)
+		if (busy[i] >= 0 && busy[i] < CPU_SETSIZE)
+			CPU_CLR(busy[i], &free_cpus);
+	if (CPU_COUNT(&free_cpus) > 0)
+		all = free_cpus;
+	/* This thread allowed there for a moment: the worker made now takes that. */
 	const bool widen = sched_getaffinity(0, sizeof mine, &mine) == 0 &&
 			   sched_setaffinity(0, sizeof all, &all) == 0;
 	/* One worker for the reads: the kernel keeps a ring's last worker alive when idle, so
@@ -1462,6 +1479,9 @@ static int ur_progress(struct spa_uring_reader *r)
 			rc = spa_err(&r->err, s, "%s: io_uring submit failed: %s", r->path,
 				     strerror(-s));
 	}
+	/* completions the kernel holds back for this thread (COOP_TASKRUN) */
+	if (IO_URING_READ_ONCE(*r->ring.sq.kflags) & IORING_SQ_TASKRUN)
+		(void)io_uring_get_events(&r->ring);
 	struct io_uring_cqe *cqe;
 	unsigned head, n = 0;
 	io_uring_for_each_cqe(&r->ring, head, cqe) {

@@ -332,6 +332,7 @@ void spa_model_destroy(struct spa_model *m)
 	spa_tokenizer_destroy(m->tok);
 	spa_gguf_close(m->gguf);
 	free(m->layers);
+	free(m->res_part);
 	free(m->data);
 	free(m);
 }

@@ -1081,8 +1081,12 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	}
 	spa_engine_destroy(e);
 
-	const uint32_t pct[] = { 50, 25 };
-	for (int b = 0; b < 2; b++) {
+	/* the default pieces (a matrix's streamed rows in one or two), and 1 KiB pieces: many
+	 * per matrix, one row each for ffn_down (1376-byte rows) */
+	const uint32_t pct[] = { 50, 25, 50, 25 };
+	for (int b = 0; b < 4; b++) {
+		if (b == 2)
+			setenv("SPA_STREAM_PIECE_KIB", "1", 1);
 		struct spa_model *ms = NULL;
 		struct spa_errbuf err = {{0}};
 		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
@@ -1096,6 +1100,8 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 		cr_assert(st.n_streamed_blocks > 0 && st.n_streamed_blocks <= L, "%u %%: %u blocks",
 			  pct[b], st.n_streamed_blocks);
 		cr_assert(ms->data_size + st.buffer_bytes <= size * pct[b] / 100);
+		if (b >= 2)
+			cr_assert_leq(st.buffer_bytes, 8 * 1376, "%" PRIu64, st.buffer_bytes);
 		/* the fused taps too: resident blocks take them in their pool jobs, streamed ones
 		 * alone */
 		const uint32_t r = side->rank;
@@ -1125,6 +1131,28 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	free(ref), free(got), free(taps), free(tref);
 	spa_plugin_destroy(side);
 	spa_model_destroy(m);
+}
+
+Test(engine, a_bad_stream_piece_size_is_refused_with_what_to_give)
+{
+	const char *path = tu_tiny_model();
+	const uint64_t size = file_data_size(path);
+	const char *bad[] = { "0", "-4", "1k", "", "65537", "99999999999999999999" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		setenv("SPA_STREAM_PIECE_KIB", bad[i], 1);
+		struct spa_model *ms = NULL;
+		struct spa_errbuf err = {{0}};
+		int rc = spa_engine_model_load(&ms, path, size / 2, false, &err);
+		if (!*bad[i]) { /* empty: as unset */
+			cr_assert_eq(rc, 0, "%s", err.msg);
+			spa_model_destroy(ms);
+			continue;
+		}
+		cr_assert_eq(rc, -SPA_EUSAGE, "'%s': %d", bad[i], rc);
+		cr_assert_null(ms);
+		cr_assert(strstr(err.msg, "SPA_STREAM_PIECE_KIB") && strstr(err.msg, "1 to 65536"),
+			  "%s", err.msg);
+	}
 }
 
 Test(engine, too_small_a_budget_is_refused_with_the_least_that_works)

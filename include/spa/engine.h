@@ -93,10 +93,11 @@ size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
  * the same as spa_model_load). When the model does not fit, the norms, the LM head and the
  * first blocks that fit are read once; the other blocks' matrices stay on disk (their
  * spa_tensor.data is NULL) and every engine made from the model streams them per token with
- * io_uring, double-buffered (two buffers of the largest streamed matrix, counted in the
- * budget): matrix k+1 is read while matrix k computes. The token embedding is then read one
- * row per token. Results are bit-identical to a fully loaded model. Returns 0, or -SPA_EUSAGE
- * when the budget cannot hold the LM head, the norms and the two buffers (err says the least
+ * io_uring, in pieces of about 1 MiB through a ring of 8 piece buffers (counted in the
+ * budget, and small enough to stay in the last-level cache): the next pieces are read while
+ * the current one computes. The token embedding is then read one row per token. Results are
+ * bit-identical to a fully loaded model. Returns 0, or -SPA_EUSAGE when the budget cannot
+ * hold the LM head, the norms and the ring (err says the least
  * budget that works), or the loader's errors. Free with spa_model_destroy. */
 int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
 			  bool show_progress, struct spa_errbuf *err);
@@ -104,7 +105,7 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 struct spa_engine_stream_stats {
 	uint32_t n_streamed_blocks;   /* blocks read per token (0: all resident) */
 	uint64_t resident_bytes;      /* weights held by the model */
-	uint64_t buffer_bytes;        /* this engine's two stream buffers */
+	uint64_t buffer_bytes;        /* this engine's stream buffers (the ring) */
 	uint64_t bytes_per_token;     /* streamed bytes per forward (embedding row included) */
 	uint64_t bytes_read;          /* since create */
 	uint64_t wait_ns;             /* compute blocked waiting for reads, since create */

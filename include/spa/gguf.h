@@ -300,15 +300,17 @@ void spa_uring_reader_destroy(struct spa_uring_reader *r);
  * 0: SPA_URING_CHUNK). Returns 0 or -EINVAL. */
 int spa_uring_reader_set_chunk(struct spa_uring_reader *r, size_t chunk);
 /* Give the calling thread's buffered reads (SPA_URING_ASYNC) one io_uring kernel worker that
- * may run on every CPU. The kernel makes its workers with the affinity of the thread that
- * submits, so a compute thread pinned to one core would otherwise copy its own reads on that
- * core, in turn with its work. The reader allows this thread on every CPU for a moment, makes
- * the worker then (a one-byte read handed to the workers), limits the thread's workers to that one
- * (the kernel keeps a ring's last worker alive when idle) and puts the affinity back. Call
- * from the thread that will submit, before the first read. Returns 0, -EBUSY (reads already
- * queued), or a negative errno from an older kernel that refuses (the reads work either way).
- * The limit and the affinity belong to the thread (all its rings). Not on the hot path. */
-int spa_uring_reader_spread_workers(struct spa_uring_reader *r);
+ * runs on the CPUs outside busy[0..n_busy) (the compute threads' CPUs; every CPU when busy
+ * covers them all or is NULL). The kernel makes its workers with the affinity of the thread
+ * that submits, so a compute thread pinned to one core would otherwise copy its own reads on
+ * that core, in turn with its work. The reader allows this thread on those CPUs for a
+ * moment, makes the worker then (a one-byte read handed to the workers), limits the thread's
+ * workers to that one (the kernel keeps a ring's last worker alive when idle) and puts the
+ * affinity back. Call from the thread that will submit, before the first read. Returns 0,
+ * -EBUSY (reads already queued), or a negative errno from an older kernel that refuses (the
+ * reads work either way). The limit and the affinity belong to the thread (all its rings).
+ * Not on the hot path. */
+int spa_uring_reader_spread_workers(struct spa_uring_reader *r, const int *busy, unsigned n_busy);
 /* Register destination memory (replaces an earlier registration; n == 0 unregisters). The
  * memory stays the caller's and must outlive the registration; it is pinned (RLIMIT_MEMLOCK
  * applies to non-root users). Regions are split into 1 GiB registrations internally.

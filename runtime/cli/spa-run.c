@@ -14,8 +14,9 @@ static void usage(void)
 	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
 	       "  --plugin FILE         personal plugin made for that base (spa-gen plugin)\n"
 	       "  -t, --threads N       compute threads (default: one per core)\n"
-	       "  --mem-budget BYTES    keep at most this much of the model in memory; the other\n"
-	       "                        blocks are streamed from disk per token (default 0: all)\n"
+	       "  --mem-budget BYTES    keep at most this much of the model in memory; the rest of\n"
+	       "                        each block matrix is streamed from disk per token (default\n"
+	       "                        0: all in memory; leave a core for the reads with -t)\n"
 	       "%s", cli_gen_help);
 }
 

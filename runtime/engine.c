@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "spa/engine.h"
 #include "spa/error.h"
 #include "spa/gguf.h"
 #include "spa/kernels.h"
+#include "spa/pin.h"
 #include "spa/plugin.h"
 #include "spa/pool.h"
 #include "spa/tokenizer.h"
@@ -426,6 +428,18 @@ static void piece_put(struct engine_stream *st)
 {
 	stream_queue(st, st->seq + STREAM_RING);
 	st->seq++;
+}
+
+int spa_engine_default_threads(const struct spa_model *m)
+{
+	int n = spa_pin_n_cores();
+	if (n <= 0) {
+		long c = sysconf(_SC_NPROCESSORS_ONLN);
+		n = c > 0 ? (int)c : 1;
+	}
+	if (m && (m->res_part || !m->tok_embd.data) && n > 1)
+		n--;
+	return n;
 }
 
 void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_stream_stats *out)

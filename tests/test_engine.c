@@ -1133,6 +1133,20 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	spa_model_destroy(m);
 }
 
+Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
+{
+	const char *path = tu_tiny_model();
+	struct spa_model *full = load(path), *ms = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_engine_model_load(&ms, path, file_data_size(path) / 2, false, &err), 0,
+		     "%s", err.msg);
+	const int cores = spa_engine_default_threads(full);
+	cr_assert_geq(cores, 1);
+	cr_assert_eq(spa_engine_default_threads(ms), cores > 1 ? cores - 1 : 1);
+	spa_model_destroy(ms);
+	spa_model_destroy(full);
+}
+
 Test(engine, a_bad_stream_piece_size_is_refused_with_what_to_give)
 {
 	const char *path = tu_tiny_model();

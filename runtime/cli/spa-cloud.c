@@ -13,7 +13,8 @@ static void usage(void)
 	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
 	       "  --link URI            shm:/NAME (same host), tcp://HOST:PORT, udp://HOST:PORT (listen\n"
 	       "                        address), memif:SOCKET or dpdk:PORTSPEC (docs/dpdk.md)\n"
-	       "  -t, --threads N       compute threads (default: one per core)\n"
+	       "  -t, --threads N       compute threads (default: one per core; one fewer when\n"
+	       "                        --mem-budget streams, leaving a core to the reads)\n"
 	       "  --cpu LIST            pin the compute threads to these CPUs (e.g. 0 or 0,2,3)\n"
 	       "  --sessions N          exit after N sessions (default 0: serve forever)\n"
 	       "  --mem-budget BYTES    keep at most this much of the model in memory; the rest of\n"
@@ -82,6 +83,8 @@ int main(int argc, char **argv)
 	if ((mem_budget ? spa_engine_model_load(&m, model_path, mem_budget, !o.quiet, &err)
 			: spa_model_load(&m, model_path, !o.quiet, &err)) < 0)
 		cli_die(1, "%s", err.msg);
+	if (!threads)
+		threads = spa_engine_default_threads(m);
 	struct spa_pool *pool = NULL;
 	int rc = spa_pool_create(&pool, threads, n_cpus ? cpus : NULL);
 	if (rc < 0) {

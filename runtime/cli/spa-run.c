@@ -13,7 +13,8 @@ static void usage(void)
 	       "Generate with the base model alone or with a plugin, in one process.\n\n"
 	       "  -m, --model FILE      base model (GGUF, llama architecture)\n"
 	       "  --plugin FILE         personal plugin made for that base (spa-gen plugin)\n"
-	       "  -t, --threads N       compute threads (default: one per core)\n"
+	       "  -t, --threads N       compute threads (default: one per core; one fewer when\n"
+	       "                        --mem-budget streams, leaving a core to the reads)\n"
 	       "  --mem-budget BYTES    keep at most this much of the model in memory; the rest of\n"
 	       "                        each block matrix is streamed from disk per token (default\n"
 	       "                        0: all in memory; leave a core for the reads with -t)\n"
@@ -86,6 +87,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "spa-run: method %s needs --plugin\n", spa_method_name(g.cfg.method));
 		goto out;
 	}
+	if (!threads)
+		threads = spa_engine_default_threads(m);
 	if ((rc = spa_pool_create(&pool, threads, NULL)) < 0) {
 		fprintf(stderr, "spa-run: cannot start %d threads: %s\n", threads, spa_strerror(rc));
 		goto out;

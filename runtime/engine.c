@@ -40,13 +40,15 @@ static uint64_t now_ns(void)
 }
 
 /* Streamed matrices travel in pieces of whole rows, about STREAM_PIECE bytes each, through a
- * ring of STREAM_RING piece buffers. The ring is small enough to stay in the last-level cache,
- * so a streamed weight byte crosses the memory bus once (the page-cache read), as a resident
- * one does: the reader's copy lands in cache and the product reads it from there. Two
- * buffers of whole matrices would each go out to memory and back (measured: half the I/O
- * hidden at best, against the copy's own memory traffic). */
+ * ring of piece buffers of about STREAM_RING_BYTES (8 to 64 buffers). The ring is small enough
+ * to stay in the last-level cache, so a streamed weight byte crosses the memory bus once (the
+ * page-cache read), as a resident one does: the reader's copy lands in cache and the product
+ * reads it from there. Two buffers of whole matrices would each go out to memory and back
+ * (measured: half the I/O hidden at best, against the copy's own memory traffic). */
 #define STREAM_PIECE (1024u << 10)
-#define STREAM_RING 8
+#define STREAM_RING_BYTES (8u << 20)
+#define STREAM_RING_MIN 8
+#define STREAM_RING_MAX 64
 
 /* A piece of a streamed matrix: rows r0..r1 of block l's matrix k, where they lie in the
  * file. */
@@ -66,7 +68,9 @@ struct engine_stream {
 	struct spa_uring_reader *rd;
 	uint32_t n_units;           /* pieces of the streamed blocks */
 	struct stream_unit *units;
-	uint8_t *slot[STREAM_RING];
+	uint8_t *slot[STREAM_RING_MAX];
+	unsigned n_slots;
+	uint64_t queued;            /* units queued so far: 0..queued-1 */
 	uint64_t slot_size;
 	uint8_t *streamed;          /* (L): the block has streamed rows */
 	float *part_y;              /* (max_batch, most rows of a matrix): batched parts */
@@ -148,7 +152,7 @@ void spa_engine_destroy(struct spa_engine *e)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
 	spa_uring_reader_destroy(e->st.rd);
-	for (int i = 0; i < STREAM_RING; i++)
+	for (int i = 0; i < STREAM_RING_MAX; i++)
 		free(e->st.slot[i]);
 	free(e->st.units);
 	free(e->st.part_y);
@@ -268,14 +272,25 @@ static uint64_t piece_bytes(uint64_t size, uint64_t rows, uint64_t piece)
 	return rows ? piece_rows(size, rows, piece) * (size / rows) : size;
 }
 
-static void stream_queue(struct engine_stream *st, uint64_t n)
+/* Ring buffers for pieces of at most most bytes. */
+static unsigned ring_slots(uint64_t most)
 {
-	if (st->err)
-		return;
-	const struct stream_unit *u = &st->units[n % st->n_units];
-	int rc = spa_uring_read_async(st->rd, st->slot[n % STREAM_RING], u->off, u->size, n);
-	if (rc < 0)
-		st->err = rc;
+	uint64_t n = STREAM_RING_BYTES / (most ? most : 1);
+	return n < STREAM_RING_MIN ? STREAM_RING_MIN : n > STREAM_RING_MAX ? STREAM_RING_MAX
+									  : (unsigned)n;
+}
+
+/* Queue the reads of every unit whose buffer is free (unit n takes buffer n % n_slots, free
+ * once unit n - n_slots is done), one submit for them all. */
+static void stream_fill(struct engine_stream *st)
+{
+	while (!st->err && st->queued < st->seq + st->n_slots) {
+		const uint64_t n = st->queued++;
+		const struct stream_unit *u = &st->units[n % st->n_units];
+		int rc = spa_uring_read_async(st->rd, st->slot[n % st->n_slots], u->off, u->size, n);
+		if (rc < 0)
+			st->err = rc;
+	}
 }
 
 /* The CPUs the pool's threads are pinned to (a thread allowed on several pins nothing). */
@@ -362,8 +377,13 @@ static int stream_init(struct spa_engine *e)
 		}
 	}
 	if (st->n_units) {
-		for (int i = 0; i < STREAM_RING; i++)
-			if (posix_memalign((void **)&st->slot[i], 4096, (st->slot_size + 4095) & ~4095ull)) {
+		/* the buffers the budget counted (spa_engine_model_load): no piece is larger */
+		if (st->slot_size > m->stream_slot)
+			return -SPA_EUSAGE;
+		st->slot_size = m->stream_slot;
+		st->n_slots = ring_slots(st->slot_size);
+		for (unsigned i = 0; i < st->n_slots; i++)
+			if (posix_memalign((void **)&st->slot[i], 4096, st->slot_size)) {
 				st->slot[i] = NULL;
 				return -ENOMEM;
 			}
@@ -374,17 +394,16 @@ static int stream_init(struct spa_engine *e)
 		 * (spa_uring_reader_spread_workers), not inline in this pinned compute thread's
 		 * submit, in turn with its products (measured: the step took compute + I/O). */
 		struct spa_errbuf err;
-		int rc = spa_uring_reader_create(&st->rd, g->fd, STREAM_RING,
+		int rc = spa_uring_reader_create(&st->rd, g->fd, st->n_slots,
 						 SPA_URING_QUIET | SPA_URING_ASYNC, &err);
 		if (rc < 0)
 			return rc;
 		int busy[STREAM_MAX_BUSY];
 		unsigned n_busy = pool_cpus(e->pool, busy);
 		(void)spa_uring_reader_spread_workers(st->rd, busy, n_busy); /* best effort */
-		if ((rc = spa_uring_reader_set_chunk(st->rd, (st->slot_size + 4095) & ~4095ull)) < 0)
+		if ((rc = spa_uring_reader_set_chunk(st->rd, st->slot_size)) < 0)
 			return rc;
-		for (uint64_t i = 0; i < STREAM_RING; i++)
-			stream_queue(st, i);
+		stream_fill(st);
 	}
 	if (!m->tok_embd.data) {
 		const struct spa_gguf_tensor *t = spa_gguf_find_tensor(g, "token_embd.weight");
@@ -409,6 +428,8 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 		st->err = -EPROTO; /* the forward and the stream disagree: a bug, not bad input */
 		return NULL;
 	}
+	if (st->seq >= st->queued)
+		stream_fill(st);
 	uint64_t t0 = now_ns();
 	int rc = spa_uring_wait(st->rd, st->seq, -1);
 	st->wait_ns += now_ns() - t0;
@@ -419,15 +440,18 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 	st->bytes_read += u->size;
 	*w = *blk_mat(&e->m->layers[l], k);
 	w->rows = u->r1 - u->r0;
-	w->data = st->slot[st->seq % STREAM_RING];
+	w->data = st->slot[st->seq % st->n_slots];
 	return u;
 }
 
-/* Done with the current piece: its buffer takes the piece a ring ahead. */
+/* Done with the current piece. Its buffer is queued again once a quarter of the ring is free,
+ * so that the reader's kernel worker, woken per submit, gets several pieces a time: a read
+ * queued per freed buffer woke it for each (224 times a token at the default shape). */
 static void piece_put(struct engine_stream *st)
 {
-	stream_queue(st, st->seq + STREAM_RING);
 	st->seq++;
+	if (st->queued - st->seq <= st->n_slots - st->n_slots / 4)
+		stream_fill(st);
 }
 
 int spa_engine_default_threads(const struct spa_model *m)
@@ -449,7 +473,7 @@ void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_strea
 	for (uint32_t l = 0; st->streamed && l < e->m->hp.n_layers; l++)
 		out->n_streamed_blocks += st->streamed[l];
 	out->resident_bytes = e->m->data_size;
-	out->buffer_bytes = st->n_units ? STREAM_RING * st->slot_size : 0;
+	out->buffer_bytes = st->n_units ? st->n_slots * st->slot_size : 0;
 	out->bytes_per_token = st->bytes_per_token;
 	out->bytes_read = st->bytes_read;
 	out->wait_ns = st->wait_ns;
@@ -591,10 +615,10 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	 * reads then spread evenly over the forward, and a matrix's streamed rows are read
 	 * while its resident rows (and the matrices before it) compute. The embedding is read a
 	 * row per token (keeping it would cost the most for the least). Each resident part is
-	 * 64-byte aligned: slack. The ring holds STREAM_RING of the largest piece; under a
+	 * 64-byte aligned: slack. The ring holds ring_slots() of the largest piece; under a
 	 * tight budget the pieces shrink, down to 4 KiB (or a row), unless the size was given. */
 	const uint64_t slack = 64ull * BLK_MATS * L;
-	uint64_t least;
+	uint64_t least, slot;
 	for (;;) {
 		uint64_t most = 0;
 		for (uint32_t l = 0; l < L; l++)
@@ -604,7 +628,8 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 				const uint64_t pb = piece_bytes(t->size, t->ne[1], piece);
 				most = pb > most ? pb : most;
 			}
-		least = base + STREAM_RING * align64(most) + slack;
+		slot = (most + 4095) & ~4095ull;
+		least = base + ring_slots(slot) * slot + slack;
 		if (least <= mem_budget || piece_given || piece <= 4096)
 			break;
 		piece /= 2;
@@ -628,6 +653,7 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	g = NULL;
 	m->hp = hp;
 	m->stream_piece = piece;
+	m->stream_slot = slot;
 	if (!(m->layers = calloc(L, sizeof *m->layers)) ||
 	    !(m->res_part = calloc((size_t)L * BLK_MATS, sizeof *m->res_part))) {
 		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);

@@ -59,9 +59,10 @@ struct spa_model {
 	/* Under a memory budget (spa_engine_model_load): a block matrix whose data is NULL keeps
 	 * its first rows resident, in res_part[7 * layer + k] (k: wq, wk, wv, wo, w_gate, w_up,
 	 * w_down; rows 0 when none), and streams the others per token in pieces of about
-	 * stream_piece bytes. NULL when every matrix is resident. */
+	 * stream_piece bytes, through a ring of buffers of stream_slot bytes each (counted in
+	 * the budget). NULL when every matrix is resident. */
 	struct spa_tensor *res_part;
-	uint64_t stream_piece;
+	uint64_t stream_piece, stream_slot;
 };
 
 /* Check that an opened GGUF is a loadable llama model (architecture, hyperparameters in range

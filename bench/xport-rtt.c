@@ -7,7 +7,10 @@
  * fork, so this process never starts it: each link gets fresh processes), and because that is
  * how cloud and edge run. The two are pinned with hwloc to the first PUs of two different
  * cores. Per link and size: warm-ups, then --iters timed round trips; p50, p99, p99.9 in us.
- * The cloud side hands its results back through a shared anonymous mapping.
+ * The cloud side hands its results back through a shared anonymous mapping. The links run in
+ * turn --rounds times (every link once per round): each figure is the median over the rounds,
+ * and a ratio to UDP is the median of the rounds' ratios (each from one round, taken minutes
+ * apart at most), so that a slow spell of a shared host touches one round, not one link.
  *
  * dpdk-af_packet, dpdk-af_xdp and udp-veth run over a veth pair between two network
  * namespaces made here when run as root (names carry the pid, MTU 1500, 10.77.0.1/24 and
@@ -39,6 +42,7 @@
 #define MAX_LINKS 16
 #define MAX_SIZES 16
 #define ERR_LEN 512
+#define MAX_ROUNDS 15
 
 /* The links, in table order. In a URI, {pid}, {port} and the veth pair's {va}, {vb} (interface
  * names), {maca} (A's MAC) and {ipa} (A's address) are filled in per run. Adding a link is one
@@ -538,6 +542,8 @@ static void usage(void)
 	printf("  --sizes LIST     message sizes in bytes, K/M suffixes allowed (default:\n"
 	       "                   64,2K,8K,270K)\n"
 	       "  --iters N        timed round trips per link and size (default 2000)\n"
+	       "  --rounds N       run the links in turn N times; figures are medians over the\n"
+	       "                   rounds, a ratio the median of the rounds' ratios (default 3)\n"
 	       "  --warmup N       untimed round trips first (default 200)\n"
 	       "  --uri NAME=URI   run link NAME over URI ({pid}, {port} are filled in), both\n"
 	       "                   sides in this network namespace: adds a link, or replaces\n"
@@ -571,7 +577,8 @@ int main(int argc, char **argv)
 {
 	cli_init(argv[0]);
 	size_t sizes[MAX_SIZES] = { 64, 2048, 8192, 270 * 1024 };
-	int n_sizes = 4, iters = 2000, warm = 200, port = 17000 + (int)(getpid() % 1000) * 8;
+	int n_sizes = 4, iters = 2000, warm = 200, rounds = 3;
+	int port = 17000 + (int)(getpid() % 1000) * 8;
 	const char *json = NULL, *only = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -593,6 +600,8 @@ int main(int argc, char **argv)
 			free(list);
 		} else if (!strcmp(a, "--iters")) {
 			iters = (int)cli_int(a, cli_value(argc, argv, &i), 1, 10000000);
+		} else if (!strcmp(a, "--rounds")) {
+			rounds = (int)cli_int(a, cli_value(argc, argv, &i), 1, MAX_ROUNDS);
 		} else if (!strcmp(a, "--warmup")) {
 			warm = (int)cli_int(a, cli_value(argc, argv, &i), 0, 10000000);
 		} else if (!strcmp(a, "--port")) {
@@ -646,42 +655,87 @@ int main(int argc, char **argv)
 	bu_pin(cpu0);
 	spa_pin_describe(where, sizeof where);
 	printf("machine: %s\n%s\ncloud side: %s; echo peer: cpu %d\n", machine, load, where, cpu1);
-	printf("%d round trips per link and size after %d warm-ups; times in us\n\n", iters, warm);
+	printf("%d round trips per link and size after %d warm-ups, %d round(s) of all links; "
+	       "times in us\n\n", iters, warm, rounds);
 
 	/* from here on, an exit or a fatal signal cleans up after itself */
 	vp.owner = getpid();
 	atexit(veth_teardown);
 	signals_catch();
+	/* round r's results in rr[r]; res: the medians over the rounds where the link ran */
 	struct result *res = calloc((size_t)MAX_LINKS * MAX_SIZES, sizeof *res);
+	struct result *rr = calloc((size_t)rounds * MAX_LINKS * MAX_SIZES, sizeof *rr);
 	char (*why)[ERR_LEN] = calloc(MAX_LINKS, sizeof *why);
+	if (!res || !rr || !why)
+		cli_die(1, "out of memory");
 	int udp_k = -1, veth_k = -1;
-	for (int k = 0; k < n_links; k++) {
-		if (!selected[k])
-			continue;
-		const struct link_def *d = &links[k];
-		if (!have_driver(d->needs))
-			snprintf(why[k], ERR_LEN, "skipped: driver not built (%s)", d->needs);
-		else if (d->skip || !d->uri)
-			snprintf(why[k], ERR_LEN, "skipped: %s", d->skip ? d->skip : "no URI");
-		else if (d->veth && veth_setup())
-			snprintf(why[k], ERR_LEN, "skipped: %.480s", vp.reason);
-		if (why[k][0]) {
-			printf("%-15s %s\n", d->name, why[k]);
-			continue;
-		}
-		printf("%-15s ...\n", d->name);
-		char msg[ERR_LEN];
-		if (run_link(d, port + k, sizes, n_sizes, iters, warm, cpu0, cpu1,
-			     res + k * MAX_SIZES, msg)) {
-			snprintf(why[k], ERR_LEN, "failed: %.480s", msg);
-			printf("%-15s %s\n", d->name, why[k]);
-		} else if (!strcmp(d->name, "udp")) {
-			udp_k = k;
-		} else if (!strcmp(d->name, "udp-veth")) {
-			veth_k = k;
+	for (int r = 0; r < rounds; r++) {
+		if (rounds > 1)
+			printf("round %d of %d\n", r + 1, rounds);
+		for (int k = 0; k < n_links; k++) {
+			if (!selected[k] || why[k][0])
+				continue;
+			const struct link_def *d = &links[k];
+			if (!have_driver(d->needs))
+				snprintf(why[k], ERR_LEN, "skipped: driver not built (%s)", d->needs);
+			else if (d->skip || !d->uri)
+				snprintf(why[k], ERR_LEN, "skipped: %s", d->skip ? d->skip : "no URI");
+			else if (d->veth && veth_setup())
+				snprintf(why[k], ERR_LEN, "skipped: %.480s", vp.reason);
+			if (why[k][0]) {
+				printf("%-15s %s\n", d->name, why[k]);
+				continue;
+			}
+			printf("%-15s ...\n", d->name);
+			char msg[ERR_LEN];
+			if (run_link(d, port + k, sizes, n_sizes, iters, warm, cpu0, cpu1,
+				     rr + ((size_t)r * MAX_LINKS + k) * MAX_SIZES, msg)) {
+				snprintf(why[k], ERR_LEN, "failed%s: %.440s", r ? " in a later round" : "",
+					 msg);
+				printf("%-15s %s\n", d->name, why[k]);
+			} else if (!strcmp(d->name, "udp")) {
+				udp_k = k;
+			} else if (!strcmp(d->name, "udp-veth")) {
+				veth_k = k;
+			}
 		}
 	}
 	veth_teardown();
+	/* medians over the rounds; ratios: the median of each round's own ratio */
+	double *ratio = calloc((size_t)MAX_LINKS * MAX_SIZES, sizeof *ratio);
+	double *vratio = calloc((size_t)MAX_LINKS * MAX_SIZES, sizeof *vratio);
+	if (!ratio || !vratio)
+		cli_die(1, "out of memory");
+	for (int k = 0; k < n_links; k++)
+		for (int s = 0; s < n_sizes && !why[k][0]; s++) {
+			double p50[MAX_ROUNDS], p99[MAX_ROUNDS], p999[MAX_ROUNDS];
+			double ru[MAX_ROUNDS], rv[MAX_ROUNDS];
+			int n = 0, nu = 0, nv = 0;
+			for (int r = 0; r < rounds; r++) {
+				const struct result *x = &rr[((size_t)r * MAX_LINKS + k) * MAX_SIZES + s];
+				if (!x->ok)
+					continue;
+				res[k * MAX_SIZES + s] = *x;
+				p50[n] = x->p50, p99[n] = x->p99, p999[n] = x->p999, n++;
+				const struct result *u = udp_k >= 0 && !why[udp_k][0]
+					? &rr[((size_t)r * MAX_LINKS + udp_k) * MAX_SIZES + s] : NULL;
+				const struct result *v = veth_k >= 0 && !why[veth_k][0] && links[k].veth
+					? &rr[((size_t)r * MAX_LINKS + veth_k) * MAX_SIZES + s] : NULL;
+				if (u && u->ok)
+					ru[nu++] = u->p50 / x->p50;
+				if (v && v->ok)
+					rv[nv++] = v->p50 / x->p50;
+			}
+			struct result *m = &res[k * MAX_SIZES + s];
+			m->ok = n > 0;
+			if (n) {
+				m->p50 = bu_percentile(p50, n, 50);
+				m->p99 = bu_percentile(p99, n, 50);
+				m->p999 = bu_percentile(p999, n, 50);
+			}
+			ratio[k * MAX_SIZES + s] = nu ? bu_percentile(ru, nu, 50) : 0.0 / 0.0;
+			vratio[k * MAX_SIZES + s] = nv ? bu_percentile(rv, nv, 50) : 0.0 / 0.0;
+		}
 
 	printf("\n%-15s %9s %10s %10s %10s %11s %12s\n", "link", "size", "p50", "p99", "p99.9",
 	       "vs udp p50", "vs udp-veth");
@@ -694,6 +748,7 @@ int main(int argc, char **argv)
 		bu_json_str(&j, "machine", machine);
 		bu_json_str(&j, "load", load);
 		bu_json_int(&j, "iters", iters);
+		bu_json_int(&j, "rounds", rounds);
 		bu_json_arr_begin(&j, "results");
 	}
 	for (int k = 0; k < n_links; k++) {
@@ -705,16 +760,13 @@ int main(int argc, char **argv)
 			const struct result *r = &res[k * MAX_SIZES + s];
 			if (!r->ok)
 				continue;
-			const struct result *u = udp_k >= 0 ? &res[udp_k * MAX_SIZES + s] : NULL;
-			const struct result *v = veth_k >= 0 && links[k].veth
-				? &res[veth_k * MAX_SIZES + s] : NULL;
-			double ratio = u && u->ok ? u->p50 / r->p50 : 0.0 / 0.0;
-			double vratio = v && v->ok ? v->p50 / r->p50 : 0.0 / 0.0;
+			const double ru = ratio[k * MAX_SIZES + s], rv = vratio[k * MAX_SIZES + s];
+			const int has_v = veth_k >= 0 && links[k].veth;
 			char rs[32] = "-", vs[32] = "";
-			if (ratio == ratio)
-				snprintf(rs, sizeof rs, "%.2fx", ratio);
-			if (vratio == vratio)
-				snprintf(vs, sizeof vs, "%.2fx", vratio);
+			if (ru == ru)
+				snprintf(rs, sizeof rs, "%.2fx", ru);
+			if (rv == rv)
+				snprintf(vs, sizeof vs, "%.2fx", rv);
 			printf("%-15s %9zu %10.2f %10.2f %10.2f %11s %12s\n", r->link, r->size, r->p50,
 			       r->p99, r->p999, rs, vs);
 			if (json) {
@@ -724,9 +776,9 @@ int main(int argc, char **argv)
 				bu_json_num(&j, "p50_us", r->p50);
 				bu_json_num(&j, "p99_us", r->p99);
 				bu_json_num(&j, "p999_us", r->p999);
-				bu_json_num(&j, "ratio_vs_udp", ratio);
-				if (v)
-					bu_json_num(&j, "ratio_vs_udp_veth", vratio);
+				bu_json_num(&j, "ratio_vs_udp", ru);
+				if (has_v)
+					bu_json_num(&j, "ratio_vs_udp_veth", rv);
 				bu_json_obj_end(&j);
 			}
 		}
@@ -750,6 +802,9 @@ int main(int argc, char **argv)
 	bu_load(load, sizeof load);
 	printf("\nafter: %s\n", load);
 	free(res);
+	free(rr);
+	free(ratio);
+	free(vratio);
 	free(why);
 	return 0;
 }

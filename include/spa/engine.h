@@ -93,9 +93,9 @@ size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
  * the same as spa_model_load). When the model does not fit, the norms, the LM head and the
  * first blocks that fit are read once; the other blocks' matrices stay on disk (their
  * spa_tensor.data is NULL) and every engine made from the model streams them per token with
- * io_uring, in pieces of about 1 MiB through a ring of 8 piece buffers (counted in the
- * budget, and small enough to stay in the last-level cache): the next pieces are read while
- * the current one computes. The token embedding is then read one row per token. Results are
+ * io_uring, in pieces of about 1 MiB through a ring of about 8 MiB (8 to 64 piece buffers,
+ * counted in the budget, small enough to stay in the last-level cache): the next pieces are
+ * read while the current one computes. The token embedding is then read one row per token. Results are
  * bit-identical to a fully loaded model. Returns 0, or -SPA_EUSAGE when the budget cannot
  * hold the LM head, the norms and the ring (err says the least
  * budget that works), or the loader's errors. Free with spa_model_destroy. */

@@ -764,6 +764,10 @@ int main(int argc, char **argv)
 				       w->budget_io_ms[b], w->budget_wait_ms[b],
 				       isnan(w->budget_hidden[b]) ? 100.0 : 100 * w->budget_hidden[b]);
 			}
+		printf("hidden: 1 - (step added by streaming) / (io ms/tok: the reads alone); each\n"
+		       "budget's steps taken in turns with the whole model's. The reads' copies run on\n"
+		       "a core the compute threads leave free; with a thread on every core they take\n"
+		       "turns with the products (spa-run and spa-cloud leave a core when streaming).\n");
 	}
 	printf("\n%s at end\n", load1);
 

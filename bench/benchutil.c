@@ -96,6 +96,31 @@ void bu_load(char *buf, size_t size)
 		snprintf(buf, size, "load %.2f %.2f %.2f", l[0], l[1], l[2]);
 }
 
+struct bu_cpu_ticks bu_cpu_ticks(void)
+{
+	struct bu_cpu_ticks t = { 0, 0 };
+	unsigned long long v[8] = { 0 };
+	FILE *f = fopen("/proc/stat", "r");
+	if (!f)
+		return t;
+	/* cpu user nice system idle iowait irq softirq steal ... */
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		   &v[4], &v[5], &v[6], &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			t.total += v[i];
+		t.steal = v[7];
+	}
+	fclose(f);
+	return t;
+}
+
+double bu_steal_pct(struct bu_cpu_ticks a, struct bu_cpu_ticks b)
+{
+	if (!a.total || b.total <= a.total || b.steal < a.steal)
+		return -1;
+	return 100.0 * (double)(b.steal - a.steal) / (double)(b.total - a.total);
+}
+
 int bu_pin(int cpu)
 {
 	return spa_pin_thread(cpu);

@@ -25,6 +25,14 @@ double bu_percentile_sorted(const double *v, size_t n, double pct);
 void bu_machine(char *buf, size_t size);
 /* "load 1.23 0.98 0.75" (1/5/15-minute load averages) into buf. */
 void bu_load(char *buf, size_t size);
+/* The machine's CPU time so far, in clock ticks (/proc/stat's first line): all of it, and the
+ * part stolen by the hypervisor for other guests. 0 when unreadable. */
+struct bu_cpu_ticks {
+	unsigned long long total, steal;
+};
+struct bu_cpu_ticks bu_cpu_ticks(void);
+/* Percent of the CPU time between a and b that was stolen (-1: unknown). */
+double bu_steal_pct(struct bu_cpu_ticks a, struct bu_cpu_ticks b);
 
 /* Pin the calling thread to logical CPU cpu with hwloc (spa_pin_thread). Returns 0 or a
  * negative code. bu_pin_core(i): to the first PU of core i (modulo the core count), so two

@@ -669,9 +669,12 @@ int main(int argc, char **argv)
 	if (!res || !rr || !why)
 		cli_die(1, "out of memory");
 	int udp_k = -1, veth_k = -1;
+	/* the hypervisor's steal per round: a round that a busy host slowed says so */
+	double steal[MAX_ROUNDS];
 	for (int r = 0; r < rounds; r++) {
 		if (rounds > 1)
 			printf("round %d of %d\n", r + 1, rounds);
+		const struct bu_cpu_ticks t0 = bu_cpu_ticks();
 		for (int k = 0; k < n_links; k++) {
 			if (!selected[k] || why[k][0])
 				continue;
@@ -699,6 +702,7 @@ int main(int argc, char **argv)
 				veth_k = k;
 			}
 		}
+		steal[r] = bu_steal_pct(t0, bu_cpu_ticks());
 	}
 	veth_teardown();
 	/* medians over the rounds; ratios: the median of each round's own ratio */
@@ -749,6 +753,10 @@ int main(int argc, char **argv)
 		bu_json_str(&j, "load", load);
 		bu_json_int(&j, "iters", iters);
 		bu_json_int(&j, "rounds", rounds);
+		bu_json_arr_begin(&j, "steal_pct");
+		for (int r = 0; r < rounds; r++)
+			bu_json_num(&j, NULL, steal[r]);
+		bu_json_arr_end(&j);
 		bu_json_arr_begin(&j, "results");
 	}
 	for (int k = 0; k < n_links; k++) {
@@ -799,6 +807,9 @@ int main(int argc, char **argv)
 		if (jrc < 0)
 			cli_die(1, "--json %s: write failed: %s", json, strerror(-jrc));
 	}
+	printf("\nCPU time stolen by the hypervisor per round (%%):");
+	for (int r = 0; r < rounds; r++)
+		printf(steal[r] < 0 ? " ?" : " %.1f", steal[r]);
 	bu_load(load, sizeof load);
 	printf("\nafter: %s\n", load);
 	free(res);

@@ -59,11 +59,12 @@ struct stream_unit {
 	uint8_t k;
 };
 
-/* Blocks first..L-1 stream through the ring: unit n of the endless sequence (the pieces of
- * block first..L-1's matrices in forward order, then again) is read into buffer n % RING
- * with tag n. When the forward is done with unit n, unit n + RING is queued into the buffer
- * n freed, so the reads run up to a ring ahead of the products (and the next token's first
- * pieces overlap the head, the sampling and the exchanges). */
+/* The streamed rows go through the ring: unit n of the endless sequence (the pieces of every
+ * block matrix's streamed rows in forward order, then again for the next token) is read into
+ * buffer n % n_slots with tag n, once unit n - n_slots is done with (stream_fill). So the
+ * reads run up to a ring ahead of the products: a matrix's streamed pieces arrive while its
+ * resident rows compute, and the next token's first pieces while the head, the sampling and
+ * the exchanges run. */
 struct engine_stream {
 	struct spa_uring_reader *rd;
 	uint32_t n_units;           /* pieces of the streamed blocks */
@@ -390,7 +391,7 @@ static int stream_init(struct spa_engine *e)
 		if (!(st->part_y = malloc(sizeof(float) * e->max_batch * most_rows)))
 			return -ENOMEM;
 		/* The whole ring in flight, one read per piece. IOSQE_ASYNC: the copies out of
-		 * the page cache run on an io_uring kernel worker that may run on every CPU
+		 * the page cache run on an io_uring kernel worker on the CPUs the pool leaves free
 		 * (spa_uring_reader_spread_workers), not inline in this pinned compute thread's
 		 * submit, in turn with its products (measured: the step took compute + I/O). */
 		struct spa_errbuf err;
@@ -748,7 +749,7 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 		fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " weight bytes resident: %.1f %% of "
 			"each block matrix's rows, the rest streamed per token (memory budget "
 			"%" PRIu64 ")\n", path, res_size, total,
-			blocks ? 100.0 * (double)avail / (double)blocks : 0.0, mem_budget);
+			avail >= blocks ? 100.0 : 100.0 * (double)avail / (double)blocks, mem_budget);
 	*out = m;
 	return 0;
 fail_rd:

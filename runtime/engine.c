@@ -77,6 +77,7 @@ struct engine_stream {
 	float *part_y;              /* (max_batch, most rows of a matrix): batched parts */
 	uint64_t seq;               /* next unit the forward consumes */
 	int err;                    /* sticky: a failed read ends the stream */
+	char errmsg[640];           /* why (spa_engine_error) */
 	/* token embedding read row by row when not resident */
 	const struct spa_gguf *g;
 	uint64_t embd_off;          /* data-section offset of token_embd */
@@ -281,6 +282,15 @@ static unsigned ring_slots(uint64_t most)
 									  : (unsigned)n;
 }
 
+/* End the stream with rc, keeping the reader's message (what failed, where, what to do). */
+static void stream_fail(struct engine_stream *st, int rc)
+{
+	st->err = rc;
+	snprintf(st->errmsg, sizeof st->errmsg, "streaming the weights: %.580s",
+		 *spa_uring_reader_errmsg(st->rd) ? spa_uring_reader_errmsg(st->rd)
+						  : spa_strerror(rc));
+}
+
 /* Queue the reads of every unit whose buffer is free (unit n takes buffer n % n_slots, free
  * once unit n - n_slots is done), one submit for them all. */
 static void stream_fill(struct engine_stream *st)
@@ -290,7 +300,7 @@ static void stream_fill(struct engine_stream *st)
 		const struct stream_unit *u = &st->units[n % st->n_units];
 		int rc = spa_uring_read_async(st->rd, st->slot[n % st->n_slots], u->off, u->size, n);
 		if (rc < 0)
-			st->err = rc;
+			stream_fail(st, rc);
 	}
 }
 
@@ -425,8 +435,11 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 	if (st->err)
 		return NULL;
 	const struct stream_unit *u = &st->units[st->seq % st->n_units];
-	if (u->l != l || u->k != k) {
-		st->err = -EPROTO; /* the forward and the stream disagree: a bug, not bad input */
+	if (u->l != l || u->k != k) { /* the forward and the stream disagree: a bug */
+		st->err = -EPROTO;
+		snprintf(st->errmsg, sizeof st->errmsg, "streaming the weights: block %u matrix %d "
+			 "asked, block %u matrix %d next (an engine bug: please report it)", l, k,
+			 u->l, u->k);
 		return NULL;
 	}
 	if (st->seq >= st->queued)
@@ -435,7 +448,7 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 	int rc = spa_uring_wait(st->rd, st->seq, -1);
 	st->wait_ns += now_ns() - t0;
 	if (rc < 0) {
-		st->err = rc;
+		stream_fail(st, rc);
 		return NULL;
 	}
 	st->bytes_read += u->size;
@@ -465,6 +478,11 @@ int spa_engine_default_threads(const struct spa_model *m)
 	if (m && (m->res_part || !m->tok_embd.data) && n > 1)
 		n--;
 	return n;
+}
+
+const char *spa_engine_error(const struct spa_engine *e)
+{
+	return e ? e->st.errmsg : "";
 }
 
 void spa_engine_stream_stats(const struct spa_engine *e, struct spa_engine_stream_stats *out)
@@ -873,11 +891,16 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 			      (uint64_t)tokens[j] * e->embd_row_size;
 		} else {
 			/* Under a memory budget the embedding stays on disk: one row per token. */
+			struct spa_errbuf perr = {{0}};
 			rc = spa_gguf_pread(e->st.g, e->st.embd_off +
 					    (uint64_t)tokens[j] * e->embd_row_size, e->st.embd_row,
-					    e->embd_row_size, NULL);
-			if (rc < 0)
+					    e->embd_row_size, &perr);
+			if (rc < 0) {
+				snprintf(e->st.errmsg, sizeof e->st.errmsg, "reading token %d's "
+					 "embedding row: %.560s", tokens[j],
+					 *perr.msg ? perr.msg : spa_strerror(rc));
 				return rc;
+			}
 			e->st.bytes_read += e->embd_row_size;
 			row = e->st.embd_row;
 		}

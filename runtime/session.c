@@ -226,6 +226,11 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 	return 0;
 }
 
+const char *spa_runner_error(const struct spa_runner *r)
+{
+	return r ? spa_engine_error(r->eng) : "";
+}
+
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st)
 {
 	if (!r->have_pending)
@@ -615,6 +620,18 @@ struct cloud_sess {
 	bool accepted;       /* HELLO_OK sent: the edge knows the session id */
 };
 
+/* A failed prefill or step: the engine's message when it has one (the weights could not be
+ * read), else the code's words; an exchange's own message already in err is kept. */
+static int runner_failed(const struct spa_runner *r, int rc, struct spa_errbuf *err,
+			 const char *what)
+{
+	if (*spa_runner_error(r))
+		return spa_err(err, rc, "computing %s: %s", what, spa_runner_error(r));
+	if (!*err->msg)
+		return spa_err(err, rc, "computing %s: %s", what, spa_strerror(rc));
+	return rc;
+}
+
 static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 {
 	const struct spa_model *m = s->m;
@@ -724,7 +741,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 				   .plugin_params = s->cp ? s->cp->n_params : 0};
 	struct spa_step_stats st;
 	if ((rc = spa_runner_prefill(s->run, ids, n_prompt, &st)) < 0)
-		return rc;
+		return runner_failed(s->run, rc, err, "the prompt");
 	gs.prefill_ns = st.wall_ns;
 	gs.prefill_xchg = st.n_xchg;
 	const struct spa_link_stats *ls = spa_link_stats(s->l);
@@ -733,7 +750,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 	for (uint32_t i = 0; i < n_gen; i++) {
 		int32_t tok;
 		if ((rc = spa_runner_next(s->run, &tok, &st)) < 0)
-			return rc;
+			return runner_failed(s->run, rc, err, "a token");
 		s->step_ns[i] = st.wall_ns;
 		gs.wall_ns += st.wall_ns;
 		gs.xchg_ns += st.xchg_ns;

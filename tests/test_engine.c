@@ -1133,6 +1133,41 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	spa_model_destroy(m);
 }
 
+/* The model file shrinks under a streaming engine: the forward that needs the lost rows fails
+ * with the read's error, and every later one too (the stream is over), never a crash nor a
+ * token from stale buffers. */
+Test(engine, a_model_file_that_shrinks_while_streaming_ends_the_stream_clearly)
+{
+	char path[256], cmd[600];
+	snprintf(path, sizeof path, "%s/m.gguf", tu_tmpdir());
+	snprintf(cmd, sizeof cmd, "cp '%s' '%s'", tu_tiny_model(), path);
+	cr_assert_eq(system(cmd), 0);
+	const uint64_t size = file_data_size(path);
+	struct spa_model *ms = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_engine_model_load(&ms, path, size / 2, false, &err), 0, "%s", err.msg);
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, ms, 32, 1, NULL), 0);
+	int32_t tok = 1;
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), 0);
+	cr_assert_str_eq(spa_engine_error(e), "");
+	struct stat st;
+	cr_assert_eq(stat(path, &st), 0);
+	cr_assert_eq(truncate(path, st.st_size / 2), 0);
+	int rc = 0, n = 0;
+	while (rc == 0 && n < 4) { /* the ring may hold a token's pieces read before */
+		rc = spa_engine_forward(e, &tok, 1, NULL);
+		n++;
+	}
+	cr_assert(rc == -SPA_EFORMAT, "a forward over the shrunk file: %d after %d", rc, n);
+	const char *msg = spa_engine_error(e);
+	cr_assert(strstr(msg, path) && strstr(msg, "shrank"), "the message: %s", msg);
+	cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), rc, "the stream stays ended");
+	spa_engine_destroy(e);
+	spa_model_destroy(ms);
+}
+
 Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 {
 	const char *path = tu_tiny_model();

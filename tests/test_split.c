@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -344,6 +345,38 @@ Test(split, too_long_a_request_is_refused_with_a_message)
 
 /* Every weight format: a tiny model made in it, a side plugin made for it, and cloud + edge
  * over shm give exactly spa-run's tokens (greedy and sampled), for spa and lora. */
+/* spa-cloud --mem-budget: half the model streamed per token, the same tokens as spa-run with
+ * the whole model in memory, for a side method and a per-block one. */
+Test(split, a_cloud_under_a_memory_budget_gives_the_same_tokens)
+{
+	struct stat st;
+	cr_assert_eq(stat(tu_tiny_model(), &st), 0);
+	char extra[64], uri[128];
+	snprintf(extra, sizeof extra, "--mem-budget %lld", (long long)st.st_size / 2);
+	make_uri(uri, sizeof uri, "shm");
+	pid_t cloud = start_cloud(uri, 4, extra);
+	const char *methods[2] = {"spa", "lora"};
+	for (int k = 0; k < 2; k++)
+		for (int s = 0; s < 2; s++) {
+			char want[4096], got[4096], err[4096];
+			run_local(methods[k], "cloud-linear", "add", sampling[s], want, sizeof want);
+			int rc = run_edge(uri, methods[k], "cloud-linear", "add", sampling[s], NULL, got,
+					  sizeof got, NULL, 0, err, sizeof err);
+			cr_assert_eq(rc, 0, "%s under a budget: %s", methods[k], err);
+			cr_assert_str_eq(got, want, "%s %s under a budget: edge+cloud gave\n%s\n"
+					 "spa-run gave\n%s", methods[k], s ? "sampled" : "greedy", got,
+					 want);
+		}
+	cr_assert_eq(wait_cloud(cloud, 30), 0, "spa-cloud did not end cleanly");
+	/* the budget is applied: one too small is refused, with the least that works */
+	char cmd[1024], out[2048];
+	snprintf(cmd, sizeof cmd, "%s -m %s --link %s --mem-budget 4096 --sessions 1",
+		 tu_program("spa-cloud"), tu_tiny_model(), uri);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 1, "%s", out);
+	cr_assert(strstr(out, "memory budget of 4096 bytes") && strstr(out, "--mem-budget"), "%s",
+		  out);
+}
+
 Test(split, every_weight_format)
 {
 	static const char *types[] = {"f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"};

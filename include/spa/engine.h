@@ -108,6 +108,10 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
  * one thread fewer, docs/loading.md). At least 1. */
 int spa_engine_default_threads(const struct spa_model *m);
 
+/* Why the weights' stream ended, when a forward failed for it (a read error, a model file
+ * that shrank or vanished: the message names the file and what to do); "" otherwise. */
+const char *spa_engine_error(const struct spa_engine *e);
+
 struct spa_engine_stream_stats {
 	uint32_t n_streamed_blocks;   /* blocks read per token (0: all resident) */
 	uint64_t resident_bytes;      /* weights held by the model */

@@ -59,6 +59,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--timeout"))
 			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
 						 1e9);
+		else if (!strcmp(a, "--mem-budget"))
+			mem_budget = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, INT64_MAX);
 		else if (!strcmp(a, "--batch"))
 			o.max_batch = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 1, 4096);
 		else if (!strcmp(a, "-q") || !strcmp(a, "--quiet"))

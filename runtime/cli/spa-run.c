@@ -123,7 +123,11 @@ int main(int argc, char **argv)
 	s.step_ns = steps;
 	struct spa_step_stats st;
 	if ((rc = spa_runner_prefill(run, ids, n_prompt, &st)) < 0) {
-		fprintf(stderr, "spa-run: prefill: %s %s\n", spa_strerror(rc), x ? lx.err.msg : "");
+		if (*spa_runner_error(run))
+			fprintf(stderr, "spa-run: prefill: %s\n", spa_runner_error(run));
+		else
+			fprintf(stderr, "spa-run: prefill: %s %s\n", spa_strerror(rc),
+				x ? lx.err.msg : "");
 		goto out;
 	}
 	s.prefill_ns = st.wall_ns;
@@ -134,8 +138,11 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < g.n_gen; i++) {
 		int32_t tok;
 		if ((rc = spa_runner_next(run, &tok, &st)) < 0) {
-			fprintf(stderr, "\nspa-run: token %u: %s %s\n", i, spa_strerror(rc),
-				x ? lx.err.msg : "");
+			if (*spa_runner_error(run))
+				fprintf(stderr, "\nspa-run: token %u: %s\n", i, spa_runner_error(run));
+			else
+				fprintf(stderr, "\nspa-run: token %u: %s %s\n", i, spa_strerror(rc),
+					x ? lx.err.msg : "");
 			goto out;
 		}
 		steps[i] = st.wall_ns;

@@ -44,6 +44,19 @@
 #define ERR_LEN 512
 #define MAX_ROUNDS 15
 
+/* --evict: bytes the cloud side reads between round trips (0: none), as a decode step
+ * streams weights between exchanges and leaves the link's state cold in the caches. */
+static size_t evict_bytes;
+
+/* Read buf[n] a cache line at a time (the compiler may not drop it). */
+static void evict(const uint8_t *buf, size_t n)
+{
+	uint64_t sum = 0;
+	for (size_t i = 0; i < n; i += 64)
+		sum += buf[i];
+	__asm__ volatile("" : : "r"(sum));
+}
+
 /* The links, in table order. In a URI, {pid}, {port} and the veth pair's {va}, {vb} (interface
  * names), {maca} (A's MAC) and {ipa} (A's address) are filled in per run. Adding a link is one
  * line; `needs` names a driver that must be built for it; `peer_uri` is the echo peer's URI
@@ -377,14 +390,19 @@ static int cloud_side(const char *uri, const size_t *sizes, int n_sizes, int ite
 		return 1;
 	}
 	uint8_t *out = malloc(cap), *in = malloc(cap);
+	uint8_t *ev = evict_bytes ? malloc(evict_bytes) : NULL;
 	double *samples = malloc((size_t)iters * sizeof *samples);
-	if (!out || !in || !samples)
+	if (!out || !in || !samples || (evict_bytes && !ev))
 		rc = -ENOMEM;
+	else if (ev)
+		memset(ev, 1, evict_bytes);
 	for (size_t i = 0; !rc && i < cap; i++)
 		out[i] = (uint8_t)(i * 131 + 7);
 	for (int s = 0; s < n_sizes && !rc; s++) {
 		struct spa_msg m = { .type = SPA_MSG_TAPS, .dtype = SPA_WIRE_F32, .n_rows = 1 };
 		for (int i = 0; i < warm + iters && !rc; i++) {
+			if (ev)
+				evict(ev, evict_bytes);
 			uint64_t t0 = bu_now_ns();
 			rc = spa_link_send(l, &m, out, sizes[s]);
 			struct spa_msg r;
@@ -416,6 +434,7 @@ static int cloud_side(const char *uri, const size_t *sizes, int n_sizes, int ite
 	spa_listener_destroy(lst);
 	free(out);
 	free(in);
+	free(ev);
 	free(samples);
 	return rc ? 1 : 0;
 }
@@ -545,6 +564,9 @@ static void usage(void)
 	       "  --rounds N       run the links in turn N times; figures are medians over the\n"
 	       "                   rounds, a ratio the median of the rounds' ratios (default 3)\n"
 	       "  --warmup N       untimed round trips first (default 200)\n"
+	       "  --evict BYTES    the cloud side reads BYTES of other memory before each round\n"
+	       "                   trip (K/M suffixes), as a decode step does between exchanges:\n"
+	       "                   the link's state then starts cold in the caches (default 0)\n"
 	       "  --uri NAME=URI   run link NAME over URI ({pid}, {port} are filled in), both\n"
 	       "                   sides in this network namespace: adds a link, or replaces\n"
 	       "                   one's URI\n"
@@ -558,18 +580,18 @@ static void usage(void)
 	       "10.77.0.1/24 (cloud side) and 10.77.0.2/24 (peer) inside those namespaces only.\n");
 }
 
-static size_t parse_size(const char *s)
+static size_t parse_size(const char *opt, const char *s)
 {
 	char *end;
 	unsigned long long v = strtoull(s, &end, 10);
-	if (end == s)
-		cli_die(2, "--sizes: \"%s\" is not a size (bytes, or with a K or M suffix)", s);
+	if (end == s || *s == '-')
+		cli_die(2, "%s: \"%s\" is not a size (bytes, or with a K or M suffix)", opt, s);
 	if (*end == 'K' || *end == 'k')
 		v <<= 10, end++;
 	else if (*end == 'M' || *end == 'm')
 		v <<= 20, end++;
-	if (*end || v > (64u << 20))
-		cli_die(2, "--sizes: \"%s\" is not a size up to 64M", s);
+	if (*end || v > (1024ull << 20))
+		cli_die(2, "%s: \"%s\" is not a size up to 1024M", opt, s);
 	return (size_t)v;
 }
 
@@ -593,7 +615,9 @@ int main(int argc, char **argv)
 			for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
 				if (n_sizes == MAX_SIZES)
 					cli_die(2, "--sizes: at most %d sizes", MAX_SIZES);
-				sizes[n_sizes++] = parse_size(t);
+				sizes[n_sizes++] = parse_size("--sizes", t);
+				if (sizes[n_sizes - 1] > (64u << 20))
+					cli_die(2, "--sizes: \"%s\" is over 64M", t);
 			}
 			if (!n_sizes)
 				cli_die(2, "--sizes: empty list");
@@ -602,6 +626,8 @@ int main(int argc, char **argv)
 			iters = (int)cli_int(a, cli_value(argc, argv, &i), 1, 10000000);
 		} else if (!strcmp(a, "--rounds")) {
 			rounds = (int)cli_int(a, cli_value(argc, argv, &i), 1, MAX_ROUNDS);
+		} else if (!strcmp(a, "--evict")) {
+			evict_bytes = parse_size("--evict", cli_value(argc, argv, &i));
 		} else if (!strcmp(a, "--warmup")) {
 			warm = (int)cli_int(a, cli_value(argc, argv, &i), 0, 10000000);
 		} else if (!strcmp(a, "--port")) {
@@ -656,7 +682,11 @@ int main(int argc, char **argv)
 	spa_pin_describe(where, sizeof where);
 	printf("machine: %s\n%s\ncloud side: %s; echo peer: cpu %d\n", machine, load, where, cpu1);
 	printf("%d round trips per link and size after %d warm-ups, %d round(s) of all links; "
-	       "times in us\n\n", iters, warm, rounds);
+	       "times in us\n", iters, warm, rounds);
+	if (evict_bytes)
+		printf("the cloud side reads %zu bytes of other memory before each round trip\n",
+		       evict_bytes);
+	printf("\n");
 
 	/* from here on, an exit or a fatal signal cleans up after itself */
 	vp.owner = getpid();
@@ -753,6 +783,7 @@ int main(int argc, char **argv)
 		bu_json_str(&j, "load", load);
 		bu_json_int(&j, "iters", iters);
 		bu_json_int(&j, "rounds", rounds);
+		bu_json_int(&j, "evict_bytes", (int64_t)evict_bytes);
 		bu_json_arr_begin(&j, "steal_pct");
 		for (int r = 0; r < rounds; r++)
 			bu_json_num(&j, NULL, steal[r]);

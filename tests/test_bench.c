@@ -131,9 +131,10 @@ Test(bench, xport_rtt_times_every_link_and_size_in_rounds)
 {
 	char *dir = tu_tmpdir(), cmd[1024];
 	snprintf(cmd, sizeof cmd, "%s --links shm,udp,tcp --sizes 64,2K --iters 40 --warmup 5 "
-		 "--rounds 2", bench_program("xport-rtt"));
+		 "--rounds 2 --evict 256K", bench_program("xport-rtt"));
 	char *js = run_bench(dir, "xport", cmd);
 	cr_assert_eq(jnum(js, "rounds", 0), 2);
+	cr_assert_eq(jnum(js, "evict_bytes", 0), 256 << 10);
 	cr_assert_eq(jcount(js, "link"), 6, "3 links x 2 sizes");
 	cr_assert_eq(jcount(js, "reason"), 0, "nothing skipped or failed");
 	const char *links[] = { "shm", "udp", "tcp" };

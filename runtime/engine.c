@@ -67,7 +67,7 @@ struct stream_unit {
  * the exchanges run. */
 struct engine_stream {
 	struct spa_uring_reader *rd;
-	uint32_t n_units;           /* pieces of the streamed blocks */
+	uint32_t n_units;           /* pieces of the streamed rows, a token's worth */
 	struct stream_unit *units;
 	uint8_t *slot[STREAM_RING_MAX];
 	unsigned n_slots;

@@ -90,15 +90,18 @@ size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
 /* ---- streaming under a memory budget ---- */
 
 /* Load a model for engines under a weight-memory budget of mem_budget bytes (0: no budget,
- * the same as spa_model_load). When the model does not fit, the norms, the LM head and the
- * first blocks that fit are read once; the other blocks' matrices stay on disk (their
- * spa_tensor.data is NULL) and every engine made from the model streams them per token with
- * io_uring, in pieces of about 1 MiB through a ring of about 8 MiB (8 to 64 piece buffers,
- * counted in the budget, small enough to stay in the last-level cache): the next pieces are
- * read while the current one computes. The token embedding is then read one row per token. Results are
- * bit-identical to a fully loaded model. Returns 0, or -SPA_EUSAGE when the budget cannot
- * hold the LM head, the norms and the ring (err says the least
- * budget that works), or the loader's errors. Free with spa_model_destroy. */
+ * the same as spa_model_load). When the model does not fit, the norms and the LM head are
+ * read once, and every block matrix keeps the same share of its rows resident (its first
+ * rows, in m->res_part; the matrix's spa_tensor.data is NULL); every engine made from the
+ * model streams the other rows per token with io_uring, in pieces of about 1 MiB through a
+ * ring of about 8 MiB (8 to 64 piece buffers, counted in the budget, small enough to stay in
+ * the last-level cache): a matrix's streamed pieces are read while its resident rows and the
+ * pieces before them compute. The token embedding is read one row per token. Results are
+ * bit-identical to a fully loaded model. $SPA_STREAM_PIECE_KIB sets the piece size (1-65536
+ * KiB); under a tight budget the pieces shrink otherwise. Returns 0, or -SPA_EUSAGE when the
+ * budget cannot hold the LM head, the norms and the ring (err says the least budget that
+ * works) or the piece size is not valid, or the loader's errors. Free with
+ * spa_model_destroy. */
 int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
 			  bool show_progress, struct spa_errbuf *err);
 
@@ -113,7 +116,7 @@ int spa_engine_default_threads(const struct spa_model *m);
 const char *spa_engine_error(const struct spa_engine *e);
 
 struct spa_engine_stream_stats {
-	uint32_t n_streamed_blocks;   /* blocks read per token (0: all resident) */
+	uint32_t n_streamed_blocks;   /* blocks with rows read per token (0: all resident) */
 	uint64_t resident_bytes;      /* weights held by the model */
 	uint64_t buffer_bytes;        /* this engine's stream buffers (the ring) */
 	uint64_t bytes_per_token;     /* streamed bytes per forward (embedding row included) */

@@ -166,8 +166,13 @@ static bool memif_usable(char *why, size_t size)
 	why[n > 0 ? n : 0] = 0;
 	close(fds[0]);
 	int st = 1;
-	if (pid > 0)
+	if (pid > 0) {
 		waitpid(pid, &st, 0);
+		/* the child _exit()ed: the socket file its memif server made is ours to remove */
+		char path[128];
+		snprintf(path, sizeof path, "/tmp/spa-lat-probe-%d.sock", (int)pid);
+		unlink(path);
+	}
 	if (pid > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
 		return true;
 	if (!why[0])

@@ -544,6 +544,12 @@ static int run_link(const struct link_def *d, int port, const size_t *sizes, int
 		res[s].link = d->name;
 	}
 	munmap(sh, sizeof *sh);
+	/* The sides _exit(): a memif server's socket file is left for us to remove. */
+	if (!strncmp(uri, "memif:", 6)) {
+		struct stat st;
+		if (!stat(uri + 6, &st) && S_ISSOCK(st.st_mode))
+			unlink(uri + 6);
+	}
 	if (d->veth && vp.up) /* af_xdp leaves no XDP program behind for the next link */
 		for (int i = 0; i < 2; i++)
 			ip_run(NULL, 0, "-n %s link set dev %s xdp off", vp.ns[i], vp.ifn[i]);

@@ -3,6 +3,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,27 @@ const char *tu_tiny_plugin(const char *kind)
 	return path[k];
 }
 
+/* The folders tu_tmpdir made in this process, removed when it exits (each test runs in its
+ * own process) unless SPA_KEEP_TMP is set (to look at a failed test's files). */
+static char *made[256];
+static int n_made;
+static pid_t made_by;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st, (void)flag, (void)ftw;
+	remove(path);
+	return 0;
+}
+
+static void rm_made(void)
+{
+	if (getpid() != made_by || getenv("SPA_KEEP_TMP"))
+		return;
+	for (int i = 0; i < n_made; i++)
+		nftw(made[i], rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 char *tu_tmpdir(void)
 {
 	static char buf[8][64];
@@ -84,6 +106,16 @@ char *tu_tmpdir(void)
 	snprintf(b, 64, "/tmp/spa-test-XXXXXX");
 	if (!mkdtemp(b))
 		cr_assert_fail("mkdtemp: %s", strerror(errno));
+	if (made_by != getpid()) { /* a new test process: its own list */
+		for (int k = 0; k < n_made; k++)
+			free(made[k]);
+		n_made = 0;
+		if (!made_by)
+			atexit(rm_made);
+		made_by = getpid();
+	}
+	if (n_made < (int)(sizeof made / sizeof made[0]))
+		made[n_made++] = strdup(b);
 	return b;
 }
 

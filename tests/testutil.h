@@ -15,7 +15,8 @@ const char *tu_tiny_model(void);
 /* A plugin of kind "side" | "lora" | "adapter" for tu_tiny_model() (seed 2, side fraction 0.5),
  * made once: BUILD/tests/models/tiny-KIND.gguf. */
 const char *tu_tiny_plugin(const char *kind);
-/* A new empty temporary folder (removed by nobody: under /tmp). Static buffer per call site ok. */
+/* A new empty temporary folder under /tmp, removed with its contents when the test's process
+ * exits (kept when SPA_KEEP_TMP is set). Static buffer per call site ok. */
 char *tu_tmpdir(void);
 /* Run a shell command, capture stdout (and stderr when want_stderr) into out[cap] (NUL-ended).
  * Returns the exit status (0..255), or -1 when it could not run or was killed. */

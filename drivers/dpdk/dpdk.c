@@ -137,6 +137,9 @@ struct dp_port {
 	struct spa_dpdk_stats drops; /* drop_* counters */
 	char key[700];        /* what identifies it for reuse */
 	char name[128];       /* ethdev name */
+	char sock[128];       /* memif server: the socket file the PMD made, removed at exit */
+	dev_t sock_dev;       /* ... if it is still that file (not a later server's) */
+	ino_t sock_ino;
 };
 
 struct dp_link {
@@ -364,6 +367,15 @@ static void eal_atexit(void)
 	const char *dir = rte_eal_get_runtime_dir();
 	if (dir && strstr(dir, "/spa-"))
 		rm_runtime_dir(dir);
+	/* The memif PMD leaves its server socket files behind: remove ours (the ports live
+	 * until exit), unless another process has made a new one at that path since. */
+	for (int i = 0; i < g.n_ports; i++) {
+		struct stat st;
+		const struct dp_port *p = g.ports[i];
+		if (p->sock[0] && !stat(p->sock, &st) && S_ISSOCK(st.st_mode) &&
+		    st.st_dev == p->sock_dev && st.st_ino == p->sock_ino)
+			unlink(p->sock);
+	}
 }
 
 /* EAL leaves /var/run/dpdk/PREFIX behind (3 MB with --no-huge); remove ours at exit, and
@@ -845,6 +857,20 @@ found:;
 	rte_eth_macaddr_get(p->port_id, &p->mac);
 	if (memif)
 		port_find_ring_lock(p, o, role);
+	if (memif && role == 1) {
+		const char *s = strstr(o->pmdargs, ",socket=");
+		struct stat st;
+		snprintf(p->sock, sizeof p->sock, "%s", s ? s + 8 : "");
+		char *c = strchr(p->sock, ',');
+		if (c)
+			*c = 0;
+		if (!p->sock[0] || stat(p->sock, &st) || !S_ISSOCK(st.st_mode)) {
+			p->sock[0] = 0;
+		} else {
+			p->sock_dev = st.st_dev;
+			p->sock_ino = st.st_ino;
+		}
+	}
 	g.ports[g.n_ports++] = p;
 	*out = p;
 	return 0;

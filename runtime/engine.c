@@ -475,7 +475,13 @@ int spa_engine_default_threads(const struct spa_model *m)
 		long c = sysconf(_SC_NPROCESSORS_ONLN);
 		n = c > 0 ? (int)c : 1;
 	}
-	if (m && (m->res_part || !m->tok_embd.data) && n > 1)
+	/* the block rows' reads have a kernel worker to give a core to (the embedding's one row
+	 * a token is read in the compute thread) */
+	bool streams = false;
+	for (uint32_t l = 0; m && m->res_part && l < m->hp.n_layers && !streams; l++)
+		for (int k = 0; k < BLK_MATS; k++)
+			streams |= !blk_mat(&m->layers[l], k)->data;
+	if (streams && n > 1)
 		n--;
 	return n;
 }

@@ -1179,6 +1179,37 @@ Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 	cr_assert_geq(cores, 1);
 	cr_assert_eq(spa_engine_default_threads(ms), cores > 1 ? cores - 1 : 1);
 	spa_model_destroy(ms);
+	/* a byte short of the whole model (small pieces: a small ring): only the embedding is
+	 * left on disk, a row a token read in the compute thread: every core computes */
+	setenv("SPA_STREAM_PIECE_KIB", "4", 1);
+	struct spa_gguf *g = NULL;
+	cr_assert_eq(spa_gguf_open(&g, path, NULL), 0);
+	uint64_t total = 0;
+	for (uint64_t i = 0; i < g->n_tensors; i++)
+		total += (g->tensors[i].size + 63) & ~63ull;
+	spa_gguf_close(g);
+	cr_assert_eq(spa_engine_model_load(&ms, path, total - 1, false, &err), 0, "%s", err.msg);
+	cr_assert_null(ms->tok_embd.data, "the embedding is streamed");
+	for (uint32_t l = 0; l < ms->hp.n_layers; l++)
+		cr_assert_not_null(ms->layers[l].w_down.data, "block %u is resident", l);
+	cr_assert_eq(spa_engine_default_threads(ms), cores);
+	/* and it decodes as the whole model does */
+	const uint32_t V = full->hp.n_vocab;
+	float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
+	struct spa_engine *ef = NULL, *es = NULL;
+	cr_assert_eq(spa_engine_create(&ef, full, 8, 1, NULL), 0);
+	cr_assert_eq(spa_engine_create(&es, ms, 8, 1, NULL), 0);
+	for (int32_t tok = 3; tok < 6; tok++) {
+		cr_assert_eq(spa_engine_forward(ef, &tok, 1, NULL), 0);
+		cr_assert_eq(spa_engine_forward(es, &tok, 1, NULL), 0);
+		spa_engine_logits(ef, spa_engine_final(ef), a);
+		spa_engine_logits(es, spa_engine_final(es), b);
+		cr_assert_eq(memcmp(a, b, sizeof(float) * V), 0, "token %d", tok);
+	}
+	spa_engine_destroy(ef);
+	spa_engine_destroy(es);
+	free(a), free(b);
+	spa_model_destroy(ms);
 	spa_model_destroy(full);
 }
 

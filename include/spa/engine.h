@@ -105,7 +105,7 @@ size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
 int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem_budget,
 			  bool show_progress, struct spa_errbuf *err);
 
-/* The compute threads to use by default for m: one per core, or, when m streams weights
+/* The compute threads to use by default for m: one per core, or, when m streams block rows
  * (loaded under a budget it does not fit), one per core but one, left to the reads' copies
  * (with every core computing, the reads and the products take turns: measured slower than
  * one thread fewer, docs/loading.md). At least 1. */

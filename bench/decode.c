@@ -640,24 +640,28 @@ int main(int argc, char **argv)
 		snprintf(cache, sizeof cache, "%s/.cache/spa/decode", home ? home : "/tmp");
 	struct opts o = { .n_tok = 32, .cache = cache, .bw_bytes = 1024ull << 20 };
 	char *list[MAX_LIST];
+	/* each list option's copy, which the parsed lists point into (a repeated option
+	 * replaces it) */
+	char *owned[4] = { NULL };
+#define LIST_OF(k, v) (free(owned[k]), owned[k] = strdup(v))
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--shape")) {
-			o.n_shapes = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			o.n_shapes = split_list(LIST_OF(0, cli_value(argc, argv, &i)), list, MAX_LIST);
 			for (int k = 0; k < o.n_shapes; k++)
 				o.shapes[k] = list[k];
 		} else if (!strcmp(a, "--type")) {
-			o.n_types = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			o.n_types = split_list(LIST_OF(1, cli_value(argc, argv, &i)), list, MAX_LIST);
 			for (int k = 0; k < o.n_types; k++)
 				o.types[k] = parse_type(list[k]);
 		} else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-			o.n_threads = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			o.n_threads = split_list(LIST_OF(2, cli_value(argc, argv, &i)), list, MAX_LIST);
 			for (int k = 0; k < o.n_threads; k++)
 				o.threads[k] = (int)cli_int(a, list[k], 1, 1024);
 		} else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) {
 			o.n_tok = (uint32_t)cli_int(a, cli_value(argc, argv, &i), 4, 4096);
 		} else if (!strcmp(a, "--prefill")) {
-			o.n_prefill = split_list(strdup(cli_value(argc, argv, &i)), list, MAX_LIST);
+			o.n_prefill = split_list(LIST_OF(3, cli_value(argc, argv, &i)), list, MAX_LIST);
 			for (int k = 0; k < o.n_prefill; k++)
 				o.prefill[k] = (uint32_t)cli_int(a, list[k], 1, 4096);
 		} else if (!strcmp(a, "--mem-budget")) {
@@ -840,5 +844,8 @@ int main(int argc, char **argv)
 	}
 	free(rows);
 	free(bwbuf);
+	for (int k = 0; k < 4; k++)
+		free(owned[k]);
 	return 0;
+#undef LIST_OF
 }

@@ -15,7 +15,7 @@
  *                   destination: the data is then in the page cache only)
  *   mmap-memcpy     mmap + memcpy into the destination + munmap
  *   gguf-load       spa_gguf_load_data_into, default mode (SPA_LOAD_AUTO: mincore picks
- *                   kernel workers warm, O_DIRECT cold), the data section only, into the
+ *                   the mapped copy warm, O_DIRECT cold), the data section only, into the
  *                   same destination: the loader the issue's targets are about
  *   gguf-load-buffered  the same forced to SPA_LOAD_BUFFERED (warm only): buffered io_uring,
  *                   copied by the kernel's workers (what the default did before the mapped
@@ -62,7 +62,7 @@ struct method {
 	unsigned depth;
 	unsigned flags;
 	bool cold_only;   /* O_DIRECT bypasses the cache: warm equals cold, measured cold only */
-	bool warm_only;   /* gguf-load-inline: cold, the loader goes O_DIRECT anyway */
+	bool warm_only;   /* gguf-load-buffered: cold, the loader goes O_DIRECT anyway */
 	double t[2][MAX_REPS];
 	double resident[2]; /* worst fraction of the file resident before a cold run */
 	bool skipped;

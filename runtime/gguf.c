@@ -1228,15 +1228,14 @@ int spa_uring_reader_spread_workers(struct spa_uring_reader *r, const int *busy,
 		return 0;
 	if (r->inflight || r->n_free != SPA_URING_MAX_REQS)
 		return -EBUSY; /* the worker must be made before any read */
-	cpu_set_t mine, all, free_cpus;
+	cpu_set_t mine, all;
 	CPU_ZERO(&all);
 	long n = sysconf(_SC_NPROCESSORS_CONF);
 	for (long i = 0; i < n && i < CPU_SETSIZE; i++)
 		CPU_SET((int)i, &all);
 	/* The CPUs no compute thread holds, when there are any: a worker woken on a compute
 	 * thread's CPU would copy in turn with its products. */
-	CPU_ZERO(&free_cpus);
-	CPU_OR(&free_cpus, &free_cpus, &all);
+	cpu_set_t free_cpus = all;
 	for (unsigned i = 0; busy && i < n_busy; i++)
 		if (busy[i] >= 0 && busy[i] < CPU_SETSIZE)
 			CPU_CLR(busy[i], &free_cpus);

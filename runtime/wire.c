@@ -264,34 +264,43 @@ static inline __m128i fold16(__m128i x, __m128i k)
 	return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
 }
 
+/* The 64 bytes at p into *y0, *y1; with *dst, copied there too (and *dst moved past them). */
+static inline __attribute__((always_inline, target("avx2")))
+void load64(const uint8_t *p, uint8_t **dst, __m256i *y0, __m256i *y1)
+{
+	*y0 = _mm256_loadu_si256((const void *)p);
+	*y1 = _mm256_loadu_si256((const void *)(p + 32));
+	if (*dst) {
+		_mm256_storeu_si256((void *)*dst, *y0);
+		_mm256_storeu_si256((void *)(*dst + 32), *y1);
+		*dst += 64;
+	}
+}
+
+/* x folded over 64 bytes (the constants k) into y: fold16 on each 128-bit lane. */
+static inline __attribute__((always_inline, target("vpclmulqdq,avx2,pclmul")))
+__m256i fold64(__m256i x, __m256i k, __m256i y)
+{
+	return _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x, k, 0x00),
+						 _mm256_clmulepi64_epi128(x, k, 0x11)), y);
+}
+
 /* n >= 64. With dst, the bytes are copied there as they are read. */
 static inline __attribute__((always_inline, target("vpclmulqdq,avx2,pclmul,sse4.2")))
 uint32_t crc32c_clmul_body(uint32_t c, const uint8_t *p, size_t n, uint8_t *dst)
 {
-	__m256i x0 = _mm256_loadu_si256((const void *)p);
-	__m256i x1 = _mm256_loadu_si256((const void *)(p + 32));
-	if (dst) {
-		_mm256_storeu_si256((void *)dst, x0);
-		_mm256_storeu_si256((void *)(dst + 32), x1);
-		dst += 64;
-	}
+	__m256i x0, x1;
+	load64(p, &dst, &x0, &x1);
 	x0 = _mm256_xor_si256(x0, _mm256_set_epi64x(0, 0, 0, (long long)c));
 	p += 64;
 	n -= 64;
 	const __m256i k = _mm256_set_epi64x((long long)k_fold64[1], (long long)k_fold64[0],
 					    (long long)k_fold64[1], (long long)k_fold64[0]);
 	while (n >= 64) {
-		__m256i y0 = _mm256_loadu_si256((const void *)p);
-		__m256i y1 = _mm256_loadu_si256((const void *)(p + 32));
-		if (dst) {
-			_mm256_storeu_si256((void *)dst, y0);
-			_mm256_storeu_si256((void *)(dst + 32), y1);
-			dst += 64;
-		}
-		x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x0, k, 0x00),
-						       _mm256_clmulepi64_epi128(x0, k, 0x11)), y0);
-		x1 = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x1, k, 0x00),
-						       _mm256_clmulepi64_epi128(x1, k, 0x11)), y1);
+		__m256i y0, y1;
+		load64(p, &dst, &y0, &y1);
+		x0 = fold64(x0, k, y0);
+		x1 = fold64(x1, k, y1);
 		p += 64;
 		n -= 64;
 	}

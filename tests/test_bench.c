@@ -10,9 +10,9 @@
 
 #include "testutil.h"
 
-/* The n-th (0-based) value of "key" in a JSON text: a number, NAN for null, or the test
- * fails. Both writers' styles ("key": v and "key":v). */
-static double jnum(const char *js, const char *key, int n)
+/* Just past the n-th (0-based) "key": of a JSON text (both writers' styles, "key": v and
+ * "key":v, spaces skipped); the test fails when there is none. */
+static const char *jfind(const char *js, const char *key, int n)
 {
 	char pat[96];
 	snprintf(pat, sizeof pat, "\"%s\":", key);
@@ -26,6 +26,13 @@ static double jnum(const char *js, const char *key, int n)
 	p += strlen(pat);
 	while (*p == ' ')
 		p++;
+	return p;
+}
+
+/* The n-th value of "key": a number, NAN for null, or the test fails. */
+static double jnum(const char *js, const char *key, int n)
+{
+	const char *p = jfind(js, key, n);
 	if (!strncmp(p, "null", 4))
 		return NAN;
 	char *end;
@@ -45,19 +52,10 @@ static int jcount(const char *js, const char *key)
 	return n;
 }
 
-/* The value of string "key" at its n-th occurrence, into out. */
+/* The n-th value of string "key", into out. */
 static void jstr(const char *js, const char *key, int n, char *out, size_t size)
 {
-	char pat[96];
-	snprintf(pat, sizeof pat, "\"%s\":", key);
-	const char *p = js;
-	for (int i = 0; p && i <= n; i++) {
-		p = strstr(p, pat);
-		if (p && i < n)
-			p += strlen(pat);
-	}
-	cr_assert_not_null(p, "no %d-th \"%s\"", n, key);
-	p = strchr(p + strlen(pat), '"');
+	const char *p = strchr(jfind(js, key, n), '"');
 	cr_assert_not_null(p);
 	const char *e = strchr(p + 1, '"');
 	cr_assert_not_null(e);

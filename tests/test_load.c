@@ -445,6 +445,16 @@ static void make_model(char *path, size_t cap, unsigned mb, uint64_t seed)
 	free(b);
 }
 
+/* make_model, then the file opened (the test fails when it cannot be). */
+static struct spa_gguf *open_model(char *path, size_t cap, unsigned mb, uint64_t seed)
+{
+	make_model(path, cap, mb, seed);
+	struct spa_errbuf err;
+	struct spa_gguf *g = NULL;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	return g;
+}
+
 static void drop_file(int fd)
 {
 	cr_assert_eq(fdatasync(fd), 0);
@@ -457,10 +467,8 @@ static void drop_file(int fd)
 Test(load, load_into_every_mode_and_place)
 {
 	char path[512];
-	make_model(path, sizeof path, 9, 11);
 	struct spa_errbuf err;
-	struct spa_gguf *g;
-	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	struct spa_gguf *g = open_model(path, sizeof path, 9, 11);
 	size_t n = g->data_size;
 	uint8_t *want = section_bytes(g);
 	uint8_t *buf = alloc_page(n + 3 * 4096);
@@ -521,10 +529,8 @@ Test(load, load_into_every_mode_and_place)
 Test(load, mapped_without_a_lease_reads_buffered)
 {
 	char path[512];
-	make_model(path, sizeof path, 3, 12);
 	struct spa_errbuf err;
-	struct spa_gguf *g;
-	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	struct spa_gguf *g = open_model(path, sizeof path, 3, 12);
 	uint8_t *want = section_bytes(g);
 	int wfd = open(path, O_RDWR | O_CLOEXEC);
 	cr_assert_geq(wfd, 0);
@@ -551,10 +557,8 @@ Test(load, mapped_without_a_lease_reads_buffered)
 Test(load, model_that_shrank_fails_clearly_in_every_mode)
 {
 	char path[512];
-	make_model(path, sizeof path, 2, 13);
 	struct spa_errbuf err;
-	struct spa_gguf *g;
-	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	struct spa_gguf *g = open_model(path, sizeof path, 2, 13);
 	cr_assert_eq(truncate(path, (off_t)(g->data_offset + g->data_size / 2 + 3)), 0);
 	static const enum spa_load_mode modes[] = {SPA_LOAD_AUTO, SPA_LOAD_MAPPED,
 		SPA_LOAD_BUFFERED, SPA_LOAD_DIRECT, SPA_LOAD_PREAD};
@@ -595,10 +599,8 @@ Test(load, truncate_during_a_mapped_copy_is_an_error_not_a_crash)
 	int outcomes[2] = {0, 0};
 	for (int round = 0; round < 6; round++) {
 		char path[512];
-		make_model(path, sizeof path, 24, 14);
 		struct spa_errbuf err;
-		struct spa_gguf *g;
-		cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+		struct spa_gguf *g = open_model(path, sizeof path, 24, 14);
 		uint8_t *want = section_bytes(g);
 		drop_file(g->fd);
 		struct shrinker s = {.path = path, .to = (off_t)(g->data_offset + 4096)};
@@ -631,10 +633,8 @@ Test(load, truncate_during_a_mapped_copy_is_an_error_not_a_crash)
 Test(load, auto_picks_by_residency)
 {
 	char path[512];
-	make_model(path, sizeof path, 40, 15);
 	struct spa_errbuf err;
-	struct spa_gguf *g;
-	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	struct spa_gguf *g = open_model(path, sizeof path, 40, 15);
 	size_t n = g->data_size;
 	uint8_t *want = malloc(n);
 	uint8_t *buf = alloc_page(n);
@@ -672,10 +672,8 @@ Test(load, auto_picks_by_residency)
 Test(load, load_data_with_and_without_prefault)
 {
 	char path[512];
-	make_model(path, sizeof path, 9, 16);
 	struct spa_errbuf err;
-	struct spa_gguf *g;
-	cr_assert_eq(spa_gguf_open(&g, path, &err), 0, "%s", err.msg);
+	struct spa_gguf *g = open_model(path, sizeof path, 9, 16);
 	uint8_t *want = section_bytes(g);
 	static const struct spa_load_opts opts[] = {
 		{.mode = SPA_LOAD_DIRECT}, {.mode = SPA_LOAD_PREAD},

@@ -534,16 +534,23 @@ static void unlink_stale_socket(const char *path)
 	close(fd);
 }
 
+/* The memif socket=PATH of o's device arguments into path[128] (empty when there is none);
+ * whether there is one. */
+static bool memif_socket(const struct dp_opts *o, char path[128])
+{
+	const char *s = strstr(o->pmdargs, ",socket=");
+	snprintf(path, 128, "%s", s ? s + 8 : "");
+	path[strcspn(path, ",")] = 0;
+	return s != NULL;
+}
+
 /* Is there a socket file for the memif client to connect to? (Starting a client port when
  * there is none makes the PMD log an error at each try.) */
 static int memif_server_there(const struct dp_opts *o)
 {
-	const char *s = strstr(o->pmdargs, ",socket=");
-	if (!s)
-		return 1;
 	char path[128];
-	snprintf(path, sizeof path, "%s", s + 8);
-	path[strcspn(path, ",")] = 0;
+	if (!memif_socket(o, path))
+		return 1;
 	struct stat st;
 	return !stat(path, &st) && S_ISSOCK(st.st_mode);
 }
@@ -669,10 +676,8 @@ static void port_find_ring_lock(struct dp_port *p, const struct dp_opts *o, int 
 		snprintf(p->no_lock, sizeof p->no_lock, "port not started");
 		return;
 	}
-	const char *s = strstr(o->pmdargs, ",socket=");
 	char path[128];
-	snprintf(path, sizeof path, "%s", s ? s + 8 : "");
-	path[strcspn(path, ",")] = 0;
+	memif_socket(o, path);
 	p->ring_lock = memif_ring_lock(p->port_id, role == 1 ? 0 : 1, path, p->no_lock,
 				       sizeof p->no_lock);
 }
@@ -713,15 +718,10 @@ static int port_get(struct dp_port **out, const struct dp_opts *o, int listener,
 		snprintf(p->name, sizeof p->name, "%s_spa%d_%d", vdrv, (int)getpid() % 100000,
 			 g.n_made++);
 		if (memif) {
-			const char *s = strstr(o->pmdargs, ",socket=");
-			if (!s)
+			char path[128];
+			if (!memif_socket(o, path))
 				return port_free(p), spa_err(err, -SPA_EUSAGE,
 							  "%s: memif needs socket=PATH", uri);
-			char path[128];
-			snprintf(path, sizeof path, "%s", s + 8);
-			char *c = strchr(path, ',');
-			if (c)
-				*c = 0;
 			if (role == 1)
 				unlink_stale_socket(path);
 			snprintf(devargs, sizeof devargs, "%s,role=%s,socket-abstract=no,bsize=%u%s",
@@ -858,12 +858,8 @@ found:;
 	if (memif)
 		port_find_ring_lock(p, o, role);
 	if (memif && role == 1) {
-		const char *s = strstr(o->pmdargs, ",socket=");
 		struct stat st;
-		snprintf(p->sock, sizeof p->sock, "%s", s ? s + 8 : "");
-		char *c = strchr(p->sock, ',');
-		if (c)
-			*c = 0;
+		memif_socket(o, p->sock);
 		if (!p->sock[0] || stat(p->sock, &st) || !S_ISSOCK(st.st_mode)) {
 			p->sock[0] = 0;
 		} else {

@@ -424,8 +424,7 @@ static void multi_worker(void *ctx, int ith, int nth)
 		while (next_rows(&g->next, g->rows, nth, &r0, &r1)) {
 			rows_dot(g, 0, r0, r1, g->y);
 			rows_dot(u, 0, r0, r1, u->y);
-			for (uint64_t r = r0; r < r1; r++) /* spa_swiglu's expression: its bits */
-				m->swiglu_out[r] = g->y[r] / (1.0f + expf(-g->y[r])) * u->y[r];
+			spa_swiglu(m->swiglu_out + r0, g->y + r0, u->y + r0, (uint32_t)(r1 - r0));
 		}
 		return;
 	}
@@ -555,18 +554,19 @@ static void f32_rows(const struct spa_kernels_ops *ops, const float *w, size_t s
 		y[r] = ops->dot[SPA_TYPE_F32](w + r * stride, x, n);
 }
 
-/* y = W x (+ b), then relu when asked: the relu of each group of rows as it is produced. */
+/* y = W x (+ b), then relu when asked: the bias and the relu of each group of rows as it is
+ * produced (still in registers' reach), not in passes over y afterwards. */
 static void matvec_f32_run(const struct spa_kernels_ops *ops, const float *w, const float *b,
 			   const float *x, float *y, uint32_t rows, uint32_t cols, bool relu)
 {
-	f32_rows(ops, w, cols, x, cols, y, rows);
-	uint32_t r;
-	if (b)
-		for (r = 0; r < rows; r++)
-			y[r] = y[r] + b[r];
-	if (relu)
-		for (r = 0; r < rows; r++)
-			y[r] = y[r] > 0.0f ? y[r] : 0.0f;
+	for (uint32_t r0 = 0; r0 < rows; r0 += SPA_DOT_ROWS) {
+		const uint32_t n = rows - r0 < SPA_DOT_ROWS ? rows - r0 : SPA_DOT_ROWS;
+		f32_rows(ops, w + (size_t)r0 * cols, cols, x, cols, y + r0, n);
+		for (uint32_t r = r0; r < r0 + n; r++) {
+			const float v = b ? y[r] + b[r] : y[r];
+			y[r] = relu && !(v > 0.0f) ? 0.0f : v;
+		}
+	}
 }
 
 void spa_matvec_f32_ops(const struct spa_kernels_ops *ops, const float *w, const float *b,
@@ -616,14 +616,23 @@ void spa_rmsnorm(float *out, const float *x, const float *weight, uint32_t n, fl
 	spa_rmsnorm_ops(spa_kernels_ops(), out, x, weight, n, eps);
 }
 
+/* The rotary angle of pair i / 2 at pos, as cos and sin: in double from libm so that every
+ * backend can reproduce them closely. spa_rope and spa_rope_table both use it (their bits). */
+static inline void rope_angle(uint32_t i, uint32_t head_dim, uint32_t pos, float base, float *c,
+			      float *s)
+{
+	double freq = pow((double)base, -(double)i / (double)head_dim);
+	double ang = (double)pos * freq;
+	*c = (float)cos(ang);
+	*s = (float)sin(ang);
+}
+
 void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float base)
 {
-	/* Angles in double from libm so that every backend can reproduce them closely; the
-	 * per-pair loop is outside so that each cos/sin is computed once for all heads. */
+	/* the per-pair loop outside, so that each cos/sin is computed once for all heads */
 	for (uint32_t i = 0; i + 1 < head_dim; i += 2) {
-		double freq = pow((double)base, -(double)i / (double)head_dim);
-		double ang = (double)pos * freq;
-		float c = (float)cos(ang), s = (float)sin(ang);
+		float c, s;
+		rope_angle(i, head_dim, pos, base, &c, &s);
 		for (uint32_t h = 0; h < n_heads; h++) {
 			float *p = x + (uint64_t)h * head_dim + i;
 			float a = p[0], b = p[1];
@@ -635,13 +644,8 @@ void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float
 
 void spa_rope_table(float *cs, uint32_t head_dim, uint32_t pos, float base)
 {
-	/* spa_rope's angles, computed the same way */
-	for (uint32_t i = 0; i + 1 < head_dim; i += 2) {
-		double freq = pow((double)base, -(double)i / (double)head_dim);
-		double ang = (double)pos * freq;
-		cs[i] = (float)cos(ang);
-		cs[i + 1] = (float)sin(ang);
-	}
+	for (uint32_t i = 0; i + 1 < head_dim; i += 2)
+		rope_angle(i, head_dim, pos, base, &cs[i], &cs[i + 1]);
 }
 
 void spa_rope_apply(float *x, uint32_t n_heads, uint32_t head_dim, const float *cs)

@@ -85,36 +85,49 @@ static inline __m256 lane_sums(__m256i w, __m256i q)
 	return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
+/* One row's block term of Q8_0 against x block (q its levels, xd its scale). */
+static inline __m256 q8_0_term(const struct spa_block_q8_0 *b, __m256i q, float xd)
+{
+	return _mm256_mul_ps(_mm256_set1_ps(half(b->d) * xd),
+			     lane_sums(_mm256_loadu_si256((const __m256i *)b->qs), q));
+}
+
 static inline __m256 dot_q8_0_q8x_acc(const struct spa_block_q8_0 *b,
 				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
 {
-	for (size_t i = 0; i < nb; i++) {
-		__m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
-		__m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		__m256 d = _mm256_set1_ps(half(b[i].d) * x[i].d);
-		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, lane_sums(w, q)));
-	}
+	for (size_t i = 0; i < nb; i++)
+		acc = _mm256_add_ps(acc, q8_0_term(&b[i],
+						   _mm256_loadu_si256((const __m256i *)x[i].qs),
+						   x[i].d));
 	return acc;
+}
+
+/* Q4_0's levels of one block: the 16 bytes in both halves, the upper shifted by 4: low
+ * nibbles (elements 0..15) in bytes 0..15, high nibbles (16..31) in bytes 16..31. */
+static inline __m256i q4_0_levels(const struct spa_block_q4_0 *b)
+{
+	const __m256i sh = _mm256_setr_epi64x(0, 0, 4, 4);
+	__m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+	return _mm256_and_si256(_mm256_srlv_epi64(raw, sh), _mm256_set1_epi8(0x0F));
+}
+
+/* One row's block term of Q4_0 against x block (q its levels, q8 = maddubs(8, q), xd its
+ * scale): (u - 8) q = u q - 8 q, the levels unsigned for maddubs, no sign trick; pair sums
+ * within +-2 * 15 * 127 and 2 * 8 * 127, their difference too. */
+static inline __m256 q4_0_term(const struct spa_block_q4_0 *b, __m256i q, __m256i q8, float xd)
+{
+	__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0_levels(b), q), q8);
+	__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+	return _mm256_mul_ps(_mm256_set1_ps(half(b->d) * xd), s);
 }
 
 static inline __m256 dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b,
 				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
 {
-	const __m256i m4 = _mm256_set1_epi8(0x0F), c8 = _mm256_set1_epi8(8);
-	const __m256i sh = _mm256_setr_epi64x(0, 0, 4, 4);
+	const __m256i c8 = _mm256_set1_epi8(8);
 	for (size_t i = 0; i < nb; i++) {
-		/* the 16 bytes in both halves, the upper shifted by 4: low nibbles (elements
-		 * 0..15) in bytes 0..15, high nibbles (16..31) in bytes 16..31 */
-		__m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[i].qs));
-		__m256i u = _mm256_and_si256(_mm256_srlv_epi64(raw, sh), m4);
 		__m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		/* (u - 8) q = u q - 8 q: the levels stay unsigned for maddubs, no sign trick;
-		 * pair sums within +-2 * 15 * 127 and 2 * 8 * 127, their difference too */
-		__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u, q),
-					       _mm256_maddubs_epi16(c8, q));
-		__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-		__m256 d = _mm256_set1_ps(half(b[i].d) * x[i].d);
-		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, s));
+		acc = _mm256_add_ps(acc, q4_0_term(&b[i], q, _mm256_maddubs_epi16(c8, q), x[i].d));
 	}
 	return acc;
 }
@@ -173,33 +186,12 @@ void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
 		const __m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
 		const float xd = x[i].d;
-		a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_set1_ps(half(b0[i].d) * xd),
-						     lane_sums(_mm256_loadu_si256((const __m256i *)b0[i].qs), q)));
-		a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_set1_ps(half(b1[i].d) * xd),
-						     lane_sums(_mm256_loadu_si256((const __m256i *)b1[i].qs), q)));
-		a2 = _mm256_add_ps(a2, _mm256_mul_ps(_mm256_set1_ps(half(b2[i].d) * xd),
-						     lane_sums(_mm256_loadu_si256((const __m256i *)b2[i].qs), q)));
-		a3 = _mm256_add_ps(a3, _mm256_mul_ps(_mm256_set1_ps(half(b3[i].d) * xd),
-						     lane_sums(_mm256_loadu_si256((const __m256i *)b3[i].qs), q)));
+		a0 = _mm256_add_ps(a0, q8_0_term(&b0[i], q, xd));
+		a1 = _mm256_add_ps(a1, q8_0_term(&b1[i], q, xd));
+		a2 = _mm256_add_ps(a2, q8_0_term(&b2[i], q, xd));
+		a3 = _mm256_add_ps(a3, q8_0_term(&b3[i], q, xd));
 	}
 	hsum8x4(a0, a1, a2, a3, y);
-}
-
-/* Q4_0's levels of one block: low nibbles (elements 0..15) in bytes 0..15, high ones in
- * 16..31 (as dot_q4_0_q8x_acc). */
-static inline __m256i q4_0_levels(const struct spa_block_q4_0 *b)
-{
-	const __m256i sh = _mm256_setr_epi64x(0, 0, 4, 4);
-	__m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
-	return _mm256_and_si256(_mm256_srlv_epi64(raw, sh), _mm256_set1_epi8(0x0F));
-}
-
-/* One row's block term of dot_q4_0_q8x_acc, with 8 q (maddubs(8, q)) shared by the rows. */
-static inline __m256 q4_0_term(const struct spa_block_q4_0 *b, __m256i q, __m256i q8, float xd)
-{
-	__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0_levels(b), q), q8);
-	__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-	return _mm256_mul_ps(_mm256_set1_ps(half(b->d) * xd), s);
 }
 
 void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
@@ -294,9 +286,6 @@ float spa_dot_q4_K_avx2(const void *w, const float *x, size_t n)
 	return hsum8(acc);
 }
 
-/* As quant.c's dot_q6_K_q8x_acc: the levels minus 32 of group g of a half against x block
- * 4h + g (the same integers, computed as g q - 32 q); madd by the sub-block scales instead of ones multiplies each lane's exact sum by
- * its scale (|pair sum| <= 2 * 32 * 127, times |sc| <= 128, two per lane: within int32). */
 /* Block b (256 weights) against its 8 activation blocks x, added to acc. */
 static inline __m256 q6_K_block(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
 				__m256 acc)

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -644,6 +645,9 @@ static void check_split(const char *method)
 	char uri[256], *dir = tu_tmpdir();
 	snprintf(uri, sizeof uri, "memif:%s/split.sock", dir);
 	check_split_over(method, uri, uri, "", "", dir);
+	/* the cloud, the memif server, ended cleanly: its socket file went with it */
+	struct stat st;
+	cr_assert_neq(stat(uri + 6, &st), 0, "spa-cloud left its memif socket %s behind", uri + 6);
 }
 
 /* The same over af_packet: the cloud in one namespace, the edge in the other, joined by a

@@ -4,9 +4,11 @@
  * engine except reading the weights. */
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1211,6 +1213,53 @@ Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 	free(a), free(b);
 	spa_model_destroy(ms);
 	spa_model_destroy(full);
+}
+
+/* The streaming reads' kernel worker runs off the pool's CPUs: with the one compute thread
+ * pinned to CPU 0, the process's io_uring worker may not run there. */
+Test(engine, the_streaming_worker_keeps_off_the_compute_cores)
+{
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("one CPU: the worker has nowhere else to go");
+	const int cpu0 = 0;
+	struct spa_pool *pool = NULL;
+	if (spa_pool_create(&pool, 1, &cpu0) < 0)
+		cr_skip_test("cannot pin a thread to CPU 0 here");
+	const char *path = tu_tiny_model();
+	struct spa_model *ms = NULL;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_engine_model_load(&ms, path, file_data_size(path) / 2, false, &err), 0,
+		     "%s", err.msg);
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, ms, 8, 1, pool), 0);
+	int32_t tok = 1;
+	cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), 0);
+	int workers = 0;
+	DIR *d = opendir("/proc/self/task");
+	cr_assert_not_null(d);
+	for (struct dirent *t; (t = readdir(d));) {
+		char p[300], comm[64] = "";
+		snprintf(p, sizeof p, "/proc/self/task/%s/comm", t->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		if (!fgets(comm, sizeof comm, f))
+			comm[0] = 0;
+		fclose(f);
+		if (strncmp(comm, "iou-wrk", 7))
+			continue;
+		cpu_set_t set;
+		cr_assert_eq(sched_getaffinity(atoi(t->d_name), sizeof set, &set), 0);
+		cr_assert(!CPU_ISSET(0, &set), "io_uring worker %s may run on the compute CPU 0",
+			  t->d_name);
+		workers++;
+	}
+	closedir(d);
+	if (!workers)
+		cr_skip_test("no io_uring worker thread seen (an older kernel names them otherwise)");
+	spa_engine_destroy(e);
+	spa_model_destroy(ms);
+	spa_pool_destroy(pool);
 }
 
 Test(engine, a_bad_stream_piece_size_is_refused_with_what_to_give)

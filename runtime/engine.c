@@ -126,6 +126,9 @@ struct spa_engine {
 	/* greedy head: per-thread best and tile, one cache line apart */
 	struct head_best { float v; uint32_t i; bool any; char pad[52]; } *hbest;
 	float *htile;   /* (n_threads, HEAD_TILE) */
+	/* an input made ready once for several products (the head's tiles, a streamed
+	 * matrix's parts) */
+	struct spa_matvec_x *px;
 	float *rope_cs; /* (max_batch, head_dim): cos, sin of each position in the batch */
 
 	struct engine_stream st;
@@ -161,6 +164,7 @@ void spa_engine_destroy(struct spa_engine *e)
 	free(e->st.streamed);
 	free(e->st.embd_row);
 	free(e->hbest);
+	free(e->px);
 	free(e);
 }
 
@@ -200,6 +204,7 @@ int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32
 	    !(e->k_cache = alloc_f32(cache)) || !(e->v_cache = alloc_f32(cache)) ||
 	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H)) ||
 	    !(e->htile = alloc_f32((uint64_t)e->n_threads * HEAD_TILE)) ||
+	    !(e->px = aligned_alloc(64, sizeof *e->px)) ||
 	    !(e->rope_cs = alloc_f32(B * hp->head_dim)) ||
 	    posix_memalign((void **)&e->hbest, 64, sizeof *e->hbest * (size_t)e->n_threads)) {
 		e->hbest = NULL;
@@ -528,12 +533,13 @@ static bool blk_streamed(const struct spa_engine *e, uint32_t l)
 	return e->st.streamed && e->st.streamed[l];
 }
 
-/* Rows r0.. of Y[n][rows] = W X[n], from w (those rows of the matrix). */
+/* Rows r0.. of Y[n][rows] = W X[n], from w (those rows of the matrix); for one vector, x
+ * made ready in e->px (mmw). */
 static void part_mm(struct spa_engine *e, const struct spa_tensor *w, uint64_t r0,
 		    const float *x, float *y, uint64_t rows, uint32_t n)
 {
 	if (n == 1) {
-		spa_matvec(e->pool, w, x, y + r0);
+		spa_matvec_x(e->pool, w, e->px, y + r0);
 		return;
 	}
 	spa_matmul(e->pool, w, x, e->st.part_y, n);
@@ -553,6 +559,8 @@ static int mmw(struct spa_engine *e, uint32_t l, int k, const float *x, float *y
 		return 0;
 	}
 	const struct spa_tensor *res = &e->m->res_part[(size_t)l * BLK_MATS + k];
+	if (n == 1) /* x quantized once for the resident part and every piece */
+		spa_matvec_x_prepare(e->px, x, t->cols);
 	if (res->rows)
 		part_mm(e, res, 0, x, y, t->rows, n);
 	for (uint64_t r = res->rows; r < t->rows;) {
@@ -1049,7 +1057,7 @@ int spa_engine_gate(const struct spa_engine *e, float *margin)
 
 struct head_job {
 	struct spa_engine *e;
-	const float *z;
+	const struct spa_matvec_x *z; /* the input, made ready once for every tile */
 	uint64_t row_size;
 	atomic_uint next_tile; /* the first tile no thread has taken */
 };
@@ -1075,7 +1083,7 @@ static void head_worker(void *ctx, int ith, int nth)
 		uint64_t n = w->rows - t0 < HEAD_TILE ? w->rows - t0 : HEAD_TILE;
 		struct spa_tensor sub = { w->type, w->cols, n,
 					  (const uint8_t *)w->data + t0 * j->row_size };
-		spa_matvec(NULL, &sub, j->z, tile);
+		spa_matvec_x(NULL, &sub, j->z, tile);
 		for (uint64_t k = 0; k < n; k++) {
 			float v = tile[k];
 			if (isnan(v))
@@ -1093,7 +1101,8 @@ static void head_worker(void *ctx, int ith, int nth)
 void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok)
 {
 	const struct spa_tensor *w = &e->m->output;
-	struct head_job j = { .e = e, .z = z ? z : e->f };
+	spa_matvec_x_prepare(e->px, z ? z : e->f, w->cols);
+	struct head_job j = { .e = e, .z = e->px };
 	spa_dtype_row_size(w->type, w->cols, &j.row_size);
 	int nth = e->pool ? spa_pool_n_threads(e->pool) : 1;
 	spa_pool_run(e->pool, head_worker, &j);

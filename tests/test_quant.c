@@ -1101,3 +1101,53 @@ Test(quant, spa_quantize_usage_errors)
 	snprintf(p, sizeof p, "%s/o.gguf", dir);
 	cr_assert_eq(access(p, F_OK), -1, "a refused command wrote %s", p);
 }
+
+/* spa_matvec_x: x made ready once gives spa_matvec's bits for every type, on the whole matrix
+ * and on row ranges of it (the greedy head's tiles, a streamed matrix's parts), with and
+ * without a pool; a column count past SPA_MATVEC_X_MAX_COLS keeps x in f32 as spa_matvec
+ * does. */
+Test(quant, a_prepared_input_gives_matvec_bits_on_every_type_and_row_range)
+{
+	struct spa_pool *pool = NULL;
+	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
+	struct spa_matvec_x *px = aligned_alloc(64, sizeof *px);
+	cr_assert_not_null(px);
+	static const uint64_t shapes[][2] = { { 37, 256 }, { 130, 1024 },
+					      { 5, SPA_MATVEC_X_MAX_COLS + 256 } };
+	for (size_t s = 0; s < 3; s++) {
+		const uint64_t rows = shapes[s][0], cols = shapes[s][1];
+		float *wf = malloc(rows * cols * 4), *x = malloc(cols * 4);
+		float *want = malloc(rows * 4), *got = malloc(rows * 4);
+		tu_rand(wf, rows * cols, 11 + s, 1.0f);
+		tu_rand(x, cols, 21 + s, 2.0f);
+		spa_matvec_x_prepare(px, x, cols);
+		cr_assert_eq(px->quantized, cols <= SPA_MATVEC_X_MAX_COLS);
+		for (size_t t = 0; t < N_TYPES; t++) {
+			void *w = quantize(all_types[t], wf, rows * cols);
+			uint64_t row_size;
+			cr_assert_eq(spa_dtype_row_size(all_types[t], cols, &row_size), 0);
+			struct spa_tensor ten = { all_types[t], cols, rows, w };
+			spa_matvec(NULL, &ten, x, want);
+			for (int p = 0; p < 2; p++) {
+				memset(got, 0xff, rows * 4);
+				spa_matvec_x(p ? pool : NULL, &ten, px, got);
+				cr_assert_eq(memcmp(got, want, rows * 4), 0, "%s %llux%llu",
+					     spa_dtype_name(all_types[t]), (unsigned long long)rows,
+					     (unsigned long long)cols);
+			}
+			for (uint64_t r0 = 0; r0 < rows; r0 += 3) { /* parts of 1 to 7 rows */
+				const uint64_t n = rows - r0 < 1 + r0 % 7 ? rows - r0 : 1 + r0 % 7;
+				struct spa_tensor sub = { all_types[t], cols, n,
+							  (const uint8_t *)w + r0 * row_size };
+				spa_matvec_x(NULL, &sub, px, got + r0);
+				cr_assert_eq(memcmp(got + r0, want + r0, n * 4), 0, "%s rows %llu+%llu",
+					     spa_dtype_name(all_types[t]), (unsigned long long)r0,
+					     (unsigned long long)n);
+			}
+			free(w);
+		}
+		free(wf), free(x), free(want), free(got);
+	}
+	free(px);
+	spa_pool_destroy(pool);
+}

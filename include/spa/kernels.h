@@ -67,6 +67,21 @@ int spa_quantize_ftype(enum spa_dtype ftype);
  * at most half a step (amax / 254 per block) that F32/F16/BF16/Q4_K rows do not; x is
  * quantized once per call, so the bits still do not depend on the thread count. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
+/* x made ready once for several products with it (the greedy head's tiles, a streamed
+ * matrix's resident part and pieces): spa_matvec_x_prepare quantizes x as spa_matvec would
+ * (up to SPA_MATVEC_X_MAX_COLS columns; a longer x stays f32 only, as spa_matvec then does),
+ * and spa_matvec_x(w, px) gives spa_matvec(w, x)'s bits for any w of x's column count. x must
+ * not change in between. Hot path, no allocation. */
+#define SPA_MATVEC_X_MAX_COLS (2048u * 32u)
+struct spa_matvec_x {
+	const float *x;
+	uint64_t cols;
+	int quantized;
+	unsigned char xq[SPA_MATVEC_X_MAX_COLS / 32u * 36u] __attribute__((aligned(64)));
+};
+void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols);
+void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struct spa_matvec_x *px,
+		  float *y);
 /* One matrix-vector product of a spa_matvec_items job: y = W x (+ b, added after the product
  * as spa_matvec_f32 does; b may be NULL). */
 struct spa_matvec_item {

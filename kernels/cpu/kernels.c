@@ -369,8 +369,10 @@ static struct mm_job mm_job_of(const struct spa_kernels_ops *ops, const struct s
 	};
 }
 
+/* W times x (n vectors). xq_given: x already quantized (n == 1, spa_matvec_x), else NULL. */
 static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
-		   const struct spa_tensor *w, const float *x, float *y, uint32_t n)
+		   const struct spa_tensor *w, const float *x, const struct spa_block_q8x *xq_given,
+		   float *y, uint32_t n)
 {
 	uint64_t row_size = 0;
 	if (check_type(w->type, w->cols, y, w->rows * (uint64_t)n) < 0 ||
@@ -382,13 +384,18 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		mm_dispatch(pool, &j);
 		return;
 	}
+	j.dot_q8x = ops->dot_q8x[w->type];
+	j.dot_q8x_rows = ops->dot_q8x_rows[w->type];
+	if (xq_given) {
+		j.xq = xq_given;
+		mm_dispatch(pool, &j);
+		return;
+	}
 	/* Quantize x once per call, before the rows are split across the pool: every thread
 	 * reads the same blocks, so the bits do not depend on the thread count, and each
 	 * element is dot_q8x(row, quantize_x(x)), the bits of dot(row, x). */
 	struct spa_block_q8x xq[XQ_MAX_BLOCKS];
 	const uint32_t per = (uint32_t)(XQ_MAX_BLOCKS / nbx);
-	j.dot_q8x = ops->dot_q8x[w->type];
-	j.dot_q8x_rows = ops->dot_q8x_rows[w->type];
 	j.xq = xq;
 	for (uint32_t b0 = 0; b0 < n; b0 += per) {
 		const uint32_t nv = n - b0 < per ? n - b0 : per;
@@ -443,7 +450,7 @@ static void multi_one_by_one(const struct spa_kernels_ops *ops, struct spa_pool 
 			     unsigned n, const struct spa_matvec_item *it)
 {
 	for (unsigned k = 0; k < n; k++) {
-		mm_run(ops, pool, it[k].w, it[k].x, it[k].y, 1);
+		mm_run(ops, pool, it[k].w, it[k].x, NULL, it[k].y, 1);
 		if (it[k].b)
 			for (uint64_t r = 0; r < it[k].w->rows; r++)
 				it[k].y[r] = it[k].y[r] + it[k].b[r];
@@ -518,7 +525,7 @@ void spa_matvec_swiglu(struct spa_pool *pool, const struct spa_tensor *w_gate,
 void spa_matvec_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 		    const struct spa_tensor *w, const float *x, float *y)
 {
-	mm_run(ops, pool, w, x, y, 1);
+	mm_run(ops, pool, w, x, NULL, y, 1);
 }
 
 void spa_matmul_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
@@ -526,12 +533,40 @@ void spa_matmul_ops(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 {
 	if (n == 0)
 		return;
-	mm_run(ops, pool, w, x, y, n);
+	mm_run(ops, pool, w, x, NULL, y, n);
 }
 
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y)
 {
-	mm_run(spa_kernels_ops(), pool, w, x, y, 1);
+	mm_run(spa_kernels_ops(), pool, w, x, NULL, y, 1);
+}
+
+_Static_assert(SPA_MATVEC_X_MAX_COLS / SPA_QK8X == XQ_MAX_BLOCKS &&
+		       sizeof(struct spa_block_q8x) == 36,
+	       "spa_matvec_x holds XQ_MAX_BLOCKS activation blocks");
+
+void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols)
+{
+	px->x = x;
+	px->cols = cols;
+	/* mm_run's condition for quantizing, less the weight type's */
+	px->quantized = cols % SPA_QK8X == 0 && cols / SPA_QK8X > 0 &&
+			cols / SPA_QK8X <= XQ_MAX_BLOCKS;
+	if (px->quantized)
+		spa_kernels_ops()->quantize_x(x, (struct spa_block_q8x *)(void *)px->xq, cols);
+}
+
+void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struct spa_matvec_x *px,
+		  float *y)
+{
+	if (w->cols != px->cols) {
+		assert(!"spa_matvec_x: the matrix's column count is not the prepared x's");
+		for (uint64_t i = 0; i < w->rows; i++)
+			y[i] = NAN;
+		return;
+	}
+	mm_run(spa_kernels_ops(), pool, w, px->x,
+	       px->quantized ? (const struct spa_block_q8x *)(const void *)px->xq : NULL, y, 1);
 }
 
 void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y,

@@ -213,7 +213,9 @@ static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m,
 	if (!g->data || spa_dtype_row_size(g->type, g->cols, &rs) < 0 || rs == 0)
 		return NAN;
 	uint64_t rows = ((256u << 10) * (uint64_t)nth) / rs;
-	rows = rows < 4 ? 4 : rows > g->rows ? g->rows : rows;
+	rows = rows < 8 ? 8 : rows > g->rows ? g->rows : rows;
+	if (g->packed) /* whole groups */
+		rows -= rows % SPA_PACK_ROWS;
 	struct spa_tensor t = *g;
 	t.rows = rows;
 	float *x = calloc(g->cols, sizeof(float)), *y = calloc(rows, sizeof(float));

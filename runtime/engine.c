@@ -460,6 +460,7 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 	*w = *blk_mat(&e->m->layers[l], k);
 	w->rows = u->r1 - u->r0;
 	w->data = st->slot[st->seq % st->n_slots];
+	w->packed = 0; /* as the file holds them */
 	return u;
 }
 
@@ -703,8 +704,11 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 			const uint64_t rows = t->ne[1];
 			uint64_t r = (uint64_t)((unsigned __int128)rows * avail / blocks);
 			r = r < rows ? r : rows;
+			const struct spa_tensor whole = { t->type, t->ne[0], rows, NULL, 0 };
+			if (r < rows && spa_tensor_packable(&whole)) /* whole groups: packed */
+				r -= r % SPA_PACK_ROWS;
 			m->res_part[(size_t)l * BLK_MATS + k] =
-				(struct spa_tensor){ t->type, t->ne[0], r, NULL };
+				(struct spa_tensor){ t->type, t->ne[0], r, NULL, 0 };
 			res_size += align64(r * (t->size / rows));
 		}
 	if (posix_memalign(&m->data, 4096, res_size)) {
@@ -731,7 +735,7 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 		dst = (void *)p; \
 		p += align64(len); \
 	} while (0)
-#define MATRIX(t) ((struct spa_tensor){ (t)->type, (t)->ne[0], (t)->ne[1], NULL })
+#define MATRIX(t) ((struct spa_tensor){ (t)->type, (t)->ne[0], (t)->ne[1], NULL, 0 })
 	void *vp;
 	PLACE(t_onorm, t_onorm->size, vp);
 	m->output_norm = vp;
@@ -772,6 +776,8 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 #undef MATRIX
 #undef FIND
 	spa_uring_reader_destroy(rd);
+	if ((rc = spa_model_pack(m, err)) < 0)
+		goto fail_m;
 	enum spa_dtype best = SPA_TYPE_F32;
 	for (int i = 0; i < SPA_TYPE_COUNT; i++)
 		if (type_elems[i] > type_elems[best])
@@ -863,7 +869,7 @@ static void tap_item(const struct spa_engine *e, uint32_t i, const float *x, str
 	const struct spa_plugin *sp = e->side;
 	const uint32_t r = sp->rank, H = e->m->hp.n_embd;
 	*t = (struct spa_tensor){ SPA_TYPE_F32, H, r,
-				  i ? sp->tap_w + (size_t)(i - 1) * r * H : sp->in_w };
+				  i ? sp->tap_w + (size_t)(i - 1) * r * H : sp->in_w, 0 };
 	*it = (struct spa_matvec_item){ t, x, i ? sp->tap_b + (size_t)(i - 1) * r : sp->in_b,
 					e->taps + (size_t)i * r };
 }
@@ -1082,7 +1088,7 @@ static void head_worker(void *ctx, int ith, int nth)
 			break;
 		uint64_t n = w->rows - t0 < HEAD_TILE ? w->rows - t0 : HEAD_TILE;
 		struct spa_tensor sub = { w->type, w->cols, n,
-					  (const uint8_t *)w->data + t0 * j->row_size };
+					  (const uint8_t *)w->data + t0 * j->row_size, 0 };
 		spa_matvec_x(NULL, &sub, j->z, tile);
 		for (uint64_t k = 0; k < n; k++) {
 			float v = tile[k];

@@ -203,7 +203,7 @@ static int check_tensors(const struct spa_gguf *g, const struct spa_hparams *hp,
 		n_params += t->n_elems; \
 		type_elems[t->type] += t->n_elems; \
 		if (m) \
-			dst = (struct spa_tensor){ t->type, t->ne[0], t->ne[1], data + t->offset }; \
+			dst = (struct spa_tensor){ t->type, t->ne[0], t->ne[1], data + t->offset, 0 }; \
 	} while (0)
 #define VEC(dst, tname, ne0) do { \
 		if ((rc = check_tensor(g, tname, ne0, 0, true, false, &t, err)) < 0) \
@@ -229,7 +229,7 @@ static int check_tensors(const struct spa_gguf *g, const struct spa_hparams *hp,
 	}
 	if (m) {
 		m->tied = t == NULL;
-		m->output = t ? (struct spa_tensor){ t->type, t->ne[0], t->ne[1], data + t->offset }
+		m->output = t ? (struct spa_tensor){ t->type, t->ne[0], t->ne[1], data + t->offset, 0 }
 			      : m->tok_embd;
 	}
 
@@ -316,13 +316,43 @@ int spa_model_load(struct spa_model **out, const char *path, bool show_progress,
 	if ((rc = spa_gguf_load_data(m->gguf, &m->data, &m->data_size, show_progress, err)) < 0)
 		goto err;
 	/* The check above already passed: this only wires the pointers. */
-	if ((rc = check_tensors(m->gguf, &m->hp, m, m->data, err)) < 0)
+	if ((rc = check_tensors(m->gguf, &m->hp, m, m->data, err)) < 0 ||
+	    (rc = spa_model_pack(m, err)) < 0)
 		goto err;
 	*out = m;
 	return 0;
 err:
 	spa_model_destroy(m);
 	return rc;
+}
+
+static const char *const blk_names[7] = { "attn_q", "attn_k", "attn_v", "attn_output",
+					   "ffn_gate", "ffn_up", "ffn_down" };
+
+int spa_model_pack(struct spa_model *m, struct spa_errbuf *err)
+{
+	const char *e = getenv("SPA_PACK");
+	if (e && *e && strcmp(e, "on") != 0) {
+		if (strcmp(e, "off") == 0)
+			return 0;
+		return spa_err(err, -SPA_EUSAGE, "SPA_PACK=%s: give on (the default: matrices "
+			       "packed for the kernels at load) or off (kept as the file lays them "
+			       "out)", e);
+	}
+	for (uint32_t l = 0; l < m->hp.n_layers; l++) {
+		struct spa_layer *ly = &m->layers[l];
+		struct spa_tensor *t[7] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate,
+					    &ly->w_up, &ly->w_down };
+		for (int k = 0; k < 7; k++) {
+			struct spa_tensor *part = m->res_part ? &m->res_part[(size_t)l * 7 + k] : NULL;
+			struct spa_tensor *u = t[k]->data || !part ? t[k] : part;
+			if (u->data && spa_tensor_pack(u) < 0)
+				return spa_err(err, -ENOMEM, "%s: out of memory packing "
+					       "blk.%u.%s.weight", m->gguf ? m->gguf->path : "model",
+					       l, blk_names[k]);
+		}
+	}
+	return 0;
 }
 
 void spa_model_destroy(struct spa_model *m)

@@ -956,7 +956,7 @@ Test(engine, fused_argmax_equals_argmax_of_the_logits)
 	float *logits = malloc(sizeof(float) * V);
 	tu_rand(w, (size_t)H * V, 5, 1.0f);
 	struct spa_model mm = *m;
-	mm.output = (struct spa_tensor){ SPA_TYPE_F32, H, V, w };
+	mm.output = (struct spa_tensor){ SPA_TYPE_F32, H, V, w, 0 };
 	struct spa_pool *pools[3] = { NULL, NULL, NULL };
 	cr_assert_eq(spa_pool_create(&pools[1], 2, NULL), 0);
 	cr_assert_eq(spa_pool_create(&pools[2], 3, NULL), 0);
@@ -1133,6 +1133,100 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	free(ref), free(got), free(taps), free(tref);
 	spa_plugin_destroy(side);
 	spa_model_destroy(m);
+}
+
+/* Logits of forwards of 12, 1, 1, 5 and 1 tokens of toks through m (2 threads). */
+static void q4_logits(struct spa_model *m, struct spa_pool *pool, const int32_t *toks,
+		      float *out)
+{
+	static const uint32_t plan[] = { 12, 1, 1, 5, 1 };
+	const uint32_t V = m->hp.n_vocab;
+	struct spa_engine *e = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 32, 16, pool), 0);
+	uint32_t at = 0;
+	for (size_t c = 0; c < 5; c++) {
+		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0, "%s",
+			     spa_engine_error(e));
+		spa_engine_logits(e, spa_engine_final(e), out + c * V);
+		at += plan[c];
+	}
+	spa_engine_destroy(e);
+}
+
+/* A Q4_0 model's matrices are packed at load (SPA_PACK=off keeps the file's layout) and give
+ * the same logits bit for bit either way; under a budget the resident rows are whole packed
+ * groups and the streamed pieces, read as the file holds them, still give the same bits. A bad
+ * SPA_PACK is refused with what to give. */
+Test(engine, a_packed_q4_0_model_gives_the_bits_of_the_file_layout)
+{
+	char path[600];
+	struct spa_hparams hp;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	snprintf(path, sizeof path, "%s/tiny-q4_0.gguf", tu_tmpdir());
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_Q4_0, 1, path, false, &err), 0, "%s", err.msg);
+	const uint32_t V = hp.n_vocab;
+	int32_t toks[20];
+	rand_tokens(toks, 20, V, 5);
+	float *ref = malloc(sizeof(float) * V * 5), *got = malloc(sizeof(float) * V * 5);
+	struct spa_pool *pool = NULL;
+	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
+
+	setenv("SPA_PACK", "off", 1);
+	struct spa_model *m = load(path);
+	cr_assert_eq(m->layers[0].wq.type, SPA_TYPE_Q4_0);
+	cr_assert_eq(m->layers[0].wq.packed, 0);
+	q4_logits(m, pool, toks, ref);
+	spa_model_destroy(m);
+
+	setenv("SPA_PACK", "on", 1);
+	m = load(path);
+	for (uint32_t l = 0; l < hp.n_layers; l++) {
+		const struct spa_layer *ly = &m->layers[l];
+		cr_assert(ly->wq.packed && ly->wk.packed && ly->wv.packed && ly->wo.packed &&
+			  ly->w_gate.packed && ly->w_up.packed, "block %u", l);
+		/* ffn_down's rows of 344 are no Q4_0 (F16 in the file): as they are */
+		cr_assert(ly->w_down.type != SPA_TYPE_Q4_0 && !ly->w_down.packed);
+	}
+	cr_assert_eq(m->output.packed, 0, "the head and the embedding keep GGUF rows");
+	q4_logits(m, pool, toks, got);
+	cr_assert_eq(memcmp(ref, got, sizeof(float) * V * 5), 0, "packed vs file layout");
+	const uint64_t size = file_data_size(path);
+	spa_model_destroy(m);
+
+	const uint32_t pct[] = { 75, 50, 60 }; /* the Q6_K head is 40 % of this file */
+	for (int b = 0; b < 3; b++) {
+		if (b == 2)
+			setenv("SPA_STREAM_PIECE_KIB", "1", 1);
+		struct spa_model *ms = NULL;
+		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
+			     "%u %%: %s", pct[b], err.msg);
+		int parts = 0;
+		for (uint32_t i = 0; i < hp.n_layers * 7; i++) {
+			const struct spa_tensor *p = &ms->res_part[i];
+			if (p->type != SPA_TYPE_Q4_0 || !p->rows)
+				continue;
+			cr_assert_eq(p->rows % SPA_PACK_ROWS, 0, "part %u: %" PRIu64 " rows", i,
+				     p->rows);
+			cr_assert(p->packed, "part %u", i);
+			parts++;
+		}
+		cr_assert_gt(parts, 0, "%u %%: no packed resident part", pct[b]);
+		q4_logits(ms, pool, toks, got);
+		cr_assert_eq(memcmp(ref, got, sizeof(float) * V * 5), 0, "%u %% budget", pct[b]);
+		spa_model_destroy(ms);
+	}
+	unsetenv("SPA_STREAM_PIECE_KIB");
+
+	setenv("SPA_PACK", "maybe", 1);
+	m = NULL;
+	cr_assert_eq(spa_model_load(&m, path, false, &err), -SPA_EUSAGE);
+	cr_assert(strstr(err.msg, "SPA_PACK=maybe") && strstr(err.msg, "on") &&
+		  strstr(err.msg, "off"), "%s", err.msg);
+	cr_assert_null(m);
+	unsetenv("SPA_PACK");
+	spa_pool_destroy(pool);
+	free(ref), free(got);
 }
 
 /* The model file shrinks under a streaming engine: the forward that needs the lost rows fails

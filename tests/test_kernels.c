@@ -289,7 +289,7 @@ Test(kernels, matvec_matches_reference_and_is_identical_for_1_2_3_threads)
 			tu_rand(x, cols, 7 * cols + rows, 1.5f);
 			for (size_t t = 0; t < 3; t++) {
 				void *w = make_weights(types[t], (size_t)rows * cols, cols + 31 * rows, wf);
-				struct spa_tensor ten = { types[t], cols, rows, w };
+				struct spa_tensor ten = { types[t], cols, rows, w, 0 };
 				for (int k = 0; k < nv; k++) {
 					for (int p = 0; p < 3; p++) {
 						memset(y[p], 0xff, rows * 4);
@@ -335,7 +335,7 @@ Test(kernels, matmul_gives_the_bits_of_repeated_matvec)
 		tu_rand(x, (size_t)n * cols, s + 1, 1.0f);
 		for (size_t t = 0; t < 3; t++) {
 			void *w = make_weights(types[t], (size_t)rows * cols, s + 77, wf);
-			struct spa_tensor ten = { types[t], cols, rows, w };
+			struct spa_tensor ten = { types[t], cols, rows, w, 0 };
 			for (int k = 0; k < nv; k++) {
 				for (int threads = 0; threads < 2; threads++) {
 					spa_matmul_ops(v[k], threads ? pool : NULL, &ten, x, y, n);

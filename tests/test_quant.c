@@ -588,7 +588,7 @@ Test(quant, multi_matvec_and_fused_swiglu_give_the_bits_of_separate_calls)
 					}
 					free(row);
 				}
-				w[k] = (struct spa_tensor){ tk[k], cols, rows[k], d };
+				w[k] = (struct spa_tensor){ tk[k], cols, rows[k], d, 0 };
 				y[k] = malloc(sizeof(float) * rows[k]);
 				ref[k] = malloc(sizeof(float) * rows[k]);
 				spa_matvec(pool, &w[k], x, ref[k]);
@@ -757,7 +757,7 @@ Test(quant, integer_matvec_and_matmul_bits_for_long_rows_and_batches)
 			uint64_t rs;
 			cr_assert_eq(spa_dtype_row_size(ts[k], cols, &rs), 0);
 			uint8_t *w = random_qrow(ts[k], cols * rows, 40 + sh + k);
-			struct spa_tensor tw = { ts[k], cols, rows, w };
+			struct spa_tensor tw = { ts[k], cols, rows, w, 0 };
 			for (int i = 0; i < nv; i++) {
 				const struct spa_kernels_ops *ops = v[i];
 				spa_matvec_ops(ops, pools[0], &tw, x, y1);
@@ -837,7 +837,7 @@ Test(quant, matvec_bit_identical_across_threads_and_matmul)
 		cr_assert(data);
 		for (uint64_t r = 0; r < rows; r++)
 			cr_assert_eq(spa_quantize_row(t, w + r * cols, data + r * rs, cols), 0);
-		struct spa_tensor tw = { t, cols, rows, data };
+		struct spa_tensor tw = { t, cols, rows, data, 0 };
 		for (int v = 0; v < n_var; v++) {
 			const struct spa_kernels_ops *ops = variants[v];
 			float y1[67], yp[67], ym[5 * 67];
@@ -1126,7 +1126,7 @@ Test(quant, a_prepared_input_gives_matvec_bits_on_every_type_and_row_range)
 			void *w = quantize(all_types[t], wf, rows * cols);
 			uint64_t row_size;
 			cr_assert_eq(spa_dtype_row_size(all_types[t], cols, &row_size), 0);
-			struct spa_tensor ten = { all_types[t], cols, rows, w };
+			struct spa_tensor ten = { all_types[t], cols, rows, w, 0 };
 			spa_matvec(NULL, &ten, x, want);
 			for (int p = 0; p < 2; p++) {
 				memset(got, 0xff, rows * 4);
@@ -1138,7 +1138,7 @@ Test(quant, a_prepared_input_gives_matvec_bits_on_every_type_and_row_range)
 			for (uint64_t r0 = 0; r0 < rows; r0 += 3) { /* parts of 1 to 7 rows */
 				const uint64_t n = rows - r0 < 1 + r0 % 7 ? rows - r0 : 1 + r0 % 7;
 				struct spa_tensor sub = { all_types[t], cols, n,
-							  (const uint8_t *)w + r0 * row_size };
+							  (const uint8_t *)w + r0 * row_size, 0 };
 				spa_matvec_x(NULL, &sub, px, got + r0);
 				cr_assert_eq(memcmp(got + r0, want + r0, n * 4), 0, "%s rows %llu+%llu",
 					     spa_dtype_name(all_types[t]), (unsigned long long)r0,
@@ -1150,4 +1150,155 @@ Test(quant, a_prepared_input_gives_matvec_bits_on_every_type_and_row_range)
 	}
 	free(px);
 	spa_pool_destroy(pool);
+}
+
+/* A Q4_0 matrix of rows random rows (cols a multiple of 32), malloc'd. */
+static uint8_t *random_q4_0(uint64_t rows, uint64_t cols, uint64_t seed)
+{
+	uint64_t rs;
+	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_Q4_0, cols, &rs), 0);
+	uint8_t *w = malloc(rows * rs);
+	cr_assert(w);
+	for (uint64_t r = 0; r < rows; r++) {
+		void *row = random_qrow(SPA_TYPE_Q4_0, cols, seed + 31 * r);
+		memcpy(w + r * rs, row, rs);
+		free(row);
+	}
+	return w;
+}
+
+/* The packed kernels give each of the 8 rows the bits of the single-row dot on the row as the
+ * file holds it, in both variants, for awkward row lengths (1 to 2056 blocks). */
+Test(quant, packed_q4_0_kernels_give_each_row_the_single_row_bits)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	const int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	int checked = 0;
+	for (size_t s = 0; s < sizeof int_blocks / sizeof int_blocks[0]; s++) {
+		const uint64_t nb = int_blocks[s], n = 32 * nb, rs = nb * 18;
+		float *x = malloc(n * sizeof(float));
+		struct spa_block_q8x *xq = malloc(nb * sizeof *xq);
+		uint8_t *w = random_q4_0(16, n, 7 * nb), *pk = malloc(16 * rs), *tmp = malloc(8 * rs);
+		cr_assert(x && xq && pk && tmp);
+		memcpy(pk, w, 16 * rs);
+		spa_pack_q4_0_x8(pk, rs, 16, tmp);
+		cr_assert_neq(memcmp(pk, w, 16 * rs), 0, "packing moved no byte");
+		awkward_x(x, n, 3 * nb + 2);
+		for (int i = 0; i < nv; i++) {
+			v[i]->quantize_x(x, xq, n);
+			for (int g = 0; g < 2; g++) {
+				float y[8];
+				v[i]->dot_q8x_packed[SPA_TYPE_Q4_0](pk + g * 8 * rs, xq, n, y);
+				for (int r = 0; r < 8; r++) {
+					const float a = v[i]->dot_q8x[SPA_TYPE_Q4_0](w + (8 * g + r) * rs,
+										     xq, n);
+					cr_assert_eq(memcmp(&a, &y[r], 4), 0,
+						     "%s %llu blocks, row %d: %a vs %a", v[i]->name,
+						     (unsigned long long)nb, 8 * g + r, (double)a,
+						     (double)y[r]);
+					checked++;
+				}
+			}
+		}
+		free(x), free(xq), free(w), free(pk), free(tmp);
+	}
+	cr_assert_geq(checked, 16 * 16, "only %d rows checked", checked);
+}
+
+/* A packed Q4_0 matrix gives every product entry point the bits of the unpacked one: matvec
+ * (1 to 3 threads), matmul, matvec_x on whole matrices and on row ranges of whole groups,
+ * several matrices in one job (packed beside unpacked and other types) and the fused SwiGLU
+ * with a packed gate and an unpacked up (and the reverse); in both variants where the entry
+ * point takes one. spa_tensor_pack packs only what it can. */
+Test(quant, packed_q4_0_matrices_give_the_unpacked_bits)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	const int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	struct spa_pool *pools[3];
+	for (int p = 0; p < 3; p++)
+		cr_assert_eq(spa_pool_create(&pools[p], p + 1, NULL), 0);
+	struct spa_matvec_x *px = aligned_alloc(64, sizeof *px);
+	cr_assert_not_null(px);
+	static const uint64_t shapes[][2] = { { 8, 32 }, { 64, 512 }, { 136, 4096 }, { 48, 11008 } };
+	for (size_t s = 0; s < 4; s++) {
+		const uint64_t rows = shapes[s][0], cols = shapes[s][1], rs = cols / 32 * 18;
+		const uint32_t nbat = 5;
+		uint8_t *w = random_q4_0(rows, cols, 100 + s), *wp = malloc(rows * rs);
+		float *x = malloc(nbat * cols * 4), *want = malloc(nbat * rows * 4);
+		float *got = malloc(nbat * rows * 4), *u = malloc(rows * 4), *o = malloc(rows * 4);
+		float *wu = malloc(rows * 4), *wo = malloc(rows * 4);
+		cr_assert(wp && x && want && got && u && o && wu && wo);
+		memcpy(wp, w, rows * rs);
+		awkward_x(x, nbat * cols, 50 + s);
+		struct spa_tensor t = { SPA_TYPE_Q4_0, cols, rows, w, 0 };
+		struct spa_tensor tp = { SPA_TYPE_Q4_0, cols, rows, wp, 0 };
+		cr_assert_eq(spa_tensor_pack(&tp), 1);
+		cr_assert_eq(tp.packed, 1);
+		cr_assert_eq(spa_tensor_pack(&tp), 1, "packing twice is packing once");
+		for (int i = 0; i < nv; i++) {
+			for (int p = 0; p < 3; p++) {
+				spa_matvec_ops(v[i], pools[0], &t, x, want);
+				spa_matvec_ops(v[i], pools[p], &tp, x, got);
+				cr_assert_eq(memcmp(want, got, rows * 4), 0, "%s %llux%llu matvec, "
+					     "%d threads", v[i]->name, (unsigned long long)rows,
+					     (unsigned long long)cols, p + 1);
+				spa_matmul_ops(v[i], pools[0], &t, x, want, nbat);
+				spa_matmul_ops(v[i], pools[p], &tp, x, got, nbat);
+				cr_assert_eq(memcmp(want, got, nbat * rows * 4), 0, "%s matmul, %d "
+					     "threads", v[i]->name, p + 1);
+			}
+		}
+		/* the process's variant from here on */
+		spa_matvec(NULL, &t, x, want);
+		spa_matvec_x_prepare(px, x, cols);
+		spa_matvec_x(pools[1], &tp, px, got);
+		cr_assert_eq(memcmp(want, got, rows * 4), 0, "matvec_x");
+		for (uint64_t r0 = 0; r0 < rows; r0 += 8) { /* ranges of 1 to 3 groups */
+			const uint64_t n = rows - r0 < 8 * (1 + r0 % 3) ? rows - r0 : 8 * (1 + r0 % 3);
+			struct spa_tensor sub = tp;
+			sub.rows = n;
+			sub.data = wp + r0 * rs;
+			memset(got, 0xff, n * 4);
+			spa_matvec_x(NULL, &sub, px, got);
+			cr_assert_eq(memcmp(want + r0, got, n * 4), 0, "rows %llu+%llu",
+				     (unsigned long long)r0, (unsigned long long)n);
+		}
+		/* items: packed, unpacked and Q8_0 of the same x in one job */
+		uint8_t *w8 = random_qrow(SPA_TYPE_Q8_0, cols * 3, 9 + s);
+		struct spa_tensor t8 = { SPA_TYPE_Q8_0, cols, 3, w8, 0 };
+		float y8[3], r8[3];
+		spa_matvec(NULL, &t8, x, r8);
+		const struct spa_matvec_item it[3] = { { &tp, x, NULL, got }, { &t, x, NULL, u },
+						       { &t8, x, NULL, y8 } };
+		spa_matvec_items(pools[2], 3, it);
+		cr_assert_eq(memcmp(want, got, rows * 4), 0, "items: packed");
+		cr_assert_eq(memcmp(want, u, rows * 4), 0, "items: unpacked");
+		cr_assert_eq(memcmp(r8, y8, sizeof r8), 0, "items: Q8_0");
+		/* SwiGLU with the gate and up as the same matrix: packed gate, unpacked up and
+		 * the reverse (the rows chunked in whole groups of either) */
+		spa_matvec(NULL, &t, x, wu);
+		spa_swiglu(wo, wu, wu, (uint32_t)rows);
+		for (int k = 0; k < 2; k++) {
+			spa_matvec_swiglu(pools[k + 1], k ? &t : &tp, k ? &tp : &t, x, o, u);
+			cr_assert_eq(memcmp(u, wu, rows * 4), 0, "swiglu %d: up", k);
+			cr_assert_eq(memcmp(o, wo, rows * 4), 0, "swiglu %d: out", k);
+		}
+		free(w), free(wp), free(w8), free(x), free(want), free(got), free(u), free(o);
+		free(wu), free(wo);
+	}
+	/* what has no packed layout stays as it is */
+	uint8_t *w = random_q4_0(12, 64, 5), *copy = malloc(12 * 36);
+	memcpy(copy, w, 12 * 36);
+	struct spa_tensor odd = { SPA_TYPE_Q4_0, 64, 12, w, 0 };
+	cr_assert_eq(spa_tensor_pack(&odd), 0, "12 rows: not whole groups of 8");
+	cr_assert_eq(odd.packed, 0);
+	cr_assert_eq(memcmp(copy, w, 12 * 36), 0);
+	struct spa_tensor q8 = { SPA_TYPE_Q8_0, 64, 8, w, 0 };
+	cr_assert_eq(spa_tensor_pack(&q8), 0, "Q8_0 has no packed layout");
+	cr_assert_not(spa_tensor_packable(&(struct spa_tensor){ SPA_TYPE_Q4_0,
+								SPA_MATVEC_X_MAX_COLS + 32, 8,
+								NULL, 0 }));
+	free(w), free(copy), free(px);
+	for (int p = 0; p < 3; p++)
+		spa_pool_destroy(pools[p]);
 }

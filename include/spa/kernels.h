@@ -7,6 +7,7 @@
 #ifndef SPA_KERNELS_H
 #define SPA_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,13 +15,30 @@
 #include "pool.h"
 
 /* A 2-D weight matrix in a GGUF type: `rows` rows of `cols` elements, each row
- * spa_dtype_row_size(type, cols) bytes, rows contiguous (GGUF ne[0] = cols, ne[1] = rows). */
+ * spa_dtype_row_size(type, cols) bytes, rows contiguous (GGUF ne[0] = cols, ne[1] = rows).
+ * packed: 0, the rows as GGUF lays them out; 1, rearranged by spa_tensor_pack. */
 struct spa_tensor {
 	enum spa_dtype type;
 	uint64_t cols;
 	uint64_t rows;
 	const void *data;
+	int packed;
 };
+
+/* Rows per group of a packed matrix. */
+#define SPA_PACK_ROWS 8
+/* Rearrange a matrix's bytes in place into the layout its type's kernels read fastest, where
+ * there is one: Q4_0 with cols <= SPA_MATVEC_X_MAX_COLS and rows a multiple of 8 (each group of
+ * 8 rows has its blocks interleaved, so that one kernel call computes the 8 rows with their
+ * scales in one load; the same bytes, the same size). spa_matvec, spa_matvec_x,
+ * spa_matvec_items, spa_matvec_swiglu and spa_matmul give a packed matrix the bits they give
+ * the unpacked one. A packed matrix's rows are no longer GGUF rows: no spa_dequant_row on them,
+ * and a row range of it (data advanced by r0 rows' bytes) must start and end on a multiple of 8
+ * rows. t->data must be writable. Returns 1 (packed, or already was), 0 (this type or shape has
+ * no packed layout: left as it is) or -ENOMEM. Not on the hot path (load time). */
+int spa_tensor_pack(struct spa_tensor *t);
+/* Whether spa_tensor_pack has a layout for t's type and columns (its rows aside). */
+bool spa_tensor_packable(const struct spa_tensor *t);
 
 /* IEEE half <-> float, exact (round to nearest even for float -> half). */
 float spa_fp16_to_fp32(uint16_t h);
@@ -77,7 +95,7 @@ struct spa_matvec_x {
 	const float *x;
 	uint64_t cols;
 	int quantized;
-	unsigned char xq[SPA_MATVEC_X_MAX_COLS / 32u * 36u] __attribute__((aligned(64)));
+	unsigned char xq[SPA_MATVEC_X_MAX_COLS / 32u * 40u] __attribute__((aligned(64)));
 };
 void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols);
 void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struct spa_matvec_x *px,
@@ -94,7 +112,7 @@ struct spa_matvec_item {
 /* 1..SPA_MATVEC_MAX_ITEMS products (any types and shapes, x shared or not) in one pool job:
  * each thread takes its share of every item, so the pool wakes once (decode's q, k, v and a
  * side tap). Each y has the bits of spa_matvec (F32 with b: of spa_matvec_f32). y must not
- * alias any x. Not thread-safe on one pool; hot path, no allocation (up to 144 KiB of stack
+ * alias any x. Not thread-safe on one pool; hot path, no allocation (up to 160 KiB of stack
  * for the quantized inputs). */
 void spa_matvec_items(struct spa_pool *pool, unsigned n, const struct spa_matvec_item *items);
 /* out = swiglu(W_gate x, W_up x) (spa_swiglu on the two products), one pool job: each thread

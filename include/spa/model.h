@@ -74,6 +74,12 @@ int spa_model_load(struct spa_model **out, const char *path, bool show_progress,
 		   struct spa_errbuf *err);
 void spa_model_destroy(struct spa_model *m);
 
+/* Pack every resident block matrix, or the resident rows of a streamed one, for the kernels
+ * (spa_tensor_pack: Q4_0 today), unless the environment says SPA_PACK=off (on: the default).
+ * The loaders call it; the model's products keep their bits either way. Returns 0,
+ * -SPA_EUSAGE for another SPA_PACK value, or -ENOMEM. */
+int spa_model_pack(struct spa_model *m, struct spa_errbuf *err);
+
 /* 64-bit FNV-1a over the hyperparameters, the tensor table (names, types, shapes) and, for
  * each tensor, its first and last 4 KiB of data, as 16 lowercase hex digits + NUL. Identifies
  * a base model for plugin pairing without hashing gigabytes. Reads with pread. */

@@ -5,6 +5,7 @@
  * call by the calling thread), so the bits do not depend on the thread count or on the batch
  * size, and the variant is fixed for the life of the process. */
 #include <assert.h>
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <math.h>
@@ -133,6 +134,9 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_scalar,
 	},
 	.quantize_x = spa_quantize_x_scalar,
+	.dot_q8x_packed = {
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_packed_scalar,
+	},
 	.dequant_row = {
 		[SPA_TYPE_F32] = spa_dequant_f32_scalar,
 		[SPA_TYPE_F16] = spa_dequant_f16_scalar,
@@ -203,6 +207,21 @@ int spa_kernels_supports(enum spa_dtype type)
 
 /* Callers check spa_kernels_supports() when they load the weights, so an unsupported type
  * here is a bug in the caller: assert, and leave NaNs (not garbage) if asserts are off. */
+static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n);
+
+/* A packed matrix that spa_tensor_pack could not have made (or a row range of one that cuts a
+ * group): a bug in the caller, as check_type. */
+static int check_packed(const struct spa_tensor *w, float *y, uint64_t n)
+{
+	if (!w->packed || (spa_tensor_packable(w) && w->rows % SPA_PACK_ROWS == 0))
+		return 0;
+	assert(!"spa kernels: a packed matrix that spa_tensor_pack did not make, or a row range "
+		"of one that does not start and end on a group of 8 rows");
+	for (uint64_t i = 0; i < n; i++)
+		y[i] = NAN;
+	return -1;
+}
+
 static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n)
 {
 	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type) &&
@@ -222,9 +241,34 @@ void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t 
 	spa_kernels_ops()->dequant_row[type](src, dst, n);
 }
 
+/* ---- packing ------------------------------------------------------------------------- */
+
+bool spa_tensor_packable(const struct spa_tensor *t)
+{
+	return t->type == SPA_TYPE_Q4_0 && t->cols % SPA_QK4_0 == 0 && t->cols > 0 &&
+	       t->cols <= SPA_MATVEC_X_MAX_COLS && t->rows >= SPA_PACK_ROWS;
+}
+
+int spa_tensor_pack(struct spa_tensor *t)
+{
+	uint64_t row_size = 0;
+	if (t->packed)
+		return 1;
+	if (!spa_tensor_packable(t) || t->rows % SPA_PACK_ROWS || !t->data ||
+	    spa_dtype_row_size(t->type, t->cols, &row_size) < 0)
+		return 0;
+	void *tmp = malloc(SPA_PACK_ROWS * row_size);
+	if (!tmp)
+		return -ENOMEM;
+	spa_pack_q4_0_x8((void *)(uintptr_t)t->data, row_size, t->rows, tmp);
+	free(tmp);
+	t->packed = 1;
+	return 1;
+}
+
 /* ---- matvec / matmul ------------------------------------------------------------------ */
 
-/* Activations quantized for the integer dots live on the calling thread's stack, 72 KiB: one
+/* Activations quantized for the integer dots live on the calling thread's stack, 80 KiB: one
  * vector of up to 64 Ki elements, or a batch in sub-batches that fit. Longer rows take the
  * dots that quantize x themselves, row by row (the same bits, only slower). */
 #define XQ_MAX_BLOCKS 2048
@@ -234,6 +278,8 @@ struct mm_job {
 	spa_dot_q8x_fn dot_q8x; /* non-NULL: rows times xq, else rows times x */
 	spa_dot_rows_fn dot_rows;         /* optional, with dot */
 	spa_dot_q8x_rows_fn dot_q8x_rows; /* optional, with dot_q8x */
+	spa_dot_q8x_packed_fn packed;     /* a packed matrix: its kernel, with xq */
+	unsigned group;                   /* rows are taken in multiples of this */
 	const uint8_t *w;
 	size_t row_size;
 	uint64_t rows;
@@ -246,13 +292,16 @@ struct mm_job {
 	atomic_uint_fast64_t next; /* matvec: the first row no thread has taken */
 };
 
-/* Contiguous share [*r0, *r1) of the rows for thread ith of nth. */
-static void split_rows(uint64_t rows, int ith, int nth, uint64_t *r0, uint64_t *r1)
+/* Contiguous share [*r0, *r1) of the rows for thread ith of nth, in whole groups of g rows
+ * (the last group may be short). */
+static void split_rows(uint64_t rows, unsigned g, int ith, int nth, uint64_t *r0, uint64_t *r1)
 {
-	uint64_t q = rows / (uint64_t)nth, r = rows % (uint64_t)nth;
+	const uint64_t units = (rows + g - 1) / g;
+	uint64_t q = units / (uint64_t)nth, r = units % (uint64_t)nth;
 	uint64_t i = (uint64_t)ith;
-	*r0 = q * i + (i < r ? i : r);
-	*r1 = *r0 + q + (i < r ? 1 : 0);
+	uint64_t u0 = q * i + (i < r ? i : r), u1 = u0 + q + (i < r ? 1 : 0);
+	*r0 = u0 * g < rows ? u0 * g : rows;
+	*r1 = u1 * g < rows ? u1 * g : rows;
 }
 
 /* y element (vector b, row r): one dot call, whichever the thread or the batch. */
@@ -269,6 +318,12 @@ static inline float row_dot(const struct mm_job *j, uint32_t b, uint64_t r)
 static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r1, float *y)
 {
 	uint64_t r = r0;
+	if (j->packed) { /* r0 and r1 on group boundaries (the rows a multiple of the group) */
+		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
+		for (; r + SPA_PACK_ROWS <= r1; r += SPA_PACK_ROWS)
+			j->packed(j->w + r * j->row_size, xq, j->cols, y + r);
+		return;
+	}
 	if (j->dot_q8x ? j->dot_q8x_rows != NULL : j->dot_rows != NULL) {
 		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
 		const float *x = j->x + (uint64_t)b * j->cols;
@@ -291,16 +346,18 @@ static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r
  * Which thread computes a row does not change its bits (one dot call per row). Returns
  * false when no rows are left. */
 #define ROWS_CHUNK_MIN 16
+_Static_assert(ROWS_CHUNK_MIN % SPA_DOT_ROWS == 0 && ROWS_CHUNK_MIN % SPA_PACK_ROWS == 0,
+	       "chunks of whole groups");
 
-static bool next_rows(atomic_uint_fast64_t *next, uint64_t rows, int nth, uint64_t *r0,
-		      uint64_t *r1)
+static bool next_rows(atomic_uint_fast64_t *next, uint64_t rows, unsigned group, int nth,
+		      uint64_t *r0, uint64_t *r1)
 {
 	uint64_t r = atomic_load_explicit(next, memory_order_relaxed);
 	for (;;) {
 		if (r >= rows)
 			return false;
 		uint64_t take = (rows - r) / (2 * (uint64_t)nth);
-		take = (take + SPA_DOT_ROWS - 1) / SPA_DOT_ROWS * SPA_DOT_ROWS;
+		take = (take + group - 1) / group * group;
 		if (take < ROWS_CHUNK_MIN)
 			take = ROWS_CHUNK_MIN;
 		if (take > rows - r)
@@ -320,7 +377,7 @@ static void matvec_worker(void *ctx, int ith, int nth)
 	uint64_t r0, r1;
 
 	(void)ith;
-	while (next_rows(&j->next, j->rows, nth, &r0, &r1))
+	while (next_rows(&j->next, j->rows, j->group, nth, &r0, &r1))
 		rows_dot(j, 0, r0, r1, j->y);
 }
 
@@ -331,7 +388,7 @@ static void matmul_worker(void *ctx, int ith, int nth)
 	const struct mm_job *j = ctx;
 	uint64_t r0, r1;
 
-	split_rows(j->rows, ith, nth, &r0, &r1);
+	split_rows(j->rows, j->group, ith, nth, &r0, &r1);
 	for (uint64_t rt = r0; rt < r1; rt += j->tile) {
 		uint64_t re = rt + j->tile < r1 ? rt + j->tile : r1;
 		for (uint32_t b = 0; b < j->n; b++)
@@ -347,7 +404,8 @@ static void mm_dispatch(struct spa_pool *pool, struct mm_job *j)
 	}
 	/* 64 KiB of weights per tile: stays in L2 while the batch streams past it */
 	uint64_t tile = j->row_size ? (64u << 10) / j->row_size : 16;
-	j->tile = (uint32_t)(tile < 1 ? 1 : tile > 64 ? 64 : tile);
+	tile = tile < 1 ? 1 : tile > 64 ? 64 : tile;
+	j->tile = (uint32_t)((tile + j->group - 1) / j->group * j->group);
 	spa_pool_run(pool, matmul_worker, j);
 }
 
@@ -366,7 +424,29 @@ static struct mm_job mm_job_of(const struct spa_kernels_ops *ops, const struct s
 		.x = x,
 		.y = y,
 		.n = n,
+		.group = SPA_DOT_ROWS,
 	};
+}
+
+/* Whether W's type has the quantized-x kernels, x's columns fit xq, and there are rows: the
+ * products then run on x quantized once. A packed matrix always passes (spa_tensor_pack). */
+static bool uses_xq(const struct spa_kernels_ops *ops, const struct spa_tensor *w)
+{
+	const uint64_t nbx = w->cols / SPA_QK8X;
+	return ops->dot_q8x[w->type] && nbx > 0 && nbx <= XQ_MAX_BLOCKS && w->rows > 0;
+}
+
+/* Set the integer-dot kernels of j, its activations at xq. */
+static void set_xq(const struct spa_kernels_ops *ops, const struct spa_tensor *w,
+		   struct mm_job *j, const struct spa_block_q8x *xq)
+{
+	j->dot_q8x = ops->dot_q8x[w->type];
+	j->dot_q8x_rows = ops->dot_q8x_rows[w->type];
+	j->xq = xq;
+	if (w->packed) {
+		j->packed = ops->dot_q8x_packed[w->type];
+		j->group = SPA_PACK_ROWS;
+	}
 }
 
 /* W times x (n vectors). xq_given: x already quantized (n == 1, spa_matvec_x), else NULL. */
@@ -376,18 +456,17 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 {
 	uint64_t row_size = 0;
 	if (check_type(w->type, w->cols, y, w->rows * (uint64_t)n) < 0 ||
+	    check_packed(w, y, w->rows * (uint64_t)n) < 0 ||
 	    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
 		return;
 	struct mm_job j = mm_job_of(ops, w, row_size, x, y, n);
 	const uint64_t nbx = w->cols / SPA_QK8X;
-	if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0) {
+	if (!uses_xq(ops, w)) {
 		mm_dispatch(pool, &j);
 		return;
 	}
-	j.dot_q8x = ops->dot_q8x[w->type];
-	j.dot_q8x_rows = ops->dot_q8x_rows[w->type];
 	if (xq_given) {
-		j.xq = xq_given;
+		set_xq(ops, w, &j, xq_given);
 		mm_dispatch(pool, &j);
 		return;
 	}
@@ -396,7 +475,7 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 	 * element is dot_q8x(row, quantize_x(x)), the bits of dot(row, x). */
 	struct spa_block_q8x xq[XQ_MAX_BLOCKS];
 	const uint32_t per = (uint32_t)(XQ_MAX_BLOCKS / nbx);
-	j.xq = xq;
+	set_xq(ops, w, &j, xq);
 	for (uint32_t b0 = 0; b0 < n; b0 += per) {
 		const uint32_t nv = n - b0 < per ? n - b0 : per;
 		for (uint32_t v = 0; v < nv; v++)
@@ -412,7 +491,7 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
  * Each thread takes its share of every item's rows, so the pool wakes once instead of once
  * per matrix; with swiglu, gate and up have the same rows, so each thread's share of gate and
  * of up is the same range and it applies the SwiGLU to it too. */
-#define XQ_DISTINCT 2 /* distinct quantized inputs per job (72 KiB of stack each) */
+#define XQ_DISTINCT 2 /* distinct quantized inputs per job (80 KiB of stack each) */
 
 struct multi_job {
 	struct mm_job j[SPA_MATVEC_MAX_ITEMS];
@@ -428,7 +507,7 @@ static void multi_worker(void *ctx, int ith, int nth)
 	(void)ith;
 	if (m->swiglu_out) { /* gate and up of one chunk together, then its SwiGLU */
 		struct mm_job *g = &m->j[0], *u = &m->j[1];
-		while (next_rows(&g->next, g->rows, nth, &r0, &r1)) {
+		while (next_rows(&g->next, g->rows, g->group, nth, &r0, &r1)) {
 			rows_dot(g, 0, r0, r1, g->y);
 			rows_dot(u, 0, r0, r1, u->y);
 			spa_swiglu(m->swiglu_out + r0, g->y + r0, u->y + r0, (uint32_t)(r1 - r0));
@@ -437,7 +516,7 @@ static void multi_worker(void *ctx, int ith, int nth)
 	}
 	for (unsigned k = 0; k < m->n; k++) {
 		struct mm_job *j = &m->j[k];
-		while (next_rows(&j->next, j->rows, nth, &r0, &r1)) {
+		while (next_rows(&j->next, j->rows, j->group, nth, &r0, &r1)) {
 			rows_dot(j, 0, r0, r1, j->y);
 			if (m->b[k]) /* spa_matvec_f32's bias: after the dot */
 				for (uint64_t r = r0; r < r1; r++)
@@ -474,12 +553,12 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 		const struct spa_tensor *w = it[k].w;
 		uint64_t row_size = 0;
 		if (check_type(w->type, w->cols, it[k].y, w->rows) < 0 ||
+		    check_packed(w, it[k].y, w->rows) < 0 ||
 		    spa_dtype_row_size(w->type, w->cols, &row_size) < 0)
 			return;
 		m.b[k] = it[k].b;
 		m.j[k] = mm_job_of(ops, w, row_size, it[k].x, it[k].y, 1);
-		const uint64_t nbx = w->cols / SPA_QK8X;
-		if (!ops->dot_q8x[w->type] || nbx == 0 || nbx > XQ_MAX_BLOCKS || w->rows == 0)
+		if (!uses_xq(ops, w))
 			continue;
 		/* quantize each distinct x once (the bits do not depend on who reads it) */
 		unsigned q = 0;
@@ -497,10 +576,11 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 			xq_cols[q] = w->cols;
 			n_xq++;
 		}
-		m.j[k].dot_q8x = ops->dot_q8x[w->type];
-		m.j[k].dot_q8x_rows = ops->dot_q8x_rows[w->type];
-		m.j[k].xq = xq[q];
+		set_xq(ops, w, &m.j[k], xq[q]);
 	}
+	if (swiglu_out) /* one chunking for both: whole groups of either */
+		m.j[0].group = m.j[1].group = m.j[0].group > m.j[1].group ? m.j[0].group
+									    : m.j[1].group;
 	spa_pool_run(pool, multi_worker, &m);
 }
 
@@ -542,7 +622,7 @@ void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *
 }
 
 _Static_assert(SPA_MATVEC_X_MAX_COLS / SPA_QK8X == XQ_MAX_BLOCKS &&
-		       sizeof(struct spa_block_q8x) == 36,
+		       sizeof(struct spa_block_q8x) == 40,
 	       "spa_matvec_x holds XQ_MAX_BLOCKS activation blocks");
 
 void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols)

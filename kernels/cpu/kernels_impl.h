@@ -24,13 +24,15 @@ typedef void (*spa_dequant_fn)(const void *src, float *dst, size_t n);
 
 /* Activations quantized for the integer dots (llama.cpp's vec_dot_type Q8_0, with an f32
  * scale instead of its fp16 one: the product d_w * d_x then rounds once, not twice): 32 levels
- * in -127..127 and their scale, value j = qs[j] * d. */
+ * in -127..127 and their scale, value j = qs[j] * d; sum = the sum of the 32 levels (Q4_0's
+ * offset of 8 is then one subtraction per block, as llama.cpp's Q8_1 carries its sum). */
 #define SPA_QK8X 32
 struct spa_block_q8x {
 	float d;
 	int8_t qs[SPA_QK8X];
+	int32_t sum;
 };
-_Static_assert(sizeof(struct spa_block_q8x) == 36, "block_q8x is a float and 32 levels");
+_Static_assert(sizeof(struct spa_block_q8x) == 40, "block_q8x is a float, 32 levels and a sum");
 
 /* Dot product of one weight row (n elements of the slot's type) with n activations already
  * quantized by the variant's quantize_x (n / 32 blocks). */
@@ -49,6 +51,12 @@ typedef void (*spa_dot_q8x_rows_fn)(const void *w, size_t row_size,
 				    const struct spa_block_q8x *x, size_t n, float *y,
 				    unsigned nrows);
 
+/* Packed kernels (spa_tensor_pack): one group of SPA_PACK_ROWS rows of a packed matrix (the
+ * group's bytes at w) times x, into y[0..SPA_PACK_ROWS-1]; y[k] has the bits of the slot's
+ * single-row dot on row k as the file holds it. */
+typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x *x, size_t n,
+				      float *y);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
@@ -61,6 +69,9 @@ struct spa_kernels_ops {
 	/* Optional (NULL: matvec calls the single-row slot row by row; same bits either way). */
 	spa_dot_rows_fn dot_rows[SPA_TYPE_COUNT];
 	spa_dot_q8x_rows_fn dot_q8x_rows[SPA_TYPE_COUNT];
+	/* Types spa_tensor_pack packs (Q4_0), in every variant: a packed matrix has no other
+	 * kernel. */
+	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
 };
 
 /* The portable variant (kernels.c): plain C, 8 independent partial sums so that compilers
@@ -129,6 +140,21 @@ struct spa_block_q6_K {
 };
 _Static_assert(sizeof(struct spa_block_q8_0) == 34, "block_q8_0 is 34 bytes in ggml");
 _Static_assert(sizeof(struct spa_block_q4_0) == 18, "block_q4_0 is 18 bytes in ggml");
+/* Q4_0 packed (spa_tensor_pack): 8 rows' blocks i side by side, 8 x 18 bytes, so that one
+ * group of 8 rows is nb of these, the same bytes as its 8 rows. Lane l holds row
+ * spa_q4_0x8_row[l] (the order in which the AVX2 kernel's pairwise sums come out): d[l] its
+ * scale; qs[64 c + 32 h + 8 r + k] = byte 8 c + k of the qs of row 4 h + r (c, h in 0..1, r in
+ * 0..3, k in 0..7), so a 32-byte load holds 8 bytes of 4 rows: elements 8c..8c+7 in the low
+ * nibbles, 16+8c..16+8c+7 in the high ones. */
+struct spa_block_q4_0x8 {
+	uint16_t d[8];
+	uint8_t qs[128];
+};
+_Static_assert(sizeof(struct spa_block_q4_0x8) == 8 * 18, "8 Q4_0 blocks");
+extern const uint8_t spa_q4_0x8_row[8];
+/* Pack rows 0..rows-1 (rows a multiple of 8) of a Q4_0 matrix of row_size bytes per row in
+ * place; tmp holds 8 * row_size bytes. */
+void spa_pack_q4_0_x8(void *data, size_t row_size, uint64_t rows, void *tmp);
 _Static_assert(sizeof(struct spa_block_q4_K) == 144, "block_q4_K is 144 bytes in ggml");
 _Static_assert(sizeof(struct spa_block_q6_K) == 210, "block_q6_K is 210 bytes in ggml");
 
@@ -150,11 +176,14 @@ static inline void spa__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint
  * product, then the rounding: no fused operation), so |q| <= 127; a block whose amax is below
  * 2^-100 (ggml would divide by zero or overflow id) quantizes to zeros with d = 0, and one
  * holding a NaN or an infinity to zeros with d = NaN, so that the NaN reaches the output.
- * Dot: per block, 8 exact int32 lane sums s[l] = sum of w[4l + k] * q[4l + k], k = 0..3, then
- * acc[l] = acc[l] + (d_w * d_x) * (float)s[l] (one multiply of the scales, one multiply, one
- * add: three roundings, no FMA), blocks in order; lanes combined as in the f32 dot. The
- * scalar and AVX2 versions perform these float operations identically (and the project
- * builds with -ffp-contract=off), so they give the same bits; so do their quantizers. */
+ * Dot (Q8_0): per block, 8 exact int32 lane sums s[l] = sum of w[4l + k] * q[4l + k],
+ * k = 0..3, then acc[l] = acc[l] + (d_w * d_x) * (float)s[l] (one multiply of the scales, one
+ * multiply, one add: three roundings, no FMA), blocks in order; lanes combined as in the f32
+ * dot. Dot (Q4_0): per block the exact int32 sum s of all 32 (level - 8) * q, then one
+ * accumulator acc = acc + (d_w * d_x) * (float)s, blocks in order: a row is then one lane of
+ * the packed 8-row kernel, whose lanes are rows. The scalar and AVX2 versions perform these
+ * float operations identically (and the project builds with -ffp-contract=off), so they give
+ * the same bits; so do their quantizers. */
 void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n);
 void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n);
 float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
@@ -173,6 +202,11 @@ void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				size_t n, float *y, unsigned nrows);
 void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
 				size_t n, float *y, unsigned nrows);
+/* Packed Q4_0 (the spa_dot_q8x_packed_fn contract). */
+void spa_dot_q4_0_q8x_packed_scalar(const void *w, const struct spa_block_q8x *x, size_t n,
+				    float *y);
+void spa_dot_q4_0_q8x_packed_avx2(const void *w, const struct spa_block_q8x *x, size_t n,
+				  float *y);
 
 /* The quantized row kernels. Q8_0, Q4_0 and Q6_K dots with f32 x: quantize x block by block
  * with the variant's quantizer and run the integer dot (the bits of dot_q8x on

@@ -102,6 +102,7 @@ void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n)
 			bad |= !(a <= FLT_MAX); /* NaN or infinity */
 			amax = a > amax ? a : amax;
 		}
+		y[i].sum = 0;
 		if (bad || amax < XQ_TINY) {
 			y[i].d = bad ? NAN : 0.0f;
 			memset(y[i].qs, 0, sizeof y[i].qs);
@@ -112,6 +113,7 @@ void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n)
 		for (int j = 0; j < SPA_QK8X; j++) {
 			const float v = x[j] * id; /* |v| <= 127 (1 + 2^-23)^2: rounds to <= 127 */
 			y[i].qs[j] = (int8_t)nearest_int(v);
+			y[i].sum += y[i].qs[j];
 		}
 	}
 }
@@ -195,39 +197,92 @@ void spa_dequant_q4_0_scalar(const void *src, float *dst, size_t n)
 	}
 }
 
-/* As dot_q8_0_q8x_acc; weight level j = ((qs[j % 16] >> 4 (j / 16)) & 15) - 8. */
-static void dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b, const struct spa_block_q8x *x,
-			     size_t nb, float acc[8])
+/* Level j of a Q4_0 block: ((qs[j % 16] >> 4 (j / 16)) & 15) - 8. The block's exact sum s of
+ * level * q, then acc = acc + (d_w * d_x) * (float)s (kernels_impl.h). */
+static float dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b, const struct spa_block_q8x *x,
+			      size_t nb, float acc)
 {
 	for (size_t i = 0; i < nb; i++) {
 		const float d = spa__fp16_to_fp32(b[i].d) * x[i].d;
-		for (int l = 0; l < 8; l++) {
-			int32_t s = 0;
-			for (int k = 4 * l; k < 4 * l + 4; k++)
-				s += (((b[i].qs[k % 16] >> (4 * (k / 16))) & 15) - 8) * x[i].qs[k];
-			acc[l] += d * (float)s;
-		}
+		int32_t s = 0;
+		for (int k = 0; k < SPA_QK4_0; k++)
+			s += (((b[i].qs[k % 16] >> (4 * (k / 16))) & 15) - 8) * x[i].qs[k];
+		acc = acc + d * (float)s;
 	}
+	return acc;
 }
 
 float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n)
 {
-	float acc[8] = { 0 };
-	dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, acc);
-	return lanes_sum(acc);
+	return dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, 0.0f);
 }
 
 float spa_dot_q4_0_scalar(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q4_0 *b = w;
 	struct spa_block_q8x xq[XQ_CHUNK];
-	float acc[8] = { 0 };
+	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
 		spa_quantize_x_scalar(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
-		dot_q4_0_q8x_acc(b + i, xq, nb, acc);
+		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
-	return lanes_sum(acc);
+	return acc;
+}
+
+/* ---- Q4_0 packed by 8 rows (struct spa_block_q4_0x8) -------------------------------------- */
+
+const uint8_t spa_q4_0x8_row[8] = { 0, 1, 4, 5, 2, 3, 6, 7 };
+
+void spa_pack_q4_0_x8(void *data, size_t row_size, uint64_t rows, void *tmp)
+{
+	const size_t nb = row_size / sizeof(struct spa_block_q4_0);
+	for (uint64_t g = 0; g + SPA_PACK_ROWS <= rows; g += SPA_PACK_ROWS) {
+		uint8_t *grp = (uint8_t *)data + g * row_size;
+		struct spa_block_q4_0x8 *o = (struct spa_block_q4_0x8 *)(void *)grp;
+		memcpy(tmp, grp, SPA_PACK_ROWS * row_size);
+		for (size_t i = 0; i < nb; i++) {
+			struct spa_block_q4_0x8 p;
+			for (int l = 0; l < 8; l++) {
+				const struct spa_block_q4_0 *b =
+					(const struct spa_block_q4_0 *)(const void *)
+						((const uint8_t *)tmp + spa_q4_0x8_row[l] * row_size) + i;
+				p.d[l] = b->d;
+			}
+			for (int c = 0; c < 2; c++)
+				for (int r = 0; r < 8; r++) {
+					const struct spa_block_q4_0 *b =
+						(const struct spa_block_q4_0 *)(const void *)
+							((const uint8_t *)tmp + r * row_size) + i;
+					memcpy(p.qs + 64 * c + 32 * (r / 4) + 8 * (r % 4),
+					       b->qs + 8 * c, 8);
+				}
+			memcpy(&o[i], &p, sizeof p);
+		}
+	}
+}
+
+/* Lane l of the group: row spa_q4_0x8_row[l], its levels read back from the packed bytes,
+ * with dot_q4_0_q8x_acc's operations. */
+void spa_dot_q4_0_q8x_packed_scalar(const void *w, const struct spa_block_q8x *x, size_t n,
+				    float *y)
+{
+	const struct spa_block_q4_0x8 *b = w;
+	float acc[8] = { 0 };
+	for (size_t i = 0; i < n / SPA_QK4_0; i++)
+		for (int l = 0; l < 8; l++) {
+			const int r = spa_q4_0x8_row[l];
+			const uint8_t *q = b[i].qs + 32 * (r / 4) + 8 * (r % 4);
+			const float d = spa__fp16_to_fp32(b[i].d[l]) * x[i].d;
+			int32_t s = 0;
+			for (int k = 0; k < SPA_QK4_0; k++) {
+				const int byte = k % 16, c = byte / 8;
+				s += (((q[64 * c + byte % 8] >> (4 * (k / 16))) & 15) - 8) * x[i].qs[k];
+			}
+			acc[l] = acc[l] + d * (float)s;
+		}
+	for (int l = 0; l < 8; l++)
+		y[spa_q4_0x8_row[l]] = acc[l];
 }
 
 /* ---- Q4_K -------------------------------------------------------------------------------- */

@@ -32,6 +32,13 @@ static inline __m256 i8_ps(__m128i v)
 /* ---- integer dots with quantized activations (kernels_impl.h gives the arithmetic) ---- */
 
 #define XQ_TINY 0x1p-100f /* as quant.c */
+
+static inline int32_t hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
 #define XQ_CHUNK 64
 
 void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n)
@@ -59,6 +66,7 @@ void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n)
 		if (_mm256_movemask_ps(bad) || amax < XQ_TINY) {
 			y[i].d = _mm256_movemask_ps(bad) ? NAN : 0.0f;
 			memset(y[i].qs, 0, sizeof y[i].qs);
+			y[i].sum = 0;
 			continue;
 		}
 		const __m256 id = _mm256_set1_ps(127.0f / amax);
@@ -68,6 +76,8 @@ void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n)
 		__m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
 		__m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id));
 		__m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
+		y[i].sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1),
+						     _mm256_add_epi32(i2, i3)));
 		/* the packs work per 128-bit half: 0-3 8-11 16-19 24-27 4-7 12-15 20-23 28-31 */
 		i0 = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
 		_mm256_storeu_si256((__m256i *)y[i].qs, _mm256_permutevar8x32_epi32(i0, perm));
@@ -111,23 +121,21 @@ static inline __m256i q4_0_levels(const struct spa_block_q4_0 *b)
 	return _mm256_and_si256(_mm256_srlv_epi64(raw, sh), _mm256_set1_epi8(0x0F));
 }
 
-/* One row's block term of Q4_0 against x block (q its levels, q8 = maddubs(8, q), xd its
- * scale): (u - 8) q = u q - 8 q, the levels unsigned for maddubs, no sign trick; pair sums
- * within +-2 * 15 * 127 and 2 * 8 * 127, their difference too. */
-static inline __m256 q4_0_term(const struct spa_block_q4_0 *b, __m256i q, __m256i q8, float xd)
+/* The 8 int32 lane sums of u * q, u Q4_0's unsigned levels (0..15) of block b: maddubs takes
+ * them unsigned, no sign trick; pair sums within 2 * 15 * 127. The offset of 8 comes off the
+ * block's total: sum (u - 8) q = sum u q - 8 x.sum. */
+static inline __m256i q4_0_uq(const struct spa_block_q4_0 *b, __m256i q)
 {
-	__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0_levels(b), q), q8);
-	__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-	return _mm256_mul_ps(_mm256_set1_ps(half(b->d) * xd), s);
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(q4_0_levels(b), q), _mm256_set1_epi16(1));
 }
 
-static inline __m256 dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b,
-				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
+static inline float dot_q4_0_q8x_acc(const struct spa_block_q4_0 *b,
+				     const struct spa_block_q8x *x, size_t nb, float acc)
 {
-	const __m256i c8 = _mm256_set1_epi8(8);
 	for (size_t i = 0; i < nb; i++) {
-		__m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		acc = _mm256_add_ps(acc, q4_0_term(&b[i], q, _mm256_maddubs_epi16(c8, q), x[i].d));
+		const __m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
+		const int32_t s = hsum_i32(q4_0_uq(&b[i], q)) - 8 * x[i].sum;
+		acc = acc + half(b[i].d) * x[i].d * (float)s;
 	}
 	return acc;
 }
@@ -139,7 +147,7 @@ float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t
 
 float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n)
 {
-	return hsum8(dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, _mm256_setzero_ps()));
+	return dot_q4_0_q8x_acc(w, x, n / SPA_QK4_0, 0.0f);
 }
 
 /* Four interleaved rows are four short streams that the hardware prefetchers learn too late
@@ -194,6 +202,9 @@ void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 	hsum8x4(a0, a1, a2, a3, y);
 }
 
+/* Q4_0, four rows: each row's block total as one lane (the pairwise sums of the four rows'
+ * lane sums), so the float part (scales, convert, multiply, add) is one 4-lane operation for
+ * the four; lane k has dot_q4_0_q8x_acc's operations on row k. */
 void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
 				size_t n, float *y, unsigned nrows)
 {
@@ -202,19 +213,82 @@ void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 		return;
 	const struct spa_block_q4_0 *b0 = ROW(p, 0), *b1 = ROW(p, 1);
 	const struct spa_block_q4_0 *b2 = ROW(p, 2), *b3 = ROW(p, 3);
-	const __m256i c8 = _mm256_set1_epi8(8);
-	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	__m128 acc = _mm_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
 		const __m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		const __m256i q8 = _mm256_maddubs_epi16(c8, q);
-		const float xd = x[i].d;
-		a0 = _mm256_add_ps(a0, q4_0_term(&b0[i], q, q8, xd));
-		a1 = _mm256_add_ps(a1, q4_0_term(&b1[i], q, q8, xd));
-		a2 = _mm256_add_ps(a2, q4_0_term(&b2[i], q, q8, xd));
-		a3 = _mm256_add_ps(a3, q4_0_term(&b3[i], q, q8, xd));
+		/* [r0 r1 r2 r3] of the low lanes | of the high lanes, then added */
+		const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(q4_0_uq(&b0[i], q),
+								      q4_0_uq(&b1[i], q)),
+						    _mm256_hadd_epi32(q4_0_uq(&b2[i], q),
+								      q4_0_uq(&b3[i], q)));
+		const __m128i s = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(h),
+							      _mm256_extracti128_si256(h, 1)),
+						_mm_set1_epi32(8 * x[i].sum));
+		const __m128 d = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi16((short)b0[i].d,
+									(short)b1[i].d,
+									(short)b2[i].d,
+									(short)b3[i].d, 0, 0, 0, 0)),
+					    _mm_set1_ps(x[i].d));
+		acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
 	}
-	hsum8x4(a0, a1, a2, a3, y);
+	_mm_storeu_ps(y, acc);
+}
+
+/* Packed Q4_0 (struct spa_block_q4_0x8): per block, four 32-byte loads hold the 8 rows'
+ * levels (4 rows x 8 bytes each); x's 8-byte runs are broadcast to the rows' lanes; maddubs
+ * of the low and the high nibbles, added in int16 (four pair sums: within 4 * 2 * 15 * 127 =
+ * 15240), madd to int32 and one pairwise add give one total per row, lanes in
+ * spa_q4_0x8_row's order; then the scales of the 8 rows are one fp16 load. Lane l: the
+ * operations of dot_q4_0_q8x_acc on row spa_q4_0x8_row[l]. */
+static inline __m256i bcast8(const int8_t *q)
+{
+	int64_t v;
+	memcpy(&v, q, sizeof v);
+	return _mm256_set1_epi64x(v);
+}
+
+/* the int16 pair sums of 4 rows: bytes of elements 8c.. (lo) and 16+8c.. (hi), c = 0 at a,
+ * c = 1 at b */
+static inline __m256i q4_0x8_half(__m256i a, __m256i b, __m256i x0, __m256i x1, __m256i x2,
+				  __m256i x3)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0F);
+	const __m256i lo_a = _mm256_and_si256(a, m4);
+	const __m256i hi_a = _mm256_and_si256(_mm256_srli_epi16(a, 4), m4);
+	const __m256i lo_b = _mm256_and_si256(b, m4);
+	const __m256i hi_b = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+	return _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo_a, x0),
+						 _mm256_maddubs_epi16(hi_a, x2)),
+				_mm256_add_epi16(_mm256_maddubs_epi16(lo_b, x1),
+						 _mm256_maddubs_epi16(hi_b, x3)));
+}
+
+void spa_dot_q4_0_q8x_packed_avx2(const void *w, const struct spa_block_q8x *x, size_t n,
+				  float *y)
+{
+	const struct spa_block_q4_0x8 *b = w;
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256 acc = _mm256_setzero_ps();
+	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
+		const uint8_t *qs = b[i].qs;
+		const __m256i x0 = bcast8(x[i].qs), x1 = bcast8(x[i].qs + 8);
+		const __m256i x2 = bcast8(x[i].qs + 16), x3 = bcast8(x[i].qs + 24);
+		const __m256i v00 = _mm256_loadu_si256((const __m256i *)qs);        /* rows 0-3 */
+		const __m256i v01 = _mm256_loadu_si256((const __m256i *)(qs + 32)); /* rows 4-7 */
+		const __m256i v10 = _mm256_loadu_si256((const __m256i *)(qs + 64));
+		const __m256i v11 = _mm256_loadu_si256((const __m256i *)(qs + 96));
+		const __m256i s03 = _mm256_madd_epi16(q4_0x8_half(v00, v10, x0, x1, x2, x3), ones);
+		const __m256i s47 = _mm256_madd_epi16(q4_0x8_half(v01, v11, x0, x1, x2, x3), ones);
+		const __m256i s = _mm256_sub_epi32(_mm256_hadd_epi32(s03, s47),
+						   _mm256_set1_epi32(8 * x[i].sum));
+		const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[i].d)),
+					       _mm256_set1_ps(x[i].d));
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+	}
+	/* lanes [r0 r1 r4 r5 r2 r3 r6 r7] back to row order (the permutation is its own
+	 * inverse) */
+	_mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
 }
 
 float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
@@ -234,13 +308,13 @@ float spa_dot_q4_0_avx2(const void *w, const float *x, size_t n)
 {
 	const struct spa_block_q4_0 *b = w;
 	struct spa_block_q8x xq[XQ_CHUNK];
-	__m256 acc = _mm256_setzero_ps();
+	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
 		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
 		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
-	return hsum8(acc);
+	return acc;
 }
 
 /* ---- Q4_K: x in f32 ------------------------------------------------------------- */

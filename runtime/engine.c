@@ -826,7 +826,11 @@ static void attn_worker(void *ctx, int ith, int nth)
 	float *sc = e->scores + (uint64_t)ith * e->n_ctx;
 	const uint32_t n_items = job->n_tok * hp->n_heads;
 
-	for (uint32_t it = (uint32_t)ith; it < n_items; it += (uint32_t)nth) {
+	/* contiguous shares: a thread's heads are neighbours, so the heads that share a KV head
+	 * (grouped-query attention) read its rows once from memory, then from its caches */
+	const uint32_t it0 = (uint32_t)((uint64_t)n_items * (uint32_t)ith / (uint32_t)nth);
+	const uint32_t it1 = (uint32_t)((uint64_t)n_items * (uint32_t)(ith + 1) / (uint32_t)nth);
+	for (uint32_t it = it0; it < it1; it++) {
 		const uint32_t j = it / hp->n_heads, h = it % hp->n_heads;
 		const uint32_t p = job->pos + j;            /* absolute position */
 		const uint32_t kvh = h / group;
@@ -837,13 +841,7 @@ static void attn_worker(void *ctx, int ith, int nth)
 		for (uint32_t t = 0; t <= p; t++)
 			sc[t] = sc[t] * scale;
 		spa_softmax(sc, p + 1);
-		memset(out, 0, hd * sizeof(float));
-		for (uint32_t t = 0; t <= p; t++) {
-			const float *v = vc + (uint64_t)t * kv_dim + (uint64_t)kvh * hd;
-			const float a = sc[t];
-			for (uint32_t d = 0; d < hd; d++)
-				out[d] += a * v[d];
-		}
+		spa_weighted_sum(out, sc, vc + (uint64_t)kvh * hd, kv_dim, p + 1, hd);
 	}
 }
 

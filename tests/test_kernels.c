@@ -703,3 +703,46 @@ Test(kernels, pin_binds_the_thread_and_describes_it)
 	spa_pin_describe(tiny, sizeof tiny); /* truncates, NUL-terminated */
 	cr_assert_eq(strlen(tiny), 3);
 }
+
+/* The weighted sum of rows (attention's values): in every variant the bits of the plain loop
+ * (out = 0, then out[d] = out[d] + a[t] * v[t][d], t ascending), for row lengths that leave
+ * every kind of tail (1..70) and 0 to 9 rows of a strided matrix; and close to a double
+ * reference. */
+Test(kernels, weighted_sum_gives_the_plain_loop_bits_in_every_variant)
+{
+	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
+	const int nv = spa_kernels_cpu_has_avx2() ? 2 : 1;
+	const size_t stride = 83;
+	float *m = malloc(sizeof(float) * stride * 9), a[9], want[80], got[80];
+	cr_assert(m);
+	tu_rand(m, stride * 9, 4, 3.0f);
+	tu_rand(a, 9, 5, 1.0f);
+	int checked = 0;
+	for (uint32_t rows = 0; rows <= 9; rows++)
+		for (uint32_t n = 1; n <= 70; n++) {
+			for (uint32_t d = 0; d < n; d++) {
+				float s = 0.0f;
+				double r = 0.0;
+				for (uint32_t t = 0; t < rows; t++) {
+					s = s + a[t] * m[t * stride + d];
+					r += (double)a[t] * m[t * stride + d];
+				}
+				want[d] = s;
+				cr_assert(fabs(s - r) <= 1e-5 * (1 + fabs(r)), "%u rows, col %u", rows,
+					  d);
+			}
+			for (int i = 0; i < nv; i++) {
+				memset(got, 0x7f, sizeof got);
+				v[i]->wsum(got, a, m, stride, rows, n);
+				cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0,
+					     "%s: %u rows of %u", v[i]->name, rows, n);
+				cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu, "%s wrote past n",
+					     v[i]->name);
+				checked++;
+			}
+			spa_weighted_sum(got, a, m, stride, rows, n);
+			cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0, "spa_weighted_sum");
+		}
+	cr_assert_geq(checked, 700);
+	free(m);
+}

@@ -152,6 +152,12 @@ float spa_dot_f32(const float *a, const float *b, uint32_t n);
  * kernel call (rows of a strided matrix: the attention scores over a KV cache). */
 void spa_dot_f32_rows(const float *w, size_t stride, const float *x, uint32_t n, float *y,
 		      uint32_t rows);
+/* out[d] = sum over t < rows of a[t] * v[t * stride + d], for d < n: the rows of v (stride
+ * floats apart) weighted by a (attention's values weighted by its probabilities). Each term one
+ * multiply and one add, t ascending from 0: the same bits in every variant. out may not alias
+ * a or v. Hot path, no allocation, single thread. */
+void spa_weighted_sum(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
+		      uint32_t n);
 /* Index of the largest element (the lowest index on ties). */
 uint32_t spa_argmax(const float *x, uint32_t n);
 

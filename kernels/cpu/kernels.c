@@ -117,6 +117,16 @@ void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n)
 		dst[i] = spa__bf16_to_fp32(h[i]);
 }
 
+void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
+		     uint32_t n)
+{
+	for (uint32_t d = 0; d < n; d++)
+		out[d] = 0.0f;
+	for (uint32_t t = 0; t < rows; t++)
+		for (uint32_t d = 0; d < n; d++)
+			out[d] = out[d] + a[t] * v[(size_t)t * stride + d];
+}
+
 const struct spa_kernels_ops spa_kernels_ops_scalar = {
 	.name = "scalar",
 	.dot = {
@@ -134,6 +144,7 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_scalar,
 	},
 	.quantize_x = spa_quantize_x_scalar,
+	.wsum = spa_wsum_scalar,
 	.dot_q8x_packed = {
 		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_packed_scalar,
 	},
@@ -804,6 +815,12 @@ void spa_swiglu(float *out, const float *gate, const float *up, uint32_t n)
 		float g = gate[i];
 		out[i] = g / (1.0f + expf(-g)) * up[i];
 	}
+}
+
+void spa_weighted_sum(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
+		      uint32_t n)
+{
+	spa_kernels_ops()->wsum(out, a, v, stride, rows, n);
 }
 
 uint32_t spa_argmax(const float *x, uint32_t n)

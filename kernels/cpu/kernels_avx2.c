@@ -116,6 +116,38 @@ static void dequant_bf16_avx2(const void *src, float *dst, size_t n)
 		dst[i] = spa__bf16_to_fp32(h[i]);
 }
 
+/* spa_wsum_scalar's operations (a multiply, then an add; no FMA) on 32 or 8 columns at a time,
+ * the sums held in registers across the rows; the last columns as the scalar code. */
+static void wsum_avx2(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
+		      uint32_t n)
+{
+	uint32_t d = 0;
+	for (; d + 32 <= n; d += 32) {
+		__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+		for (uint32_t t = 0; t < rows; t++) {
+			const float *r = v + (size_t)t * stride + d;
+			const __m256 w = _mm256_set1_ps(a[t]);
+			s0 = _mm256_add_ps(s0, _mm256_mul_ps(w, _mm256_loadu_ps(r)));
+			s1 = _mm256_add_ps(s1, _mm256_mul_ps(w, _mm256_loadu_ps(r + 8)));
+			s2 = _mm256_add_ps(s2, _mm256_mul_ps(w, _mm256_loadu_ps(r + 16)));
+			s3 = _mm256_add_ps(s3, _mm256_mul_ps(w, _mm256_loadu_ps(r + 24)));
+		}
+		_mm256_storeu_ps(out + d, s0);
+		_mm256_storeu_ps(out + d + 8, s1);
+		_mm256_storeu_ps(out + d + 16, s2);
+		_mm256_storeu_ps(out + d + 24, s3);
+	}
+	for (; d + 8 <= n; d += 8) {
+		__m256 s0 = _mm256_setzero_ps();
+		for (uint32_t t = 0; t < rows; t++)
+			s0 = _mm256_add_ps(s0, _mm256_mul_ps(_mm256_set1_ps(a[t]),
+							     _mm256_loadu_ps(v + (size_t)t * stride + d)));
+		_mm256_storeu_ps(out + d, s0);
+	}
+	if (d < n)
+		spa_wsum_scalar(out + d, a, v + d, stride, rows, n - d);
+}
+
 const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	.name = "avx2-fma-f16c",
 	.dot = {
@@ -133,6 +165,7 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 		[SPA_TYPE_Q6_K] = spa_dot_q6_K_q8x_avx2,
 	},
 	.quantize_x = spa_quantize_x_avx2,
+	.wsum = wsum_avx2,
 	.dot_rows = {
 		[SPA_TYPE_F32] = dot_f32_rows_avx2,
 		[SPA_TYPE_F16] = dot_f16_rows_avx2,

@@ -57,6 +57,10 @@ typedef void (*spa_dot_q8x_rows_fn)(const void *w, size_t row_size,
 typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x *x, size_t n,
 				      float *y);
 
+/* out[d] = sum over t < rows of a[t] * v[t * stride + d], d < n (spa_weighted_sum). */
+typedef void (*spa_wsum_fn)(float *out, const float *a, const float *v, size_t stride,
+			    uint32_t rows, uint32_t n);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
@@ -72,6 +76,7 @@ struct spa_kernels_ops {
 	/* Types spa_tensor_pack packs (Q4_0), in every variant: a packed matrix has no other
 	 * kernel. */
 	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
+	spa_wsum_fn wsum;
 };
 
 /* The portable variant (kernels.c): plain C, 8 independent partial sums so that compilers
@@ -104,6 +109,8 @@ float spa_dot_bf16_scalar(const void *w, const float *x, size_t n);
 void spa_dequant_f32_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n);
+void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
+		     uint32_t n);
 
 /* ---- quantized formats (quant.c, quant_avx2.c) ------------------------------------------
  * ggml's block layouts (ggml-common.h), byte for byte: a row of n elements is n / QK blocks,

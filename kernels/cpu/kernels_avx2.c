@@ -29,6 +29,19 @@ static inline __m256 load_bf16(const void *w, size_t i)
 	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
+/* Software prefetch PREFETCH_AHEAD bytes ahead of the row being read, a 64-byte line per line
+ * read: the hardware's stream prefetcher alone leaves DRAM idle at the start of each short
+ * stream (a decode step starts about 160 of them, a matrix share per thread; measured on
+ * bench/decode: F16 +5 to +10 % tok/s at the default shape, 1024 against 0 and 2048). */
+#define PREFETCH_AHEAD 1024
+#define PFW(w, i, wtype)                                                                   \
+	do {                                                                               \
+		const char *pf_ = (const char *)((const wtype *)(w) + (i)) + PREFETCH_AHEAD; \
+		_mm_prefetch(pf_, _MM_HINT_T0);                                            \
+		if (sizeof(wtype) == 4) /* 128 bytes an iteration */                       \
+			_mm_prefetch(pf_ + 64, _MM_HINT_T0);                               \
+	} while (0)
+
 /* One row's 8 lane sums before the final hsum8, in the order the file's header gives. Partial
  * group of rem < 8 elements at i: copied into zeroed buffers (zeros add nothing, and 0 * 0
  * cannot make a NaN) so that nothing is read past the end of either array. */
@@ -39,6 +52,7 @@ static inline __m256 load_bf16(const void *w, size_t i)
 		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                 \
 		size_t i = 0;                                                              \
 		for (; i + 32 <= n; i += 32) {                                             \
+			PFW(w, i, wtype);                                                  \
 			a0 = _mm256_fmadd_ps(load(w, i), _mm256_loadu_ps(x + i), a0);      \
 			a1 = _mm256_fmadd_ps(load(w, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
 			a2 = _mm256_fmadd_ps(load(w, i + 16), _mm256_loadu_ps(x + i + 16), a2); \

@@ -18,6 +18,7 @@
 #include "kernels_impl.h"
 #include "simd_avx2.h"
 
+
 static inline float half(uint16_t h)
 {
 	return _cvtsh_ss(h); /* F16C: exact, as spa__fp16_to_fp32 */
@@ -264,6 +265,13 @@ static inline __m256i q4_0x8_half(__m256i a, __m256i b, __m256i x0, __m256i x1, 
 						 _mm256_maddubs_epi16(hi_b, x3)));
 }
 
+/* A packed matrix is one sequential stream per thread share: prefetched this far ahead (the
+ * hardware's stream prefetcher alone left DRAM idle at the start of each of the many short
+ * streams of a decode step: measured on bench/decode, 1024-2048 bytes gave +15-20 % tok/s at
+ * 1b and +30 % at the default shape against none; the ends of a share prefetch a little past
+ * it, harmlessly). */
+#define PACKED_AHEAD 1536
+
 void spa_dot_q4_0_q8x_packed_avx2(const void *w, const struct spa_block_q8x *x, size_t n,
 				  float *y)
 {
@@ -272,6 +280,10 @@ void spa_dot_q4_0_q8x_packed_avx2(const void *w, const struct spa_block_q8x *x, 
 	__m256 acc = _mm256_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
 		const uint8_t *qs = b[i].qs;
+		/* 144 bytes an iteration: three lines, some twice */
+		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD, _MM_HINT_T0);
+		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD + 64, _MM_HINT_T0);
+		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD + 128, _MM_HINT_T0);
 		const __m256i x0 = bcast8(x[i].qs), x1 = bcast8(x[i].qs + 8);
 		const __m256i x2 = bcast8(x[i].qs + 16), x3 = bcast8(x[i].qs + 24);
 		const __m256i v00 = _mm256_loadu_si256((const __m256i *)qs);        /* rows 0-3 */

@@ -197,9 +197,9 @@ float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size
 float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
-/* Q6_K the same way (the head of Q4_0 and Q4_K files): per block of activations, lanes 0..3
- * lie in one 16-element sub-block and 4..7 in the next; each lane's exact sum is multiplied by
- * its sub-block's int8 scale, and the float part is as above with d_w the block's fp16 d. */
+/* Q6_K as Q4_0 (the head of Q4_0 and Q4_K files): per block of activations (32 elements, two
+ * 16-element sub-blocks) the exact int32 sum s of sub-block scale * (level - 32) * q, then
+ * acc = acc + (d_w * d_x) * (float)s with d_w the Q6_K block's fp16 d, one accumulator. */
 float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
 void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,

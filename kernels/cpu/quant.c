@@ -662,13 +662,13 @@ static inline int q6_level(const uint8_t *ql, const uint8_t *qh, int t)
 	return ((ql[l + 32 * (g & 1)] >> (4 * (g >> 1))) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
 }
 
-/* As dot_q8_0_q8x_acc, over the 8 blocks of activations of each Q6_K block: x block 4h + g
- * is group g of half h (elements 32 g .. 32 g + 31 of the half), its lanes 0..3 in sub-block
- * 2 g (scale sc[8h + 2g]) and lanes 4..7 in sub-block 2 g + 1; the integer lane sums of the
- * levels minus 32 times x are multiplied by their sub-block's int8 scale (exact: at most
- * 4 * 32 * 127 * 128 in magnitude), then acc[l] += (d_w * d_x) * (float)(sc * s[l]). */
-static void dot_q6_K_q8x_acc(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
-			     size_t nb, float acc[8])
+/* Over the 8 blocks of activations of each Q6_K block: x block 4h + g is group g of half h
+ * (elements 32 g .. 32 g + 31 of the half), its first 16 in sub-block 2 g (scale sc[8h + 2g])
+ * and its last 16 in sub-block 2 g + 1. Per x block the exact int32 sum s of sc * (level - 32)
+ * * q (at most 32 * 32 * 127 * 128 in magnitude), then acc = acc + (d_w * d_x) * (float)s,
+ * one accumulator, as Q4_0 (kernels_impl.h). */
+static float dot_q6_K_q8x_acc(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
+			      size_t nb, float acc)
 {
 	for (size_t i = 0; i < nb; i++) {
 		const float dw = spa__fp16_to_fp32(b[i].d);
@@ -677,22 +677,20 @@ static void dot_q6_K_q8x_acc(const struct spa_block_q6_K *b, const struct spa_bl
 			const int8_t *sc = b[i].scales + 8 * h;
 			for (int g = 0; g < 4; g++, x++) {
 				const float d = dw * x->d;
-				for (int l = 0; l < 8; l++) {
-					int32_t s = 0;
-					for (int k = 4 * l; k < 4 * l + 4; k++)
-						s += (q6_level(ql, qh, 32 * g + k) - 32) * x->qs[k];
-					acc[l] += d * (float)(sc[2 * g + l / 4] * s);
-				}
+				int32_t s = 0;
+				for (int k = 0; k < 32; k++)
+					s += sc[2 * g + k / 16] *
+					     ((q6_level(ql, qh, 32 * g + k) - 32) * x->qs[k]);
+				acc = acc + d * (float)s;
 			}
 		}
 	}
+	return acc;
 }
 
 float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n)
 {
-	float acc[8] = { 0 };
-	dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, acc);
-	return lanes_sum(acc);
+	return dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, 0.0f);
 }
 
 /* XQ_CHUNK (64) blocks of x are 8 Q6_K blocks. */
@@ -701,13 +699,13 @@ float spa_dot_q6_K_scalar(const void *w, const float *x, size_t n)
 	const struct spa_block_q6_K *b = w;
 	struct spa_block_q8x xq[XQ_CHUNK];
 	const size_t per = XQ_CHUNK / (SPA_QK_K / SPA_QK8X);
-	float acc[8] = { 0 };
+	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
 		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
 		spa_quantize_x_scalar(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
-		dot_q6_K_q8x_acc(b + i, xq, nb, acc);
+		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
 	}
-	return lanes_sum(acc);
+	return acc;
 }
 
 /* ---- public: quantize a row, file-type rules ---------------------------------------------- */

@@ -3,9 +3,11 @@
  * all three).
  *
  * Q8_0, Q4_0 and Q6_K: integer dots with quantized activations, as ggml's
- * ggml_vec_dot_q8_0_q8_0 and ggml_vec_dot_q4_0_q8_0 (maddubs with the sign trick, madd, one
- * float multiply per block; Q6_K madds by its sub-block scales), the same float operations
- * as the scalar versions in quant.c, so the same bits.
+ * ggml_vec_dot_q8_0_q8_0 and ggml_vec_dot_q4_0_q8_0 (maddubs, with the sign trick for Q8_0,
+ * madd; Q6_K madds by its sub-block scales), the same float operations as the scalar versions
+ * in quant.c, so the same bits. Q4_0 and Q6_K reduce each block to one exact int32 total per
+ * row, so their multi-row kernels (4 rows; Q4_0 packed, 8) do the float part once for all
+ * their rows, a row per lane.
  * Q4_K: the structure of the scalar references (kernels_impl.h describes it): the 8
  * lane sums of a (sub-)block are one __m256, started with a multiply and continued with FMAs,
  * then folded into the accumulator with one FMA by the block's scale; x stays in f32. */
@@ -372,57 +374,69 @@ float spa_dot_q4_K_avx2(const void *w, const float *x, size_t n)
 	return hsum8(acc);
 }
 
-/* Block b (256 weights) against its 8 activation blocks x, added to acc. */
-static inline __m256 q6_K_block(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
-				__m256 acc)
+/* Q6_K (quant.c's dot_q6_K_q8x_acc): the 8 int32 lane sums of sc * (level - 32) * q over
+ * group k (0..3) of half h of block b, q x block 4h + k, q32 = maddubs(32, q) (shared by the
+ * rows), s16 the group's two sub-block scales as int16 (first 16 elements | last 16). The
+ * levels (0..63) come unsigned for maddubs: (g - 32) q = g q - 32 q, pair sums within
+ * 2 * 63 * 127 and 2 * 32 * 127, the difference too; madd by the scales stays within int32. */
+static inline __m256i q6_K_group(const struct spa_block_q6_K *b, int h, int k, __m256i q,
+				 __m256i q32, __m256i s16)
 {
 	const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+	const __m256i l = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32 * (k & 1)));
+	const __m256i hb = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+	const __m256i lo = k < 2 ? _mm256_and_si256(l, m4)
+				 : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+	const __m256i hs = k == 0 ? _mm256_slli_epi16(hb, 4)
+			 : k == 1 ? _mm256_slli_epi16(hb, 2)
+			 : k == 2 ? hb
+				  : _mm256_srli_epi16(hb, 2);
+	const __m256i g = _mm256_or_si256(lo, _mm256_and_si256(hs, m30));
+	return _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(g, q), q32), s16);
+}
+
+/* Half h's 8 sub-block scales of b as int16, in both 128-bit lanes. */
+static inline __m256i q6_K_scales(const struct spa_block_q6_K *b, int h)
+{
+	return _mm256_broadcastsi128_si256(
+		_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(b->scales + 8 * h))));
+}
+
+/* Group k's scales out of q6_K_scales: int16 element 2k in the low lane, 2k + 1 in the high. */
+static inline __m256i q6_K_pick(__m256i sc, int k)
+{
+	const __m256i m = _mm256_setr_epi8(4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
+					   4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
+					   4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3,
+					   4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2,
+					   4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3,
+					   4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3);
+	return _mm256_shuffle_epi8(sc, m);
+}
+
+static inline float dot_q6_K_q8x_acc(const struct spa_block_q6_K *b,
+				     const struct spa_block_q8x *x, size_t nb, float acc)
+{
 	const __m256i c32 = _mm256_set1_epi8(32);
-	const float dw = half(b->d);
-	for (int h = 0; h < 2; h++) {
-		const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
-		const int8_t *sc = b->scales + 8 * h;
-		__m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-		__m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-		__m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-		__m256i g[4];
-		g[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-				       _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
-		g[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-				       _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
-		g[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-				       _mm256_and_si256(hb, m30));
-		g[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-				       _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
-		for (int k = 0; k < 4; k++, x++) {
-			__m256i q = _mm256_loadu_si256((const __m256i *)x->qs);
-			/* (g - 32) q = g q - 32 q with g unsigned (0..63) for maddubs:
-			 * pair sums within 2 * 63 * 127, 2 * 32 * 127, the difference too */
-			__m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(g[k], q),
-						       _mm256_maddubs_epi16(c32, q));
-			/* int16 0..7 (elements 0..15): sc[2k]; 8..15: sc[2k + 1] */
-			__m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]),
-						       _mm_set1_epi16(sc[2 * k]));
-			__m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16));
-			__m256 d = _mm256_set1_ps(dw * x->d);
-			acc = _mm256_add_ps(acc, _mm256_mul_ps(d, s));
+	for (size_t i = 0; i < nb; i++) {
+		const float dw = half(b[i].d);
+		for (int h = 0; h < 2; h++) {
+			const __m256i sc = q6_K_scales(&b[i], h);
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++, x++) {
+				const __m256i q = _mm256_loadu_si256((const __m256i *)x->qs);
+				const int32_t s = hsum_i32(q6_K_group(&b[i], h, k, q,
+								      _mm256_maddubs_epi16(c32, q),
+								      q6_K_pick(sc, k)));
+				acc = acc + dw * x->d * (float)s;
+			}
 		}
 	}
 	return acc;
 }
 
-/* As quant.c's dot_q6_K_q8x_acc: the levels minus 32 of group g of a half against x block
- * 4h + g (the same integers, computed as g q - 32 q); madd by the sub-block scales instead of
- * ones multiplies each lane's exact sum by its scale (|pair sum| <= 2 * 32 * 127, times
- * |sc| <= 128, two per lane: within int32). */
-static inline __m256 dot_q6_K_q8x_acc(const struct spa_block_q6_K *b,
-				      const struct spa_block_q8x *x, size_t nb, __m256 acc)
-{
-	for (size_t i = 0; i < nb; i++)
-		acc = q6_K_block(&b[i], x + i * (SPA_QK_K / SPA_QK8X), acc);
-	return acc;
-}
-
+/* Four rows: as the Q4_0 four-row kernel, each row's group total one lane of a 4-lane float
+ * operation; the four rows' scales of a block converted in one. */
 void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
 				size_t n, float *y, unsigned nrows)
 {
@@ -431,21 +445,42 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 		return;
 	const struct spa_block_q6_K *b0 = ROW(p, 0), *b1 = ROW(p, 1);
 	const struct spa_block_q6_K *b2 = ROW(p, 2), *b3 = ROW(p, 3);
-	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	const __m256i c32 = _mm256_set1_epi8(32);
+	__m128 acc = _mm_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK_K; i++) {
-		const struct spa_block_q8x *xb = x + i * (SPA_QK_K / SPA_QK8X);
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
-		a0 = q6_K_block(&b0[i], xb, a0);
-		a1 = q6_K_block(&b1[i], xb, a1);
-		a2 = q6_K_block(&b2[i], xb, a2);
-		a3 = q6_K_block(&b3[i], xb, a3);
+		const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)b0[i].d, (short)b1[i].d,
+							      (short)b2[i].d, (short)b3[i].d, 0, 0,
+							      0, 0));
+		const struct spa_block_q8x *xb = x + i * (SPA_QK_K / SPA_QK8X);
+		for (int h = 0; h < 2; h++) {
+			const __m256i sc0 = q6_K_scales(&b0[i], h), sc1 = q6_K_scales(&b1[i], h);
+			const __m256i sc2 = q6_K_scales(&b2[i], h), sc3 = q6_K_scales(&b3[i], h);
+#pragma GCC unroll 4 /* k constant: the picks' masks and the groups' shifts */
+			for (int k = 0; k < 4; k++) {
+				const struct spa_block_q8x *xk = xb + 4 * h + k;
+				const __m256i q = _mm256_loadu_si256((const __m256i *)xk->qs);
+				const __m256i q32 = _mm256_maddubs_epi16(c32, q);
+				const __m256i t = _mm256_hadd_epi32(
+					_mm256_hadd_epi32(
+						q6_K_group(&b0[i], h, k, q, q32, q6_K_pick(sc0, k)),
+						q6_K_group(&b1[i], h, k, q, q32, q6_K_pick(sc1, k))),
+					_mm256_hadd_epi32(
+						q6_K_group(&b2[i], h, k, q, q32, q6_K_pick(sc2, k)),
+						q6_K_group(&b3[i], h, k, q, q32, q6_K_pick(sc3, k))));
+				const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(t),
+								_mm256_extracti128_si256(t, 1));
+				const __m128 d = _mm_mul_ps(dw, _mm_set1_ps(xk->d));
+				acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
+			}
+		}
 	}
-	hsum8x4(a0, a1, a2, a3, y);
+	_mm_storeu_ps(y, acc);
 }
 
 float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n)
 {
-	return hsum8(dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, _mm256_setzero_ps()));
+	return dot_q6_K_q8x_acc(w, x, n / SPA_QK_K, 0.0f);
 }
 
 float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
@@ -453,11 +488,11 @@ float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
 	const struct spa_block_q6_K *b = w;
 	struct spa_block_q8x xq[XQ_CHUNK];
 	const size_t per = XQ_CHUNK / (SPA_QK_K / SPA_QK8X);
-	__m256 acc = _mm256_setzero_ps();
+	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
 		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
 		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
 		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
 	}
-	return hsum8(acc);
+	return acc;
 }

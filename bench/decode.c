@@ -206,7 +206,8 @@ static int cmp_u64(const void *a, const void *b)
  * the rows that fit in half of each thread's L2, multiplied by a vector again and again, so
  * that no byte comes from memory: GB/s of weights through the kernels with these threads.
  * Where it is below the machine's read bandwidth the format is compute-bound here. */
-static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m, int nth)
+static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m, int nth,
+			       bool file_layout)
 {
 	const struct spa_tensor *g = &m->layers[0].w_gate;
 	uint64_t rs = 0;
@@ -218,6 +219,19 @@ static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m,
 		rows -= rows % SPA_PACK_ROWS;
 	struct spa_tensor t = *g;
 	t.rows = rows;
+	void *file_rows = NULL;
+	if (file_layout) { /* the same rows as the file holds them, read back from it */
+		const struct spa_gguf_tensor *gt = spa_gguf_find_tensor(m->gguf,
+									 "blk.0.ffn_gate.weight");
+		struct spa_errbuf err = {{0}};
+		if (!g->packed || !gt || !(file_rows = malloc(rows * rs)) ||
+		    spa_gguf_pread(m->gguf, gt->offset, file_rows, rows * rs, &err) < 0) {
+			free(file_rows);
+			return NAN;
+		}
+		t.data = file_rows;
+		t.packed = 0;
+	}
 	float *x = calloc(g->cols, sizeof(float)), *y = calloc(rows, sizeof(float));
 	for (uint64_t i = 0; i < g->cols; i++)
 		x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
@@ -230,6 +244,7 @@ static double kernel_cache_gbs(struct spa_pool *pool, const struct spa_model *m,
 	}
 	free(x);
 	free(y);
+	free(file_rows);
 	qsort(v, 15, sizeof v[0], cmp_u64);
 	return (double)rs * (double)rows * 50 / (double)v[7];
 }
@@ -303,6 +318,7 @@ struct row {
 	int threads;
 	double tok_s, p50_ms, p99_ms, eff_gbs, machine_gbs, ratio, gflops, peak_gflops;
 	double kernel_gbs; /* the format's matvec on weights in L2 */
+	double kernel_file_gbs; /* the same on the rows as the file lays them out, where packed */
 	double roof;       /* eff_gbs / min(machine_gbs, kernel_gbs) */
 	double taps_fused_us, taps_unfused_us;   /* added to a step */
 	double taps_tail_us;                     /* fused: left after the last block */
@@ -426,7 +442,8 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	w->threads = spa_pool_n_threads(pool);
 	(void)machine_read_gbs(pool, bwbuf, o->bw_bytes); /* warm: the buffer's pages faulted in */
 	w->peak_gflops = machine_fma_gflops(pool, w->threads);
-	w->kernel_gbs = kernel_cache_gbs(pool, m, w->threads);
+	w->kernel_gbs = kernel_cache_gbs(pool, m, w->threads, false);
+	w->kernel_file_gbs = kernel_cache_gbs(pool, m, w->threads, true);
 
 	const uint32_t V = m->hp.n_vocab, H = m->hp.n_embd, L = m->hp.n_layers;
 	uint32_t max_p = 16;
@@ -729,6 +746,12 @@ int main(int argc, char **argv)
 	printf("kern GB/s: the format's matvec on weights held in L2 (its compute ceiling with these\n"
 	       "threads); %%roof: eff GB/s / the lower of mach and kern GB/s (a format whose kern is\n"
 	       "below mach is compute-bound here); peak: an FMA loop\n");
+	for (int i = 0; i < n; i++)
+		if (rows[i].threads && rows[i].kernel_file_gbs > 0)
+			printf("packed at load (%s %s, %d threads): kern %.2f GB/s against %.2f GB/s on "
+			       "the rows as the file lays them out (%.2fx)\n", rows[i].shape,
+			       spa_dtype_name(rows[i].type), rows[i].threads, rows[i].kernel_gbs,
+			       rows[i].kernel_file_gbs, rows[i].kernel_gbs / rows[i].kernel_file_gbs);
 	printf("\nfusions (median per token, same run, same states)\n");
 	printf("%-8s %-5s %3s %14s %14s %14s %14s %14s %14s %14s\n", "shape", "type", "thr",
 	       "taps in fwd us", "taps tail us", "taps after us", "head fused us",
@@ -804,6 +827,8 @@ int main(int argc, char **argv)
 			bu_json_num(&j, "gflops", w->gflops);
 			bu_json_num(&j, "peak_gflops", w->peak_gflops);
 			bu_json_num(&j, "kernel_gbs", w->kernel_gbs);
+			if (w->kernel_file_gbs > 0)
+				bu_json_num(&j, "kernel_file_gbs", w->kernel_file_gbs);
 			bu_json_num(&j, "roof", w->roof);
 			bu_json_obj_begin(&j, "fusion");
 			bu_json_num(&j, "taps_fused_us", w->taps_fused_us);

@@ -182,6 +182,21 @@ Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
 	cleanup(dir);
 }
 
+/* A Q4_0 model is packed at load: decode reports its kernel packed and on the file's rows. */
+Test(bench, decode_reports_what_packing_q4_0_gives)
+{
+	char *dir = tu_tmpdir(), cmd[1024];
+	snprintf(cmd, sizeof cmd, "%s --shape tiny --type q4_0 -t 1 -n 4 --prefill 4 --bw-mib 64 "
+		 "--cache %s", bench_program("decode"), dir);
+	char *js = run_bench(dir, "decode", cmd);
+	cr_assert_eq(jcount(js, "shape"), 1);
+	cr_assert_gt(jnum(js, "tok_s", 0), 0);
+	cr_assert_gt(jnum(js, "kernel_gbs", 0), 0);
+	cr_assert_gt(jnum(js, "kernel_file_gbs", 0), 0);
+	free(js);
+	cleanup(dir);
+}
+
 Test(bench, load_compares_the_readers_on_one_file)
 {
 	char *dir = tu_tmpdir(), cmd[1024];

@@ -1168,7 +1168,8 @@ static uint8_t *random_q4_0(uint64_t rows, uint64_t cols, uint64_t seed)
 }
 
 /* The packed kernels give each of the 8 rows the bits of the single-row dot on the row as the
- * file holds it, in both variants, for awkward row lengths (1 to 2056 blocks). */
+ * file holds it, in both variants, for awkward row lengths (1 to 2056 blocks); so do the 8-row
+ * kernels on the file's rows. */
 Test(quant, packed_q4_0_kernels_give_each_row_the_single_row_bits)
 {
 	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
@@ -1196,6 +1197,25 @@ Test(quant, packed_q4_0_kernels_give_each_row_the_single_row_bits)
 						     "%s %llu blocks, row %d: %a vs %a", v[i]->name,
 						     (unsigned long long)nb, 8 * g + r, (double)a,
 						     (double)y[r]);
+					checked++;
+				}
+			}
+		}
+		/* the 8-row kernels on the rows as the file lays them out, where a variant has
+		 * one (the next 8 rows prefetched: the matrix's rest, or past its end) */
+		for (int i = 0; i < nv; i++) {
+			if (!v[i]->dot_q8x_rows8[SPA_TYPE_Q4_0])
+				continue;
+			v[i]->quantize_x(x, xq, n);
+			for (int g = 0; g < 2; g++) {
+				float y[8];
+				v[i]->dot_q8x_rows8[SPA_TYPE_Q4_0](w + g * 8 * rs, rs, xq, n, y);
+				for (int r = 0; r < 8; r++) {
+					const float a = v[i]->dot_q8x[SPA_TYPE_Q4_0](w + (8 * g + r) * rs,
+										     xq, n);
+					cr_assert_eq(memcmp(&a, &y[r], 4), 0,
+						     "%s rows8 %llu blocks, row %d", v[i]->name,
+						     (unsigned long long)nb, 8 * g + r);
 					checked++;
 				}
 			}

@@ -290,6 +290,7 @@ struct mm_job {
 	spa_dot_rows_fn dot_rows;         /* optional, with dot */
 	spa_dot_q8x_rows_fn dot_q8x_rows; /* optional, with dot_q8x */
 	spa_dot_q8x_packed_fn packed;     /* a packed matrix: its kernel, with xq */
+	spa_dot_q8x_rows8_fn dot_q8x_rows8; /* optional, with dot_q8x on file rows */
 	unsigned group;                   /* rows are taken in multiples of this */
 	const uint8_t *w;
 	size_t row_size;
@@ -334,6 +335,11 @@ static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r
 		for (; r + SPA_PACK_ROWS <= r1; r += SPA_PACK_ROWS)
 			j->packed(j->w + r * j->row_size, xq, j->cols, y + r);
 		return;
+	}
+	if (j->dot_q8x_rows8) {
+		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
+		for (; r + 8 <= r1; r += 8)
+			j->dot_q8x_rows8(j->w + r * j->row_size, j->row_size, xq, j->cols, y + r);
 	}
 	if (j->dot_q8x ? j->dot_q8x_rows != NULL : j->dot_rows != NULL) {
 		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
@@ -454,9 +460,14 @@ static void set_xq(const struct spa_kernels_ops *ops, const struct spa_tensor *w
 	j->dot_q8x = ops->dot_q8x[w->type];
 	j->dot_q8x_rows = ops->dot_q8x_rows[w->type];
 	j->xq = xq;
-	if (w->packed) {
+	if (ops->dot_q8x_rows8[w->type] && !w->packed) { /* chunks of whole 8-row calls */
+		j->dot_q8x_rows8 = ops->dot_q8x_rows8[w->type];
+		j->group = 8;
+	}
+	if (w->packed) { /* every variant has the packed kernels of what spa_tensor_pack packs */
 		j->packed = ops->dot_q8x_packed[w->type];
 		j->group = SPA_PACK_ROWS;
+		assert(j->packed);
 	}
 }
 

@@ -193,6 +193,9 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	.dot_q8x_packed = {
 		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_packed_avx2,
 	},
+	.dot_q8x_rows8 = {
+		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_rows8_avx2,
+	},
 	/* The quantized rows decode with the scalar ports of ggml's dequantize_row_*: only
 	 * embedding rows are dequantized (one per token), and the scalar code is bit-exact to
 	 * ggml by construction. */

@@ -61,6 +61,11 @@ typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x 
 typedef void (*spa_wsum_fn)(float *out, const float *a, const float *v, size_t stride,
 			    uint32_t rows, uint32_t n);
 
+/* Optional 8-row kernels on rows as the file lays them out (row_size bytes apart): y[0..7],
+ * each with the single-row dot's bits. */
+typedef void (*spa_dot_q8x_rows8_fn)(const void *w, size_t row_size,
+				     const struct spa_block_q8x *x, size_t n, float *y);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
@@ -76,6 +81,7 @@ struct spa_kernels_ops {
 	/* Types spa_tensor_pack packs (Q4_0), in every variant: a packed matrix has no other
 	 * kernel. */
 	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
+	spa_dot_q8x_rows8_fn dot_q8x_rows8[SPA_TYPE_COUNT]; /* optional */
 	spa_wsum_fn wsum;
 };
 
@@ -209,6 +215,8 @@ void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				size_t n, float *y, unsigned nrows);
 void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
 				size_t n, float *y, unsigned nrows);
+void spa_dot_q4_0_q8x_rows8_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
+				 size_t n, float *y);
 /* Packed Q4_0 (the spa_dot_q8x_packed_fn contract). */
 void spa_dot_q4_0_q8x_packed_scalar(const void *w, const struct spa_block_q8x *x, size_t n,
 				    float *y);

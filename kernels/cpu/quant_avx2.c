@@ -267,6 +267,63 @@ static inline __m256i q4_0x8_half(__m256i a, __m256i b, __m256i x0, __m256i x1, 
 						 _mm256_maddubs_epi16(hi_b, x3)));
 }
 
+/* Q4_0 as the file lays it out, 8 rows at once (streamed pieces; SPA_PACK=off): the packed
+ * kernel's arithmetic on registers assembled from the rows: rows 0 and 2 in the two halves of
+ * one register, 1 and 3 in another, so that one unpack of their 64-bit halves gives the packed
+ * layout's 4 rows x 8 bytes; the 8 scales gathered in the packed lane order. Lane l: the
+ * operations of dot_q4_0_q8x_acc on row spa_q4_0x8_row[l]. */
+static inline void q4_0_file_pair(const uint8_t *b, size_t rs, __m256i *lo8, __m256i *hi8)
+{
+	/* rows 0..3 of b (each block's 16 level bytes after its fp16 scale) */
+	const __m256i a = _mm256_loadu2_m128i((const __m128i *)(b + 2 * rs + 2),
+					      (const __m128i *)(b + 2));
+	const __m256i c = _mm256_loadu2_m128i((const __m128i *)(b + 3 * rs + 2),
+					      (const __m128i *)(b + rs + 2));
+	*lo8 = _mm256_unpacklo_epi64(a, c); /* bytes 0-7 of rows 0, 1 | 2, 3 */
+	*hi8 = _mm256_unpackhi_epi64(a, c); /* bytes 8-15 */
+}
+
+static inline uint16_t q4_0_d(const uint8_t *b)
+{
+	uint16_t d;
+	memcpy(&d, b, sizeof d);
+	return d;
+}
+
+void spa_dot_q4_0_q8x_rows8_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
+				 size_t n, float *y)
+{
+	const uint8_t *p = w;
+	const size_t rs = row_size;
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256 acc = _mm256_setzero_ps();
+	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
+		const uint8_t *b = p + i * sizeof(struct spa_block_q4_0);
+		/* the next 8 rows, at the pace these are read: 144 bytes an iteration */
+		const char *nx = (const char *)(p + 8 * rs) + 8 * sizeof(struct spa_block_q4_0) * i;
+		_mm_prefetch(nx, _MM_HINT_T0);
+		_mm_prefetch(nx + 64, _MM_HINT_T0);
+		_mm_prefetch(nx + 128, _MM_HINT_T0);
+		const __m256i x0 = bcast8(x[i].qs), x1 = bcast8(x[i].qs + 8);
+		const __m256i x2 = bcast8(x[i].qs + 16), x3 = bcast8(x[i].qs + 24);
+		__m256i v00, v10, v01, v11;
+		q4_0_file_pair(b, rs, &v00, &v10);
+		q4_0_file_pair(b + 4 * rs, rs, &v01, &v11);
+		const __m256i s03 = _mm256_madd_epi16(q4_0x8_half(v00, v10, x0, x1, x2, x3), ones);
+		const __m256i s47 = _mm256_madd_epi16(q4_0x8_half(v01, v11, x0, x1, x2, x3), ones);
+		const __m256i s = _mm256_sub_epi32(_mm256_hadd_epi32(s03, s47),
+						   _mm256_set1_epi32(8 * x[i].sum));
+		const __m128i dh = _mm_setr_epi16(
+			(short)q4_0_d(b), (short)q4_0_d(b + rs), (short)q4_0_d(b + 4 * rs),
+			(short)q4_0_d(b + 5 * rs), (short)q4_0_d(b + 2 * rs),
+			(short)q4_0_d(b + 3 * rs), (short)q4_0_d(b + 6 * rs),
+			(short)q4_0_d(b + 7 * rs));
+		const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(dh), _mm256_set1_ps(x[i].d));
+		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+	}
+	_mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+
 /* A packed matrix is one sequential stream per thread share: prefetched this far ahead (the
  * hardware's stream prefetcher alone left DRAM idle at the start of each of the many short
  * streams of a decode step: measured on bench/decode, 1024-2048 bytes gave +15-20 % tok/s at

@@ -177,6 +177,8 @@ Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
 			cr_assert(h >= 0 && h <= 1, "%g %%: hidden %g", pct[b], h);
 		if (b)
 			cr_assert_gt(jnum(js, "io_ms", b), 0, "%g %% budget streams", pct[b]);
+		const double nw = jnum(js, "no_wait", b);
+		cr_assert(b == 0 ? isnan(nw) : nw >= 0 && nw <= 1, "%g %%: no_wait %g", pct[b], nw);
 	}
 	free(js);
 	cleanup(dir);

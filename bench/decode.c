@@ -288,12 +288,10 @@ static uint64_t bytes_per_token(const struct spa_model *m)
 	const struct spa_hparams *hp = &m->hp;
 	uint64_t row, n = 0;
 	for (uint32_t l = 0; l < hp->n_layers; l++) {
-		const struct spa_layer *ly = &m->layers[l];
-		const struct spa_tensor *t[7] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate,
-						  &ly->w_up, &ly->w_down };
-		for (int k = 0; k < 7; k++) {
-			spa_dtype_row_size(t[k]->type, t[k]->cols, &row);
-			n += row * t[k]->rows;
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			const struct spa_tensor *t = spa_layer_mat(&m->layers[l], k);
+			spa_dtype_row_size(t->type, t->cols, &row);
+			n += row * t->rows;
 		}
 		n += 2ull * hp->n_embd * sizeof(float);
 	}

@@ -27,10 +27,8 @@
 #include "spa/pool.h"
 #include "spa/tokenizer.h"
 
-/* Greedy head: rows per tile (1 KiB of logits per thread, in L1). */
+/* Greedy head: rows per tile (2 KiB of logits per thread, in L1). */
 #define HEAD_TILE 512u
-/* Matrices of a streamed block, in the order the forward uses them. */
-#define BLK_MATS 7
 
 static uint64_t now_ns(void)
 {
@@ -254,17 +252,6 @@ static void mm(struct spa_engine *e, const struct spa_tensor *w, const float *x,
 
 /* ---------------------------------------------------------------- streaming */
 
-static const char *const blk_mat_names[BLK_MATS] = {
-	"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
-};
-
-static const struct spa_tensor *blk_mat(const struct spa_layer *ly, int k)
-{
-	const struct spa_tensor *t[BLK_MATS] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo,
-						 &ly->w_gate, &ly->w_up, &ly->w_down };
-	return t[k];
-}
-
 /* Rows of a streamed matrix (size bytes, rows rows) per piece: about piece bytes, at least
  * one row. */
 static uint64_t piece_rows(uint64_t size, uint64_t rows, uint64_t piece)
@@ -357,13 +344,13 @@ static int stream_init(struct spa_engine *e)
 	uint64_t n = 0, most_rows = 0;
 	for (int pass = 0; m->res_part && pass < 2; pass++) {
 		for (uint32_t l = 0; l < L; l++)
-			for (int k = 0; k < BLK_MATS; k++) {
-				const struct spa_tensor *t = blk_mat(&m->layers[l], k);
+			for (int k = 0; k < SPA_LAYER_MATS; k++) {
+				const struct spa_tensor *t = spa_layer_mat(&m->layers[l], k);
 				if (t->data)
 					continue;
-				snprintf(name, sizeof name, "blk.%u.%s.weight", l, blk_mat_names[k]);
+				snprintf(name, sizeof name, "blk.%u.%s.weight", l, spa_layer_mat_name(k));
 				const struct spa_gguf_tensor *gt = spa_gguf_find_tensor(g, name);
-				const uint64_t r_res = m->res_part[(size_t)l * BLK_MATS + k].rows;
+				const uint64_t r_res = m->res_part[(size_t)l * SPA_LAYER_MATS + k].rows;
 				if (!gt || gt->ne[1] != t->rows || r_res >= t->rows)
 					return -SPA_EUSAGE;
 				const uint64_t rows = t->rows, row = gt->size / rows,
@@ -457,7 +444,7 @@ static const struct stream_unit *piece_get(struct spa_engine *e, uint32_t l, int
 		return NULL;
 	}
 	st->bytes_read += u->size;
-	*w = *blk_mat(&e->m->layers[l], k);
+	*w = *spa_layer_mat(&e->m->layers[l], k);
 	w->rows = u->r1 - u->r0;
 	w->data = st->slot[st->seq % st->n_slots];
 	w->packed = 0; /* as the file holds them */
@@ -485,8 +472,8 @@ int spa_engine_default_threads(const struct spa_model *m)
 	 * a token is read in the compute thread) */
 	bool streams = false;
 	for (uint32_t l = 0; m && m->res_part && l < m->hp.n_layers && !streams; l++)
-		for (int k = 0; k < BLK_MATS; k++)
-			streams |= !blk_mat(&m->layers[l], k)->data;
+		for (int k = 0; k < SPA_LAYER_MATS; k++)
+			streams |= !spa_layer_mat(&m->layers[l], k)->data;
 	if (streams && n > 1)
 		n--;
 	return n;
@@ -554,12 +541,12 @@ static void part_mm(struct spa_engine *e, const struct spa_tensor *w, uint64_t r
  * each other). */
 static int mmw(struct spa_engine *e, uint32_t l, int k, const float *x, float *y, uint32_t n)
 {
-	const struct spa_tensor *t = blk_mat(&e->m->layers[l], k);
+	const struct spa_tensor *t = spa_layer_mat(&e->m->layers[l], k);
 	if (t->data) {
 		mm(e, t, x, y, n);
 		return 0;
 	}
-	const struct spa_tensor *res = &e->m->res_part[(size_t)l * BLK_MATS + k];
+	const struct spa_tensor *res = &e->m->res_part[(size_t)l * SPA_LAYER_MATS + k];
 	if (n == 1) /* x quantized once for the resident part and every piece */
 		spa_matvec_x_prepare(e->px, x, t->cols);
 	if (res->rows)
@@ -634,8 +621,8 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	for (uint32_t l = 0; l < L; l++) {
 		base += align64(FIND("blk.%u.attn_norm.weight", l)->size) +
 			align64(FIND("blk.%u.ffn_norm.weight", l)->size);
-		for (int k = 0; k < BLK_MATS; k++) {
-			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, spa_layer_mat_name(k));
 			blocks += t->size;
 			blocks_al += align64(t->size);
 		}
@@ -651,14 +638,14 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	 * row per token (keeping it would cost the most for the least). Each resident part is
 	 * 64-byte aligned: slack. The ring holds ring_slots() of the largest piece; under a
 	 * tight budget the pieces shrink, down to 4 KiB (or a row), unless the size was given. */
-	const uint64_t slack = 64ull * BLK_MATS * L;
+	const uint64_t slack = 64ull * SPA_LAYER_MATS * L;
 	uint64_t least, slot;
 	for (;;) {
 		uint64_t most = 0;
 		for (uint32_t l = 0; l < L; l++)
-			for (int k = 0; k < BLK_MATS; k++) {
+			for (int k = 0; k < SPA_LAYER_MATS; k++) {
 				const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l,
-								       blk_mat_names[k]);
+								       spa_layer_mat_name(k));
 				const uint64_t pb = piece_bytes(t->size, t->ne[1], piece);
 				most = pb > most ? pb : most;
 			}
@@ -689,7 +676,7 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	m->stream_piece = piece;
 	m->stream_slot = slot;
 	if (!(m->layers = calloc(L, sizeof *m->layers)) ||
-	    !(m->res_part = calloc((size_t)L * BLK_MATS, sizeof *m->res_part))) {
+	    !(m->res_part = calloc((size_t)L * SPA_LAYER_MATS, sizeof *m->res_part))) {
 		rc = spa_err(err, -ENOMEM, "%s: out of memory", path);
 		goto fail_m;
 	}
@@ -699,15 +686,15 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 	/* resident rows of each block matrix: rows x avail / blocks, rounded down */
 	uint64_t res_size = base;
 	for (uint32_t l = 0; l < L; l++)
-		for (int k = 0; k < BLK_MATS; k++) {
-			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, spa_layer_mat_name(k));
 			const uint64_t rows = t->ne[1];
 			uint64_t r = (uint64_t)((unsigned __int128)rows * avail / blocks);
 			r = r < rows ? r : rows;
 			const struct spa_tensor whole = { t->type, t->ne[0], rows, NULL, 0 };
 			if (r < rows && spa_tensor_packable(&whole)) /* whole groups: packed */
 				r -= r % SPA_PACK_ROWS;
-			m->res_part[(size_t)l * BLK_MATS + k] =
+			m->res_part[(size_t)l * SPA_LAYER_MATS + k] =
 				(struct spa_tensor){ t->type, t->ne[0], r, NULL, 0 };
 			res_size += align64(r * (t->size / rows));
 		}
@@ -756,10 +743,10 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 		t = FIND("blk.%u.ffn_norm.weight", l);
 		PLACE(t, t->size, vp);
 		ly->ffn_norm = vp;
-		for (int k = 0; k < BLK_MATS; k++) {
-			t = FIND("blk.%u.%s.weight", l, blk_mat_names[k]);
-			struct spa_tensor *dst = (struct spa_tensor *)blk_mat(ly, k);
-			struct spa_tensor *part = &m->res_part[(size_t)l * BLK_MATS + k];
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			t = FIND("blk.%u.%s.weight", l, spa_layer_mat_name(k));
+			struct spa_tensor *dst = (struct spa_tensor *)spa_layer_mat(ly, k);
+			struct spa_tensor *part = &m->res_part[(size_t)l * SPA_LAYER_MATS + k];
 			*dst = MATRIX(t);
 			type_elems[t->type] += t->n_elems;
 			PLACE(t, part->rows * (t->size / t->ne[1]), vp);

@@ -326,8 +326,20 @@ err:
 	return rc;
 }
 
-static const char *const blk_names[7] = { "attn_q", "attn_k", "attn_v", "attn_output",
-					   "ffn_gate", "ffn_up", "ffn_down" };
+const struct spa_tensor *spa_layer_mat(const struct spa_layer *ly, int k)
+{
+	const struct spa_tensor *t[SPA_LAYER_MATS] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo,
+						       &ly->w_gate, &ly->w_up, &ly->w_down };
+	return t[k];
+}
+
+const char *spa_layer_mat_name(int k)
+{
+	static const char *const names[SPA_LAYER_MATS] = {
+		"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+	};
+	return names[k];
+}
 
 int spa_model_pack(struct spa_model *m, struct spa_errbuf *err)
 {
@@ -339,19 +351,17 @@ int spa_model_pack(struct spa_model *m, struct spa_errbuf *err)
 			       "packed for the kernels at load) or off (kept as the file lays them "
 			       "out)", e);
 	}
-	for (uint32_t l = 0; l < m->hp.n_layers; l++) {
-		struct spa_layer *ly = &m->layers[l];
-		struct spa_tensor *t[7] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate,
-					    &ly->w_up, &ly->w_down };
-		for (int k = 0; k < 7; k++) {
-			struct spa_tensor *part = m->res_part ? &m->res_part[(size_t)l * 7 + k] : NULL;
-			struct spa_tensor *u = t[k]->data || !part ? t[k] : part;
+	for (uint32_t l = 0; l < m->hp.n_layers; l++)
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			/* the model's own matrix (whole), or its resident rows */
+			struct spa_tensor *u = (struct spa_tensor *)spa_layer_mat(&m->layers[l], k);
+			if (!u->data && m->res_part)
+				u = &m->res_part[(size_t)l * SPA_LAYER_MATS + k];
 			if (u->data && spa_tensor_pack(u) < 0)
 				return spa_err(err, -ENOMEM, "%s: out of memory packing "
 					       "blk.%u.%s.weight", m->gguf ? m->gguf->path : "model",
-					       l, blk_names[k]);
+					       l, spa_layer_mat_name(k));
 		}
-	}
 	return 0;
 }
 

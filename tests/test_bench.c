@@ -155,14 +155,23 @@ Test(bench, xport_rtt_times_every_link_and_size_in_rounds)
 	cleanup(dir);
 }
 
-Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
+/* decode on the tiny shape, one thread, 4 steps, with the given type and options (models made
+ * into dir): its JSON, holding one row that decoded. */
+static char *run_decode(const char *dir, const char *type, const char *opts)
 {
-	char *dir = tu_tmpdir(), cmd[1024];
-	snprintf(cmd, sizeof cmd, "%s --shape tiny --type f32 -t 1 -n 4 --prefill 4 --mem-budget "
-		 "--bw-mib 64 --cache %s", bench_program("decode"), dir);
+	char cmd[1024];
+	snprintf(cmd, sizeof cmd, "%s --shape tiny --type %s -t 1 -n 4 --prefill 4 --bw-mib 64 %s "
+		 "--cache %s", bench_program("decode"), type, opts, dir);
 	char *js = run_bench(dir, "decode", cmd);
 	cr_assert_eq(jcount(js, "shape"), 1);
 	cr_assert_gt(jnum(js, "tok_s", 0), 0);
+	return js;
+}
+
+Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
+{
+	char *dir = tu_tmpdir();
+	char *js = run_decode(dir, "f32", "--mem-budget");
 	cr_assert_gt(jnum(js, "machine_gbs", 0), 0);
 	cr_assert_gt(jnum(js, "ratio", 0), 0);
 	cr_assert_gt(jnum(js, "head_fused_us", 0), 0);
@@ -187,12 +196,8 @@ Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
 /* A Q4_0 model is packed at load: decode reports its kernel packed and on the file's rows. */
 Test(bench, decode_reports_what_packing_q4_0_gives)
 {
-	char *dir = tu_tmpdir(), cmd[1024];
-	snprintf(cmd, sizeof cmd, "%s --shape tiny --type q4_0 -t 1 -n 4 --prefill 4 --bw-mib 64 "
-		 "--cache %s", bench_program("decode"), dir);
-	char *js = run_bench(dir, "decode", cmd);
-	cr_assert_eq(jcount(js, "shape"), 1);
-	cr_assert_gt(jnum(js, "tok_s", 0), 0);
+	char *dir = tu_tmpdir();
+	char *js = run_decode(dir, "q4_0", "");
 	cr_assert_gt(jnum(js, "kernel_gbs", 0), 0);
 	cr_assert_gt(jnum(js, "kernel_file_gbs", 0), 0);
 	free(js);

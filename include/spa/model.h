@@ -42,6 +42,13 @@ struct spa_layer {
 	struct spa_tensor w_down;/* (n_ff -> H) */
 };
 
+/* The matrices of a block, in the order the forward uses them (k = 0..SPA_LAYER_MATS-1): wq, wk,
+ * wv, wo, w_gate, w_up, w_down, and their GGUF names' stems (attn_q ... ffn_down, in
+ * "blk.N.<stem>.weight"). */
+#define SPA_LAYER_MATS 7
+const struct spa_tensor *spa_layer_mat(const struct spa_layer *ly, int k);
+const char *spa_layer_mat_name(int k);
+
 struct spa_model {
 	struct spa_hparams hp;
 	struct spa_tensor tok_embd;  /* (V rows of H) */
@@ -57,10 +64,10 @@ struct spa_model {
 	void *data;                  /* tensor data (owned) */
 	size_t data_size;
 	/* Under a memory budget (spa_engine_model_load): a block matrix whose data is NULL keeps
-	 * its first rows resident, in res_part[7 * layer + k] (k: wq, wk, wv, wo, w_gate, w_up,
-	 * w_down; rows 0 when none), and streams the others per token in pieces of about
-	 * stream_piece bytes, through a ring of buffers of stream_slot bytes each (counted in
-	 * the budget). NULL when every matrix is resident. */
+	 * its first rows resident, in res_part[SPA_LAYER_MATS * layer + k] (k as spa_layer_mat;
+	 * rows 0 when none), and streams the others per token in pieces of about stream_piece
+	 * bytes, through a ring of buffers of stream_slot bytes each (counted in the budget). NULL
+	 * when every matrix is resident. */
 	struct spa_tensor *res_part;
 	uint64_t stream_piece, stream_slot;
 };

@@ -216,9 +216,25 @@ int spa_kernels_supports(enum spa_dtype type)
 	}
 }
 
+/* A caller's bug found (after its assert): NaNs in y[0..n), not garbage; returns -1. */
+static int nan_out(float *y, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		y[i] = NAN;
+	return -1;
+}
+
 /* Callers check spa_kernels_supports() when they load the weights, so an unsupported type
- * here is a bug in the caller: assert, and leave NaNs (not garbage) if asserts are off. */
-static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n);
+ * here is a bug in the caller: assert, and leave NaNs if asserts are off. */
+static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n)
+{
+	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type) &&
+	    n_elems % spa_dtype_block_elems(type) == 0)
+		return 0;
+	assert(!"spa kernels: weight type not supported (check spa_kernels_supports) or a row "
+		"not a multiple of its block (the GGUF reader refuses those)");
+	return nan_out(y, n);
+}
 
 /* A packed matrix that spa_tensor_pack could not have made (or a row range of one that cuts a
  * group): a bug in the caller, as check_type. */
@@ -228,21 +244,7 @@ static int check_packed(const struct spa_tensor *w, float *y, uint64_t n)
 		return 0;
 	assert(!"spa kernels: a packed matrix that spa_tensor_pack did not make, or a row range "
 		"of one that does not start and end on a group of 8 rows");
-	for (uint64_t i = 0; i < n; i++)
-		y[i] = NAN;
-	return -1;
-}
-
-static int check_type(enum spa_dtype type, uint64_t n_elems, float *y, uint64_t n)
-{
-	if ((unsigned)type < SPA_TYPE_COUNT && spa_kernels_supports(type) &&
-	    n_elems % spa_dtype_block_elems(type) == 0)
-		return 0;
-	assert(!"spa kernels: weight type not supported (check spa_kernels_supports) or a row "
-		"not a multiple of its block (the GGUF reader refuses those)");
-	for (uint64_t i = 0; i < n; i++)
-		y[i] = NAN;
-	return -1;
+	return nan_out(y, n);
 }
 
 void spa_dequant_row(enum spa_dtype type, const void *src, float *dst, uint64_t n)
@@ -325,25 +327,24 @@ static inline float row_dot(const struct mm_job *j, uint32_t b, uint64_t r)
 	return j->dot(w, j->x + (uint64_t)b * j->cols, j->cols);
 }
 
-/* y elements [r0, r1) of vector b: SPA_DOT_ROWS rows per call where the variant has a rows
- * kernel (the bits of row_dot on each), else one row per call. */
+/* y elements [r0, r1) of vector b, each with the bits of row_dot: a packed matrix a group per
+ * call (r0 and r1 on group boundaries); otherwise SPA_DOT_ROWS8, then SPA_DOT_ROWS rows per call
+ * where the variant has such kernels, the rest one row per call. */
 static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r1, float *y)
 {
+	const struct spa_block_q8x *xq = j->dot_q8x ? j->xq + (uint64_t)b * (j->cols / SPA_QK8X)
+						    : NULL;
+	const float *x = j->x + (uint64_t)b * j->cols;
 	uint64_t r = r0;
-	if (j->packed) { /* r0 and r1 on group boundaries (the rows a multiple of the group) */
-		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
+	if (j->packed) {
 		for (; r + SPA_PACK_ROWS <= r1; r += SPA_PACK_ROWS)
 			j->packed(j->w + r * j->row_size, xq, j->cols, y + r);
 		return;
 	}
-	if (j->dot_q8x_rows8) {
-		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
-		for (; r + 8 <= r1; r += 8)
+	if (j->dot_q8x_rows8)
+		for (; r + SPA_DOT_ROWS8 <= r1; r += SPA_DOT_ROWS8)
 			j->dot_q8x_rows8(j->w + r * j->row_size, j->row_size, xq, j->cols, y + r);
-	}
 	if (j->dot_q8x ? j->dot_q8x_rows != NULL : j->dot_rows != NULL) {
-		const struct spa_block_q8x *xq = j->xq + (uint64_t)b * (j->cols / SPA_QK8X);
-		const float *x = j->x + (uint64_t)b * j->cols;
 		for (; r + SPA_DOT_ROWS <= r1; r += SPA_DOT_ROWS) {
 			const uint8_t *w = j->w + r * j->row_size;
 			if (j->dot_q8x)
@@ -363,7 +364,8 @@ static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r
  * Which thread computes a row does not change its bits (one dot call per row). Returns
  * false when no rows are left. */
 #define ROWS_CHUNK_MIN 16
-_Static_assert(ROWS_CHUNK_MIN % SPA_DOT_ROWS == 0 && ROWS_CHUNK_MIN % SPA_PACK_ROWS == 0,
+_Static_assert(ROWS_CHUNK_MIN % SPA_DOT_ROWS == 0 && ROWS_CHUNK_MIN % SPA_DOT_ROWS8 == 0 &&
+		       ROWS_CHUNK_MIN % SPA_PACK_ROWS == 0,
 	       "chunks of whole groups");
 
 static bool next_rows(atomic_uint_fast64_t *next, uint64_t rows, unsigned group, int nth,
@@ -462,7 +464,7 @@ static void set_xq(const struct spa_kernels_ops *ops, const struct spa_tensor *w
 	j->xq = xq;
 	if (ops->dot_q8x_rows8[w->type] && !w->packed) { /* chunks of whole 8-row calls */
 		j->dot_q8x_rows8 = ops->dot_q8x_rows8[w->type];
-		j->group = 8;
+		j->group = SPA_DOT_ROWS8;
 	}
 	if (w->packed) { /* every variant has the packed kernels of what spa_tensor_pack packs */
 		j->packed = ops->dot_q8x_packed[w->type];

@@ -61,8 +61,9 @@ typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x 
 typedef void (*spa_wsum_fn)(float *out, const float *a, const float *v, size_t stride,
 			    uint32_t rows, uint32_t n);
 
-/* Optional 8-row kernels on rows as the file lays them out (row_size bytes apart): y[0..7],
- * each with the single-row dot's bits. */
+/* Optional 8-row kernels on rows as the file lays them out (row_size bytes apart):
+ * y[0..SPA_DOT_ROWS8-1], each with the single-row dot's bits. */
+#define SPA_DOT_ROWS8 8
 typedef void (*spa_dot_q8x_rows8_fn)(const void *w, size_t row_size,
 				     const struct spa_block_q8x *x, size_t n, float *y);
 

@@ -182,6 +182,20 @@ static inline bool rows_one_by_one(float (*dot)(const void *, const struct spa_b
 /* Row k of the four at p. */
 #define ROW(p, k) ((const void *)((p) + (k) * row_size))
 
+/* The totals of four rows' 8 int32 lane sums, [r0 r1 r2 r3]: pairwise sums within each
+ * 128-bit half, then the halves added (exact, in integers). */
+static inline __m128i totals4(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+{
+	const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+	return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Four rows' fp16 block scales as floats, in one conversion. */
+static inline __m128 halves4(uint16_t d0, uint16_t d1, uint16_t d2, uint16_t d3)
+{
+	return _mm_cvtph_ps(_mm_setr_epi16((short)d0, (short)d1, (short)d2, (short)d3, 0, 0, 0, 0));
+}
+
 /* Four rows at once: four independent accumulator chains (one row's chain alone is bound by
  * the latency of its add), one load of each activation block for the four. */
 void spa_dot_q8_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,
@@ -220,18 +234,10 @@ void spa_dot_q4_0_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
 		const __m256i q = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		/* [r0 r1 r2 r3] of the low lanes | of the high lanes, then added */
-		const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(q4_0_uq(&b0[i], q),
-								      q4_0_uq(&b1[i], q)),
-						    _mm256_hadd_epi32(q4_0_uq(&b2[i], q),
-								      q4_0_uq(&b3[i], q)));
-		const __m128i s = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(h),
-							      _mm256_extracti128_si256(h, 1)),
+		const __m128i s = _mm_sub_epi32(totals4(q4_0_uq(&b0[i], q), q4_0_uq(&b1[i], q),
+							q4_0_uq(&b2[i], q), q4_0_uq(&b3[i], q)),
 						_mm_set1_epi32(8 * x[i].sum));
-		const __m128 d = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi16((short)b0[i].d,
-									(short)b1[i].d,
-									(short)b2[i].d,
-									(short)b3[i].d, 0, 0, 0, 0)),
+		const __m128 d = _mm_mul_ps(halves4(b0[i].d, b1[i].d, b2[i].d, b3[i].d),
 					    _mm_set1_ps(x[i].d));
 		acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
 	}
@@ -267,6 +273,38 @@ static inline __m256i q4_0x8_half(__m256i a, __m256i b, __m256i x0, __m256i x1, 
 						 _mm256_maddubs_epi16(hi_b, x3)));
 }
 
+/* One block of 8 rows added to acc: v0r = bytes 0-7 and v1r = bytes 8-15 of the levels of rows
+ * 0-3 (r = 0) and 4-7 (r = 1), 4 rows x 8 bytes each; dh the 8 rows' fp16 scales, both in
+ * spa_q4_0x8_row's lane order; xi the block's activations. */
+static inline __m256 q4_0x8_block(__m256i v00, __m256i v10, __m256i v01, __m256i v11, __m128i dh,
+				  const struct spa_block_q8x *xi, __m256 acc)
+{
+	const __m256i ones = _mm256_set1_epi16(1);
+	const __m256i x0 = bcast8(xi->qs), x1 = bcast8(xi->qs + 8);
+	const __m256i x2 = bcast8(xi->qs + 16), x3 = bcast8(xi->qs + 24);
+	const __m256i s03 = _mm256_madd_epi16(q4_0x8_half(v00, v10, x0, x1, x2, x3), ones);
+	const __m256i s47 = _mm256_madd_epi16(q4_0x8_half(v01, v11, x0, x1, x2, x3), ones);
+	const __m256i s = _mm256_sub_epi32(_mm256_hadd_epi32(s03, s47),
+					   _mm256_set1_epi32(8 * xi->sum));
+	const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(dh), _mm256_set1_ps(xi->d));
+	return _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+}
+
+/* The 8 lanes [r0 r1 r4 r5 r2 r3 r6 r7] into y in row order (the permutation is its own
+ * inverse). */
+static inline void q4_0x8_store(__m256 acc, float *y)
+{
+	_mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+
+/* Three cache lines from a: the 144 bytes of an 8-row block (some lines twice). */
+static inline void prefetch144(const char *a)
+{
+	_mm_prefetch(a, _MM_HINT_T0);
+	_mm_prefetch(a + 64, _MM_HINT_T0);
+	_mm_prefetch(a + 128, _MM_HINT_T0);
+}
+
 /* Q4_0 as the file lays it out, 8 rows at once (streamed pieces; SPA_PACK=off): the packed
  * kernel's arithmetic on registers assembled from the rows: rows 0 and 2 in the two halves of
  * one register, 1 and 3 in another, so that one unpack of their 64-bit halves gives the packed
@@ -295,33 +333,22 @@ void spa_dot_q4_0_q8x_rows8_avx2(const void *w, size_t row_size, const struct sp
 {
 	const uint8_t *p = w;
 	const size_t rs = row_size;
-	const __m256i ones = _mm256_set1_epi16(1);
 	__m256 acc = _mm256_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
 		const uint8_t *b = p + i * sizeof(struct spa_block_q4_0);
-		/* the next 8 rows, at the pace these are read: 144 bytes an iteration */
-		const char *nx = (const char *)(p + 8 * rs) + 8 * sizeof(struct spa_block_q4_0) * i;
-		_mm_prefetch(nx, _MM_HINT_T0);
-		_mm_prefetch(nx + 64, _MM_HINT_T0);
-		_mm_prefetch(nx + 128, _MM_HINT_T0);
-		const __m256i x0 = bcast8(x[i].qs), x1 = bcast8(x[i].qs + 8);
-		const __m256i x2 = bcast8(x[i].qs + 16), x3 = bcast8(x[i].qs + 24);
+		/* the next 8 rows, at the pace these are read */
+		prefetch144((const char *)(p + 8 * rs) + 8 * sizeof(struct spa_block_q4_0) * i);
 		__m256i v00, v10, v01, v11;
 		q4_0_file_pair(b, rs, &v00, &v10);
 		q4_0_file_pair(b + 4 * rs, rs, &v01, &v11);
-		const __m256i s03 = _mm256_madd_epi16(q4_0x8_half(v00, v10, x0, x1, x2, x3), ones);
-		const __m256i s47 = _mm256_madd_epi16(q4_0x8_half(v01, v11, x0, x1, x2, x3), ones);
-		const __m256i s = _mm256_sub_epi32(_mm256_hadd_epi32(s03, s47),
-						   _mm256_set1_epi32(8 * x[i].sum));
 		const __m128i dh = _mm_setr_epi16(
 			(short)q4_0_d(b), (short)q4_0_d(b + rs), (short)q4_0_d(b + 4 * rs),
 			(short)q4_0_d(b + 5 * rs), (short)q4_0_d(b + 2 * rs),
 			(short)q4_0_d(b + 3 * rs), (short)q4_0_d(b + 6 * rs),
 			(short)q4_0_d(b + 7 * rs));
-		const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(dh), _mm256_set1_ps(x[i].d));
-		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+		acc = q4_0x8_block(v00, v10, v01, v11, dh, &x[i], acc);
 	}
-	_mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+	q4_0x8_store(acc, y);
 }
 
 /* A packed matrix is one sequential stream per thread share: prefetched this far ahead (the
@@ -335,31 +362,17 @@ void spa_dot_q4_0_q8x_packed_avx2(const void *w, const struct spa_block_q8x *x, 
 				  float *y)
 {
 	const struct spa_block_q4_0x8 *b = w;
-	const __m256i ones = _mm256_set1_epi16(1);
 	__m256 acc = _mm256_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK4_0; i++) {
 		const uint8_t *qs = b[i].qs;
-		/* 144 bytes an iteration: three lines, some twice */
-		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD, _MM_HINT_T0);
-		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD + 64, _MM_HINT_T0);
-		_mm_prefetch((const char *)(b + i) + PACKED_AHEAD + 128, _MM_HINT_T0);
-		const __m256i x0 = bcast8(x[i].qs), x1 = bcast8(x[i].qs + 8);
-		const __m256i x2 = bcast8(x[i].qs + 16), x3 = bcast8(x[i].qs + 24);
-		const __m256i v00 = _mm256_loadu_si256((const __m256i *)qs);        /* rows 0-3 */
-		const __m256i v01 = _mm256_loadu_si256((const __m256i *)(qs + 32)); /* rows 4-7 */
-		const __m256i v10 = _mm256_loadu_si256((const __m256i *)(qs + 64));
-		const __m256i v11 = _mm256_loadu_si256((const __m256i *)(qs + 96));
-		const __m256i s03 = _mm256_madd_epi16(q4_0x8_half(v00, v10, x0, x1, x2, x3), ones);
-		const __m256i s47 = _mm256_madd_epi16(q4_0x8_half(v01, v11, x0, x1, x2, x3), ones);
-		const __m256i s = _mm256_sub_epi32(_mm256_hadd_epi32(s03, s47),
-						   _mm256_set1_epi32(8 * x[i].sum));
-		const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[i].d)),
-					       _mm256_set1_ps(x[i].d));
-		acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+		prefetch144((const char *)(b + i) + PACKED_AHEAD);
+		acc = q4_0x8_block(_mm256_loadu_si256((const __m256i *)qs),        /* rows 0-3 */
+				   _mm256_loadu_si256((const __m256i *)(qs + 64)),
+				   _mm256_loadu_si256((const __m256i *)(qs + 32)), /* rows 4-7 */
+				   _mm256_loadu_si256((const __m256i *)(qs + 96)),
+				   _mm_loadu_si128((const __m128i *)b[i].d), &x[i], acc);
 	}
-	/* lanes [r0 r1 r4 r5 r2 r3 r6 r7] back to row order (the permutation is its own
-	 * inverse) */
-	_mm256_storeu_ps(y, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+	q4_0x8_store(acc, y);
 }
 
 float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
@@ -506,9 +519,7 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 	__m128 acc = _mm_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK_K; i++) {
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
-		const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)b0[i].d, (short)b1[i].d,
-							      (short)b2[i].d, (short)b3[i].d, 0, 0,
-							      0, 0));
+		const __m128 dw = halves4(b0[i].d, b1[i].d, b2[i].d, b3[i].d);
 		const struct spa_block_q8x *xb = x + i * (SPA_QK_K / SPA_QK8X);
 		for (int h = 0; h < 2; h++) {
 			const __m256i sc0 = q6_K_scales(&b0[i], h), sc1 = q6_K_scales(&b1[i], h);
@@ -518,15 +529,11 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				const struct spa_block_q8x *xk = xb + 4 * h + k;
 				const __m256i q = _mm256_loadu_si256((const __m256i *)xk->qs);
 				const __m256i q32 = _mm256_maddubs_epi16(c32, q);
-				const __m256i t = _mm256_hadd_epi32(
-					_mm256_hadd_epi32(
-						q6_K_group(&b0[i], h, k, q, q32, q6_K_pick(sc0, k)),
-						q6_K_group(&b1[i], h, k, q, q32, q6_K_pick(sc1, k))),
-					_mm256_hadd_epi32(
-						q6_K_group(&b2[i], h, k, q, q32, q6_K_pick(sc2, k)),
-						q6_K_group(&b3[i], h, k, q, q32, q6_K_pick(sc3, k))));
-				const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(t),
-								_mm256_extracti128_si256(t, 1));
+				const __m128i s = totals4(
+					q6_K_group(&b0[i], h, k, q, q32, q6_K_pick(sc0, k)),
+					q6_K_group(&b1[i], h, k, q, q32, q6_K_pick(sc1, k)),
+					q6_K_group(&b2[i], h, k, q, q32, q6_K_pick(sc2, k)),
+					q6_K_group(&b3[i], h, k, q, q32, q6_K_pick(sc3, k)));
 				const __m128 d = _mm_mul_ps(dw, _mm_set1_ps(xk->d));
 				acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
 			}

@@ -358,11 +358,11 @@ static void rows_dot(const struct mm_job *j, uint32_t b, uint64_t r0, uint64_t r
 }
 
 /* Guided self-scheduling of a matrix's rows: each thread takes the next chunk of rows, a
- * share of what is left that shrinks as the job ends (at least ROWS_CHUNK_MIN, a multiple of
- * SPA_DOT_ROWS), so a thread that starts late (woken after the caller began) or is
+ * share of what is left that shrinks as the job ends (whole groups of the job's kernel, at
+ * least ROWS_CHUNK_MIN), so a thread that starts late (woken after the caller began) or is
  * preempted on a shared machine takes fewer rows instead of holding the others at the end.
- * Which thread computes a row does not change its bits (one dot call per row). Returns
- * false when no rows are left. */
+ * Which thread computes a row does not change its bits (each row has the single-row dot's
+ * bits). Returns false when no rows are left. */
 #define ROWS_CHUNK_MIN 16
 _Static_assert(ROWS_CHUNK_MIN % SPA_DOT_ROWS == 0 && ROWS_CHUNK_MIN % SPA_DOT_ROWS8 == 0 &&
 		       ROWS_CHUNK_MIN % SPA_PACK_ROWS == 0,

@@ -109,8 +109,13 @@ struct spa_engine {
 	float *hb2;     /* (max_batch, n_ff) up */
 	float *scores;  /* (n_threads, n_ctx) attention scores, one row per thread */
 
-	float *k_cache; /* (L, n_ctx, kv_dim) */
-	float *v_cache; /* (L, n_ctx, kv_dim) */
+	/* the KV cache, each KV head's positions contiguous: attention reads one head's keys
+	 * and values as one sequential stream (rows a whole cache row apart left it waiting on
+	 * memory latency: 15-20 % of a default-shape step at 100 positions) */
+	float *k_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
+	float *v_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
+	float *kb;      /* (max_batch, kv_dim) the batch's keys, before they go to the cache */
+	float *vb;      /* (max_batch, kv_dim) its values */
 
 	float *resid;   /* (L + 1, H) e, y_0 .. y_{L-1} of the last position */
 	float *f;       /* (H) final RMSNorm of the last position */
@@ -149,8 +154,8 @@ void spa_engine_destroy(struct spa_engine *e)
 	if (!e)
 		return;
 	float *bufs[] = { e->x, e->xb, e->q, e->att, e->proj, e->delta, e->dq, e->dv, e->hb,
-			  e->hb2, e->scores, e->k_cache, e->v_cache, e->resid, e->f, e->htile,
-			  e->rope_cs };
+			  e->hb2, e->scores, e->k_cache, e->v_cache, e->kb, e->vb, e->resid, e->f,
+			  e->htile, e->rope_cs };
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
@@ -200,6 +205,7 @@ int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32
 	    !(e->hb = alloc_f32(B * hp->n_ff)) || !(e->hb2 = alloc_f32(B * hp->n_ff)) ||
 	    !(e->scores = alloc_f32((uint64_t)e->n_threads * n_ctx)) ||
 	    !(e->k_cache = alloc_f32(cache)) || !(e->v_cache = alloc_f32(cache)) ||
+	    !(e->kb = alloc_f32(B * KV)) || !(e->vb = alloc_f32(B * KV)) ||
 	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H)) ||
 	    !(e->htile = alloc_f32((uint64_t)e->n_threads * HEAD_TILE)) ||
 	    !(e->px = aligned_alloc(64, sizeof *e->px)) ||
@@ -790,6 +796,25 @@ static void add_rows(float *y, const float *d, uint64_t n)
 		y[i] += d[i];
 }
 
+/* KV head h of block l in a cache: its n_ctx rows of head_dim. */
+static float *kv_head(const struct spa_engine *e, float *cache, uint32_t l, uint32_t h)
+{
+	return cache + ((uint64_t)l * e->m->hp.n_kv_heads + h) * e->n_ctx * e->m->hp.head_dim;
+}
+
+/* The batch's keys and values (kb, vb: (n_tok, kv_dim)) into block l's cache at pos. */
+static void kv_store(struct spa_engine *e, uint32_t l, uint32_t pos, uint32_t n_tok)
+{
+	const uint32_t hd = e->m->hp.head_dim;
+	for (uint32_t h = 0; h < e->m->hp.n_kv_heads; h++)
+		for (uint32_t j = 0; j < n_tok; j++) {
+			const uint64_t src = (uint64_t)j * e->kv_dim + (uint64_t)h * hd;
+			const uint64_t dst = (uint64_t)(pos + j) * hd;
+			memcpy(kv_head(e, e->k_cache, l, h) + dst, e->kb + src, hd * sizeof(float));
+			memcpy(kv_head(e, e->v_cache, l, h) + dst, e->vb + src, hd * sizeof(float));
+		}
+}
+
 struct attn_job {
 	struct spa_engine *e;
 	uint32_t layer;
@@ -805,11 +830,9 @@ static void attn_worker(void *ctx, int ith, int nth)
 	const struct attn_job *job = ctx;
 	struct spa_engine *e = job->e;
 	const struct spa_hparams *hp = &e->m->hp;
-	const uint32_t H = hp->n_embd, hd = hp->head_dim, kv_dim = e->kv_dim;
+	const uint32_t H = hp->n_embd, hd = hp->head_dim;
 	const uint32_t group = hp->n_heads / hp->n_kv_heads;
 	const float scale = 1.0f / sqrtf((float)hd);
-	const float *kc = e->k_cache + (uint64_t)job->layer * e->n_ctx * kv_dim;
-	const float *vc = e->v_cache + (uint64_t)job->layer * e->n_ctx * kv_dim;
 	float *sc = e->scores + (uint64_t)ith * e->n_ctx;
 	const uint32_t n_items = job->n_tok * hp->n_heads;
 
@@ -824,11 +847,11 @@ static void attn_worker(void *ctx, int ith, int nth)
 		const float *q = e->q + (uint64_t)j * H + (uint64_t)h * hd;
 		float *out = e->att + (uint64_t)j * H + (uint64_t)h * hd;
 
-		spa_dot_f32_rows(kc + (uint64_t)kvh * hd, kv_dim, q, hd, sc, p + 1);
+		spa_dot_f32_rows(kv_head(e, e->k_cache, job->layer, kvh), hd, q, hd, sc, p + 1);
 		for (uint32_t t = 0; t <= p; t++)
 			sc[t] = sc[t] * scale;
 		spa_softmax(sc, p + 1);
-		spa_weighted_sum(out, sc, vc + (uint64_t)kvh * hd, kv_dim, p + 1, hd);
+		spa_weighted_sum(out, sc, kv_head(e, e->v_cache, job->layer, kvh), hd, p + 1, hd);
 	}
 }
 
@@ -926,9 +949,8 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 			       hp->rope_base);
 	for (uint32_t l = 0; l < L; l++) {
 		const struct spa_layer *ly = &m->layers[l];
-		/* this layer's cache rows for the batch: (n_tok, kv_dim) */
-		float *kc = e->k_cache + ((uint64_t)l * e->n_ctx + pos) * kv_dim;
-		float *vc = e->v_cache + ((uint64_t)l * e->n_ctx + pos) * kv_dim;
+		/* the batch's keys and values: (n_tok, kv_dim), then into the cache */
+		float *kc = e->kb, *vc = e->vb;
 
 		/* attention */
 		for (uint32_t j = 0; j < n_tok; j++)
@@ -967,6 +989,7 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 			spa_rope_apply(e->q + (uint64_t)j * H, hp->n_heads, hp->head_dim, cs);
 			spa_rope_apply(kc + (uint64_t)j * kv_dim, hp->n_kv_heads, hp->head_dim, cs);
 		}
+		kv_store(e, l, pos, n_tok);
 		struct attn_job job = { .e = e, .layer = l, .n_tok = n_tok, .pos = pos };
 		spa_pool_run(e->pool, attn_worker, &job);
 		if ((rc = mmw(e, l, 3, e->att, e->proj, n_tok)) < 0)

@@ -602,6 +602,77 @@ Test(kernels, swiglu_matches_reference_in_place_too)
 	}
 }
 
+/* The kernels' exp (spa__expf, vectorized in swiglu and softmax): within 2 ulp of exp over
+ * the whole range where the result is a normal float (about 1 ulp measured over every 3e-6
+ * relative step of it), exact at 0, and the documented values outside it. */
+Test(kernels, exp_is_within_2_ulp_of_exp_with_its_limits)
+{
+	double worst = 0;
+	int checked = 0;
+	for (float x = SPA_EXP_LO; x <= SPA_EXP_HI; x += fmaxf(fabsf(x) * 1e-4f, 1e-5f)) {
+		const double r = exp((double)x), ulp = ldexp(1.0, ilogb(r) - 23);
+		const double err = fabs((double)spa__expf(x) - r) / ulp;
+		cr_assert(err <= 2.0, "exp(%.9g): %.9g vs %.17g (%.2f ulp)", x, spa__expf(x), r, err);
+		worst = fmax(worst, err);
+		checked++;
+	}
+	cr_assert_geq(checked, 100000);
+	cr_log_info("spa__expf: worst %.3f ulp over %d points", worst, checked);
+	cr_assert_eq(spa__expf(0.0f), 1.0f);
+	cr_assert_eq(spa__expf(-0.0f), 1.0f);
+	cr_assert(isinf(spa__expf(88.5f)) && spa__expf(88.5f) > 0);
+	cr_assert(isinf(spa__expf(INFINITY)) && spa__expf(INFINITY) > 0);
+	cr_assert_eq(spa__expf(-87.5f), 0.0f);
+	cr_assert_eq(spa__expf(-INFINITY), 0.0f);
+	cr_assert(isnan(spa__expf(NAN)));
+	cr_assert(spa__expf(SPA_EXP_LO) >= FLT_MIN * 0.99f);
+	cr_assert(spa__expf(SPA_EXP_HI) < INFINITY);
+}
+
+/* swiglu and exp_shift (softmax's exponentials) of every variant: the scalar loop's bits on
+ * random values across exp's range and at its limits, every length from 0 to 40 (the 8-lane
+ * body and the tail), and exp_shift's double sum too. */
+Test(kernels, swiglu_and_exp_shift_give_the_scalar_bits_in_every_variant)
+{
+	const struct spa_kernels_ops *v[2];
+	const int nv = variants(v);
+	enum { N = 40 };
+	float g[N], u[N], want[N], got[N], xs[N];
+	const float special[] = { 0.0f, -0.0f, 88.0f, -88.0f, 87.4f, -87.4f, 100.0f, -100.0f,
+				  INFINITY, -INFINITY, 1e-30f, -1e-30f, 20.0f, -20.0f };
+	int checked = 0;
+	for (uint64_t seed = 1; seed <= 20; seed++) {
+		tu_rand(g, N, seed, 95.0f);
+		tu_rand(u, N, seed + 100, 3.0f);
+		for (size_t k = 0; k < sizeof special / sizeof special[0]; k++)
+			g[(seed * 7 + k * 3) % N] = special[k];
+		for (uint32_t n = 0; n <= N; n++) {
+			spa_swiglu_scalar(want, g, u, n);
+			memcpy(xs, g, sizeof xs);
+			const double sum_want = spa_exp_shift_scalar(xs, 1.5f, n);
+			for (int i = 0; i < nv; i++) {
+				memset(got, 0x7f, sizeof got);
+				v[i]->swiglu(got, g, u, n);
+				for (uint32_t k = 0; k < n; k++)
+					cr_assert(spa__f32_bits(got[k]) == spa__f32_bits(want[k]) ||
+							  (isnan(got[k]) && isnan(want[k])),
+						  "%s swiglu(%.9g) n=%u: %.9g vs %.9g", v[i]->name,
+						  g[k], n, got[k], want[k]);
+				if (n < N)
+					cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu);
+				memcpy(got, g, sizeof got);
+				const double sum = v[i]->exp_shift(got, 1.5f, n);
+				cr_assert_eq(memcmp(got, xs, n * sizeof(float)), 0, "%s exp_shift n=%u",
+					     v[i]->name, n);
+				cr_assert(sum == sum_want || (isnan(sum) && isnan(sum_want)),
+					  "%s exp_shift's sum", v[i]->name);
+				checked++;
+			}
+		}
+	}
+	cr_assert_geq(checked, 20 * 41);
+}
+
 Test(kernels, argmax_takes_the_lowest_index_on_ties)
 {
 	float a[] = { 1, 3, 2, 3, 3 };

@@ -127,6 +127,24 @@ void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, 
 			out[d] = out[d] + a[t] * v[(size_t)t * stride + d];
 }
 
+void spa_swiglu_scalar(float *out, const float *gate, const float *up, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		const float g = gate[i];
+		out[i] = g / (1.0f + spa__expf(-g)) * up[i];
+	}
+}
+
+double spa_exp_shift_scalar(float *x, float shift, uint32_t n)
+{
+	double sum = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		x[i] = spa__expf(x[i] - shift);
+		sum += x[i];
+	}
+	return sum;
+}
+
 const struct spa_kernels_ops spa_kernels_ops_scalar = {
 	.name = "scalar",
 	.dot = {
@@ -145,6 +163,8 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 	},
 	.quantize_x = spa_quantize_x_scalar,
 	.wsum = spa_wsum_scalar,
+	.swiglu = spa_swiglu_scalar,
+	.exp_shift = spa_exp_shift_scalar,
 	.dot_q8x_packed = {
 		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_packed_scalar,
 	},
@@ -522,6 +542,7 @@ struct multi_job {
 	const float *b[SPA_MATVEC_MAX_ITEMS];
 	unsigned n;
 	float *swiglu_out; /* non-NULL: out = swiglu(y_0, y_1) */
+	spa_swiglu_fn swiglu;
 };
 
 static void multi_worker(void *ctx, int ith, int nth)
@@ -534,7 +555,7 @@ static void multi_worker(void *ctx, int ith, int nth)
 		while (next_rows(&g->next, g->rows, g->group, nth, &r0, &r1)) {
 			rows_dot(g, 0, r0, r1, g->y);
 			rows_dot(u, 0, r0, r1, u->y);
-			spa_swiglu(m->swiglu_out + r0, g->y + r0, u->y + r0, (uint32_t)(r1 - r0));
+			m->swiglu(m->swiglu_out + r0, g->y + r0, u->y + r0, (uint32_t)(r1 - r0));
 		}
 		return;
 	}
@@ -564,7 +585,7 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 		      float *swiglu_out)
 {
 	const struct spa_kernels_ops *ops = spa_kernels_ops();
-	struct multi_job m = { .n = n, .swiglu_out = swiglu_out };
+	struct multi_job m = { .n = n, .swiglu_out = swiglu_out, .swiglu = ops->swiglu };
 	struct spa_block_q8x xq[XQ_DISTINCT][XQ_MAX_BLOCKS];
 	const float *xq_of[XQ_DISTINCT] = { NULL };
 	uint64_t xq_cols[XQ_DISTINCT] = { 0 };
@@ -592,7 +613,8 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 			if (n_xq == XQ_DISTINCT) {
 				multi_one_by_one(ops, pool, n, it);
 				if (swiglu_out)
-					spa_swiglu(swiglu_out, it[0].y, it[1].y, (uint32_t)it[0].w->rows);
+					ops->swiglu(swiglu_out, it[0].y, it[1].y,
+						    (uint32_t)it[0].w->rows);
 				return;
 			}
 			ops->quantize_x(it[k].x, xq[q], w->cols);
@@ -812,11 +834,8 @@ void spa_softmax(float *x, uint32_t n)
 			x[i] = 1.0f / (float)n;
 		return;
 	}
-	double sum = 0; /* double: a 128k vocabulary still sums to 1 within float precision */
-	for (uint32_t i = 0; i < n; i++) {
-		x[i] = expf(x[i] - max);
-		sum += x[i];
-	}
+	/* the sum in double: a 128k vocabulary still sums to 1 within float precision */
+	const double sum = spa_kernels_ops()->exp_shift(x, max, n);
 	float inv = (float)(1.0 / sum);
 	for (uint32_t i = 0; i < n; i++)
 		x[i] *= inv;
@@ -824,10 +843,7 @@ void spa_softmax(float *x, uint32_t n)
 
 void spa_swiglu(float *out, const float *gate, const float *up, uint32_t n)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		float g = gate[i];
-		out[i] = g / (1.0f + expf(-g)) * up[i];
-	}
+	spa_kernels_ops()->swiglu(out, gate, up, n);
 }
 
 void spa_weighted_sum(float *out, const float *a, const float *v, size_t stride, uint32_t rows,

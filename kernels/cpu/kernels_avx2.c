@@ -162,6 +162,63 @@ static void wsum_avx2(float *out, const float *a, const float *v, size_t stride,
 		spa_wsum_scalar(out + d, a, v + d, stride, rows, n - d);
 }
 
+/* spa__expf's operations on 8 lanes (the same bits: its clamps as compares and blends, and
+ * a NaN passes through the arithmetic). */
+static inline __m256 exp8(__m256 x)
+{
+	const __m256 hi = _mm256_set1_ps(SPA_EXP_HI), lo = _mm256_set1_ps(SPA_EXP_LO);
+	/* in range for the integer part (min and max return x itself when it is NaN) */
+	const __m256 c = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
+	const __m256 fx = _mm256_floor_ps(
+		_mm256_fmadd_ps(c, _mm256_set1_ps(SPA_EXP_LOG2E), _mm256_set1_ps(0.5f)));
+	__m256 r = _mm256_fmadd_ps(fx, _mm256_set1_ps(-SPA_EXP_C1), c);
+	r = _mm256_fmadd_ps(fx, _mm256_set1_ps(-SPA_EXP_C2), r);
+	const __m256 z = _mm256_mul_ps(r, r);
+	__m256 y = _mm256_fmadd_ps(_mm256_set1_ps(SPA_EXP_P0), r, _mm256_set1_ps(SPA_EXP_P1));
+	y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(SPA_EXP_P2));
+	y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(SPA_EXP_P3));
+	y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(SPA_EXP_P4));
+	y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(SPA_EXP_P5));
+	y = _mm256_fmadd_ps(y, z, r);
+	y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+	const __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+	__m256 e = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+	e = _mm256_blendv_ps(e, _mm256_set1_ps(__builtin_inff()),
+			     _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+	return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), e);
+}
+
+static void swiglu_avx2(float *out, const float *gate, const float *up, uint32_t n)
+{
+	uint32_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		const __m256 g = _mm256_loadu_ps(gate + i);
+		const __m256 e = exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f))) /* -g */;
+		const __m256 s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+		_mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+	}
+	if (i < n)
+		spa_swiglu_scalar(out + i, gate + i, up + i, n - i);
+}
+
+static double exp_shift_avx2(float *x, float shift, uint32_t n)
+{
+	double sum = 0;
+	uint32_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		float v[8];
+		_mm256_storeu_ps(v, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(shift))));
+		memcpy(x + i, v, sizeof v);
+		for (int k = 0; k < 8; k++)
+			sum += v[k];
+	}
+	for (; i < n; i++) {
+		x[i] = spa__expf(x[i] - shift);
+		sum += x[i];
+	}
+	return sum;
+}
+
 const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	.name = "avx2-fma-f16c",
 	.dot = {
@@ -180,6 +237,8 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	},
 	.quantize_x = spa_quantize_x_avx2,
 	.wsum = wsum_avx2,
+	.swiglu = swiglu_avx2,
+	.exp_shift = exp_shift_avx2,
 	.dot_rows = {
 		[SPA_TYPE_F32] = dot_f32_rows_avx2,
 		[SPA_TYPE_F16] = dot_f16_rows_avx2,

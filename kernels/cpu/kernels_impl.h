@@ -60,6 +60,12 @@ typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x 
 /* out[d] = sum over t < rows of a[t] * v[t * stride + d], d < n (spa_weighted_sum). */
 typedef void (*spa_wsum_fn)(float *out, const float *a, const float *v, size_t stride,
 			    uint32_t rows, uint32_t n);
+/* out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + spa__expf(-gate[i])) * up[i]; out may
+ * alias gate. */
+typedef void (*spa_swiglu_fn)(float *out, const float *gate, const float *up, uint32_t n);
+/* x[i] = spa__expf(x[i] - shift), returning the sum of the results added in double, i
+ * ascending. */
+typedef double (*spa_exp_shift_fn)(float *x, float shift, uint32_t n);
 
 /* Optional 8-row kernels on rows as the file lays them out (row_size bytes apart):
  * y[0..SPA_DOT_ROWS8-1], each with the single-row dot's bits. */
@@ -84,6 +90,8 @@ struct spa_kernels_ops {
 	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
 	spa_dot_q8x_rows8_fn dot_q8x_rows8[SPA_TYPE_COUNT]; /* optional */
 	spa_wsum_fn wsum;
+	spa_swiglu_fn swiglu;
+	spa_exp_shift_fn exp_shift;
 };
 
 /* The portable variant (kernels.c): plain C, 8 independent partial sums so that compilers
@@ -118,6 +126,51 @@ void spa_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n);
 void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
 		     uint32_t n);
+void spa_swiglu_scalar(float *out, const float *gate, const float *up, uint32_t n);
+double spa_exp_shift_scalar(float *x, float shift, uint32_t n);
+
+/* exp(x) as the kernels compute it, the same bits in every variant (the AVX2 one computes
+ * these operations 8 lanes at a time; libm's expf differs between libraries and cannot be
+ * vectorized with its bits): Cephes' expf, range reduction to r = x - n ln 2 (ln 2 in two
+ * parts) and a degree-7 polynomial in r evaluated with FMAs, times 2^n; within 2 ulp of exp
+ * (tested against double). x > SPA_EXP_HI: +inf; x < SPA_EXP_LO (results below FLT_MIN):
+ * 0; NaN: NaN. FMAs are fmaf(): one rounding whether or not the build has FMA instructions. */
+#define SPA_EXP_HI 88.0f
+#define SPA_EXP_LO -87.3365f
+#define SPA_EXP_LOG2E 1.44269504088896341f
+#define SPA_EXP_C1 0.693359375f
+#define SPA_EXP_C2 -2.12194440e-4f
+#define SPA_EXP_P0 1.9875691500e-4f
+#define SPA_EXP_P1 1.3981999507e-3f
+#define SPA_EXP_P2 8.3334519073e-3f
+#define SPA_EXP_P3 4.1665795894e-2f
+#define SPA_EXP_P4 1.6666665459e-1f
+#define SPA_EXP_P5 5.0000001201e-1f
+
+static inline float spa__expf(float x)
+{
+	if (x != x)
+		return x + x;
+	if (x > SPA_EXP_HI)
+		return __builtin_inff();
+	if (x < SPA_EXP_LO)
+		return 0.0f;
+	const float fx = __builtin_floorf(__builtin_fmaf(x, SPA_EXP_LOG2E, 0.5f));
+	float r = __builtin_fmaf(fx, -SPA_EXP_C1, x);
+	r = __builtin_fmaf(fx, -SPA_EXP_C2, r);
+	const float z = r * r;
+	float y = __builtin_fmaf(SPA_EXP_P0, r, SPA_EXP_P1);
+	y = __builtin_fmaf(y, r, SPA_EXP_P2);
+	y = __builtin_fmaf(y, r, SPA_EXP_P3);
+	y = __builtin_fmaf(y, r, SPA_EXP_P4);
+	y = __builtin_fmaf(y, r, SPA_EXP_P5);
+	y = __builtin_fmaf(y, z, r);
+	y = y + 1.0f;
+	const uint32_t bits = (uint32_t)((int32_t)fx + 127) << 23;
+	float p2;
+	__builtin_memcpy(&p2, &bits, sizeof p2);
+	return y * p2;
+}
 
 /* ---- quantized formats (quant.c, quant_avx2.c) ------------------------------------------
  * ggml's block layouts (ggml-common.h), byte for byte: a row of n elements is n / QK blocks,

@@ -109,11 +109,13 @@ struct spa_engine {
 	float *hb2;     /* (max_batch, n_ff) up */
 	float *scores;  /* (n_threads, n_ctx) attention scores, one row per thread */
 
-	/* the KV cache, each KV head's positions contiguous: attention reads one head's keys
-	 * and values as one sequential stream (rows a whole cache row apart left it waiting on
-	 * memory latency: 15-20 % of a default-shape step at 100 positions) */
-	float *k_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
-	float *v_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
+	/* the KV cache in IEEE half (as llama.cpp keeps it: half the memory and half the
+	 * reads of attention, which at 2048 positions reads more bytes a token than the
+	 * default shape's weights), each KV head's positions contiguous: attention reads one
+	 * head's keys and values as one sequential stream (rows a whole cache row apart left it
+	 * waiting on memory latency) */
+	uint16_t *k_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
+	uint16_t *v_cache; /* (L, n_kv_heads, n_ctx, head_dim) */
 	float *kb;      /* (max_batch, kv_dim) the batch's keys, before they go to the cache */
 	float *vb;      /* (max_batch, kv_dim) its values */
 
@@ -137,10 +139,10 @@ struct spa_engine {
 	struct engine_stream st;
 };
 
-static float *alloc_f32(uint64_t n)
+static void *alloc_zeroed(uint64_t size)
 {
 	void *p = NULL;
-	uint64_t size = (n * sizeof(float) + 63) & ~(uint64_t)63;
+	size = (size + 63) & ~(uint64_t)63;
 	if (size == 0)
 		size = 64;
 	if (size > SIZE_MAX || posix_memalign(&p, 64, (size_t)size) != 0)
@@ -149,13 +151,18 @@ static float *alloc_f32(uint64_t n)
 	return p;
 }
 
+static float *alloc_f32(uint64_t n)
+{
+	return n > UINT64_MAX / sizeof(float) ? NULL : alloc_zeroed(n * sizeof(float));
+}
+
 void spa_engine_destroy(struct spa_engine *e)
 {
 	if (!e)
 		return;
-	float *bufs[] = { e->x, e->xb, e->q, e->att, e->proj, e->delta, e->dq, e->dv, e->hb,
-			  e->hb2, e->scores, e->k_cache, e->v_cache, e->kb, e->vb, e->resid, e->f,
-			  e->htile, e->rope_cs };
+	void *bufs[] = { e->x, e->xb, e->q, e->att, e->proj, e->delta, e->dq, e->dv, e->hb,
+			 e->hb2, e->scores, e->k_cache, e->v_cache, e->kb, e->vb, e->resid, e->f,
+			 e->htile, e->rope_cs };
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
@@ -204,7 +211,8 @@ int spa_engine_create(struct spa_engine **out, const struct spa_model *m, uint32
 	    !(e->dq = alloc_f32(B * H)) || !(e->dv = alloc_f32(B * KV)) ||
 	    !(e->hb = alloc_f32(B * hp->n_ff)) || !(e->hb2 = alloc_f32(B * hp->n_ff)) ||
 	    !(e->scores = alloc_f32((uint64_t)e->n_threads * n_ctx)) ||
-	    !(e->k_cache = alloc_f32(cache)) || !(e->v_cache = alloc_f32(cache)) ||
+	    !(e->k_cache = alloc_zeroed(cache * sizeof(uint16_t))) ||
+	    !(e->v_cache = alloc_zeroed(cache * sizeof(uint16_t))) ||
 	    !(e->kb = alloc_f32(B * KV)) || !(e->vb = alloc_f32(B * KV)) ||
 	    !(e->resid = alloc_f32((hp->n_layers + 1ull) * H)) || !(e->f = alloc_f32(H)) ||
 	    !(e->htile = alloc_f32((uint64_t)e->n_threads * HEAD_TILE)) ||
@@ -797,7 +805,7 @@ static void add_rows(float *y, const float *d, uint64_t n)
 }
 
 /* KV head h of block l in a cache: its n_ctx rows of head_dim. */
-static float *kv_head(const struct spa_engine *e, float *cache, uint32_t l, uint32_t h)
+static uint16_t *kv_head(const struct spa_engine *e, uint16_t *cache, uint32_t l, uint32_t h)
 {
 	return cache + ((uint64_t)l * e->m->hp.n_kv_heads + h) * e->n_ctx * e->m->hp.head_dim;
 }
@@ -810,8 +818,8 @@ static void kv_store(struct spa_engine *e, uint32_t l, uint32_t pos, uint32_t n_
 		for (uint32_t j = 0; j < n_tok; j++) {
 			const uint64_t src = (uint64_t)j * e->kv_dim + (uint64_t)h * hd;
 			const uint64_t dst = (uint64_t)(pos + j) * hd;
-			memcpy(kv_head(e, e->k_cache, l, h) + dst, e->kb + src, hd * sizeof(float));
-			memcpy(kv_head(e, e->v_cache, l, h) + dst, e->vb + src, hd * sizeof(float));
+			spa_fp16_row(kv_head(e, e->k_cache, l, h) + dst, e->kb + src, hd);
+			spa_fp16_row(kv_head(e, e->v_cache, l, h) + dst, e->vb + src, hd);
 		}
 }
 
@@ -847,11 +855,12 @@ static void attn_worker(void *ctx, int ith, int nth)
 		const float *q = e->q + (uint64_t)j * H + (uint64_t)h * hd;
 		float *out = e->att + (uint64_t)j * H + (uint64_t)h * hd;
 
-		spa_dot_f32_rows(kv_head(e, e->k_cache, job->layer, kvh), hd, q, hd, sc, p + 1);
+		spa_dot_f16_rows(kv_head(e, e->k_cache, job->layer, kvh), hd, q, hd, sc, p + 1);
 		for (uint32_t t = 0; t <= p; t++)
 			sc[t] = sc[t] * scale;
 		spa_softmax(sc, p + 1);
-		spa_weighted_sum(out, sc, kv_head(e, e->v_cache, job->layer, kvh), hd, p + 1, hd);
+		spa_weighted_sum_f16(out, sc, kv_head(e, e->v_cache, job->layer, kvh), hd, p + 1,
+				     hd);
 	}
 }
 

@@ -441,6 +441,17 @@ Test(kernels, rows_kernels_give_each_row_the_single_row_bits)
 		cr_assert_eq(memcmp(&d, &y[r], 4), 0, "strided row %u: %a vs %a", r, (double)d,
 			     (double)y[r]);
 	}
+	/* and its half form (a half KV cache): the F16 dot's bits */
+	uint16_t *kh = malloc(sizeof(uint16_t) * stride * rows);
+	cr_assert(kh);
+	spa_fp16_row(kh, k, (size_t)stride * rows);
+	spa_dot_f16_rows(kh + 64, stride, q, n, y, rows);
+	for (uint32_t r = 0; r < rows; r++) {
+		float d = spa_kernels_ops()->dot[SPA_TYPE_F16](kh + 64 + (size_t)r * stride, q, n);
+		cr_assert_eq(memcmp(&d, &y[r], 4), 0, "half strided row %u: %a vs %a", r,
+			     (double)d, (double)y[r]);
+	}
+	free(kh);
 	free(k);
 	free(q);
 	if (!spa_kernels_cpu_has_avx2())
@@ -815,5 +826,56 @@ Test(kernels, weighted_sum_gives_the_plain_loop_bits_in_every_variant)
 			cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0, "spa_weighted_sum");
 		}
 	cr_assert_geq(checked, 700);
+
+	/* half rows (a half KV cache): each term a[t] * the half's value, the same bits */
+	uint16_t *mh = malloc(sizeof(uint16_t) * stride * 9);
+	cr_assert(mh);
+	spa_fp16_row(mh, m, stride * 9);
+	for (uint32_t rows = 0; rows <= 9; rows++)
+		for (uint32_t n = 1; n <= 70; n++) {
+			for (uint32_t d = 0; d < n; d++) {
+				float s = 0.0f;
+				for (uint32_t t = 0; t < rows; t++)
+					s = s + a[t] * spa_fp16_to_fp32(mh[t * stride + d]);
+				want[d] = s;
+			}
+			for (int i = 0; i < nv; i++) {
+				memset(got, 0x7f, sizeof got);
+				v[i]->wsum_f16(got, a, mh, stride, rows, n);
+				cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0,
+					     "%s: %u half rows of %u", v[i]->name, rows, n);
+				cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu, "%s wrote past n",
+					     v[i]->name);
+			}
+			spa_weighted_sum_f16(got, a, mh, stride, rows, n);
+			cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0, "spa_weighted_sum_f16");
+		}
+	free(mh);
 	free(m);
+}
+
+/* spa_fp16_row in every variant: spa_fp32_to_fp16 of each element (every length to 40: the
+ * 8-lane body and the tail), specials included. */
+Test(kernels, fp16_row_gives_the_element_conversion_in_every_variant)
+{
+	const struct spa_kernels_ops *v[2];
+	const int nv = variants(v);
+	float x[40];
+	uint16_t want[41], got[41];
+	tu_rand(x, 40, 9, 70000.0f);
+	const float special[] = { 0.0f, -0.0f, INFINITY, -INFINITY, NAN, 65504.0f, 65520.0f,
+				  1e-8f, -6e-8f, 3e-5f, 1.0f / 3 };
+	for (size_t k = 0; k < sizeof special / sizeof special[0]; k++)
+		x[k * 3] = special[k];
+	for (uint32_t n = 0; n <= 40; n++) {
+		for (uint32_t i = 0; i < n; i++)
+			want[i] = spa_fp32_to_fp16(x[i]);
+		for (int i = 0; i < nv; i++) {
+			memset(got, 0x7f, sizeof got);
+			v[i]->to_f16(got, x, n);
+			cr_assert_eq(memcmp(got, want, n * sizeof(uint16_t)), 0, "%s: n %u",
+				     v[i]->name, n);
+			cr_assert_eq(got[n], 0x7f7f, "%s wrote past n", v[i]->name);
+		}
+	}
 }

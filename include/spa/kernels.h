@@ -158,6 +158,17 @@ void spa_dot_f32_rows(const float *w, size_t stride, const float *x, uint32_t n,
  * a or v. Hot path, no allocation, single thread. */
 void spa_weighted_sum(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
 		      uint32_t n);
+/* The same on IEEE half rows (the KV cache): the terms a[t] * (float)v[...], the same bits in
+ * every variant. */
+void spa_weighted_sum_f16(float *out, const float *a, const uint16_t *v, size_t stride,
+			  uint32_t rows, uint32_t n);
+/* y[k] = dot of half row k (w + k * stride halves) with x, for k < rows: the bits of the
+ * F16 matvec's dot (attention's scores over a half KV cache). */
+void spa_dot_f16_rows(const uint16_t *w, size_t stride, const float *x, uint32_t n, float *y,
+		      uint32_t rows);
+/* dst[i] = spa_fp32_to_fp16(src[i]) for i < n (F16C's conversion where the CPU has it: the
+ * same bits). */
+void spa_fp16_row(uint16_t *dst, const float *src, size_t n);
 /* Index of the largest element (the lowest index on ties). */
 uint32_t spa_argmax(const float *x, uint32_t n);
 

@@ -127,6 +127,22 @@ void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, 
 			out[d] = out[d] + a[t] * v[(size_t)t * stride + d];
 }
 
+void spa_wsum_f16_scalar(float *out, const float *a, const uint16_t *v, size_t stride,
+			 uint32_t rows, uint32_t n)
+{
+	for (uint32_t d = 0; d < n; d++)
+		out[d] = 0.0f;
+	for (uint32_t t = 0; t < rows; t++)
+		for (uint32_t d = 0; d < n; d++)
+			out[d] = out[d] + a[t] * spa__fp16_to_fp32(v[(size_t)t * stride + d]);
+}
+
+void spa_to_f16_scalar(uint16_t *dst, const float *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = spa_fp32_to_fp16(src[i]);
+}
+
 void spa_swiglu_scalar(float *out, const float *gate, const float *up, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
@@ -163,6 +179,8 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 	},
 	.quantize_x = spa_quantize_x_scalar,
 	.wsum = spa_wsum_scalar,
+	.wsum_f16 = spa_wsum_f16_scalar,
+	.to_f16 = spa_to_f16_scalar,
 	.swiglu = spa_swiglu_scalar,
 	.exp_shift = spa_exp_shift_scalar,
 	.dot_q8x_packed = {
@@ -701,18 +719,26 @@ void spa_matmul(struct spa_pool *pool, const struct spa_tensor *w, const float *
 	spa_matmul_ops(spa_kernels_ops(), pool, w, x, y, n);
 }
 
-/* y[k] = the variant's F32 dot of row k (stride floats apart) with x, for k < rows: the rows
- * kernel on whole groups of SPA_DOT_ROWS, the single-row dot on the rest (the same bits). */
-static void f32_rows(const struct spa_kernels_ops *ops, const float *w, size_t stride,
-		     const float *x, uint32_t n, float *y, uint32_t rows)
+/* y[k] = the variant's dot of row k (type t, row_size bytes apart) with x, for k < rows: the
+ * rows kernel on whole groups of SPA_DOT_ROWS, the single-row dot on the rest (the same
+ * bits). */
+static void float_rows(const struct spa_kernels_ops *ops, enum spa_dtype t, const void *w,
+		       size_t row_size, const float *x, uint32_t n, float *y, uint32_t rows)
 {
-	spa_dot_rows_fn dot_rows = ops->dot_rows[SPA_TYPE_F32];
+	spa_dot_rows_fn dot_rows = ops->dot_rows[t];
+	const uint8_t *p = w;
 	uint32_t r = 0;
 	if (dot_rows)
 		for (; r + SPA_DOT_ROWS <= rows; r += SPA_DOT_ROWS)
-			dot_rows(w + r * stride, stride * sizeof(float), x, n, y + r, SPA_DOT_ROWS);
+			dot_rows(p + r * row_size, row_size, x, n, y + r, SPA_DOT_ROWS);
 	for (; r < rows; r++)
-		y[r] = ops->dot[SPA_TYPE_F32](w + r * stride, x, n);
+		y[r] = ops->dot[t](p + r * row_size, x, n);
+}
+
+static void f32_rows(const struct spa_kernels_ops *ops, const float *w, size_t stride,
+		     const float *x, uint32_t n, float *y, uint32_t rows)
+{
+	float_rows(ops, SPA_TYPE_F32, w, stride * sizeof(float), x, n, y, rows);
 }
 
 /* y = W x (+ b), then relu when asked: the bias and the relu of each group of rows as it is
@@ -850,6 +876,23 @@ void spa_weighted_sum(float *out, const float *a, const float *v, size_t stride,
 		      uint32_t n)
 {
 	spa_kernels_ops()->wsum(out, a, v, stride, rows, n);
+}
+
+void spa_weighted_sum_f16(float *out, const float *a, const uint16_t *v, size_t stride,
+			  uint32_t rows, uint32_t n)
+{
+	spa_kernels_ops()->wsum_f16(out, a, v, stride, rows, n);
+}
+
+void spa_dot_f16_rows(const uint16_t *w, size_t stride, const float *x, uint32_t n, float *y,
+		      uint32_t rows)
+{
+	float_rows(spa_kernels_ops(), SPA_TYPE_F16, w, stride * sizeof(uint16_t), x, n, y, rows);
+}
+
+void spa_fp16_row(uint16_t *dst, const float *src, size_t n)
+{
+	spa_kernels_ops()->to_f16(dst, src, n);
 }
 
 uint32_t spa_argmax(const float *x, uint32_t n)

@@ -132,34 +132,48 @@ static void dequant_bf16_avx2(const void *src, float *dst, size_t n)
 
 /* spa_wsum_scalar's operations (a multiply, then an add; no FMA) on 32 or 8 columns at a time,
  * the sums held in registers across the rows; the last columns as the scalar code. */
-static void wsum_avx2(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
-		      uint32_t n)
+#define SPA_WSUM_AVX2(name, vtype, load, tail)                                             \
+	static void name(float *out, const float *a, const vtype *v, size_t stride,        \
+			 uint32_t rows, uint32_t n)                                        \
+	{                                                                                  \
+		uint32_t d = 0;                                                            \
+		for (; d + 32 <= n; d += 32) {                                             \
+			__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;        \
+			for (uint32_t t = 0; t < rows; t++) {                              \
+				const vtype *r = v + (size_t)t * stride + d;               \
+				const __m256 w = _mm256_set1_ps(a[t]);                     \
+				s0 = _mm256_add_ps(s0, _mm256_mul_ps(w, load(r, 0)));      \
+				s1 = _mm256_add_ps(s1, _mm256_mul_ps(w, load(r, 8)));      \
+				s2 = _mm256_add_ps(s2, _mm256_mul_ps(w, load(r, 16)));     \
+				s3 = _mm256_add_ps(s3, _mm256_mul_ps(w, load(r, 24)));     \
+			}                                                                  \
+			_mm256_storeu_ps(out + d, s0);                                     \
+			_mm256_storeu_ps(out + d + 8, s1);                                 \
+			_mm256_storeu_ps(out + d + 16, s2);                                \
+			_mm256_storeu_ps(out + d + 24, s3);                                \
+		}                                                                          \
+		for (; d + 8 <= n; d += 8) {                                               \
+			__m256 s0 = _mm256_setzero_ps();                                   \
+			for (uint32_t t = 0; t < rows; t++)                                \
+				s0 = _mm256_add_ps(s0, _mm256_mul_ps(_mm256_set1_ps(a[t]), \
+						   load(v + (size_t)t * stride + d, 0)));  \
+			_mm256_storeu_ps(out + d, s0);                                     \
+		}                                                                          \
+		if (d < n)                                                                 \
+			tail(out + d, a, v + d, stride, rows, n - d);                      \
+	}
+
+SPA_WSUM_AVX2(wsum_avx2, float, load_f32, spa_wsum_scalar)
+SPA_WSUM_AVX2(wsum_f16_avx2, uint16_t, load_f16, spa_wsum_f16_scalar)
+
+static void to_f16_avx2(uint16_t *dst, const float *src, size_t n)
 {
-	uint32_t d = 0;
-	for (; d + 32 <= n; d += 32) {
-		__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-		for (uint32_t t = 0; t < rows; t++) {
-			const float *r = v + (size_t)t * stride + d;
-			const __m256 w = _mm256_set1_ps(a[t]);
-			s0 = _mm256_add_ps(s0, _mm256_mul_ps(w, _mm256_loadu_ps(r)));
-			s1 = _mm256_add_ps(s1, _mm256_mul_ps(w, _mm256_loadu_ps(r + 8)));
-			s2 = _mm256_add_ps(s2, _mm256_mul_ps(w, _mm256_loadu_ps(r + 16)));
-			s3 = _mm256_add_ps(s3, _mm256_mul_ps(w, _mm256_loadu_ps(r + 24)));
-		}
-		_mm256_storeu_ps(out + d, s0);
-		_mm256_storeu_ps(out + d + 8, s1);
-		_mm256_storeu_ps(out + d + 16, s2);
-		_mm256_storeu_ps(out + d + 24, s3);
-	}
-	for (; d + 8 <= n; d += 8) {
-		__m256 s0 = _mm256_setzero_ps();
-		for (uint32_t t = 0; t < rows; t++)
-			s0 = _mm256_add_ps(s0, _mm256_mul_ps(_mm256_set1_ps(a[t]),
-							     _mm256_loadu_ps(v + (size_t)t * stride + d)));
-		_mm256_storeu_ps(out + d, s0);
-	}
-	if (d < n)
-		spa_wsum_scalar(out + d, a, v + d, stride, rows, n - d);
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm_storeu_si128((__m128i *)(dst + i),
+				 _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	if (i < n)
+		spa_to_f16_scalar(dst + i, src + i, n - i);
 }
 
 /* spa__expf's operations on 8 lanes (the same bits: its clamps as compares and blends, and
@@ -237,6 +251,8 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	},
 	.quantize_x = spa_quantize_x_avx2,
 	.wsum = wsum_avx2,
+	.wsum_f16 = wsum_f16_avx2,
+	.to_f16 = to_f16_avx2,
 	.swiglu = swiglu_avx2,
 	.exp_shift = exp_shift_avx2,
 	.dot_rows = {

@@ -60,6 +60,9 @@ typedef void (*spa_dot_q8x_packed_fn)(const void *w, const struct spa_block_q8x 
 /* out[d] = sum over t < rows of a[t] * v[t * stride + d], d < n (spa_weighted_sum). */
 typedef void (*spa_wsum_fn)(float *out, const float *a, const float *v, size_t stride,
 			    uint32_t rows, uint32_t n);
+typedef void (*spa_wsum_f16_fn)(float *out, const float *a, const uint16_t *v, size_t stride,
+				uint32_t rows, uint32_t n);
+typedef void (*spa_to_f16_fn)(uint16_t *dst, const float *src, size_t n);
 /* out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + spa__expf(-gate[i])) * up[i]; out may
  * alias gate. */
 typedef void (*spa_swiglu_fn)(float *out, const float *gate, const float *up, uint32_t n);
@@ -90,6 +93,8 @@ struct spa_kernels_ops {
 	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
 	spa_dot_q8x_rows8_fn dot_q8x_rows8[SPA_TYPE_COUNT]; /* optional */
 	spa_wsum_fn wsum;
+	spa_wsum_f16_fn wsum_f16;
+	spa_to_f16_fn to_f16;
 	spa_swiglu_fn swiglu;
 	spa_exp_shift_fn exp_shift;
 };
@@ -126,6 +131,9 @@ void spa_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void spa_dequant_bf16_scalar(const void *src, float *dst, size_t n);
 void spa_wsum_scalar(float *out, const float *a, const float *v, size_t stride, uint32_t rows,
 		     uint32_t n);
+void spa_wsum_f16_scalar(float *out, const float *a, const uint16_t *v, size_t stride,
+			 uint32_t rows, uint32_t n);
+void spa_to_f16_scalar(uint16_t *dst, const float *src, size_t n);
 void spa_swiglu_scalar(float *out, const float *gate, const float *up, uint32_t n);
 double spa_exp_shift_scalar(float *x, float shift, uint32_t n);
 

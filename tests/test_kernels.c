@@ -318,6 +318,55 @@ Test(kernels, matvec_matches_reference_and_is_identical_for_1_2_3_threads)
 	spa_pool_destroy(pools[2]);
 }
 
+/* Threads that take rows from each other's shares (more threads than cores: most start late
+ * or are preempted, and the others take their rows from the back): every row once, with the
+ * one-thread bits, for matvec, items and SwiGLU, on row counts that are not whole groups. */
+Test(kernels, rows_taken_from_other_threads_shares_are_each_computed_once)
+{
+	struct spa_pool *pool = NULL;
+	cr_assert_eq(spa_pool_create(&pool, 7, NULL), 0);
+	const uint32_t cols = 96;
+	static const uint32_t rows_l[] = { 3, 29, 203, 1001 };
+	for (size_t ri = 0; ri < 4; ri++) {
+		const uint32_t rows = rows_l[ri];
+		float *wf = malloc((size_t)rows * cols * 4), *x = malloc(cols * 4);
+		float *want = malloc(rows * 4), *want2 = malloc(rows * 4), *got = malloc(rows * 4);
+		float *got2 = malloc(rows * 4), *up = malloc(rows * 4);
+		cr_assert(wf && x && want && want2 && got && got2 && up);
+		tu_rand(x, cols, 3 + rows, 1.0f);
+		void *w = make_weights(SPA_TYPE_F16, (size_t)rows * cols, 5 + rows, wf);
+		void *w2 = make_weights(SPA_TYPE_F32, (size_t)rows * cols, 9 + rows, wf);
+		struct spa_tensor a = { SPA_TYPE_F16, cols, rows, w, 0 };
+		struct spa_tensor b = { SPA_TYPE_F32, cols, rows, w2, 0 };
+		spa_matvec(NULL, &a, x, want);
+		spa_matvec(NULL, &b, x, want2);
+		for (int rep = 0; rep < 30; rep++) {
+			memset(got, 0xff, rows * 4);
+			spa_matvec(pool, &a, x, got);
+			cr_assert_eq(memcmp(got, want, rows * 4), 0, "matvec, %u rows, run %d", rows,
+				     rep);
+			memset(got, 0xff, rows * 4);
+			memset(got2, 0xff, rows * 4);
+			const struct spa_matvec_item it[2] = { { &a, x, NULL, got }, { &b, x, NULL, got2 } };
+			spa_matvec_items(pool, 2, it);
+			cr_assert_eq(memcmp(got, want, rows * 4), 0, "items, %u rows, run %d", rows, rep);
+			cr_assert_eq(memcmp(got2, want2, rows * 4), 0, "items, %u rows, run %d", rows,
+				     rep);
+			memset(got, 0xff, rows * 4);
+			spa_matvec_swiglu(pool, &a, &b, x, got, up);
+			for (uint32_t r = 0; r < rows; r++) {
+				float s;
+				spa_swiglu(&s, &want[r], &want2[r], 1);
+				cr_assert_eq(spa__f32_bits(got[r]), spa__f32_bits(s),
+					     "swiglu, %u rows, row %u, run %d", rows, r, rep);
+			}
+		}
+		free(w), free(w2), free(wf), free(x), free(want), free(want2), free(got), free(got2);
+		free(up);
+	}
+	spa_pool_destroy(pool);
+}
+
 Test(kernels, matmul_gives_the_bits_of_repeated_matvec)
 {
 	const struct spa_kernels_ops *v[2];

@@ -562,7 +562,7 @@ static int mmw(struct spa_engine *e, uint32_t l, int k, const float *x, float *y
 	}
 	const struct spa_tensor *res = &e->m->res_part[(size_t)l * SPA_LAYER_MATS + k];
 	if (n == 1) /* x quantized once for the resident part and every piece */
-		spa_matvec_x_prepare(e->px, x, t->cols);
+		spa_matvec_x_prepare(e->px, x, t->cols, t->type);
 	if (res->rows)
 		part_mm(e, res, 0, x, y, t->rows, n);
 	for (uint64_t r = res->rows; r < t->rows;) {
@@ -1124,7 +1124,7 @@ static void head_worker(void *ctx, int ith, int nth)
 void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok)
 {
 	const struct spa_tensor *w = &e->m->output;
-	spa_matvec_x_prepare(e->px, z ? z : e->f, w->cols);
+	spa_matvec_x_prepare(e->px, z ? z : e->f, w->cols, w->type);
 	struct head_job j = { .e = e, .z = e->px };
 	spa_dtype_row_size(w->type, w->cols, &j.row_size);
 	int nth = e->pool ? spa_pool_n_threads(e->pool) : 1;

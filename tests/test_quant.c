@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,13 +299,13 @@ static void check_dot(const char *what, enum spa_dtype t, uint64_t n, float got,
 		  (double)got, ref, fabs((double)got - ref), mag);
 }
 
-/* x quantized for the integer dots (scalar quantizer), then decoded: q * d. */
-static float *dequant_q8x(const float *x, uint64_t n)
+/* x quantized for the integer dots of type t (scalar quantizer), then decoded: q * d. */
+static float *dequant_q8x(const float *x, uint64_t n, enum spa_dtype t)
 {
 	struct spa_block_q8x *q = malloc(n / 32 * sizeof *q);
 	float *y = malloc(n * sizeof(float));
 	cr_assert(q && y);
-	spa_quantize_x_scalar(x, q, n);
+	spa_quantize_x_scalar(x, q, n, spa_xq_group(t));
 	for (uint64_t i = 0; i < n; i++)
 		y[i] = q[i / 32].qs[i % 32] * q[i / 32].d;
 	free(q);
@@ -337,7 +338,7 @@ Test(quant, simd_dot_matches_scalar)
 				const float *xr = x;
 				float *xd = NULL;
 				if (sc->dot_q8x[t]) {
-					xd = dequant_q8x(x, n);
+					xd = dequant_q8x(x, n, t);
 					xr = xd;
 				}
 				double ref = 0, mag = 0;
@@ -464,14 +465,19 @@ Test(quant, integer_dots_scalar_and_avx2_give_the_same_bits)
 		cr_assert(x && qs && qa);
 		for (int rep = 0; rep < 3; rep++) {
 			awkward_x(x, n, 31 * nb + (uint64_t)rep);
-			sc->quantize_x(x, qs, n);
-			av->quantize_x(x, qa, n);
-			cr_assert_eq(memcmp(qs, qa, nb * sizeof *qs), 0,
-				     "quantize_x: scalar and avx2 differ, %llu blocks",
-				     (unsigned long long)nb);
+			for (size_t group = 32; group <= 256; group *= 8) {
+				if (n % group)
+					continue;
+				sc->quantize_x(x, qs, n, group);
+				av->quantize_x(x, qa, n, group);
+				cr_assert_eq(memcmp(qs, qa, nb * sizeof *qs), 0,
+					     "quantize_x: scalar and avx2 differ, %llu blocks in "
+					     "groups of %zu", (unsigned long long)nb, group);
+			}
 			for (size_t k = 0; k < N_INT_TYPES; k++) {
 				if (INT_SKIP(ts[k], nb))
 					continue;
+				sc->quantize_x(x, qs, n, spa_xq_group(ts[k]));
 				void *w = random_qrow(ts[k], n, 77 * nb + k + (uint64_t)rep);
 				float a = sc->dot_q8x[ts[k]](w, qs, n);
 				float b = av->dot_q8x[ts[k]](w, qs, n);
@@ -508,11 +514,11 @@ Test(quant, rows_kernels_give_each_row_the_single_row_bits)
 		struct spa_block_q8x *xq = malloc(nb * sizeof *xq);
 		cr_assert(x && xq);
 		awkward_x(x, n, 5 * nb + 1);
-		av->quantize_x(x, xq, n);
 		for (size_t k = 0; k < N_INT_TYPES; k++) {
 			const enum spa_dtype t = int_types[k];
 			if (INT_SKIP(t, nb) || !av->dot_q8x_rows[t])
 				continue;
+			av->quantize_x(x, xq, n, spa_xq_group(t));
 			uint64_t rs = 0;
 			cr_assert_eq(spa_dtype_row_size(t, n, &rs), 0);
 			uint8_t *w = malloc(7 * rs);
@@ -637,7 +643,7 @@ Test(quant, activation_quantizer_rounds_to_nearest_within_half_a_step)
 	cr_assert(x && q);
 	awkward_x(x, n, 5);
 	for (int k = 0; k < nv; k++) {
-		v[k]->quantize_x(x, q, n);
+		v[k]->quantize_x(x, q, n, 32);
 		for (uint64_t b = 0; b < nb; b++) {
 			float amax = 0;
 			for (int j = 0; j < 32; j++)
@@ -669,10 +675,10 @@ Test(quant, activation_quantizer_rounds_to_nearest_within_half_a_step)
 			y[j] = (float)j;
 		y[40] = NAN;
 		struct spa_block_q8x qn[2];
-		v[k]->quantize_x(y, qn, 64);
+		v[k]->quantize_x(y, qn, 64, 32);
 		cr_assert(qn[0].d > 0 && isnan(qn[1].d), "%s", v[k]->name);
 		y[40] = -INFINITY;
-		v[k]->quantize_x(y, qn, 64);
+		v[k]->quantize_x(y, qn, 64, 32);
 		cr_assert(isnan(qn[1].d));
 		void *w = random_qrow(SPA_TYPE_Q8_0, 64, 3);
 		cr_assert(isnan(v[k]->dot[SPA_TYPE_Q8_0](w, y, 64)), "%s", v[k]->name);
@@ -697,10 +703,10 @@ Test(quant, integer_dots_match_exact_reference_within_rounding_bound)
 		struct spa_block_q8x *q = malloc(nb * sizeof *q);
 		cr_assert(x && q);
 		awkward_x(x, n, 1000 + nb);
-		spa_quantize_x_scalar(x, q, n);
 		for (size_t k = 0; k < N_INT_TYPES; k++) {
 			if (INT_SKIP(ts[k], nb))
 				continue;
+			spa_quantize_x_scalar(x, q, n, spa_xq_group(ts[k]));
 			void *w = random_qrow(ts[k], n, 5000 + nb + k);
 			double ref = 0, mag = 0;
 			for (uint64_t b = 0; b < nb; b++) {
@@ -761,7 +767,7 @@ Test(quant, integer_matvec_and_matmul_bits_for_long_rows_and_batches)
 			for (int i = 0; i < nv; i++) {
 				const struct spa_kernels_ops *ops = v[i];
 				spa_matvec_ops(ops, pools[0], &tw, x, y1);
-				ops->quantize_x(x, q, cols);
+				ops->quantize_x(x, q, cols, spa_xq_group(ts[k]));
 				for (uint64_t r = 0; r < rows; r++) {
 					float d = ops->dot_q8x[ts[k]](w + r * rs, q, cols);
 					cr_assert_eq(memcmp(&d, &y1[r], 4), 0, "%s %s row %llu",
@@ -1120,9 +1126,9 @@ Test(quant, a_prepared_input_gives_matvec_bits_on_every_type_and_row_range)
 		float *want = malloc(rows * 4), *got = malloc(rows * 4);
 		tu_rand(wf, rows * cols, 11 + s, 1.0f);
 		tu_rand(x, cols, 21 + s, 2.0f);
-		spa_matvec_x_prepare(px, x, cols);
-		cr_assert_eq(px->quantized, cols <= SPA_MATVEC_X_MAX_COLS);
 		for (size_t t = 0; t < N_TYPES; t++) {
+			spa_matvec_x_prepare(px, x, cols, all_types[t]);
+			cr_assert_eq(px->quantized, cols <= SPA_MATVEC_X_MAX_COLS);
 			void *w = quantize(all_types[t], wf, rows * cols);
 			uint64_t row_size;
 			cr_assert_eq(spa_dtype_row_size(all_types[t], cols, &row_size), 0);
@@ -1186,7 +1192,7 @@ Test(quant, packed_q4_0_kernels_give_each_row_the_single_row_bits)
 		cr_assert_neq(memcmp(pk, w, 16 * rs), 0, "packing moved no byte");
 		awkward_x(x, n, 3 * nb + 2);
 		for (int i = 0; i < nv; i++) {
-			v[i]->quantize_x(x, xq, n);
+			v[i]->quantize_x(x, xq, n, 32);
 			for (int g = 0; g < 2; g++) {
 				float y[8];
 				v[i]->dot_q8x_packed[SPA_TYPE_Q4_0](pk + g * 8 * rs, xq, n, y);
@@ -1206,7 +1212,7 @@ Test(quant, packed_q4_0_kernels_give_each_row_the_single_row_bits)
 		for (int i = 0; i < nv; i++) {
 			if (!v[i]->dot_q8x_rows8[SPA_TYPE_Q4_0])
 				continue;
-			v[i]->quantize_x(x, xq, n);
+			v[i]->quantize_x(x, xq, n, 32);
 			for (int g = 0; g < 2; g++) {
 				float y[8];
 				v[i]->dot_q8x_rows8[SPA_TYPE_Q4_0](w + g * 8 * rs, rs, xq, n, y);
@@ -1270,7 +1276,7 @@ Test(quant, packed_q4_0_matrices_give_the_unpacked_bits)
 		}
 		/* the process's variant from here on */
 		spa_matvec(NULL, &t, x, want);
-		spa_matvec_x_prepare(px, x, cols);
+		spa_matvec_x_prepare(px, x, cols, SPA_TYPE_Q4_0);
 		spa_matvec_x(pools[1], &tp, px, got);
 		cr_assert_eq(memcmp(want, got, rows * 4), 0, "matvec_x");
 		for (uint64_t r0 = 0; r0 < rows; r0 += 8) { /* ranges of 1 to 3 groups */
@@ -1322,3 +1328,41 @@ Test(quant, packed_q4_0_matrices_give_the_unpacked_bits)
 	for (int p = 0; p < 3; p++)
 		spa_pool_destroy(pools[p]);
 }
+
+/* Q6_K's activations have one scale per 256 elements, Q8_0's and Q4_0's per 32: an x
+ * prepared for one is refused for the other (a debug build's assert; NaN rows otherwise),
+ * never multiplied with the wrong scales. */
+static void matvec_x_of_another_group(void)
+{
+	const uint64_t cols = 512, rows = 8;
+	float x[512], wf[8 * 512], y[8];
+	tu_rand(x, cols, 1, 1.0f);
+	tu_rand(wf, rows * cols, 2, 1.0f);
+	void *w = quantize(SPA_TYPE_Q6_K, wf, rows * cols);
+	struct spa_tensor t = { SPA_TYPE_Q6_K, cols, rows, w, 0 };
+	struct spa_matvec_x *px = aligned_alloc(64, sizeof *px);
+	cr_assert(px);
+	spa_matvec_x_prepare(px, x, cols, SPA_TYPE_Q6_K);
+	spa_matvec_x(NULL, &t, px, y);
+	float want[8];
+	spa_matvec(NULL, &t, x, want);
+	cr_assert_eq(memcmp(y, want, sizeof y), 0, "prepared for its own type: spa_matvec's bits");
+	spa_matvec_x_prepare(px, x, cols, SPA_TYPE_Q4_0);
+	spa_matvec_x(NULL, &t, px, y);
+	for (uint64_t r = 0; r < rows; r++)
+		cr_assert(isnan(y[r]), "row %llu of a refused product", (unsigned long long)r);
+	free(px);
+	free(w);
+}
+
+#ifdef NDEBUG
+Test(quant, matvec_x_refuses_a_matrix_of_another_activation_group)
+{
+	matvec_x_of_another_group();
+}
+#else
+Test(quant, matvec_x_refuses_a_matrix_of_another_activation_group, .signal = SIGABRT)
+{
+	matvec_x_of_another_group();
+}
+#endif

@@ -80,10 +80,11 @@ enum spa_dtype spa_quantize_tensor_type(enum spa_dtype ftype, const char *name, 
 int spa_quantize_ftype(enum spa_dtype ftype);
 
 /* y[rows] = W x[cols]. Rows split across the pool. For Q8_0, Q4_0 and Q6_K weights x is first
- * quantized to 8 bits per block of 32 (an f32 scale per block, as llama.cpp's Q8_0
- * activations) and the rows are integer dot products, so the activations take a rounding of
- * at most half a step (amax / 254 per block) that F32/F16/BF16/Q4_K rows do not; x is
- * quantized once per call, so the bits still do not depend on the thread count. */
+ * quantized to 8 bits, with an f32 scale per block of 32 for Q8_0 and Q4_0 (as llama.cpp's
+ * Q8_0 activations) and per 256 for Q6_K (as its Q8_K), and the rows are integer dot products,
+ * so the activations take a rounding of at most half a step (amax / 254 over the scale's
+ * elements) that F32/F16/BF16/Q4_K rows do not; x is quantized once per call, so the bits
+ * still do not depend on the thread count. */
 void spa_matvec(struct spa_pool *pool, const struct spa_tensor *w, const float *x, float *y);
 /* x made ready once for several products with it (the greedy head's tiles, a streamed
  * matrix's resident part and pieces): spa_matvec_x_prepare quantizes x as spa_matvec would
@@ -95,9 +96,14 @@ struct spa_matvec_x {
 	const float *x;
 	uint64_t cols;
 	int quantized;
+	size_t group; /* elements per activation scale (the type's) */
 	unsigned char xq[SPA_MATVEC_X_MAX_COLS / 32u * 40u] __attribute__((aligned(64)));
 };
-void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols);
+/* type: the weight type of the matrices it will multiply (the activations of Q6_K are
+ * quantized with one scale per 256, of Q8_0 and Q4_0 per 32; spa_matvec_x refuses a matrix
+ * of another kind, as one of another column count). */
+void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols,
+			  enum spa_dtype type);
 void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struct spa_matvec_x *px,
 		  float *y);
 /* One matrix-vector product of a spa_matvec_items job: y = W x (+ b, added after the product

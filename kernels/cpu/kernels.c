@@ -615,7 +615,8 @@ static void mm_run(const struct spa_kernels_ops *ops, struct spa_pool *pool,
 	for (uint32_t b0 = 0; b0 < n; b0 += per) {
 		const uint32_t nv = n - b0 < per ? n - b0 : per;
 		for (uint32_t v = 0; v < nv; v++)
-			ops->quantize_x(x + (uint64_t)(b0 + v) * w->cols, xq + v * nbx, w->cols);
+			ops->quantize_x(x + (uint64_t)(b0 + v) * w->cols, xq + v * nbx, w->cols,
+					spa_xq_group(w->type));
 		j.x = x + (uint64_t)b0 * w->cols;
 		j.y = y + (uint64_t)b0 * w->rows;
 		j.n = nv;
@@ -680,6 +681,7 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 	struct spa_block_q8x xq[XQ_DISTINCT][XQ_MAX_BLOCKS];
 	const float *xq_of[XQ_DISTINCT] = { NULL };
 	uint64_t xq_cols[XQ_DISTINCT] = { 0 };
+	size_t xq_group[XQ_DISTINCT] = { 0 };
 	unsigned n_xq = 0;
 	if (n == 0 || n > SPA_MATVEC_MAX_ITEMS) {
 		assert(!"spa_matvec_items: 1 to SPA_MATVEC_MAX_ITEMS items");
@@ -697,8 +699,10 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 		if (!uses_xq(ops, w))
 			continue;
 		/* quantize each distinct x once (the bits do not depend on who reads it) */
+		const size_t group = spa_xq_group(w->type);
 		unsigned q = 0;
-		while (q < n_xq && !(xq_of[q] == it[k].x && xq_cols[q] == w->cols))
+		while (q < n_xq && !(xq_of[q] == it[k].x && xq_cols[q] == w->cols &&
+				     xq_group[q] == group))
 			q++;
 		if (q == n_xq) {
 			if (n_xq == XQ_DISTINCT) {
@@ -708,9 +712,10 @@ static void multi_run(struct spa_pool *pool, unsigned n, const struct spa_matvec
 						    (uint32_t)it[0].w->rows);
 				return;
 			}
-			ops->quantize_x(it[k].x, xq[q], w->cols);
+			ops->quantize_x(it[k].x, xq[q], w->cols, group);
 			xq_of[q] = it[k].x;
 			xq_cols[q] = w->cols;
+			xq_group[q] = group;
 			n_xq++;
 		}
 		set_xq(ops, w, &m.j[k], xq[q]);
@@ -764,22 +769,28 @@ _Static_assert(SPA_MATVEC_X_MAX_COLS / SPA_QK8X == XQ_MAX_BLOCKS &&
 		       sizeof(struct spa_block_q8x) == 40,
 	       "spa_matvec_x holds XQ_MAX_BLOCKS activation blocks");
 
-void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols)
+void spa_matvec_x_prepare(struct spa_matvec_x *px, const float *x, uint64_t cols,
+			  enum spa_dtype type)
 {
+	const size_t group = (unsigned)type < SPA_TYPE_COUNT ? spa_xq_group(type) : SPA_QK8X;
 	px->x = x;
 	px->cols = cols;
+	px->group = group;
 	/* mm_run's condition for quantizing, less the weight type's */
-	px->quantized = cols % SPA_QK8X == 0 && cols / SPA_QK8X > 0 &&
+	px->quantized = cols % group == 0 && cols / SPA_QK8X > 0 &&
 			cols / SPA_QK8X <= XQ_MAX_BLOCKS;
 	if (px->quantized)
-		spa_kernels_ops()->quantize_x(x, (struct spa_block_q8x *)(void *)px->xq, cols);
+		spa_kernels_ops()->quantize_x(x, (struct spa_block_q8x *)(void *)px->xq, cols,
+					      group);
 }
 
 void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struct spa_matvec_x *px,
 		  float *y)
 {
-	if (w->cols != px->cols) {
-		assert(!"spa_matvec_x: the matrix's column count is not the prepared x's");
+	if (w->cols != px->cols || (px->quantized && (unsigned)w->type < SPA_TYPE_COUNT &&
+				    spa_kernels_ops()->dot_q8x[w->type] &&
+				    spa_xq_group(w->type) != px->group)) {
+		assert(!"spa_matvec_x: the matrix's columns or type are not the prepared x's");
 		for (uint64_t i = 0; i < w->rows; i++)
 			y[i] = NAN;
 		return;

@@ -35,10 +35,22 @@ struct spa_block_q8x {
 _Static_assert(sizeof(struct spa_block_q8x) == 40, "block_q8x is a float, 32 levels and a sum");
 
 /* Dot product of one weight row (n elements of the slot's type) with n activations already
- * quantized by the variant's quantize_x (n / 32 blocks). */
+ * quantized by the variant's quantize_x (n / 32 blocks) with the type's group
+ * (spa_xq_group). */
 typedef float (*spa_dot_q8x_fn)(const void *w, const struct spa_block_q8x *x, size_t n);
-/* Quantize n floats (a multiple of 32) into n / 32 blocks of activations. */
-typedef void (*spa_quantize_x_fn)(const float *x, struct spa_block_q8x *y, size_t n);
+/* Quantize n floats into n / 32 blocks of activations, one scale for each group of `group`
+ * elements (a multiple of 32 that divides n): amax / 127 over the group, given to each of its
+ * blocks. A group with a NaN or an infinity gets the scale NaN, one below 2^-100 the scale 0
+ * (levels 0 in both). */
+typedef void (*spa_quantize_x_fn)(const float *x, struct spa_block_q8x *y, size_t n,
+				  size_t group);
+/* The activations' group of a type with integer dots: Q6_K's 256 (llama.cpp's Q8_K: one
+ * scale per weight block, so a block's products add up in integers before one float
+ * multiply, instead of eight), 32 for the others (Q8_0, Q4_0: the weight block's size). */
+static inline size_t spa_xq_group(enum spa_dtype t)
+{
+	return t == SPA_TYPE_Q6_K ? 256 : 32;
+}
 
 /* Rows kernels: nrows (1..SPA_DOT_ROWS) consecutive weight rows, row_size bytes apart, each
  * times the same x, into y[0..nrows-1]. y[k] has exactly the bits of the slot's single-row
@@ -259,8 +271,8 @@ static inline void spa__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint
  * the packed 8-row kernel, whose lanes are rows. The scalar and AVX2 versions perform these
  * float operations identically (and the project builds with -ffp-contract=off), so they give
  * the same bits; so do their quantizers. */
-void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n);
-void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n);
+void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n, size_t group);
+void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n, size_t group);
 float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);

@@ -92,15 +92,19 @@ void spa_dequant_q8_0_scalar(const void *src, float *dst, size_t n)
 /* Blocks of x quantized at a time by the dots that take f32 x: 2.3 KiB of stack. */
 #define XQ_CHUNK 64
 
-void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n)
+void spa_quantize_x_scalar(const float *x, struct spa_block_q8x *y, size_t n, size_t group)
 {
+	float amax = 0.0f;
+	int bad = 0;
 	for (size_t i = 0; i < n / SPA_QK8X; i++, x += SPA_QK8X) {
-		float amax = 0.0f;
-		int bad = 0;
-		for (int j = 0; j < SPA_QK8X; j++) {
-			const float a = fabsf(x[j]);
-			bad |= !(a <= FLT_MAX); /* NaN or infinity */
-			amax = a > amax ? a : amax;
+		if (i * SPA_QK8X % group == 0) { /* the group's largest magnitude */
+			amax = 0.0f;
+			bad = 0;
+			for (size_t j = 0; j < group; j++) {
+				const float a = fabsf(x[j]);
+				bad |= !(a <= FLT_MAX); /* NaN or infinity */
+				amax = a > amax ? a : amax;
+			}
 		}
 		y[i].sum = 0;
 		if (bad || amax < XQ_TINY) {
@@ -147,7 +151,7 @@ float spa_dot_q8_0_scalar(const void *w, const float *x, size_t n)
 	float acc[8] = { 0 };
 	for (size_t i = 0; i < n / SPA_QK8_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK8_0 - i < XQ_CHUNK ? n / SPA_QK8_0 - i : XQ_CHUNK;
-		spa_quantize_x_scalar(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0);
+		spa_quantize_x_scalar(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0, SPA_QK8X);
 		dot_q8_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return lanes_sum(acc);
@@ -224,7 +228,7 @@ float spa_dot_q4_0_scalar(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
-		spa_quantize_x_scalar(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
+		spa_quantize_x_scalar(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0, SPA_QK8X);
 		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;
@@ -662,28 +666,26 @@ static inline int q6_level(const uint8_t *ql, const uint8_t *qh, int t)
 	return ((ql[l + 32 * (g & 1)] >> (4 * (g >> 1))) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
 }
 
-/* Over the 8 blocks of activations of each Q6_K block: x block 4h + g is group g of half h
- * (elements 32 g .. 32 g + 31 of the half), its first 16 in sub-block 2 g (scale sc[8h + 2g])
- * and its last 16 in sub-block 2 g + 1. Per x block the exact int32 sum s of sc * (level - 32)
- * * q (at most 32 * 32 * 127 * 128 in magnitude), then acc = acc + (d_w * d_x) * (float)s,
- * one accumulator, as Q4_0 (kernels_impl.h). */
+/* Over the 8 blocks of activations of each Q6_K block (one scale for the 8: spa_xq_group): x
+ * block 4h + g is group g of half h (elements 32 g .. 32 g + 31 of the half), its first 16 in
+ * sub-block 2 g (scale sc[8h + 2g]) and its last 16 in sub-block 2 g + 1. Per weight block the
+ * exact int32 sum s of sc * (level - 32) * q over its 256 elements, then acc = acc + (d_w *
+ * d_x) * (float)s, one accumulator. */
 static float dot_q6_K_q8x_acc(const struct spa_block_q6_K *b, const struct spa_block_q8x *x,
 			      size_t nb, float acc)
 {
 	for (size_t i = 0; i < nb; i++) {
-		const float dw = spa__fp16_to_fp32(b[i].d);
+		const float d = spa__fp16_to_fp32(b[i].d) * x->d; /* x's one scale for the block */
+		int32_t s = 0; /* within 256 * 128 * 32 * 127 < 2^31: exact */
 		for (int h = 0; h < 2; h++) {
 			const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
 			const int8_t *sc = b[i].scales + 8 * h;
-			for (int g = 0; g < 4; g++, x++) {
-				const float d = dw * x->d;
-				int32_t s = 0;
+			for (int g = 0; g < 4; g++, x++)
 				for (int k = 0; k < 32; k++)
 					s += sc[2 * g + k / 16] *
 					     ((q6_level(ql, qh, 32 * g + k) - 32) * x->qs[k]);
-				acc = acc + d * (float)s;
-			}
 		}
+		acc = acc + d * (float)s;
 	}
 	return acc;
 }
@@ -702,7 +704,7 @@ float spa_dot_q6_K_scalar(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
 		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
-		spa_quantize_x_scalar(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
+		spa_quantize_x_scalar(x + i * SPA_QK_K, xq, nb * SPA_QK_K, SPA_QK_K);
 		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;

@@ -44,30 +44,32 @@ static inline int32_t hsum_i32(__m256i v)
 }
 #define XQ_CHUNK 64
 
-void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n)
+void spa_quantize_x_avx2(const float *x, struct spa_block_q8x *y, size_t n, size_t group)
 {
 	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	const __m256 fmax = _mm256_set1_ps(FLT_MAX);
 	const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+	float amax = 0.0f;
+	int bad = 0;
 	for (size_t i = 0; i < n / SPA_QK8X; i++, x += SPA_QK8X) {
-		__m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
-		__m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
-		__m256 a0 = _mm256_and_ps(v0, abs_mask), a1 = _mm256_and_ps(v1, abs_mask);
-		__m256 a2 = _mm256_and_ps(v2, abs_mask), a3 = _mm256_and_ps(v3, abs_mask);
-		/* NaN or infinity: not (a <= FLT_MAX), unordered compares true */
-		__m256 bad = _mm256_or_ps(
-			_mm256_or_ps(_mm256_cmp_ps(a0, fmax, _CMP_NLE_UQ),
-				     _mm256_cmp_ps(a1, fmax, _CMP_NLE_UQ)),
-			_mm256_or_ps(_mm256_cmp_ps(a2, fmax, _CMP_NLE_UQ),
-				     _mm256_cmp_ps(a3, fmax, _CMP_NLE_UQ)));
-		/* the largest of 32 magnitudes: exact in any order */
-		__m256 m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
-		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-		const float amax = _mm_cvtss_f32(m4);
-		if (_mm256_movemask_ps(bad) || amax < XQ_TINY) {
-			y[i].d = _mm256_movemask_ps(bad) ? NAN : 0.0f;
+		if (i * SPA_QK8X % group == 0) { /* the group's largest magnitude */
+			__m256 m = _mm256_setzero_ps(), nf = _mm256_setzero_ps();
+			for (size_t j = 0; j < group; j += 8) {
+				const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + j), abs_mask);
+				/* NaN or infinity: not (a <= FLT_MAX), unordered compares true */
+				nf = _mm256_or_ps(nf, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+				m = _mm256_max_ps(m, a); /* exact in any order */
+			}
+			__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+			m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+			m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+			amax = _mm_cvtss_f32(m4);
+			bad = _mm256_movemask_ps(nf);
+		}
+		const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+		const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+		if (bad || amax < XQ_TINY) {
+			y[i].d = bad ? NAN : 0.0f;
 			memset(y[i].qs, 0, sizeof y[i].qs);
 			y[i].sum = 0;
 			continue;
@@ -382,7 +384,7 @@ float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
 	__m256 acc = _mm256_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK8_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK8_0 - i < XQ_CHUNK ? n / SPA_QK8_0 - i : XQ_CHUNK;
-		spa_quantize_x_avx2(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0);
+		spa_quantize_x_avx2(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0, SPA_QK8X);
 		acc = dot_q8_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return hsum8(acc);
@@ -395,7 +397,7 @@ float spa_dot_q4_0_avx2(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
-		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0);
+		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0, SPA_QK8X);
 		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;
@@ -489,18 +491,19 @@ static inline float dot_q6_K_q8x_acc(const struct spa_block_q6_K *b,
 {
 	const __m256i c32 = _mm256_set1_epi8(32);
 	for (size_t i = 0; i < nb; i++) {
-		const float dw = half(b[i].d);
+		const float d = half(b[i].d) * x->d; /* x's one scale for the block */
+		__m256i t = _mm256_setzero_si256();
 		for (int h = 0; h < 2; h++) {
 			const __m256i sc = q6_K_scales(&b[i], h);
 #pragma GCC unroll 4
 			for (int k = 0; k < 4; k++, x++) {
 				const __m256i q = _mm256_loadu_si256((const __m256i *)x->qs);
-				const int32_t s = hsum_i32(q6_K_group(&b[i], h, k, q,
-								      _mm256_maddubs_epi16(c32, q),
-								      q6_K_pick(sc, k)));
-				acc = acc + dw * x->d * (float)s;
+				t = _mm256_add_epi32(t, q6_K_group(&b[i], h, k, q,
+								   _mm256_maddubs_epi16(c32, q),
+								   q6_K_pick(sc, k)));
 			}
 		}
+		acc = acc + d * (float)hsum_i32(t);
 	}
 	return acc;
 }
@@ -519,8 +522,10 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 	__m128 acc = _mm_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK_K; i++) {
 		prefetch_next_rows(p + 4 * row_size, i, sizeof *b0);
-		const __m128 dw = halves4(b0[i].d, b1[i].d, b2[i].d, b3[i].d);
 		const struct spa_block_q8x *xb = x + i * (SPA_QK_K / SPA_QK8X);
+		const __m128 d = _mm_mul_ps(halves4(b0[i].d, b1[i].d, b2[i].d, b3[i].d),
+					    _mm_set1_ps(xb->d));
+		__m256i t0 = _mm256_setzero_si256(), t1 = t0, t2 = t0, t3 = t0;
 		for (int h = 0; h < 2; h++) {
 			const __m256i sc0 = q6_K_scales(&b0[i], h), sc1 = q6_K_scales(&b1[i], h);
 			const __m256i sc2 = q6_K_scales(&b2[i], h), sc3 = q6_K_scales(&b3[i], h);
@@ -529,15 +534,18 @@ void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa
 				const struct spa_block_q8x *xk = xb + 4 * h + k;
 				const __m256i q = _mm256_loadu_si256((const __m256i *)xk->qs);
 				const __m256i q32 = _mm256_maddubs_epi16(c32, q);
-				const __m128i s = totals4(
-					q6_K_group(&b0[i], h, k, q, q32, q6_K_pick(sc0, k)),
-					q6_K_group(&b1[i], h, k, q, q32, q6_K_pick(sc1, k)),
-					q6_K_group(&b2[i], h, k, q, q32, q6_K_pick(sc2, k)),
-					q6_K_group(&b3[i], h, k, q, q32, q6_K_pick(sc3, k)));
-				const __m128 d = _mm_mul_ps(dw, _mm_set1_ps(xk->d));
-				acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
+				t0 = _mm256_add_epi32(t0, q6_K_group(&b0[i], h, k, q, q32,
+								     q6_K_pick(sc0, k)));
+				t1 = _mm256_add_epi32(t1, q6_K_group(&b1[i], h, k, q, q32,
+								     q6_K_pick(sc1, k)));
+				t2 = _mm256_add_epi32(t2, q6_K_group(&b2[i], h, k, q, q32,
+								     q6_K_pick(sc2, k)));
+				t3 = _mm256_add_epi32(t3, q6_K_group(&b3[i], h, k, q, q32,
+								     q6_K_pick(sc3, k)));
 			}
 		}
+		const __m128i s = totals4(t0, t1, t2, t3);
+		acc = _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(s)));
 	}
 	_mm_storeu_ps(y, acc);
 }
@@ -555,7 +563,7 @@ float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
 		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
-		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K);
+		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K, SPA_QK_K);
 		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;

@@ -19,8 +19,8 @@
  *     argmax, the edge's fused side chain vs spa_plugin_side_chain;
  *   - prefill tokens/s for prompts of 16, 64 and 256 tokens (one batched forward);
  *   - with --mem-budget: tokens/s with 100 %, 50 % and 25 % of the model's weight bytes in
- *     memory (the rest streamed per token with io_uring), each budget's steps taken in turns
- *     with the whole model's, and the share of the I/O hidden behind compute: 1 - (median
+ *     memory (the rest streamed per token with io_uring), each budget's steps (at least 96
+ *     of each, whatever -n) taken in turns with the whole model's, and the share of the I/O hidden behind compute: 1 - (median
  *     step added by streaming) / (the reads of a token alone, nothing computing); beside it
  *     1 - wait / io, the share of the reads' time the compute thread did not wait for.
  * Models are made once with spa_gen_base into a cache folder (--cache). */
@@ -42,6 +42,7 @@
 
 #define MAX_LIST 8
 #define SIDE_RANK 32
+#define BUDGET_STEPS 96 /* steps of each side, at least, under a memory budget */
 
 struct opts {
 	const char *shapes[MAX_LIST];
@@ -573,15 +574,18 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	 * with the whole model (one step of each, the order swapped every step), so that the
 	 * host's noise touches both sides of the "added" time alike. */
 	if (o->mem_budget) {
+		/* at least BUDGET_STEPS pairs: "hidden" is a difference of two medians divided by
+		 * a third, and fewer steps left it swinging by tens of points on a shared host */
+		const uint32_t nb = o->n_tok > BUDGET_STEPS ? o->n_tok : BUDGET_STEPS;
 		struct spa_gguf *g = NULL;
 		spa_gguf_open(&g, path, NULL);
 		uint64_t size = g ? g->data_size : 0;
 		spa_gguf_close(g);
 		const int pct[3] = { 100, 50, 25 };
-		uint64_t *full = calloc(2 * o->n_tok, 8), *part = calloc(o->n_tok, 8);
+		uint64_t *full = calloc(2 * nb, 8), *part = calloc(nb, 8);
 		uint32_t n_full = 0;
 		struct spa_engine *ef = NULL;
-		if (!full || !part || spa_engine_create(&ef, m, 16 + o->n_tok + 8, 16, pool) < 0)
+		if (!full || !part || spa_engine_create(&ef, m, 16 + nb + 8, 16, pool) < 0)
 			cli_die(1, "out of memory");
 		for (int b = 1; b < 3; b++) {
 			struct spa_model *ms = NULL;
@@ -592,10 +596,10 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 			}
 			struct spa_engine *es = NULL;
 			struct stepper sf, sb;
-			int rc = spa_engine_create(&es, ms, 16 + o->n_tok + 8, 16, pool);
+			int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
 			if (rc == 0)
 				rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
-			for (uint32_t i = 0; rc == 0 && i < o->n_tok; i++) {
+			for (uint32_t i = 0; rc == 0 && i < nb; i++) {
 				struct stepper *first = i & 1 ? &sb : &sf, *second = i & 1 ? &sf : &sb;
 				if ((rc = stepper_step(first)) == 0)
 					rc = stepper_step(second);
@@ -606,13 +610,13 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 				struct spa_engine_stream_stats st;
 				spa_engine_stream_stats(es, &st);
 				double wait = (double)st.wait_ns / (double)st.n_forward;
-				uint64_t probe[5] = { 0 };
-				for (int i = 0; i < 5 && st.n_streamed_blocks; i++)
+				uint64_t probe[9] = { 0 };
+				for (int i = 0; i < 9 && st.n_streamed_blocks; i++)
 					spa_engine_stream_probe(es, &probe[i]);
-				double io = median_ns(probe, 5, 50);
-				double t_full = median_ns(full + n_full, o->n_tok, 50);
-				double t_part = median_ns(part, o->n_tok, 50);
-				n_full += o->n_tok;
+				double io = median_ns(probe, 9, 50);
+				double t_full = median_ns(full + n_full, nb, 50);
+				double t_part = median_ns(part, nb, 50);
+				n_full += nb;
 				w->budget_ok[b] = 1;
 				w->budget_tok_s[b] = 1e9 / t_part;
 				w->budget_io_ms[b] = io / 1e6;

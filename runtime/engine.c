@@ -810,8 +810,19 @@ static uint16_t *kv_head(const struct spa_engine *e, uint16_t *cache, uint32_t l
 	return cache + ((uint64_t)l * e->m->hp.n_kv_heads + h) * e->n_ctx * e->m->hp.head_dim;
 }
 
-/* The batch's keys and values (kb, vb: (n_tok, kv_dim)) into block l's cache at pos. */
-static void kv_store(struct spa_engine *e, uint32_t l, uint32_t pos, uint32_t n_tok)
+/* Whether a float of x rounds to an infinity in half (65520 and up: past 65504; or is one). */
+static bool beyond_half(const float *x, uint64_t n)
+{
+	bool over = false;
+	for (uint64_t i = 0; i < n; i++)
+		over |= fabsf(x[i]) >= 65520.0f;
+	return over;
+}
+
+/* The batch's keys and values (kb, vb: (n_tok, kv_dim)) into block l's cache at pos. A key or
+ * value past half's range would turn attention to NaN and every token after it wrong: the
+ * forward fails instead, saying so (-SPA_EUNSUPPORTED). */
+static int kv_store(struct spa_engine *e, uint32_t l, uint32_t pos, uint32_t n_tok)
 {
 	const uint32_t hd = e->m->hp.head_dim;
 	for (uint32_t h = 0; h < e->m->hp.n_kv_heads; h++)
@@ -821,6 +832,14 @@ static void kv_store(struct spa_engine *e, uint32_t l, uint32_t pos, uint32_t n_
 			spa_fp16_row(kv_head(e, e->k_cache, l, h) + dst, e->kb + src, hd);
 			spa_fp16_row(kv_head(e, e->v_cache, l, h) + dst, e->vb + src, hd);
 		}
+	const uint64_t n = (uint64_t)n_tok * e->kv_dim;
+	if (!beyond_half(e->kb, n) && !beyond_half(e->vb, n))
+		return 0;
+	snprintf(e->st.errmsg, sizeof e->st.errmsg, "block %u at position %u: a key or value is "
+		 "beyond 65504, the largest IEEE half the KV cache holds; this model's activations "
+		 "are out of the range this engine supports (check the model file: its weights may "
+		 "be corrupt or wrongly scaled)", l, pos);
+	return -SPA_EUNSUPPORTED;
 }
 
 struct attn_job {
@@ -920,6 +939,7 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 
 	if (e->st.err)
 		return e->st.err;
+	e->st.errmsg[0] = '\0'; /* the stream is fine: a message left is an earlier forward's */
 	/* e: embedding rows, (n_tok, H) */
 	for (uint32_t j = 0; j < n_tok; j++) {
 		const uint8_t *row;
@@ -998,7 +1018,8 @@ int spa_engine_forward(struct spa_engine *e, const int32_t *tokens, uint32_t n_t
 			spa_rope_apply(e->q + (uint64_t)j * H, hp->n_heads, hp->head_dim, cs);
 			spa_rope_apply(kc + (uint64_t)j * kv_dim, hp->n_kv_heads, hp->head_dim, cs);
 		}
-		kv_store(e, l, pos, n_tok);
+		if ((rc = kv_store(e, l, pos, n_tok)) < 0)
+			return rc;
 		struct attn_job job = { .e = e, .layer = l, .n_tok = n_tok, .pos = pos };
 		spa_pool_run(e->pool, attn_worker, &job);
 		if ((rc = mmw(e, l, 3, e->att, e->proj, n_tok)) < 0)

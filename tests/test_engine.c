@@ -888,6 +888,42 @@ Test(engine, refuses_bad_calls_without_harm)
 	spa_model_destroy(m);
 }
 
+/* Keys past IEEE half's range (a corrupt or wrongly scaled model) would turn attention to NaN
+ * and every token after it wrong: the forward fails, says why, and does not advance; with
+ * the weights back, the same engine decodes the bits of a fresh one. */
+Test(engine, a_key_beyond_the_half_cache_range_fails_the_forward_and_says_why)
+{
+	struct spa_model *m = load(tu_tiny_model());
+	struct spa_tensor *wk = &m->layers[1].wk;
+	cr_assert_eq(wk->type, SPA_TYPE_F32, "the tiny model is F32");
+	const size_t n = (size_t)wk->rows * wk->cols;
+	float *w = (float *)(uintptr_t)wk->data; /* the loader's own copy */
+	float *keep = malloc(n * sizeof(float));
+	cr_assert(keep);
+	memcpy(keep, w, n * sizeof(float));
+	struct spa_engine *e = NULL, *fresh = NULL;
+	cr_assert_eq(spa_engine_create(&e, m, 8, 2, NULL), 0);
+	const int32_t toks[2] = { 5, 9 };
+	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), 0);
+	for (size_t i = 0; i < n; i++)
+		w[i] *= 1e7f;
+	cr_assert_eq(spa_engine_forward(e, toks + 1, 1, NULL), -SPA_EUNSUPPORTED);
+	cr_assert_eq(spa_engine_pos(e), 1, "nothing advanced");
+	cr_assert(strstr(spa_engine_error(e), "65504") && strstr(spa_engine_error(e), "block 1"),
+		  "%s", spa_engine_error(e));
+	memcpy(w, keep, n * sizeof(float));
+	cr_assert_eq(spa_engine_forward(e, toks + 1, 1, NULL), 0);
+	cr_assert_str_eq(spa_engine_error(e), "");
+	cr_assert_eq(spa_engine_create(&fresh, m, 8, 2, NULL), 0);
+	cr_assert_eq(spa_engine_forward(fresh, toks, 2, NULL), 0);
+	cr_assert_eq(memcmp(spa_engine_final(e), spa_engine_final(fresh),
+			    m->hp.n_embd * sizeof(float)), 0);
+	spa_engine_destroy(fresh);
+	spa_engine_destroy(e);
+	spa_model_destroy(m);
+	free(keep);
+}
+
 Test(engine, f16_model_agrees_with_its_reference)
 {
 	struct spa_hparams hp;

@@ -839,6 +839,16 @@ Test(kernels, pin_binds_the_thread_and_describes_it)
  * (out = 0, then out[d] = out[d] + a[t] * v[t][d], t ascending), for row lengths that leave
  * every kind of tail (1..70) and 0 to 9 rows of a strided matrix; and close to a double
  * reference. */
+/* A weighted sum's n outputs have the plain loop's bits, and nothing is written past them
+ * (got was filled with 0x7f before). */
+static void check_wsum(const float *got, const float *want, uint32_t n, uint32_t rows,
+		       const char *variant, const char *rows_type)
+{
+	cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0, "%s: %u %s rows of %u", variant,
+		     rows, rows_type, n);
+	cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu, "%s wrote past n", variant);
+}
+
 Test(kernels, weighted_sum_gives_the_plain_loop_bits_in_every_variant)
 {
 	const struct spa_kernels_ops *v[2] = { &spa_kernels_ops_scalar, &spa_kernels_ops_avx2 };
@@ -865,10 +875,7 @@ Test(kernels, weighted_sum_gives_the_plain_loop_bits_in_every_variant)
 			for (int i = 0; i < nv; i++) {
 				memset(got, 0x7f, sizeof got);
 				v[i]->wsum(got, a, m, stride, rows, n);
-				cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0,
-					     "%s: %u rows of %u", v[i]->name, rows, n);
-				cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu, "%s wrote past n",
-					     v[i]->name);
+				check_wsum(got, want, n, rows, v[i]->name, "float");
 				checked++;
 			}
 			spa_weighted_sum(got, a, m, stride, rows, n);
@@ -891,10 +898,7 @@ Test(kernels, weighted_sum_gives_the_plain_loop_bits_in_every_variant)
 			for (int i = 0; i < nv; i++) {
 				memset(got, 0x7f, sizeof got);
 				v[i]->wsum_f16(got, a, mh, stride, rows, n);
-				cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0,
-					     "%s: %u half rows of %u", v[i]->name, rows, n);
-				cr_assert_eq(spa__f32_bits(got[n]), 0x7f7f7f7fu, "%s wrote past n",
-					     v[i]->name);
+				check_wsum(got, want, n, rows, v[i]->name, "half");
 			}
 			spa_weighted_sum_f16(got, a, mh, stride, rows, n);
 			cr_assert_eq(memcmp(got, want, n * sizeof(float)), 0, "spa_weighted_sum_f16");

@@ -41,7 +41,8 @@ uint32_t spa_engine_pos(const struct spa_engine *e);
 
 /* Run n_tok tokens (1..max_batch) at positions pos..pos+n_tok-1, pos = spa_engine_pos(e), and
  * advance. hooks may be NULL. Returns 0, -SPA_EUSAGE (batch too big, cache full, token id out
- * of range), or a hook's error. After it, for the LAST position of the batch:
+ * of range), -SPA_EUNSUPPORTED (a key or value beyond the half KV cache's 65504; nothing
+ * advances), a streaming error (both with spa_engine_error's words), or a hook's error. After it, for the LAST position of the batch:
  *   spa_engine_final(e):  f = RMSNorm_final(y_{L-1})           (H floats)
  *   spa_engine_resid(e):  e, y_0, ..., y_{L-1}                  ((L+1) x H floats)
  * Both stay valid until the next forward. */
@@ -111,8 +112,10 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
  * one thread fewer, docs/loading.md). At least 1. */
 int spa_engine_default_threads(const struct spa_model *m);
 
-/* Why the weights' stream ended, when a forward failed for it (a read error, a model file
- * that shrank or vanished: the message names the file and what to do); "" otherwise. */
+/* Why the last forward failed, when it failed for the weights' stream (a read error, a model
+ * file that shrank or vanished: the message names the file and what to do; the stream stays
+ * ended) or for a key or value beyond the half KV cache's range (-SPA_EUNSUPPORTED); ""
+ * otherwise. */
 const char *spa_engine_error(const struct spa_engine *e);
 
 struct spa_engine_stream_stats {

@@ -74,7 +74,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 /* One token. Returns 0 and *tok, or a negative code (-SPA_EUSAGE when the context is full). */
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st);
 /* After prefill or next failed: the engine's words for it when the model's weights could not
- * be read (spa_engine_error), else "". */
+ * be read or its activations left the KV cache's range (spa_engine_error), else "". */
 const char *spa_runner_error(const struct spa_runner *r);
 
 /* The edge's compute, answering one request (used by spa-edge over a link and by spa-run in

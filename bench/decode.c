@@ -20,9 +20,10 @@
  *   - prefill tokens/s for prompts of 16, 64 and 256 tokens (one batched forward);
  *   - with --mem-budget: tokens/s with 100 %, 50 % and 25 % of the model's weight bytes in
  *     memory (the rest streamed per token with io_uring), each budget's steps (at least 96
- *     of each, whatever -n) taken in turns with the whole model's, and the share of the I/O hidden behind compute: 1 - (median
- *     step added by streaming) / (the reads of a token alone, nothing computing); beside it
- *     1 - wait / io, the share of the reads' time the compute thread did not wait for.
+ *     of each, whatever -n) taken in turns with the whole model's, and the share of the I/O
+ *     hidden behind compute: 1 - (median step added by streaming) / (the reads of a token
+ *     alone, nothing computing); beside it 1 - wait / io, the share of the reads' time the
+ *     compute thread did not wait for.
  * Models are made once with spa_gen_base into a cache folder (--cache). */
 #include <errno.h>
 #include <inttypes.h>

@@ -849,9 +849,9 @@ struct attn_job {
 	uint32_t pos;   /* position of the first token of the batch */
 };
 
-/* Causal grouped-query attention for every (token, head) pair of the batch. Pair `it` goes to
- * thread it % nth; each pair is computed by one thread in a fixed order, so the result does
- * not depend on nth. */
+/* Causal grouped-query attention for every (token, head) pair of the batch, each thread a
+ * contiguous run of pairs; each pair is computed by one thread in a fixed order, so the
+ * result does not depend on nth. */
 static void attn_worker(void *ctx, int ith, int nth)
 {
 	const struct attn_job *job = ctx;

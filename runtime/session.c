@@ -621,7 +621,8 @@ struct cloud_sess {
 };
 
 /* A failed prefill or step: the engine's message when it has one (the weights could not be
- * read), else the code's words; an exchange's own message already in err is kept. */
+ * read, a key or value left the KV cache's range), else the code's words; an exchange's own
+ * message already in err is kept. */
 static int runner_failed(const struct spa_runner *r, int rc, struct spa_errbuf *err,
 			 const char *what)
 {

@@ -351,6 +351,7 @@ struct mm_job {
 	/* matvec (take_rows): every thread's share, or (more threads than SHARE_MAX_THREADS,
 	 * more rows than 32 bits) the first row no thread has taken */
 	bool shared;
+	uint64_t chunk; /* rows a thread takes from its own share at a time */
 	struct row_share share[SHARE_MAX_THREADS];
 	atomic_uint_fast64_t next;
 };
@@ -448,7 +449,9 @@ static bool next_rows(atomic_uint_fast64_t *next, uint64_t rows, unsigned group,
 /* Each of nth threads' share of j's rows (before the job runs). */
 static void shares_init(struct mm_job *j, int nth)
 {
+	const uint64_t g = j->group, c = j->row_size ? SHARE_CHUNK_BYTES / j->row_size : 0;
 	j->shared = nth <= SHARE_MAX_THREADS && j->rows <= UINT32_MAX;
+	j->chunk = c < g ? g : c / g * g;
 	atomic_store_explicit(&j->next, 0, memory_order_relaxed);
 	for (int t = 0; j->shared && t < nth; t++) {
 		uint64_t a, b;
@@ -461,9 +464,7 @@ static bool take_rows(struct mm_job *j, int ith, int nth, uint64_t *r0, uint64_t
 {
 	if (!j->shared)
 		return next_rows(&j->next, j->rows, j->group, nth, r0, r1);
-	const uint64_t g = j->group;
-	uint64_t chunk = j->row_size ? SHARE_CHUNK_BYTES / j->row_size : ROWS_CHUNK_MIN;
-	chunk = chunk < g ? g : chunk / g * g;
+	const uint64_t g = j->group, chunk = j->chunk;
 	/* from the front of its own share */
 	atomic_uint_fast64_t *own = &j->share[ith].v;
 	uint64_t v = atomic_load_explicit(own, memory_order_relaxed);
@@ -739,8 +740,7 @@ void spa_matvec_swiglu(struct spa_pool *pool, const struct spa_tensor *w_gate,
 	const struct spa_matvec_item it[2] = { { w_gate, x, NULL, out }, { w_up, x, NULL, up } };
 	if (w_gate->rows != w_up->rows) {
 		assert(!"spa_matvec_swiglu: gate and up have different row counts");
-		for (uint64_t i = 0; i < w_gate->rows; i++)
-			out[i] = NAN;
+		nan_out(out, w_gate->rows);
 		return;
 	}
 	multi_run(pool, 2, it, out);
@@ -791,8 +791,7 @@ void spa_matvec_x(struct spa_pool *pool, const struct spa_tensor *w, const struc
 				    spa_kernels_ops()->dot_q8x[w->type] &&
 				    spa_xq_group(w->type) != px->group)) {
 		assert(!"spa_matvec_x: the matrix's columns or type are not the prepared x's");
-		for (uint64_t i = 0; i < w->rows; i++)
-			y[i] = NAN;
+		nan_out(y, w->rows);
 		return;
 	}
 	mm_run(spa_kernels_ops(), pool, w, px->x,

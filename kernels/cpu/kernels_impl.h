@@ -277,9 +277,10 @@ float spa_dot_q8_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size
 float spa_dot_q4_0_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q8_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q4_0_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
-/* Q6_K as Q4_0 (the head of Q4_0 and Q4_K files): per block of activations (32 elements, two
- * 16-element sub-blocks) the exact int32 sum s of sub-block scale * (level - 32) * q, then
- * acc = acc + (d_w * d_x) * (float)s with d_w the Q6_K block's fp16 d, one accumulator. */
+/* Q6_K (the head of Q4_0 and Q4_K files), on activations with one scale per 256
+ * (spa_xq_group): per weight block the exact int32 sum s of sub-block scale * (level - 32) *
+ * q over its 256 elements, then acc = acc + (d_w * d_x) * (float)s with d_w the block's fp16
+ * d, one accumulator. */
 float spa_dot_q6_K_q8x_scalar(const void *w, const struct spa_block_q8x *x, size_t n);
 float spa_dot_q6_K_q8x_avx2(const void *w, const struct spa_block_q8x *x, size_t n);
 void spa_dot_q6_K_q8x_rows_avx2(const void *w, size_t row_size, const struct spa_block_q8x *x,

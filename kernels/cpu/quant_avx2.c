@@ -384,7 +384,8 @@ float spa_dot_q8_0_avx2(const void *w, const float *x, size_t n)
 	__m256 acc = _mm256_setzero_ps();
 	for (size_t i = 0; i < n / SPA_QK8_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK8_0 - i < XQ_CHUNK ? n / SPA_QK8_0 - i : XQ_CHUNK;
-		spa_quantize_x_avx2(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0, SPA_QK8X);
+		spa_quantize_x_avx2(x + i * SPA_QK8_0, xq, nb * SPA_QK8_0,
+				    spa_xq_group(SPA_TYPE_Q8_0));
 		acc = dot_q8_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return hsum8(acc);
@@ -397,7 +398,8 @@ float spa_dot_q4_0_avx2(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK4_0; i += XQ_CHUNK) {
 		size_t nb = n / SPA_QK4_0 - i < XQ_CHUNK ? n / SPA_QK4_0 - i : XQ_CHUNK;
-		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0, SPA_QK8X);
+		spa_quantize_x_avx2(x + i * SPA_QK4_0, xq, nb * SPA_QK4_0,
+				    spa_xq_group(SPA_TYPE_Q4_0));
 		acc = dot_q4_0_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;
@@ -563,7 +565,8 @@ float spa_dot_q6_K_avx2(const void *w, const float *x, size_t n)
 	float acc = 0.0f;
 	for (size_t i = 0; i < n / SPA_QK_K; i += per) {
 		size_t nb = n / SPA_QK_K - i < per ? n / SPA_QK_K - i : per;
-		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K, SPA_QK_K);
+		spa_quantize_x_avx2(x + i * SPA_QK_K, xq, nb * SPA_QK_K,
+				    spa_xq_group(SPA_TYPE_Q6_K));
 		acc = dot_q6_K_q8x_acc(b + i, xq, nb, acc);
 	}
 	return acc;

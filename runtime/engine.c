@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +48,7 @@ static uint64_t now_ns(void)
 #define STREAM_RING_BYTES (8u << 20)
 #define STREAM_RING_MIN 8
 #define STREAM_RING_MAX 64
+#define HUGE_ALIGN (2u << 20) /* a huge page */
 
 /* A piece of a streamed matrix: rows r0..r1 of block l's matrix k, where they lie in the
  * file. */
@@ -67,6 +69,7 @@ struct engine_stream {
 	struct spa_uring_reader *rd;
 	uint32_t n_units;           /* pieces of the streamed rows, a token's worth */
 	struct stream_unit *units;
+	uint8_t *ring;              /* n_slots buffers of slot_size, one allocation */
 	uint8_t *slot[STREAM_RING_MAX];
 	unsigned n_slots;
 	uint64_t queued;            /* units queued so far: 0..queued-1 */
@@ -167,8 +170,7 @@ void spa_engine_destroy(struct spa_engine *e)
 		free(bufs[i]);
 	/* Waits for the reads still in flight into the slots before they are freed. */
 	spa_uring_reader_destroy(e->st.rd);
-	for (int i = 0; i < STREAM_RING_MAX; i++)
-		free(e->st.slot[i]);
+	free(e->st.ring);
 	free(e->st.units);
 	free(e->st.part_y);
 	free(e->st.streamed);
@@ -399,11 +401,16 @@ static int stream_init(struct spa_engine *e)
 			return -SPA_EUSAGE;
 		st->slot_size = m->stream_slot;
 		st->n_slots = ring_slots(st->slot_size);
+		/* One region on huge pages where the kernel gives them: the reader's copies into
+		 * it ran 5-15 % faster than into 4 KiB pages (one TLB entry per 2 MiB). */
+		const size_t ring = (size_t)st->n_slots * st->slot_size;
+		if (posix_memalign((void **)&st->ring, HUGE_ALIGN, ring)) {
+			st->ring = NULL;
+			return -ENOMEM;
+		}
+		(void)madvise(st->ring, ring, MADV_HUGEPAGE); /* advice: 4 KiB pages otherwise */
 		for (unsigned i = 0; i < st->n_slots; i++)
-			if (posix_memalign((void **)&st->slot[i], 4096, st->slot_size)) {
-				st->slot[i] = NULL;
-				return -ENOMEM;
-			}
+			st->slot[i] = st->ring + (size_t)i * st->slot_size;
 		if (!(st->part_y = malloc(sizeof(float) * e->max_batch * most_rows)))
 			return -ENOMEM;
 		/* The whole ring in flight, one read per piece. IOSQE_ASYNC: the copies out of
@@ -712,12 +719,16 @@ int spa_engine_model_load(struct spa_model **out, const char *path, uint64_t mem
 				(struct spa_tensor){ t->type, t->ne[0], r, NULL, 0 };
 			res_size += align64(r * (t->size / rows));
 		}
-	if (posix_memalign(&m->data, 4096, res_size)) {
+	if (posix_memalign(&m->data, HUGE_ALIGN, res_size)) {
 		m->data = NULL;
 		rc = spa_err(err, -ENOMEM, "%s: no memory for %" PRIu64 " resident bytes", path,
 			     res_size);
 		goto fail_m;
 	}
+	/* Huge pages, as the whole model's loader has them (spa_gguf_load_data): on 4 KiB pages
+	 * the products took a page walk every 4 KiB of weights, and the budget's resident rows
+	 * computed slower than the same rows of the whole model. */
+	(void)madvise(m->data, res_size, MADV_HUGEPAGE);
 	m->data_size = res_size;
 	/* Resident tensors and parts, packed; read with the loader's io_uring reader. */
 	struct spa_uring_reader *rd = NULL;

@@ -23,7 +23,9 @@
  *     of each, whatever -n) taken in turns with the whole model's, and the share of the I/O
  *     hidden behind compute: 1 - (median step added by streaming) / (the reads of a token
  *     alone, nothing computing); beside it 1 - wait / io, the share of the reads' time the
- *     compute thread did not wait for.
+ *     compute thread did not wait for; for a format packed at load (Q4_0) the first measure
+ *     again with both sides' rows as the file lays them out (SPA_PACK=off), since streamed
+ *     rows are always computed that way.
  * Models are made once with spa_gen_base into a cache folder (--cache). */
 #include <errno.h>
 #include <inttypes.h>
@@ -328,6 +330,9 @@ struct row {
 	double prefill_tok_s[MAX_LIST];
 	double budget_tok_s[3], budget_hidden[3], budget_io_ms[3], budget_wait_ms[3];
 	double budget_no_wait[3]; /* 1 - wait / io: the reads' time the compute did not wait */
+	/* hidden with both sides' rows as the file lays them out (SPA_PACK=off), for a format
+	 * packed at load; NAN otherwise */
+	double budget_hidden_file[3];
 	int budget_ok[3];
 };
 
@@ -422,11 +427,108 @@ static int make_plugin(const struct opts *o, const struct spa_model *m, const ch
 	return 0;
 }
 
+/* Whether any block matrix of m was packed at load. */
+static bool model_packed(const struct spa_model *m)
+{
+	for (uint32_t l = 0; l < m->hp.n_layers; l++)
+		for (int k = 0; k < SPA_LAYER_MATS; k++)
+			if (spa_layer_mat(&m->layers[l], k)->packed)
+				return true;
+	return false;
+}
+
+/* The budgets of --mem-budget against the whole model m (loaded from path), on pool: per
+ * budget, at least BUDGET_STEPS steps of each side in turns, then the reads alone (median
+ * of 9 probes). file: m and the budgeted models were loaded with SPA_PACK=off, and only
+ * "hidden" is kept (w->budget_hidden_file). */
+static void budget_pairs(const struct opts *o, const char *path, const struct spa_model *m,
+			 struct spa_pool *pool, bool file, struct row *w)
+{
+	/* at least BUDGET_STEPS pairs: "hidden" is a difference of two medians divided by a
+	 * third, and fewer steps left it swinging by tens of points on a shared host */
+	const uint32_t nb = o->n_tok > BUDGET_STEPS ? o->n_tok : BUDGET_STEPS;
+	const uint32_t V = m->hp.n_vocab;
+	struct spa_errbuf err = {{0}};
+	struct spa_gguf *g = NULL;
+	spa_gguf_open(&g, path, NULL);
+	uint64_t size = g ? g->data_size : 0;
+	spa_gguf_close(g);
+	const int pct[3] = { 100, 50, 25 };
+	uint64_t *full = calloc(2 * nb, 8), *part = calloc(nb, 8);
+	uint32_t n_full = 0;
+	struct spa_engine *ef = NULL;
+	if (!full || !part || spa_engine_create(&ef, m, 16 + nb + 8, 16, pool) < 0)
+		cli_die(1, "out of memory");
+	for (int b = 1; b < 3; b++) {
+		struct spa_model *ms = NULL;
+		if (spa_engine_model_load(&ms, path, size * (uint64_t)pct[b] / 100, false, &err) < 0) {
+			fprintf(stderr, "decode: %d %% budget: %s\n", pct[b], err.msg);
+			continue;
+		}
+		struct spa_engine *es = NULL;
+		struct stepper sf, sb;
+		int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
+		if (rc == 0)
+			rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
+		for (uint32_t i = 0; rc == 0 && i < nb; i++) {
+			struct stepper *first = i & 1 ? &sb : &sf, *second = i & 1 ? &sf : &sb;
+			if ((rc = stepper_step(first)) == 0)
+				rc = stepper_step(second);
+			full[n_full + i] = sf.ns;
+			part[i] = sb.ns;
+		}
+		if (rc == 0) {
+			struct spa_engine_stream_stats st;
+			spa_engine_stream_stats(es, &st);
+			double wait = (double)st.wait_ns / (double)st.n_forward;
+			uint64_t probe[9] = { 0 };
+			for (int i = 0; i < 9 && st.n_streamed_blocks; i++)
+				spa_engine_stream_probe(es, &probe[i]);
+			double io = median_ns(probe, 9, 50);
+			double t_full = median_ns(full + n_full, nb, 50);
+			double t_part = median_ns(part, nb, 50);
+			n_full += nb;
+			/* hidden = 1 - (step time added by streaming) / (I/O time alone): buffered
+			 * reads of cached pages may be copied inside the submit on the compute
+			 * thread, which the wait counter alone would miss */
+			double hidden = io > 0 ? 1.0 - (t_part - t_full) / io : NAN;
+			hidden = hidden < 0 ? 0 : hidden > 1 ? 1 : hidden;
+			if (file) {
+				w->budget_hidden_file[b] = hidden;
+			} else {
+				w->budget_ok[b] = 1;
+				w->budget_tok_s[b] = 1e9 / t_part;
+				w->budget_io_ms[b] = io / 1e6;
+				w->budget_wait_ms[b] = wait / 1e6;
+				w->budget_hidden[b] = hidden;
+				w->budget_no_wait[b] = io > 0 ? 1.0 - wait / io : NAN;
+				if (w->budget_no_wait[b] < 0)
+					w->budget_no_wait[b] = 0;
+			}
+		} else {
+			fprintf(stderr, "decode: %d %% budget: the decode failed (%d)\n", pct[b], rc);
+		}
+		spa_engine_destroy(es);
+		spa_model_destroy(ms);
+	}
+	if (n_full && !file) { /* the whole model's row: every one of its paired steps */
+		w->budget_ok[0] = 1;
+		w->budget_tok_s[0] = 1e9 / median_ns(full, n_full, 50);
+		w->budget_hidden[0] = NAN;
+		w->budget_no_wait[0] = NAN;
+	}
+	spa_engine_destroy(ef);
+	free(full);
+	free(part);
+}
+
 static void measure(const struct opts *o, const char *shape, enum spa_dtype type, int nth,
 		    float *bwbuf, struct row *w)
 {
 	char path[512];
 	memset(w, 0, sizeof *w);
+	for (int b = 0; b < 3; b++)
+		w->budget_hidden_file[b] = NAN;
 	w->shape = shape;
 	w->type = type;
 	if (model_path(o, shape, type, path, sizeof path) < 0)
@@ -573,82 +675,28 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 
 	/* Streaming under a budget: 50 % and 25 % of the weight bytes, each measured in turns
 	 * with the whole model (one step of each, the order swapped every step), so that the
-	 * host's noise touches both sides of the "added" time alike. */
+	 * host's noise touches both sides of the "added" time alike. A format packed at load
+	 * (Q4_0) is measured again with both sides as the file lays them out (SPA_PACK=off):
+	 * streamed rows are always computed that way, so against the packed whole model the
+	 * "added" time holds a slower kernel beside the reads. */
 	if (o->mem_budget) {
-		/* at least BUDGET_STEPS pairs: "hidden" is a difference of two medians divided by
-		 * a third, and fewer steps left it swinging by tens of points on a shared host */
-		const uint32_t nb = o->n_tok > BUDGET_STEPS ? o->n_tok : BUDGET_STEPS;
-		struct spa_gguf *g = NULL;
-		spa_gguf_open(&g, path, NULL);
-		uint64_t size = g ? g->data_size : 0;
-		spa_gguf_close(g);
-		const int pct[3] = { 100, 50, 25 };
-		uint64_t *full = calloc(2 * nb, 8), *part = calloc(nb, 8);
-		uint32_t n_full = 0;
-		struct spa_engine *ef = NULL;
-		if (!full || !part || spa_engine_create(&ef, m, 16 + nb + 8, 16, pool) < 0)
-			cli_die(1, "out of memory");
-		for (int b = 1; b < 3; b++) {
-			struct spa_model *ms = NULL;
-			if (spa_engine_model_load(&ms, path, size * (uint64_t)pct[b] / 100, false,
-						  &err) < 0) {
-				fprintf(stderr, "decode: %d %% budget: %s\n", pct[b], err.msg);
-				continue;
-			}
-			struct spa_engine *es = NULL;
-			struct stepper sf, sb;
-			int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
-			if (rc == 0)
-				rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
-			for (uint32_t i = 0; rc == 0 && i < nb; i++) {
-				struct stepper *first = i & 1 ? &sb : &sf, *second = i & 1 ? &sf : &sb;
-				if ((rc = stepper_step(first)) == 0)
-					rc = stepper_step(second);
-				full[n_full + i] = sf.ns;
-				part[i] = sb.ns;
-			}
-			if (rc == 0) {
-				struct spa_engine_stream_stats st;
-				spa_engine_stream_stats(es, &st);
-				double wait = (double)st.wait_ns / (double)st.n_forward;
-				uint64_t probe[9] = { 0 };
-				for (int i = 0; i < 9 && st.n_streamed_blocks; i++)
-					spa_engine_stream_probe(es, &probe[i]);
-				double io = median_ns(probe, 9, 50);
-				double t_full = median_ns(full + n_full, nb, 50);
-				double t_part = median_ns(part, nb, 50);
-				n_full += nb;
-				w->budget_ok[b] = 1;
-				w->budget_tok_s[b] = 1e9 / t_part;
-				w->budget_io_ms[b] = io / 1e6;
-				w->budget_wait_ms[b] = wait / 1e6;
-				/* hidden = 1 - (step time added by streaming) / (I/O time alone):
-				 * buffered reads of cached pages may be copied inside the submit on
-				 * the compute thread, which the wait counter alone would miss */
-				w->budget_hidden[b] = io > 0 ? 1.0 - (t_part - t_full) / io : NAN;
-				if (w->budget_hidden[b] < 0)
-					w->budget_hidden[b] = 0;
-				if (w->budget_hidden[b] > 1)
-					w->budget_hidden[b] = 1;
-				w->budget_no_wait[b] = io > 0 ? 1.0 - wait / io : NAN;
-				if (w->budget_no_wait[b] < 0)
-					w->budget_no_wait[b] = 0;
-			} else {
-				fprintf(stderr, "decode: %d %% budget: the decode failed (%d)\n",
-					pct[b], rc);
-			}
-			spa_engine_destroy(es);
-			spa_model_destroy(ms);
+		budget_pairs(o, path, m, pool, false, w);
+		if (model_packed(m)) {
+			const char *was = getenv("SPA_PACK");
+			char keep[16] = "";
+			if (was)
+				snprintf(keep, sizeof keep, "%s", was);
+			setenv("SPA_PACK", "off", 1);
+			struct spa_model *mf = NULL;
+			if (spa_model_load(&mf, path, false, &err) < 0)
+				cli_die(1, "%s", err.msg);
+			budget_pairs(o, path, mf, pool, true, w);
+			spa_model_destroy(mf);
+			if (was)
+				setenv("SPA_PACK", keep, 1);
+			else
+				unsetenv("SPA_PACK");
 		}
-		if (n_full) { /* the whole model's row: every one of its paired steps */
-			w->budget_ok[0] = 1;
-			w->budget_tok_s[0] = 1e9 / median_ns(full, n_full, 50);
-			w->budget_hidden[0] = NAN;
-			w->budget_no_wait[0] = NAN;
-		}
-		spa_engine_destroy(ef);
-		free(full);
-		free(part);
 	}
 	spa_plugin_destroy(p);
 	spa_pool_destroy(pool);
@@ -790,18 +838,23 @@ int main(int argc, char **argv)
 	const int pct[3] = { 100, 50, 25 };
 	if (o.mem_budget) {
 		printf("\nmemory budget (weights streamed per token from the page cache with io_uring)\n");
-		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s %8s\n", "shape", "type", "thr", "budget",
-		       "tok/s", "io ms/tok", "wait ms", "hidden", "no wait");
+		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s %8s %8s\n", "shape", "type", "thr",
+		       "budget", "tok/s", "io ms/tok", "wait ms", "hidden", "no wait", "as file");
 		for (int i = 0; i < n; i++)
 			for (int b = 0; b < 3; b++) {
 				struct row *w = &rows[i];
 				if (!w->threads || !w->budget_ok[b])
 					continue;
-				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%%\n",
+				char file[16] = "       -";
+				if (b && !isnan(w->budget_hidden_file[b]))
+					snprintf(file, sizeof file, "%7.0f%%",
+						 100 * w->budget_hidden_file[b]);
+				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%% %s\n",
 				       w->shape, spa_dtype_name(w->type), w->threads, pct[b],
 				       w->budget_tok_s[b], w->budget_io_ms[b], w->budget_wait_ms[b],
 				       isnan(w->budget_hidden[b]) ? 100.0 : 100 * w->budget_hidden[b],
-				       isnan(w->budget_no_wait[b]) ? 100.0 : 100 * w->budget_no_wait[b]);
+				       isnan(w->budget_no_wait[b]) ? 100.0 : 100 * w->budget_no_wait[b],
+				       file);
 			}
 		printf("hidden: 1 - (step added by streaming) / (io ms/tok: the reads alone); each\n"
 		       "budget's steps taken in turns with the whole model's. The reads' copies run on\n"
@@ -810,7 +863,11 @@ int main(int argc, char **argv)
 		       "no wait: 1 - wait / io, the share of the reads' time the compute thread did not\n"
 		       "wait for them; what separates it from hidden is compute that streaming made\n"
 		       "slower (rows computed as the file lays them out where the resident ones are\n"
-		       "packed; the copies' memory traffic beside the products').\n");
+		       "packed; the copies' memory traffic beside the products').\n"
+		       "as file: hidden again with the whole model's rows also as the file lays them\n"
+		       "out (SPA_PACK=off on both sides), for formats packed at load (Q4_0): the\n"
+		       "reads' own cost, without the packed kernel's lead over the file-layout one,\n"
+		       "which streamed rows cannot use; - where nothing is packed (hidden is that).\n");
 	}
 	printf("\n%s at end\n", load1);
 
@@ -873,6 +930,9 @@ int main(int argc, char **argv)
 					bu_json_num(&j, "wait_ms", w->budget_wait_ms[b]);
 					bu_json_num(&j, "hidden", w->budget_hidden[b]);
 					bu_json_num(&j, "no_wait", w->budget_no_wait[b]);
+					if (!isnan(w->budget_hidden_file[b]))
+						bu_json_num(&j, "hidden_file_layout",
+							    w->budget_hidden_file[b]);
 					bu_json_obj_end(&j);
 				}
 				bu_json_arr_end(&j);

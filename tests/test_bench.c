@@ -189,17 +189,28 @@ Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
 		const double nw = jnum(js, "no_wait", b);
 		cr_assert(b == 0 ? isnan(nw) : nw >= 0 && nw <= 1, "%g %%: no_wait %g", pct[b], nw);
 	}
+	cr_assert_eq(jcount(js, "hidden_file_layout"), 0, "F32 is not packed: nothing again");
 	free(js);
 	cleanup(dir);
 }
 
-/* A Q4_0 model is packed at load: decode reports its kernel packed and on the file's rows. */
+/* A Q4_0 model is packed at load: decode reports its kernel packed and on the file's rows, and
+ * under a budget the I/O hidden with both sides as the file lays them out too. */
 Test(bench, decode_reports_what_packing_q4_0_gives)
 {
 	char *dir = tu_tmpdir();
-	char *js = run_decode(dir, "q4_0", "");
+	char *js = run_decode(dir, "q4_0", "--mem-budget");
 	cr_assert_gt(jnum(js, "kernel_gbs", 0), 0);
 	cr_assert_gt(jnum(js, "kernel_file_gbs", 0), 0);
+	/* under a budget, hidden again with both sides as the file lays them out, for each
+	 * budget that streams (25 % of the tiny Q4_0 model cannot hold its head and ring) */
+	const int n = jcount(js, "percent");
+	cr_assert_geq(n, 2, "the whole model and 50 %%");
+	cr_assert_eq(jcount(js, "hidden_file_layout"), n - 1);
+	for (int b = 0; b < n - 1; b++) {
+		const double h = jnum(js, "hidden_file_layout", b);
+		cr_assert(h >= 0 && h <= 1, "budget %d: %g", b, h);
+	}
 	free(js);
 	cleanup(dir);
 }

@@ -1087,6 +1087,12 @@ struct spa_uring_reader {
 	struct ur_req req[SPA_URING_MAX_REQS];
 	uint32_t freelist[SPA_URING_MAX_REQS];
 	unsigned n_free;
+	/* the requests in use, unordered, with their tags: a wait scans these few, not every
+	 * request (two scans of the 256 took about 1 us a wait, 224 waits a token streaming
+	 * the default shape) */
+	uint32_t live[SPA_URING_MAX_REQS];
+	uint64_t live_tag[SPA_URING_MAX_REQS];
+	unsigned n_live;
 	uint32_t q[SPA_URING_MAX_REQS];        /* requests with bytes not yet cut, in order */
 	unsigned qh, qn;
 	struct iovec bufs[URING_MAX_BUFS];
@@ -1535,6 +1541,8 @@ int spa_uring_read_async(struct spa_uring_reader *r, void *dst, uint64_t off, si
 	struct ur_req *q = &r->req[k];
 	*q = (struct ur_req){.tag = tag, .seq = r->seq++, .dst = dst, .off = off, .len = len,
 			     .planned = r->uring ? 0 : len, .used = true};
+	r->live[r->n_live] = k;
+	r->live_tag[r->n_live++] = tag;
 	if (q->planned < q->len) {
 		r->q[(r->qh + r->qn) % SPA_URING_MAX_REQS] = k;
 		r->qn++;
@@ -1560,10 +1568,10 @@ int spa_uring_wait(struct spa_uring_reader *r, uint64_t tag, int64_t timeout_ns)
 		if (rc < 0)
 			return rc;
 		bool any = false, open = false;
-		for (unsigned k = 0; k < SPA_URING_MAX_REQS; k++) {
-			const struct ur_req *q = &r->req[k];
-			if (!q->used || (tag != SPA_URING_ALL && q->tag != tag))
+		for (unsigned j = 0; j < r->n_live; j++) {
+			if (tag != SPA_URING_ALL && r->live_tag[j] != tag)
 				continue;
+			const struct ur_req *q = &r->req[r->live[j]];
 			any = true;
 			if (q->pending || (!q->err && q->planned < q->len))
 				open = true;
@@ -1573,16 +1581,21 @@ int spa_uring_wait(struct spa_uring_reader *r, uint64_t tag, int64_t timeout_ns)
 		if (!open) {
 			int err = 0;
 			uint64_t first = UINT64_MAX;
-			for (unsigned k = 0; k < SPA_URING_MAX_REQS; k++) {
-				struct ur_req *q = &r->req[k];
-				if (!q->used || (tag != SPA_URING_ALL && q->tag != tag))
+			/* backwards: the last entry moved into a freed place was already seen */
+			for (unsigned j = r->n_live; j-- > 0;) {
+				if (tag != SPA_URING_ALL && r->live_tag[j] != tag)
 					continue;
+				const uint32_t k = r->live[j];
+				struct ur_req *q = &r->req[k];
 				if (q->err && q->seq < first) {
 					first = q->seq;
 					err = q->err;
 				}
 				q->used = false;
 				r->freelist[r->n_free++] = k;
+				r->n_live--;
+				r->live[j] = r->live[r->n_live];
+				r->live_tag[j] = r->live_tag[r->n_live];
 			}
 			return err;
 		}

@@ -155,6 +155,44 @@ Test(load, random_reads_depth4_async_direct_fixed)
 	random_reads(4, SPA_URING_ASYNC | SPA_URING_DIRECT, true, 128 << 10);
 }
 
+/* Reads sharing a tag are waited for together, whatever else is queued between them and in
+ * whatever order the tags are waited for; a tag waited for is forgotten, the others stay. */
+Test(load, reads_sharing_a_tag_are_waited_for_together)
+{
+	char path[512];
+	const uint8_t *ref = make_file(path, sizeof path, 1 << 20, 77);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct spa_errbuf err;
+	struct spa_uring_reader *r;
+	cr_assert_eq(spa_uring_reader_create(&r, fd, 4, SPA_URING_ASYNC, &err), 0, "%s", err.msg);
+	uint8_t *buf = alloc_page(1 << 20);
+	const uint64_t tags[] = { 1, 2, 1, 3, 1, 2 };
+	const size_t n = sizeof tags / sizeof tags[0], part = (1 << 20) / n / 4096 * 4096;
+	for (int round = 0; round < 3; round++) {
+		memset(buf, 0, 1 << 20);
+		for (size_t i = 0; i < n; i++)
+			cr_assert_eq(spa_uring_read_async(r, buf + i * part, i * part, part, tags[i]), 0,
+				     "%s", spa_uring_reader_errmsg(r));
+		const uint64_t order[3][3] = { { 1, 2, 3 }, { 3, 1, 2 }, { 2, 3, 1 } };
+		for (int j = 0; j < 3; j++) {
+			const uint64_t t = order[round][j];
+			cr_assert_eq(spa_uring_wait(r, t, -1), 0, "%s", spa_uring_reader_errmsg(r));
+			for (size_t i = 0; i < n; i++)
+				if (tags[i] == t)
+					cr_assert_eq(memcmp(buf + i * part, ref + i * part, part), 0,
+						     "round %d: read %zu (tag %" PRIu64 ") not done", round,
+						     i, t);
+			/* (the tags waited for later are still known: their waits return 0) */
+			cr_assert_eq(spa_uring_wait(r, t, 0), -ENOENT, "tag %" PRIu64 " forgotten", t);
+		}
+		cr_assert_eq(spa_uring_wait(r, SPA_URING_ALL, 0), 0, "nothing left");
+	}
+	spa_uring_reader_destroy(r);
+	close(fd);
+	free(buf);
+	free((void *)ref);
+}
+
 Test(load, direct_is_used_on_this_filesystem)
 {
 	char path[512];

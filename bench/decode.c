@@ -25,11 +25,16 @@
  *     alone, nothing computing); beside it 1 - wait / io, the share of the reads' time the
  *     compute thread did not wait for; for a format packed at load (Q4_0) the first measure
  *     again with both sides' rows as the file lays them out (SPA_PACK=off), since streamed
- *     rows are always computed that way.
+ *     rows are always computed that way; and before and after each budget's steps, a cache
+ *     line's round trip between the compute CPU and the reader's (a VM's host may move its
+ *     vCPUs apart, onto different last-level caches, and streaming then hides less).
  * Models are made once with spa_gen_base into a cache folder (--cache). */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,6 +338,7 @@ struct row {
 	/* hidden with both sides' rows as the file lays them out (SPA_PACK=off), for a format
 	 * packed at load; NAN otherwise */
 	double budget_hidden_file[3];
+	double budget_xcore_ns[3][2]; /* the cores' round trip before and after the pairs */
 	int budget_ok[3];
 };
 
@@ -427,6 +433,91 @@ static int make_plugin(const struct opts *o, const struct spa_model *m, const ch
 	return 0;
 }
 
+/* ---------------------------------------------------------------- the cores' distance */
+
+/* A cache line passed back and forth between two CPUs: about 100 ns a round trip (as measured
+ * here) when they share a last-level cache, several hundred when they do not. A VM's host may
+ * move its vCPUs between the caches of different core complexes while a benchmark runs (seen
+ * here: 83 ns, then 450 ns for seconds, in a bare ping-pong); streaming, whose ring is written
+ * by the reader's core and read by the compute core, hides much less of its I/O then (the
+ * same 1b q8_0 decode at 50 %: 23 ms a step, or 32 ms while the cores were apart). Printed
+ * beside each budget. */
+struct xcore {
+	_Alignas(64) atomic_uint_fast64_t line;
+	int cpu_echo, cpu_ping;
+	double ns; /* out: mean round trip, NAN when it could not be measured */
+};
+
+#define XCORE_STOP UINT64_MAX
+#define XCORE_TRIPS 20000
+
+static bool pin_self(int cpu)
+{
+	cpu_set_t s;
+	CPU_ZERO(&s);
+	CPU_SET(cpu, &s);
+	return pthread_setaffinity_np(pthread_self(), sizeof s, &s) == 0;
+}
+
+static void *xcore_echo(void *arg)
+{
+	struct xcore *x = arg;
+	(void)pin_self(x->cpu_echo); /* unpinned, the measure is only less telling */
+	for (;;) {
+		uint_fast64_t v = atomic_load_explicit(&x->line, memory_order_acquire);
+		if (v == XCORE_STOP)
+			return NULL;
+		if (v & 1)
+			atomic_store_explicit(&x->line, v + 1, memory_order_release);
+	}
+}
+
+static void *xcore_ping(void *arg)
+{
+	struct xcore *x = arg;
+	x->ns = NAN;
+	if (!pin_self(x->cpu_ping))
+		return NULL;
+	uint64_t t0 = bu_now_ns();
+	for (uint_fast64_t i = 0; i < XCORE_TRIPS; i++) {
+		atomic_store_explicit(&x->line, 2 * i + 1, memory_order_release);
+		for (uint32_t spin = 0;
+		     atomic_load_explicit(&x->line, memory_order_acquire) != 2 * i + 2;)
+			if (++spin == 0 && bu_now_ns() - t0 > 1000000000u)
+				return NULL; /* the echo never ran: no measure */
+	}
+	x->ns = (double)(bu_now_ns() - t0) / XCORE_TRIPS;
+	return NULL;
+}
+
+/* The round trip between the CPU of the pool's first thread and the first other online CPU
+ * (where the stream's reader copies when the pool leaves it one); NAN on one CPU. */
+static void pool_cpu_worker(void *ctx, int ith, int nth)
+{
+	(void)nth;
+	if (ith == 0)
+		*(int *)ctx = sched_getcpu();
+}
+
+static double xcore_rtt_ns(struct spa_pool *pool)
+{
+	int a = -1;
+	spa_pool_run(pool, pool_cpu_worker, &a);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (a < 0 || n < 2)
+		return NAN;
+	struct xcore x = { .cpu_ping = a, .cpu_echo = a == 0 ? 1 : 0, .ns = NAN };
+	atomic_init(&x.line, 0);
+	pthread_t te, tp;
+	if (pthread_create(&te, NULL, xcore_echo, &x) != 0)
+		return NAN;
+	if (pthread_create(&tp, NULL, xcore_ping, &x) == 0)
+		pthread_join(tp, NULL);
+	atomic_store_explicit(&x.line, XCORE_STOP, memory_order_release);
+	pthread_join(te, NULL);
+	return x.ns;
+}
+
 /* Whether any block matrix of m was packed at load. */
 static bool model_packed(const struct spa_model *m)
 {
@@ -468,6 +559,7 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 		struct spa_engine *es = NULL;
 		struct stepper sf, sb;
 		int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
+		const double x0 = xcore_rtt_ns(pool);
 		if (rc == 0)
 			rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
 		for (uint32_t i = 0; rc == 0 && i < nb; i++) {
@@ -496,6 +588,8 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 			if (file) {
 				w->budget_hidden_file[b] = hidden;
 			} else {
+				w->budget_xcore_ns[b][0] = x0;
+				w->budget_xcore_ns[b][1] = xcore_rtt_ns(pool);
 				w->budget_ok[b] = 1;
 				w->budget_tok_s[b] = 1e9 / t_part;
 				w->budget_io_ms[b] = io / 1e6;
@@ -528,7 +622,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	char path[512];
 	memset(w, 0, sizeof *w);
 	for (int b = 0; b < 3; b++)
-		w->budget_hidden_file[b] = NAN;
+		w->budget_hidden_file[b] = w->budget_xcore_ns[b][0] = w->budget_xcore_ns[b][1] = NAN;
 	w->shape = shape;
 	w->type = type;
 	if (model_path(o, shape, type, path, sizeof path) < 0)
@@ -838,8 +932,9 @@ int main(int argc, char **argv)
 	const int pct[3] = { 100, 50, 25 };
 	if (o.mem_budget) {
 		printf("\nmemory budget (weights streamed per token from the page cache with io_uring)\n");
-		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s %8s %8s\n", "shape", "type", "thr",
-		       "budget", "tok/s", "io ms/tok", "wait ms", "hidden", "no wait", "as file");
+		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s %8s %8s %10s\n", "shape", "type", "thr",
+		       "budget", "tok/s", "io ms/tok", "wait ms", "hidden", "no wait", "as file",
+		       "x-core ns");
 		for (int i = 0; i < n; i++)
 			for (int b = 0; b < 3; b++) {
 				struct row *w = &rows[i];
@@ -849,12 +944,17 @@ int main(int argc, char **argv)
 				if (b && !isnan(w->budget_hidden_file[b]))
 					snprintf(file, sizeof file, "%7.0f%%",
 						 100 * w->budget_hidden_file[b]);
-				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%% %s\n",
+				char xc[24] = "-";
+				if (b && !isnan(w->budget_xcore_ns[b][0]) &&
+				    !isnan(w->budget_xcore_ns[b][1]))
+					snprintf(xc, sizeof xc, "%.0f/%.0f", w->budget_xcore_ns[b][0],
+						 w->budget_xcore_ns[b][1]);
+				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%% %s %10s\n",
 				       w->shape, spa_dtype_name(w->type), w->threads, pct[b],
 				       w->budget_tok_s[b], w->budget_io_ms[b], w->budget_wait_ms[b],
 				       isnan(w->budget_hidden[b]) ? 100.0 : 100 * w->budget_hidden[b],
 				       isnan(w->budget_no_wait[b]) ? 100.0 : 100 * w->budget_no_wait[b],
-				       file);
+				       file, xc);
 			}
 		printf("hidden: 1 - (step added by streaming) / (io ms/tok: the reads alone); each\n"
 		       "budget's steps taken in turns with the whole model's. The reads' copies run on\n"
@@ -867,7 +967,11 @@ int main(int argc, char **argv)
 		       "as file: hidden again with the whole model's rows also as the file lays them\n"
 		       "out (SPA_PACK=off on both sides), for formats packed at load (Q4_0): the\n"
 		       "reads' own cost, without the packed kernel's lead over the file-layout one,\n"
-		       "which streamed rows cannot use; - where nothing is packed (hidden is that).\n");
+		       "which streamed rows cannot use; - where nothing is packed (hidden is that).\n"
+		       "x-core ns: a cache line's round trip between the compute CPU and the reader's,\n"
+		       "before/after the budget's steps: about 100 when they share a last-level cache;\n"
+		       "several hundred when a VM's host has put them on different ones, and then the\n"
+		       "ring's copies no longer reach the compute core from cache and less hides.\n");
 	}
 	printf("\n%s at end\n", load1);
 
@@ -930,6 +1034,12 @@ int main(int argc, char **argv)
 					bu_json_num(&j, "wait_ms", w->budget_wait_ms[b]);
 					bu_json_num(&j, "hidden", w->budget_hidden[b]);
 					bu_json_num(&j, "no_wait", w->budget_no_wait[b]);
+					if (!isnan(w->budget_xcore_ns[b][0]))
+						bu_json_num(&j, "xcore_ns_before",
+							    w->budget_xcore_ns[b][0]);
+					if (!isnan(w->budget_xcore_ns[b][1]))
+						bu_json_num(&j, "xcore_ns_after",
+							    w->budget_xcore_ns[b][1]);
 					if (!isnan(w->budget_hidden_file[b]))
 						bu_json_num(&j, "hidden_file_layout",
 							    w->budget_hidden_file[b]);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -188,6 +189,14 @@ Test(bench, decode_reports_speed_fusions_prefill_and_every_budget)
 			cr_assert_gt(jnum(js, "io_ms", b), 0, "%g %% budget streams", pct[b]);
 		const double nw = jnum(js, "no_wait", b);
 		cr_assert(b == 0 ? isnan(nw) : nw >= 0 && nw <= 1, "%g %%: no_wait %g", pct[b], nw);
+	}
+	/* the cores' round trip beside each budget that streams, where there are two CPUs */
+	if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
+		cr_assert_eq(jcount(js, "xcore_ns_before"), 2);
+		cr_assert_eq(jcount(js, "xcore_ns_after"), 2);
+		for (int b = 0; b < 2; b++)
+			cr_assert(jnum(js, "xcore_ns_before", b) > 0 &&
+				  jnum(js, "xcore_ns_after", b) > 0, "budget %d", b);
 	}
 	cr_assert_eq(jcount(js, "hidden_file_layout"), 0, "F32 is not packed: nothing again");
 	free(js);

@@ -451,18 +451,10 @@ struct xcore {
 #define XCORE_STOP UINT64_MAX
 #define XCORE_TRIPS 20000
 
-static bool pin_self(int cpu)
-{
-	cpu_set_t s;
-	CPU_ZERO(&s);
-	CPU_SET(cpu, &s);
-	return pthread_setaffinity_np(pthread_self(), sizeof s, &s) == 0;
-}
-
 static void *xcore_echo(void *arg)
 {
 	struct xcore *x = arg;
-	(void)pin_self(x->cpu_echo); /* unpinned, the measure is only less telling */
+	(void)spa_pin_thread(x->cpu_echo); /* unpinned, the measure is only less telling */
 	for (;;) {
 		uint_fast64_t v = atomic_load_explicit(&x->line, memory_order_acquire);
 		if (v == XCORE_STOP)
@@ -476,7 +468,7 @@ static void *xcore_ping(void *arg)
 {
 	struct xcore *x = arg;
 	x->ns = NAN;
-	if (!pin_self(x->cpu_ping))
+	if (spa_pin_thread(x->cpu_ping) < 0)
 		return NULL;
 	uint64_t t0 = bu_now_ns();
 	for (uint_fast64_t i = 0; i < XCORE_TRIPS; i++) {
@@ -559,7 +551,7 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 		struct spa_engine *es = NULL;
 		struct stepper sf, sb;
 		int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
-		const double x0 = xcore_rtt_ns(pool);
+		const double x0 = file ? NAN : xcore_rtt_ns(pool); /* kept for the first pass */
 		if (rc == 0)
 			rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
 		for (uint32_t i = 0; rc == 0 && i < nb; i++) {

@@ -267,13 +267,13 @@ static int adapter_hook(void *ctx, uint32_t layer, uint32_t which, uint32_t n_to
 	return 0;
 }
 
-/* The whole sequence toks[0..n) from scratch; outputs for the last position. */
 /* x rounded to IEEE half, as the engine's KV cache holds it (from the float it computed). */
 static double half_round(double x)
 {
 	return spa_fp16_to_fp32(spa_fp32_to_fp16((float)x));
 }
 
+/* The whole sequence toks[0..n) from scratch; outputs for the last position. */
 static void ref_forward(const struct ref *r, const int32_t *toks, uint32_t n,
 			const struct hookp *hk, double *logits, double *resid, double *f)
 {
@@ -1251,7 +1251,7 @@ Test(engine, a_packed_q4_0_model_gives_the_bits_of_the_file_layout)
 		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
 			     "%u %%: %s", pct[b], err.msg);
 		int parts = 0;
-		for (uint32_t i = 0; i < hp.n_layers * 7; i++) {
+		for (uint32_t i = 0; i < hp.n_layers * SPA_LAYER_MATS; i++) {
 			const struct spa_tensor *p = &ms->res_part[i];
 			if (p->type != SPA_TYPE_Q4_0 || !p->rows)
 				continue;

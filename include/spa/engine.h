@@ -41,8 +41,8 @@ uint32_t spa_engine_pos(const struct spa_engine *e);
 
 /* Run n_tok tokens (1..max_batch) at positions pos..pos+n_tok-1, pos = spa_engine_pos(e), and
  * advance. hooks may be NULL. Returns 0, -SPA_EUSAGE (batch too big, cache full, token id out
- * of range), -SPA_EUNSUPPORTED (a key or value beyond the half KV cache's 65504; nothing
- * advances), a streaming error (both with spa_engine_error's words), or a hook's error.
+ * of range), -SPA_EUNSUPPORTED (a key or value that the half KV cache would hold as an infinity:
+ * 65520 or more in magnitude, past half's largest 65504; nothing advances), a streaming error (both with spa_engine_error's words), or a hook's error.
  * After it, for the LAST position of the batch:
  *   spa_engine_final(e):  f = RMSNorm_final(y_{L-1})           (H floats)
  *   spa_engine_resid(e):  e, y_0, ..., y_{L-1}                  ((L+1) x H floats)

@@ -220,11 +220,10 @@ static double exp_shift_avx2(float *x, float shift, uint32_t n)
 	double sum = 0;
 	uint32_t i = 0;
 	for (; i + 8 <= n; i += 8) {
-		float v[8];
-		_mm256_storeu_ps(v, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(shift))));
-		memcpy(x + i, v, sizeof v);
+		_mm256_storeu_ps(x + i,
+				 exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(shift))));
 		for (int k = 0; k < 8; k++)
-			sum += v[k];
+			sum += x[i + k];
 	}
 	for (; i < n; i++) {
 		x[i] = spa__expf(x[i] - shift);

@@ -20,7 +20,6 @@
 #include "kernels_impl.h"
 #include "simd_avx2.h"
 
-
 static inline float half(uint16_t h)
 {
 	return _cvtsh_ss(h); /* F16C: exact, as spa__fp16_to_fp32 */

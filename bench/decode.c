@@ -356,19 +356,19 @@ static void bw_worker(void *ctx, int ith, int nth);
 
 /* Greedy decode one step at a time, for measuring two engines in turns. */
 struct stepper {
-	struct spa_engine *e;
+	struct spa_context *e;
 	int32_t tok;
 	uint64_t ns; /* the last step's time */
 };
 
 /* Reset e and run the 16-token prompt every measured decode starts from. */
-static int stepper_start(struct stepper *s, struct spa_engine *e, uint32_t V)
+static int stepper_start(struct stepper *s, struct spa_context *e, uint32_t V)
 {
 	int32_t prompt[16];
 	for (int i = 0; i < 16; i++)
 		prompt[i] = (int32_t)((i * 7919u + 13) % V);
 	*s = (struct stepper){ .e = e, .tok = prompt[15] };
-	spa_engine_reset(e);
+	spa_context_reset(e);
 	return spa_engine_forward(e, prompt, 16, NULL);
 }
 
@@ -385,7 +385,7 @@ static int stepper_step(struct stepper *s)
 /* Greedy decode of n steps after a 16-token prompt; per-step ns into steps[n] (and, with bw,
  * one read-bandwidth pass after each step). The head is the fused one. With side set, the
  * taps and the gate are fused into every forward. */
-static int decode_steps_bw(struct spa_engine *e, uint32_t V, uint32_t n, uint64_t *steps,
+static int decode_steps_bw(struct spa_context *e, uint32_t V, uint32_t n, uint64_t *steps,
 			   const struct bw_between *bw)
 {
 	struct stepper st;
@@ -539,18 +539,18 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 	const int pct[3] = { 100, 50, 25 };
 	uint64_t *full = calloc(2 * nb, 8), *part = calloc(nb, 8);
 	uint32_t n_full = 0;
-	struct spa_engine *ef = NULL;
-	if (!full || !part || spa_engine_create(&ef, m, 16 + nb + 8, 16, pool) < 0)
+	struct spa_context *ef = NULL;
+	if (!full || !part || spa_context_create_cpu(&ef, m, pool, 16 + nb + 8, 16) < 0)
 		cli_die(1, "out of memory");
 	for (int b = 1; b < 3; b++) {
 		struct spa_model *ms = NULL;
-		if (spa_engine_model_load(&ms, path, size * (uint64_t)pct[b] / 100, false, &err) < 0) {
+		if (spa_model_load_budget(&ms, path, size * (uint64_t)pct[b] / 100, false, &err) < 0) {
 			fprintf(stderr, "decode: %d %% budget: %s\n", pct[b], err.msg);
 			continue;
 		}
-		struct spa_engine *es = NULL;
+		struct spa_context *es = NULL;
 		struct stepper sf, sb;
-		int rc = spa_engine_create(&es, ms, 16 + nb + 8, 16, pool);
+		int rc = spa_context_create_cpu(&es, ms, pool, 16 + nb + 8, 16);
 		const double x0 = file ? NAN : xcore_rtt_ns(pool); /* kept for the first pass */
 		if (rc == 0)
 			rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
@@ -562,12 +562,12 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 			part[i] = sb.ns;
 		}
 		if (rc == 0) {
-			struct spa_engine_stream_stats st;
-			spa_engine_stream_stats(es, &st);
+			struct spa_wstream_stats st;
+			spa_wstream_stats(spa_context_model(es), &st);
 			double wait = (double)st.wait_ns / (double)st.n_forward;
 			uint64_t probe[9] = { 0 };
 			for (int i = 0; i < 9 && st.n_streamed_blocks; i++)
-				spa_engine_stream_probe(es, &probe[i]);
+				spa_wstream_probe(spa_context_model(es)->stream, &probe[i]);
 			double io = median_ns(probe, 9, 50);
 			double t_full = median_ns(full + n_full, nb, 50);
 			double t_part = median_ns(part, nb, 50);
@@ -594,7 +594,7 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 		} else {
 			fprintf(stderr, "decode: %d %% budget: the decode failed (%d)\n", pct[b], rc);
 		}
-		spa_engine_destroy(es);
+		spa_context_destroy(es);
 		spa_model_destroy(ms);
 	}
 	if (n_full && !file) { /* the whole model's row: every one of its paired steps */
@@ -603,7 +603,7 @@ static void budget_pairs(const struct opts *o, const char *path, const struct sp
 		w->budget_hidden[0] = NAN;
 		w->budget_no_wait[0] = NAN;
 	}
-	spa_engine_destroy(ef);
+	spa_context_destroy(ef);
 	free(full);
 	free(part);
 }
@@ -622,7 +622,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;
 	struct spa_pool *pool = NULL;
-	struct spa_engine *e = NULL;
+	struct spa_context *e = NULL;
 	struct spa_plugin *p = NULL;
 	uint64_t *steps = calloc(o->n_tok, sizeof *steps);
 	if (spa_model_load(&m, path, false, &err) < 0)
@@ -639,7 +639,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	uint32_t max_p = 16;
 	for (int i = 0; i < o->n_prefill; i++)
 		max_p = o->prefill[i] > max_p ? o->prefill[i] : max_p;
-	if (spa_engine_create(&e, m, max_p + o->n_tok + 8, max_p, pool) < 0)
+	if (spa_context_create_cpu(&e, m, pool, max_p + o->n_tok + 8, max_p) < 0)
 		cli_die(1, "cannot create the engine");
 
 	/* decode, fused head, no plugin: the base model's speed */
@@ -669,19 +669,19 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 		uint64_t *tp = calloc(o->n_tok, 8);
 		uint64_t *hf = calloc(o->n_tok, 8), *hu = calloc(o->n_tok, 8);
 		int32_t tok = 1;
-		spa_engine_reset(e);
+		spa_context_reset(e);
 		for (uint32_t i = 0; i < o->n_tok; i++) {
 			/* taps: forward with them fused minus forward without, interleaved;
 			 * unfused: the extra pass after the forward */
-			spa_engine_set_side(e, p, taps);
+			spa_context_set_side(e, p, taps);
 			uint64_t t0 = bu_now_ns();
 			spa_engine_forward(e, &tok, 1, NULL);
 			uint64_t t1 = bu_now_ns();
-			spa_engine_set_side(e, NULL, NULL);
+			spa_context_set_side(e, NULL, NULL);
 			spa_engine_forward(e, &tok, 1, NULL);
 			uint64_t t2 = bu_now_ns();
-			spa_plugin_side_taps(p, spa_engine_resid(e), taps);
-			spa_plugin_gate(p, spa_engine_final(e), NULL);
+			spa_plugin_side_taps(p, spa_context_resid(e), taps);
+			spa_plugin_gate(p, spa_context_final(e), NULL);
 			uint64_t t3 = bu_now_ns();
 			tf[i] = t1 - t0;
 			tp[i] = t2 - t1;
@@ -693,7 +693,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 			for (int k = 0; k < 2; k++) {
 				t0 = bu_now_ns();
 				if ((k ^ (int)i) & 1) {
-					spa_engine_logits(e, spa_engine_final(e), logits);
+					spa_engine_logits(e, spa_context_final(e), logits);
 					b = (int32_t)spa_argmax(logits, V);
 					tb = bu_now_ns() - t0;
 				} else {
@@ -717,9 +717,9 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 			uint64_t c0 = bu_now_ns();
 			for (int k = 0; k < 200; k++) {
 				spa_matvec_f32(p->tap_w + (size_t)(L - 1) * r * H,
-					       p->tap_b + (size_t)(L - 1) * r, spa_engine_resid(e) + (size_t)L * H,
+					       p->tap_b + (size_t)(L - 1) * r, spa_context_resid(e) + (size_t)L * H,
 					       taps + (size_t)L * r, r, H);
-				spa_plugin_gate(p, spa_engine_final(e), NULL);
+				spa_plugin_gate(p, spa_context_final(e), NULL);
 			}
 			w->taps_tail_us = (double)(bu_now_ns() - c0) / 200 / 1e3;
 		}
@@ -739,7 +739,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 		w->chain_fused_us = (double)(c1 - c0) / 200 / 1e3;
 		w->chain_unfused_us = (double)(c2 - c1) / 200 / 1e3;
 		free(scr), free(taps), free(logits), free(tf), free(tu), free(hf), free(hu), free(tp);
-		spa_engine_set_side(e, NULL, NULL);
+		spa_context_set_side(e, NULL, NULL);
 	}
 
 	/* prefill: one batched forward of the whole prompt, median of 3 */
@@ -749,7 +749,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	for (int k = 0; k < o->n_prefill; k++) {
 		uint64_t v[3];
 		for (int r = 0; r < 3; r++) {
-			spa_engine_reset(e);
+			spa_context_reset(e);
 			uint64_t t0 = bu_now_ns();
 			spa_engine_forward(e, prompt, o->prefill[k], NULL);
 			v[r] = bu_now_ns() - t0;
@@ -757,7 +757,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 		w->prefill_tok_s[k] = o->prefill[k] / (median_ns(v, 3, 50) / 1e9);
 	}
 	free(prompt);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 
 	/* Streaming under a budget: 50 % and 25 % of the weight bytes, each measured in turns
 	 * with the whole model (one step of each, the order swapped every step), so that the

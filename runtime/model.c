@@ -15,6 +15,7 @@
 #include "spa/gguf.h"
 #include "spa/kernels.h"
 #include "spa/model.h"
+#include "spa/wstream.h"
 #include "spa/tokenizer.h"
 
 /* Sanity bounds: far above any Llama made so far, low enough that products of them cannot
@@ -369,6 +370,7 @@ void spa_model_destroy(struct spa_model *m)
 {
 	if (!m)
 		return;
+	spa_wstream_destroy(m->stream); /* before the file it reads and the tensors it points at */
 	spa_tokenizer_destroy(m->tok);
 	spa_gguf_close(m->gguf);
 	free(m->layers);

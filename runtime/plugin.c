@@ -789,7 +789,7 @@ static int calibrate_run(const struct spa_model *m, struct spa_plugin *p, const 
 			 struct spa_errbuf *err)
 {
 	const uint32_t H = p->n_embd, r = p->rank, L = p->n_layers, V = m->hp.n_vocab;
-	struct spa_engine *e = NULL;
+	struct spa_context *e = NULL;
 	size_t max_ids = strlen(prompt) + 8;
 	int32_t *ids = malloc(max_ids * sizeof *ids);
 	float *logits = malloc((size_t)V * sizeof *logits);
@@ -814,7 +814,7 @@ static int calibrate_run(const struct spa_model *m, struct spa_plugin *p, const 
 			     "non-empty prompt");
 		goto out;
 	}
-	rc = spa_engine_create(&e, m, n, 1, NULL);
+	rc = spa_context_create(&e, m, NULL, n, 1);
 	if (rc < 0) {
 		spa_err(err, rc, "cannot create the engine for the plugin calibration: %s",
 			spa_strerror(rc));
@@ -828,9 +828,9 @@ static int calibrate_run(const struct spa_model *m, struct spa_plugin *p, const 
 				spa_strerror(rc));
 			goto out;
 		}
-		const float *f = spa_engine_final(e);
+		const float *f = spa_context_final(e);
 		spa_plugin_gate(p, f, &margins[pos]);
-		spa_plugin_side_full(p, spa_engine_resid(e), g, scratch);
+		spa_plugin_side_full(p, spa_context_resid(e), g, scratch);
 		for (uint32_t j = 0; j < H; j++) {
 			fs += (double)f[j] * f[j];
 			gs += (double)g[j] * g[j];
@@ -847,7 +847,7 @@ static int calibrate_run(const struct spa_model *m, struct spa_plugin *p, const 
 	rc = 0;
 out:
 	p->out_b = out_b;
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	free(ids);
 	free(logits);
 	free(scratch);

@@ -33,7 +33,7 @@ struct spa_runner {
 	const struct spa_plugin *cp;
 	struct spa_gen_cfg cfg;
 	const struct spa_xchg *x;
-	struct spa_engine *eng;
+	struct spa_context *eng;
 	struct spa_sampler *smp;
 	uint32_t L, H, kv, r, max_batch;
 	int32_t pending;
@@ -85,7 +85,7 @@ static bool is_side(enum spa_method m)
 
 int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
 		      const struct spa_plugin *cp, const struct spa_gen_cfg *cfg, uint32_t n_ctx,
-		      uint32_t max_batch, struct spa_pool *pool, const struct spa_xchg *x,
+		      uint32_t max_batch, struct spa_backend *be, const struct spa_xchg *x,
 		      struct spa_errbuf *err)
 {
 	*out = NULL;
@@ -127,7 +127,8 @@ int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
 	r->kv = m->hp.n_kv_heads * m->hp.head_dim;
 	r->r = cp ? cp->rank : 0;
 	r->max_batch = max_batch;
-	int rc = spa_engine_create(&r->eng, m, n_ctx, max_batch, pool);
+	int rc = be ? spa_context_create(&r->eng, m, be, n_ctx, max_batch)
+		    : spa_context_create_cpu(&r->eng, m, NULL, n_ctx, max_batch);
 	if (rc < 0) {
 		spa_err(err, rc, "cannot create the engine for %u positions: %s", n_ctx,
 			spa_strerror(rc));
@@ -151,7 +152,7 @@ int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
 	}
 	/* Taps into the TAPS payload in each block's epilogue, the gate after the final norm. */
 	if (is_side(cfg->method) && !(cfg->unfused & SPA_UNFUSED_TAPS)) {
-		rc = spa_engine_set_side(r->eng, cp,
+		rc = spa_context_set_side(r->eng, cp,
 					 cfg->split == SPA_SPLIT_CLOUD_LINEAR ? r->taps : NULL);
 		if (rc < 0) {
 			spa_err(err, rc, "the side plugin does not fit the engine");
@@ -169,7 +170,7 @@ void spa_runner_destroy(struct spa_runner *r)
 {
 	if (!r)
 		return;
-	spa_engine_destroy(r->eng);
+	spa_context_destroy(r->eng);
 	spa_sampler_destroy(r->smp);
 	free(r->logits);
 	free(r->z);
@@ -211,7 +212,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 		uint32_t k = n - 1 - i;
 		if (k > r->max_batch)
 			k = r->max_batch;
-		r->pos = spa_engine_pos(r->eng);
+		r->pos = spa_context_pos(r->eng);
 		int rc = spa_engine_forward(r->eng, ids + i, k, h);
 		if (rc < 0) {
 			r->cur = NULL;
@@ -228,7 +229,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 
 const char *spa_runner_error(const struct spa_runner *r)
 {
-	return r ? spa_engine_error(r->eng) : "";
+	return r ? spa_context_error(r->eng) : "";
 }
 
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st)
@@ -243,20 +244,20 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 	struct spa_engine_hooks hb;
 	const struct spa_engine_hooks *h = runner_hooks(r, &hb);
 	r->cur = st;
-	r->pos = spa_engine_pos(r->eng);
+	r->pos = spa_context_pos(r->eng);
 	int rc = spa_engine_forward(r->eng, &r->pending, 1, h);
 	if (rc < 0)
 		goto out;
 
-	const float *f = spa_engine_final(r->eng);
+	const float *f = spa_context_final(r->eng);
 	const float *z = f;
 	if (is_side(r->cfg.method)) {
 		const bool fused = !(r->cfg.unfused & SPA_UNFUSED_TAPS);
 		int sigma = r->cfg.method == SPA_METHOD_LST ? 1
-			  : fused ? spa_engine_gate(r->eng, NULL) : spa_plugin_gate(r->cp, f, NULL);
+			  : fused ? spa_context_gate(r->eng, NULL) : spa_plugin_gate(r->cp, f, NULL);
 		st->sigma = (uint32_t)sigma;
 		if (sigma) {
-			const float *resid = spa_engine_resid(r->eng);
+			const float *resid = spa_context_resid(r->eng);
 			if (r->cfg.split == SPA_SPLIT_CLOUD_LINEAR) {
 				/* fused: the engine already wrote the payload during the forward */
 				if (!fused)
@@ -609,7 +610,7 @@ static int hello_decode(const uint8_t *b, size_t len, struct hello *h, struct sp
 
 struct cloud_sess {
 	const struct spa_model *m;
-	struct spa_pool *pool;
+	struct spa_backend *be;
 	const struct spa_cloud_opts *o;
 	struct spa_link *l;
 	uint32_t sid;
@@ -730,7 +731,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 
 	struct link_xchg lx = {.x = {.ctx = &lx, .call = link_call}, .l = s->l, .session = s->sid,
 			       .timeout_ns = s->o->timeout_ns, .err = err};
-	rc = spa_runner_create(&s->run, m, s->cp, &cfg, n_prompt + n_gen, max_batch, s->pool,
+	rc = spa_runner_create(&s->run, m, s->cp, &cfg, n_prompt + n_gen, max_batch, s->be,
 			       &lx.x, err);
 	if (rc < 0)
 		return rc;
@@ -810,7 +811,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 	return 0;
 }
 
-int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
+int spa_cloud_serve(const struct spa_model *m, struct spa_backend *be,
 		    const struct spa_cloud_opts *o, struct spa_errbuf *err)
 {
 	struct spa_listener *lis = NULL;
@@ -823,7 +824,7 @@ int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
 			m->hp.n_vocab, m->fingerprint, o->uri);
 	uint32_t sid = 0;
 	for (uint32_t n = 0; o->max_sessions == 0 || n < o->max_sessions; n++) {
-		struct cloud_sess s = {.m = m, .pool = pool, .o = o, .sid = ++sid};
+		struct cloud_sess s = {.m = m, .be = be, .o = o, .sid = ++sid};
 		struct spa_errbuf aerr;
 		rc = spa_link_accept(lis, &s.l, -1, &aerr);
 		if (rc < 0) {

@@ -413,8 +413,8 @@ static double run_vs_ref(const char *path, const int32_t *toks, uint32_t n, uint
 	struct ref r;
 	ref_load(&r, path);
 	const uint32_t H = m->hp.n_embd, V = m->hp.n_vocab, L = m->hp.n_layers;
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 64, chunk, NULL), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 64, chunk), 0);
 	struct spa_engine_hooks hooks = {
 		.ctx = hk,
 		.lora = hk && hk->lora ? lora_hook : NULL,
@@ -428,17 +428,17 @@ static double run_vs_ref(const char *path, const int32_t *toks, uint32_t n, uint
 		uint32_t c = n - i < chunk ? n - i : chunk;
 		cr_assert_eq(spa_engine_forward(e, toks + i, c, hk ? &hooks : NULL), 0);
 		i += c;
-		cr_assert_eq(spa_engine_pos(e), i);
-		spa_engine_logits(e, spa_engine_final(e), lg);
+		cr_assert_eq(spa_context_pos(e), i);
+		spa_engine_logits(e, spa_context_final(e), lg);
 		ref_forward(&r, toks, i, hk, rl, rr, rf);
 		double d = rel_diff(lg, rl, V);
 		cr_assert_lt(d, tol, "logits after %u tokens: relative diff %g", i, d);
-		cr_assert_lt(rel_diff(spa_engine_resid(e), rr, (L + 1) * H), tol, "resid at %u", i);
-		cr_assert_lt(rel_diff(spa_engine_final(e), rf, H), tol, "final at %u", i);
+		cr_assert_lt(rel_diff(spa_context_resid(e), rr, (L + 1) * H), tol, "resid at %u", i);
+		cr_assert_lt(rel_diff(spa_context_final(e), rf, H), tol, "final at %u", i);
 		worst = fmax(worst, d);
 	}
 	free(lg), free(rl), free(rr), free(rf);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(m);
 	ref_free(&r);
 	return worst;
@@ -655,19 +655,19 @@ Test(engine, batch_then_decode_matches_reference)
 	struct spa_model *m = load(tu_tiny_model());
 	struct ref r;
 	ref_load(&r, tu_tiny_model());
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 32, 7, NULL), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 32, 7), 0);
 	float lg[1024];
 	double rl[1024], rr[5 * 128], rf[128];
 	cr_assert_eq(spa_engine_forward(e, toks, 7, NULL), 0);
 	for (uint32_t i = 7; i <= 12; i++) {
 		if (i > 7)
 			cr_assert_eq(spa_engine_forward(e, toks + i - 1, 1, NULL), 0);
-		spa_engine_logits(e, spa_engine_final(e), lg);
+		spa_engine_logits(e, spa_context_final(e), lg);
 		ref_forward(&r, toks, i, NULL, rl, rr, rf);
 		cr_assert_lt(rel_diff(lg, rl, 1024), TOL_F32, "after %u tokens", i);
 	}
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(m);
 	ref_free(&r);
 }
@@ -689,17 +689,17 @@ static void run_bits(const struct spa_model *m, struct spa_pool *pool, const int
 		     const uint32_t *chunks, uint32_t n_chunks, float *logits, float *resid,
 		     float *f)
 {
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 40, 16, pool), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create_cpu(&e, m, pool, 40, 16), 0);
 	uint32_t at = 0;
 	for (uint32_t c = 0; c < n_chunks; c++) {
 		cr_assert_eq(spa_engine_forward(e, toks + at, chunks[c], NULL), 0);
 		at += chunks[c];
 	}
-	spa_engine_logits(e, spa_engine_final(e), logits);
-	memcpy(resid, spa_engine_resid(e), (m->hp.n_layers + 1) * m->hp.n_embd * sizeof(float));
-	memcpy(f, spa_engine_final(e), m->hp.n_embd * sizeof(float));
-	spa_engine_destroy(e);
+	spa_engine_logits(e, spa_context_final(e), logits);
+	memcpy(resid, spa_context_resid(e), (m->hp.n_layers + 1) * m->hp.n_embd * sizeof(float));
+	memcpy(f, spa_context_final(e), m->hp.n_embd * sizeof(float));
+	spa_context_destroy(e);
 }
 
 Test(engine, batched_prefill_equals_token_by_token_bit_for_bit)
@@ -759,12 +759,12 @@ Test(engine, resid_starts_with_the_embedding_and_final_is_its_rmsnorm)
 {
 	struct spa_model *m = load(tu_tiny_model());
 	const uint32_t H = m->hp.n_embd, L = m->hp.n_layers;
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 16, 4, NULL), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 16, 4), 0);
 	const int32_t toks[6] = { 5, 900, 1023, 0, 42, 17 };
 	cr_assert_eq(spa_engine_forward(e, toks, 4, NULL), 0);
 	cr_assert_eq(spa_engine_forward(e, toks + 4, 2, NULL), 0);
-	const float *res = spa_engine_resid(e);
+	const float *res = spa_context_resid(e);
 	/* e of the last position: row 17 of token_embd, exactly */
 	cr_assert_eq(memcmp(res, (const float *)m->tok_embd.data + 17 * H, H * sizeof(float)), 0);
 	/* f = RMSNorm_final(y_{L-1}) */
@@ -772,13 +772,13 @@ Test(engine, resid_starts_with_the_embedding_and_final_is_its_rmsnorm)
 	for (uint32_t i = 0; i < H; i++)
 		ss += (double)res[L * H + i] * res[L * H + i];
 	double k = 1.0 / sqrt(ss / H + m->hp.rms_eps);
-	const float *f = spa_engine_final(e);
+	const float *f = spa_context_final(e);
 	for (uint32_t i = 0; i < H; i++)
 		cr_assert_float_eq(f[i], res[L * H + i] * k * m->output_norm[i],
 				   1e-5 * (1 + fabs(f[i])), "f[%u]", i);
 	/* blocks change the stream */
 	cr_assert_neq(memcmp(res, res + H, H * sizeof(float)), 0);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(m);
 }
 
@@ -830,23 +830,23 @@ Test(engine, hook_error_aborts_the_forward)
 	hk.lora = true;
 	hk.fail_layer = 2;
 	struct spa_engine_hooks hooks = { .ctx = &hk, .lora = lora_hook };
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 16, 4, NULL), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 16, 4), 0);
 	const int32_t toks[3] = { 1, 2, 3 };
 	cr_assert_eq(spa_engine_forward(e, toks, 3, &hooks), -EIO);
 	cr_assert_eq(hk.n_lora_calls, 3, "stopped at the failing block");
-	cr_assert_eq(spa_engine_pos(e), 0);
+	cr_assert_eq(spa_context_pos(e), 0);
 	/* the failed call left nothing behind: the engine still matches a fresh one */
 	float a[1024], b[1024];
 	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
-	spa_engine_logits(e, spa_engine_final(e), a);
-	struct spa_engine *e2 = NULL;
-	cr_assert_eq(spa_engine_create(&e2, m, 16, 4, NULL), 0);
+	spa_engine_logits(e, spa_context_final(e), a);
+	struct spa_context *e2 = NULL;
+	cr_assert_eq(spa_context_create(&e2, m, NULL, 16, 4), 0);
 	cr_assert_eq(spa_engine_forward(e2, toks, 3, NULL), 0);
-	spa_engine_logits(e2, spa_engine_final(e2), b);
+	spa_engine_logits(e2, spa_context_final(e2), b);
 	cr_assert_eq(memcmp(a, b, sizeof a), 0);
-	spa_engine_destroy(e);
-	spa_engine_destroy(e2);
+	spa_context_destroy(e);
+	spa_context_destroy(e2);
 	hookp_fini(&hk);
 	spa_model_destroy(m);
 }
@@ -854,12 +854,12 @@ Test(engine, hook_error_aborts_the_forward)
 Test(engine, refuses_bad_calls_without_harm)
 {
 	struct spa_model *m = load(tu_tiny_model());
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 5, 6, NULL), -SPA_EUSAGE, "batch above context");
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 5, 6), -SPA_EUSAGE, "batch above context");
 	cr_assert_null(e);
-	cr_assert_eq(spa_engine_create(&e, m, 0, 1, NULL), -SPA_EUSAGE);
-	cr_assert_eq(spa_engine_create(&e, m, 5, 0, NULL), -SPA_EUSAGE);
-	cr_assert_eq(spa_engine_create(&e, m, 5, 3, NULL), 0);
+	cr_assert_eq(spa_context_create(&e, m, NULL, 0, 1), -SPA_EUSAGE);
+	cr_assert_eq(spa_context_create(&e, m, NULL, 5, 0), -SPA_EUSAGE);
+	cr_assert_eq(spa_context_create(&e, m, NULL, 5, 3), 0);
 	const int32_t toks[6] = { 1, 2, 3, 4, 5, 6 };
 	cr_assert_eq(spa_engine_forward(e, toks, 4, NULL), -SPA_EUSAGE, "batch too big");
 	cr_assert_eq(spa_engine_forward(e, toks, 0, NULL), -SPA_EUSAGE, "empty batch");
@@ -867,24 +867,24 @@ Test(engine, refuses_bad_calls_without_harm)
 	const int32_t bad[3][2] = { { 1, -1 }, { 1024, 2 }, { 3, INT32_MAX } };
 	for (int i = 0; i < 3; i++)
 		cr_assert_eq(spa_engine_forward(e, bad[i], 2, NULL), -SPA_EUSAGE, "token %d", i);
-	cr_assert_eq(spa_engine_pos(e), 0);
+	cr_assert_eq(spa_context_pos(e), 0);
 	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
 	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), -SPA_EUSAGE, "cache full");
-	cr_assert_eq(spa_engine_pos(e), 3);
+	cr_assert_eq(spa_context_pos(e), 3);
 	cr_assert_eq(spa_engine_forward(e, toks, 2, NULL), 0);
-	cr_assert_eq(spa_engine_pos(e), 5);
+	cr_assert_eq(spa_context_pos(e), 5);
 	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), -SPA_EUSAGE, "cache full");
 	/* reset: the same tokens give the same bits again */
 	float a[1024], b[1024];
-	spa_engine_logits(e, spa_engine_final(e), a);
-	spa_engine_reset(e);
-	cr_assert_eq(spa_engine_pos(e), 0);
+	spa_engine_logits(e, spa_context_final(e), a);
+	spa_context_reset(e);
+	cr_assert_eq(spa_context_pos(e), 0);
 	cr_assert_eq(spa_engine_forward(e, toks, 3, NULL), 0);
 	cr_assert_eq(spa_engine_forward(e, toks, 2, NULL), 0);
-	spa_engine_logits(e, spa_engine_final(e), b);
+	spa_engine_logits(e, spa_context_final(e), b);
 	cr_assert_eq(memcmp(a, b, sizeof a), 0);
-	spa_engine_destroy(e);
-	spa_engine_destroy(NULL);
+	spa_context_destroy(e);
+	spa_context_destroy(NULL);
 	spa_model_destroy(m);
 }
 
@@ -901,25 +901,25 @@ Test(engine, a_key_beyond_the_half_cache_range_fails_the_forward_and_says_why)
 	float *keep = malloc(n * sizeof(float));
 	cr_assert(keep);
 	memcpy(keep, w, n * sizeof(float));
-	struct spa_engine *e = NULL, *fresh = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 8, 2, NULL), 0);
+	struct spa_context *e = NULL, *fresh = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, 8, 2), 0);
 	const int32_t toks[2] = { 5, 9 };
 	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), 0);
 	for (size_t i = 0; i < n; i++)
 		w[i] *= 1e7f;
 	cr_assert_eq(spa_engine_forward(e, toks + 1, 1, NULL), -SPA_EUNSUPPORTED);
-	cr_assert_eq(spa_engine_pos(e), 1, "nothing advanced");
-	cr_assert(strstr(spa_engine_error(e), "65504") && strstr(spa_engine_error(e), "block 1"),
-		  "%s", spa_engine_error(e));
+	cr_assert_eq(spa_context_pos(e), 1, "nothing advanced");
+	cr_assert(strstr(spa_context_error(e), "65504") && strstr(spa_context_error(e), "block 1"),
+		  "%s", spa_context_error(e));
 	memcpy(w, keep, n * sizeof(float));
 	cr_assert_eq(spa_engine_forward(e, toks + 1, 1, NULL), 0);
-	cr_assert_str_eq(spa_engine_error(e), "");
-	cr_assert_eq(spa_engine_create(&fresh, m, 8, 2, NULL), 0);
+	cr_assert_str_eq(spa_context_error(e), "");
+	cr_assert_eq(spa_context_create(&fresh, m, NULL, 8, 2), 0);
 	cr_assert_eq(spa_engine_forward(fresh, toks, 2, NULL), 0);
-	cr_assert_eq(memcmp(spa_engine_final(e), spa_engine_final(fresh),
+	cr_assert_eq(memcmp(spa_context_final(e), spa_context_final(fresh),
 			    m->hp.n_embd * sizeof(float)), 0);
-	spa_engine_destroy(fresh);
-	spa_engine_destroy(e);
+	spa_context_destroy(fresh);
+	spa_context_destroy(e);
 	spa_model_destroy(m);
 	free(keep);
 }
@@ -959,10 +959,10 @@ Test(engine, fused_taps_and_gate_equal_the_plugin_bit_for_bit)
 	const uint32_t L = m->hp.n_layers, H = m->hp.n_embd, r = p->rank;
 	struct spa_pool *pool = NULL;
 	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 64, 16, pool), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create_cpu(&e, m, pool, 64, 16), 0);
 	float *taps = calloc((L + 1) * r, sizeof(float)), *ref = calloc((L + 1) * r, sizeof(float));
-	cr_assert_eq(spa_engine_set_side(e, p, taps), 0);
+	cr_assert_eq(spa_context_set_side(e, p, taps), 0);
 	int32_t toks[40];
 	rand_tokens(toks, 40, m->hp.n_vocab, 17);
 	const uint32_t plan[] = { 13, 1, 1, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
@@ -970,11 +970,11 @@ Test(engine, fused_taps_and_gate_equal_the_plugin_bit_for_bit)
 	for (uint32_t c = 0; c < sizeof plan / sizeof plan[0]; c++) {
 		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
 		at += plan[c];
-		spa_plugin_side_taps(p, spa_engine_resid(e), ref);
+		spa_plugin_side_taps(p, spa_context_resid(e), ref);
 		cr_assert_eq(memcmp(taps, ref, (L + 1) * r * sizeof(float)), 0,
 			     "taps differ after forward %u", c);
 		float m1, m2;
-		int s1 = spa_engine_gate(e, &m1), s2 = spa_plugin_gate(p, spa_engine_final(e), &m2);
+		int s1 = spa_context_gate(e, &m1), s2 = spa_plugin_gate(p, spa_context_final(e), &m2);
 		cr_assert_eq(s1, s2, "gate after forward %u", c);
 		cr_assert_eq(memcmp(&m1, &m2, sizeof m1), 0, "gate margin after forward %u", c);
 		n_side += (uint32_t)s1;
@@ -983,13 +983,13 @@ Test(engine, fused_taps_and_gate_equal_the_plugin_bit_for_bit)
 	/* the classifier is calibrated to a fraction 0.5: both outcomes were checked */
 	cr_assert(n_side > 0 && n_side < sizeof plan / sizeof plan[0], "sigma %u", n_side);
 	/* off again: the buffer is left alone */
-	cr_assert_eq(spa_engine_set_side(e, NULL, NULL), 0);
+	cr_assert_eq(spa_context_set_side(e, NULL, NULL), 0);
 	memset(taps, 0x5a, (L + 1) * r * sizeof(float));
 	cr_assert_eq(spa_engine_forward(e, toks, 1, NULL), 0);
 	cr_assert_eq(((uint8_t *)taps)[0], 0x5a);
-	cr_assert_eq(spa_engine_gate(e, NULL), -SPA_EUSAGE);
+	cr_assert_eq(spa_context_gate(e, NULL), -SPA_EUSAGE);
 	free(taps), free(ref);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_pool_destroy(pool);
 	spa_plugin_destroy(p);
 	spa_model_destroy(m);
@@ -1011,8 +1011,8 @@ Test(engine, fused_argmax_equals_argmax_of_the_logits)
 	cr_assert_eq(spa_pool_create(&pools[2], 3, NULL), 0);
 	uint32_t n_checked = 0;
 	for (int pi = 0; pi < 3; pi++) {
-		struct spa_engine *e = NULL;
-		cr_assert_eq(spa_engine_create(&e, &mm, 8, 1, pools[pi]), 0);
+		struct spa_context *e = NULL;
+		cr_assert_eq(spa_context_create_cpu(&e, &mm, pools[pi], 8, 1), 0);
 		for (uint64_t it = 0; it < 300; it++) {
 			tu_rand(z, H, 100 + it, it % 3 == 0 ? 1e-3f : 2.0f);
 			if (it == 150) { /* ties: the winner copied before and after the split */
@@ -1040,7 +1040,7 @@ Test(engine, fused_argmax_equals_argmax_of_the_logits)
 		spa_engine_head_argmax(e, z, &tok);
 		spa_engine_logits(e, z, logits);
 		cr_assert_eq((uint32_t)tok, spa_argmax(logits, V));
-		spa_engine_destroy(e);
+		spa_context_destroy(e);
 	}
 	cr_assert_eq(n_checked, 900);
 	spa_pool_destroy(pools[1]);
@@ -1122,15 +1122,15 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 	float *tref = calloc((size_t)(L + 1) * side->rank, sizeof(float));
 	struct spa_pool *pool = NULL;
 	cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 32, 16, pool), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create_cpu(&e, m, pool, 32, 16), 0);
 	uint32_t at = 0;
 	for (size_t c = 0; c < n_plan; c++) {
 		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
-		spa_engine_logits(e, spa_engine_final(e), ref + c * V);
+		spa_engine_logits(e, spa_context_final(e), ref + c * V);
 		at += plan[c];
 	}
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 
 	/* the default pieces (a matrix's streamed rows in one or two), and 1 KiB pieces: many
 	 * per matrix, one row each for ffn_down (1376-byte rows) */
@@ -1140,14 +1140,14 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 			setenv("SPA_STREAM_PIECE_KIB", "1", 1);
 		struct spa_model *ms = NULL;
 		struct spa_errbuf err = {{0}};
-		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
+		cr_assert_eq(spa_model_load_budget(&ms, path, size * pct[b] / 100, false, &err), 0,
 			     "%u %%: %s", pct[b], err.msg);
 		cr_assert_str_eq(ms->fingerprint, m->fingerprint);
 		cr_assert_eq(ms->n_params, m->n_params);
 		cr_assert(ms->data_size <= size * pct[b] / 100);
-		cr_assert_eq(spa_engine_create(&e, ms, 32, 16, pool), 0);
-		struct spa_engine_stream_stats st;
-		spa_engine_stream_stats(e, &st);
+		cr_assert_eq(spa_context_create_cpu(&e, ms, pool, 32, 16), 0);
+		struct spa_wstream_stats st;
+		spa_wstream_stats(spa_context_model(e), &st);
 		cr_assert(st.n_streamed_blocks > 0 && st.n_streamed_blocks <= L, "%u %%: %u blocks",
 			  pct[b], st.n_streamed_blocks);
 		cr_assert(ms->data_size + st.buffer_bytes <= size * pct[b] / 100);
@@ -1156,26 +1156,26 @@ Test(engine, streamed_under_a_budget_equals_loaded_bit_for_bit)
 		/* the fused taps too: resident blocks take them in their pool jobs, streamed ones
 		 * alone */
 		const uint32_t r = side->rank;
-		cr_assert_eq(spa_engine_set_side(e, side, taps), 0);
+		cr_assert_eq(spa_context_set_side(e, side, taps), 0);
 		at = 0;
 		for (size_t c = 0; c < n_plan; c++) {
 			cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0);
-			spa_engine_logits(e, spa_engine_final(e), got);
+			spa_engine_logits(e, spa_context_final(e), got);
 			cr_assert_eq(memcmp(got, ref + c * V, sizeof(float) * V), 0,
 				     "%u %% budget: logits differ after forward %zu", pct[b], c);
-			spa_plugin_side_taps(side, spa_engine_resid(e), tref);
+			spa_plugin_side_taps(side, spa_context_resid(e), tref);
 			cr_assert_eq(memcmp(taps, tref, (L + 1) * r * sizeof(float)), 0,
 				     "%u %% budget: taps differ after forward %zu", pct[b], c);
 			at += plan[c];
 			if (c == 3) { /* a probe in between leaves the stream where it was */
 				uint64_t ns;
-				cr_assert_eq(spa_engine_stream_probe(e, &ns), 0);
+				cr_assert_eq(spa_wstream_probe(spa_context_model(e)->stream, &ns), 0);
 			}
 		}
-		spa_engine_stream_stats(e, &st);
+		spa_wstream_stats(spa_context_model(e), &st);
 		cr_assert_eq(st.n_forward, n_plan);
 		cr_assert(st.bytes_read >= n_plan * (st.bytes_per_token - ms->hp.n_embd * 4));
-		spa_engine_destroy(e);
+		spa_context_destroy(e);
 		spa_model_destroy(ms);
 	}
 	spa_pool_destroy(pool);
@@ -1190,16 +1190,16 @@ static void q4_logits(struct spa_model *m, struct spa_pool *pool, const int32_t 
 {
 	static const uint32_t plan[] = { 12, 1, 1, 5, 1 };
 	const uint32_t V = m->hp.n_vocab;
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, 32, 16, pool), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create_cpu(&e, m, pool, 32, 16), 0);
 	uint32_t at = 0;
 	for (size_t c = 0; c < 5; c++) {
 		cr_assert_eq(spa_engine_forward(e, toks + at, plan[c], NULL), 0, "%s",
-			     spa_engine_error(e));
-		spa_engine_logits(e, spa_engine_final(e), out + c * V);
+			     spa_context_error(e));
+		spa_engine_logits(e, spa_context_final(e), out + c * V);
 		at += plan[c];
 	}
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 }
 
 /* A Q4_0 model's matrices are packed at load (SPA_PACK=off keeps the file's layout) and give
@@ -1248,7 +1248,7 @@ Test(engine, a_packed_q4_0_model_gives_the_bits_of_the_file_layout)
 		if (b == 2)
 			setenv("SPA_STREAM_PIECE_KIB", "1", 1);
 		struct spa_model *ms = NULL;
-		cr_assert_eq(spa_engine_model_load(&ms, path, size * pct[b] / 100, false, &err), 0,
+		cr_assert_eq(spa_model_load_budget(&ms, path, size * pct[b] / 100, false, &err), 0,
 			     "%u %%: %s", pct[b], err.msg);
 		int parts = 0;
 		for (uint32_t i = 0; i < hp.n_layers * SPA_LAYER_MATS; i++) {
@@ -1290,13 +1290,13 @@ Test(engine, a_model_file_that_shrinks_while_streaming_ends_the_stream_clearly)
 	const uint64_t size = file_data_size(path);
 	struct spa_model *ms = NULL;
 	struct spa_errbuf err = {{0}};
-	cr_assert_eq(spa_engine_model_load(&ms, path, size / 2, false, &err), 0, "%s", err.msg);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, ms, 32, 1, NULL), 0);
+	cr_assert_eq(spa_model_load_budget(&ms, path, size / 2, false, &err), 0, "%s", err.msg);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, ms, NULL, 32, 1), 0);
 	int32_t tok = 1;
 	for (int i = 0; i < 3; i++)
 		cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), 0);
-	cr_assert_str_eq(spa_engine_error(e), "");
+	cr_assert_str_eq(spa_context_error(e), "");
 	struct stat st;
 	cr_assert_eq(stat(path, &st), 0);
 	cr_assert_eq(truncate(path, st.st_size / 2), 0);
@@ -1306,10 +1306,10 @@ Test(engine, a_model_file_that_shrinks_while_streaming_ends_the_stream_clearly)
 		n++;
 	}
 	cr_assert(rc == -SPA_EFORMAT, "a forward over the shrunk file: %d after %d", rc, n);
-	const char *msg = spa_engine_error(e);
+	const char *msg = spa_context_error(e);
 	cr_assert(strstr(msg, path) && strstr(msg, "shrank"), "the message: %s", msg);
 	cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), rc, "the stream stays ended");
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(ms);
 }
 
@@ -1318,7 +1318,7 @@ Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 	const char *path = tu_tiny_model();
 	struct spa_model *full = load(path), *ms = NULL;
 	struct spa_errbuf err = {{0}};
-	cr_assert_eq(spa_engine_model_load(&ms, path, file_data_size(path) / 2, false, &err), 0,
+	cr_assert_eq(spa_model_load_budget(&ms, path, file_data_size(path) / 2, false, &err), 0,
 		     "%s", err.msg);
 	const int cores = spa_engine_default_threads(full);
 	cr_assert_geq(cores, 1);
@@ -1333,7 +1333,7 @@ Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 	for (uint64_t i = 0; i < g->n_tensors; i++)
 		total += (g->tensors[i].size + 63) & ~63ull;
 	spa_gguf_close(g);
-	cr_assert_eq(spa_engine_model_load(&ms, path, total - 1, false, &err), 0, "%s", err.msg);
+	cr_assert_eq(spa_model_load_budget(&ms, path, total - 1, false, &err), 0, "%s", err.msg);
 	cr_assert_null(ms->tok_embd.data, "the embedding is streamed");
 	for (uint32_t l = 0; l < ms->hp.n_layers; l++)
 		cr_assert_not_null(ms->layers[l].w_down.data, "block %u is resident", l);
@@ -1341,18 +1341,18 @@ Test(engine, a_streaming_model_leaves_a_core_to_the_reads_by_default)
 	/* and it decodes as the whole model does */
 	const uint32_t V = full->hp.n_vocab;
 	float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
-	struct spa_engine *ef = NULL, *es = NULL;
-	cr_assert_eq(spa_engine_create(&ef, full, 8, 1, NULL), 0);
-	cr_assert_eq(spa_engine_create(&es, ms, 8, 1, NULL), 0);
+	struct spa_context *ef = NULL, *es = NULL;
+	cr_assert_eq(spa_context_create(&ef, full, NULL, 8, 1), 0);
+	cr_assert_eq(spa_context_create(&es, ms, NULL, 8, 1), 0);
 	for (int32_t tok = 3; tok < 6; tok++) {
 		cr_assert_eq(spa_engine_forward(ef, &tok, 1, NULL), 0);
 		cr_assert_eq(spa_engine_forward(es, &tok, 1, NULL), 0);
-		spa_engine_logits(ef, spa_engine_final(ef), a);
-		spa_engine_logits(es, spa_engine_final(es), b);
+		spa_engine_logits(ef, spa_context_final(ef), a);
+		spa_engine_logits(es, spa_context_final(es), b);
 		cr_assert_eq(memcmp(a, b, sizeof(float) * V), 0, "token %d", tok);
 	}
-	spa_engine_destroy(ef);
-	spa_engine_destroy(es);
+	spa_context_destroy(ef);
+	spa_context_destroy(es);
 	free(a), free(b);
 	spa_model_destroy(ms);
 	spa_model_destroy(full);
@@ -1371,10 +1371,10 @@ Test(engine, the_streaming_worker_keeps_off_the_compute_cores)
 	const char *path = tu_tiny_model();
 	struct spa_model *ms = NULL;
 	struct spa_errbuf err = {{0}};
-	cr_assert_eq(spa_engine_model_load(&ms, path, file_data_size(path) / 2, false, &err), 0,
+	cr_assert_eq(spa_model_load_budget(&ms, path, file_data_size(path) / 2, false, &err), 0,
 		     "%s", err.msg);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, ms, 8, 1, pool), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create_cpu(&e, ms, pool, 8, 1), 0);
 	int32_t tok = 1;
 	cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), 0);
 	int workers = 0;
@@ -1400,7 +1400,7 @@ Test(engine, the_streaming_worker_keeps_off_the_compute_cores)
 	closedir(d);
 	if (!workers)
 		cr_skip_test("no io_uring worker thread seen (an older kernel names them otherwise)");
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(ms);
 	spa_pool_destroy(pool);
 }
@@ -1414,7 +1414,7 @@ Test(engine, a_bad_stream_piece_size_is_refused_with_what_to_give)
 		setenv("SPA_STREAM_PIECE_KIB", bad[i], 1);
 		struct spa_model *ms = NULL;
 		struct spa_errbuf err = {{0}};
-		int rc = spa_engine_model_load(&ms, path, size / 2, false, &err);
+		int rc = spa_model_load_budget(&ms, path, size / 2, false, &err);
 		if (!*bad[i]) { /* empty: as unset */
 			cr_assert_eq(rc, 0, "%s", err.msg);
 			spa_model_destroy(ms);
@@ -1432,18 +1432,18 @@ Test(engine, too_small_a_budget_is_refused_with_the_least_that_works)
 	const char *path = tu_tiny_model();
 	struct spa_model *ms = NULL;
 	struct spa_errbuf err = {{0}};
-	int rc = spa_engine_model_load(&ms, path, 4096, false, &err);
+	int rc = spa_model_load_budget(&ms, path, 4096, false, &err);
 	cr_assert_eq(rc, -SPA_EUSAGE);
 	cr_assert_null(ms);
 	cr_assert(strstr(err.msg, "--mem-budget"), "%s", err.msg);
 	/* the whole model or more: an ordinary load */
-	cr_assert_eq(spa_engine_model_load(&ms, path, 1ull << 40, false, &err), 0, "%s", err.msg);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, ms, 8, 1, NULL), 0);
-	struct spa_engine_stream_stats st;
-	spa_engine_stream_stats(e, &st);
+	cr_assert_eq(spa_model_load_budget(&ms, path, 1ull << 40, false, &err), 0, "%s", err.msg);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, ms, NULL, 8, 1), 0);
+	struct spa_wstream_stats st;
+	spa_wstream_stats(spa_context_model(e), &st);
 	cr_assert_eq(st.n_streamed_blocks, 0);
 	cr_assert_eq(st.bytes_per_token, 0);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	spa_model_destroy(ms);
 }

@@ -773,8 +773,8 @@ static uint32_t side_count(const struct spa_model *m, const struct spa_plugin *p
 	int32_t ids[256];
 	uint32_t n_ids = 0;
 	cr_assert_eq(spa_tokenizer_encode(m->tok, calib_prompt, true, ids, 256, &n_ids), 0);
-	struct spa_engine *e = NULL;
-	cr_assert_eq(spa_engine_create(&e, m, n, 1, NULL), 0);
+	struct spa_context *e = NULL;
+	cr_assert_eq(spa_context_create(&e, m, NULL, n, 1), 0);
 	float *logits = malloc(V * sizeof *logits), *g = malloc(H * sizeof *g);
 	float *scratch = malloc(((L + 1) * r + r + H) * sizeof *scratch);
 	uint32_t count = 0;
@@ -782,9 +782,9 @@ static uint32_t side_count(const struct spa_model *m, const struct spa_plugin *p
 	int32_t tok = ids[0];
 	for (uint32_t pos = 0; pos < n; pos++) {
 		cr_assert_eq(spa_engine_forward(e, &tok, 1, NULL), 0);
-		const float *f = spa_engine_final(e);
+		const float *f = spa_context_final(e);
 		count += spa_plugin_gate(p, f, NULL) == 1;
-		spa_plugin_side_full(p, spa_engine_resid(e), g, scratch);
+		spa_plugin_side_full(p, spa_context_resid(e), g, scratch);
 		for (uint32_t j = 0; j < H; j++) {
 			fs += (double)f[j] * f[j];
 			gs += (double)g[j] * g[j];
@@ -805,7 +805,7 @@ static uint32_t side_count(const struct spa_model *m, const struct spa_plugin *p
 	free(logits);
 	free(g);
 	free(scratch);
-	spa_engine_destroy(e);
+	spa_context_destroy(e);
 	return count;
 }
 

@@ -890,16 +890,16 @@ static void small_shape(struct spa_hparams *hp)
 static float *run_logits(const char *path, uint32_t n_vocab)
 {
 	struct spa_model *m = NULL;
-	struct spa_engine *e = NULL;
+	struct spa_context *e = NULL;
 	struct spa_errbuf err = {{0}};
 	cr_assert_eq(spa_model_load(&m, path, false, &err), 0, "%s", err.msg);
-	cr_assert_eq(spa_engine_create(&e, m, 32, 8, NULL), 0);
+	cr_assert_eq(spa_context_create(&e, m, NULL, 32, 8), 0);
 	const int32_t toks[6] = { 1, 17, 300, 42, 99, 7 };
 	cr_assert_eq(spa_engine_forward(e, toks, 6, NULL), 0);
 	float *lg = malloc(n_vocab * sizeof(float));
 	cr_assert(lg);
-	spa_engine_logits(e, spa_engine_final(e), lg);
-	spa_engine_destroy(e);
+	spa_engine_logits(e, spa_context_final(e), lg);
+	spa_context_destroy(e);
 	spa_model_destroy(m);
 	return lg;
 }

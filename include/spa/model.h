@@ -16,6 +16,7 @@
 #include "kernels.h"
 
 struct spa_tokenizer;
+struct spa_wstream;
 
 struct spa_hparams {
 	uint32_t n_layers;   /* L */
@@ -63,13 +64,14 @@ struct spa_model {
 	struct spa_gguf *gguf;
 	void *data;                  /* tensor data (owned) */
 	size_t data_size;
-	/* Under a memory budget (spa_engine_model_load): a block matrix whose data is NULL keeps
-	 * its first rows resident, in res_part[SPA_LAYER_MATS * layer + k] (k as spa_layer_mat;
-	 * rows 0 when none), and streams the others per token in pieces of about stream_piece
-	 * bytes, through a ring of buffers of stream_slot bytes each (counted in the budget). NULL
-	 * when every matrix is resident. */
+	/* Under a memory budget (spa_model_load_budget, include/spa/wstream.h): a block matrix
+	 * whose data is NULL keeps its first rows resident, in res_part[SPA_LAYER_MATS * layer +
+	 * k] (k as spa_layer_mat; rows 0 when none), and the model's stream reads the others per
+	 * token in pieces of about stream_piece bytes, through a ring of buffers of stream_slot
+	 * bytes each (counted in the budget). NULL when every matrix is resident. */
 	struct spa_tensor *res_part;
 	uint64_t stream_piece, stream_slot;
+	struct spa_wstream *stream;  /* owned; NULL when nothing is streamed */
 };
 
 /* Check that an opened GGUF is a loadable llama model (architecture, hyperparameters in range

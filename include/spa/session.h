@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "engine.h"
 #include "link.h"
 #include "model.h"
@@ -61,11 +62,12 @@ struct spa_step_stats {
 struct spa_runner;
 
 /* cloud_plugin: the plugin's cloud part (side methods), or NULL for base/lora/adapter. The
- * runner holds n_ctx positions and batches of up to max_batch. Borrowed: m, cloud_plugin, pool,
+ * runner holds n_ctx positions and batches of up to max_batch, computed on be (NULL: the CPU on
+ * the calling thread alone). Borrowed: m, cloud_plugin, be,
  * x (must outlive the runner). Returns 0, -ENOMEM, -SPA_EUSAGE, -SPA_EMISMATCH. */
 int spa_runner_create(struct spa_runner **out, const struct spa_model *m,
 		      const struct spa_plugin *cloud_plugin, const struct spa_gen_cfg *cfg,
-		      uint32_t n_ctx, uint32_t max_batch, struct spa_pool *pool,
+		      uint32_t n_ctx, uint32_t max_batch, struct spa_backend *be,
 		      const struct spa_xchg *x, struct spa_errbuf *err);
 void spa_runner_destroy(struct spa_runner *r);
 /* Feed the prompt (n >= 1 ids). Exchanges counted in *st (may be NULL). */
@@ -74,7 +76,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 /* One token. Returns 0 and *tok, or a negative code (-SPA_EUSAGE when the context is full). */
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st);
 /* After prefill or next failed: the engine's words for it when the model's weights could not
- * be read or its activations left the KV cache's range (spa_engine_error), else "". */
+ * be read or its activations left the KV cache's range (spa_context_error), else "". */
 const char *spa_runner_error(const struct spa_runner *r);
 
 /* The edge's compute, answering one request (used by spa-edge over a link and by spa-run in
@@ -134,7 +136,7 @@ struct spa_cloud_opts {
 /* Serve sessions one after another until max_sessions have ended (or forever). A session that
  * fails is ended with an ERROR to its edge and a line on stderr; serving goes on. Returns 0, or
  * a negative code when the link cannot be set up. */
-int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
+int spa_cloud_serve(const struct spa_model *m, struct spa_backend *be,
 		    const struct spa_cloud_opts *o, struct spa_errbuf *err);
 
 struct spa_edge_opts {

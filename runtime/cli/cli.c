@@ -200,3 +200,15 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 	fclose(f);
 	return 0;
 }
+
+struct spa_backend *cli_backend(const char *name, struct spa_pool *pool)
+{
+	struct spa_errbuf err = {{0}};
+	enum spa_backend_kind kind = SPA_BACKEND_AUTO;
+	if (name && spa_backend_parse(name, &kind, &err) < 0)
+		cli_die(2, "--backend: %s", err.msg);
+	struct spa_backend *be = NULL;
+	if (spa_backend_create(&be, kind, pool, &err) < 0)
+		cli_die(1, "--backend %s: %s", spa_backend_kind_name(kind), err.msg);
+	return be;
+}

@@ -38,6 +38,13 @@ void cli_gen_defaults(struct cli_gen *g);
 bool cli_gen_option(struct cli_gen *g, int argc, char **argv, int *i);
 /* Help text for those options. */
 extern const char cli_gen_help[];
+/* The compute backend that --backend names (cpu, cuda, auto; NULL: auto) over pool, or exit
+ * (2: not a backend's name, 1: unavailable here) saying why. Free with spa_backend_destroy. */
+struct spa_backend *cli_backend(const char *name, struct spa_pool *pool);
+/* Help line for --backend. */
+#define CLI_BACKEND_HELP \
+	"  --backend B           compute backend: cpu, cuda or auto (default: auto, the GPU when\n" \
+	"                        this build has CUDA and a device answers, else the CPU)\n"
 /* Parse a --cpu value (a logical CPU number), checking that it exists. */
 int cli_cpu(const char *opt, const char *s);
 

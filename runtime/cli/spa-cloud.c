@@ -20,6 +20,7 @@ static void usage(void)
 	       "  --mem-budget BYTES    keep at most this much of the model in memory; the rest of\n"
 	       "                        each block matrix is streamed from disk per token (default\n"
 	       "                        0: all in memory; leave a core for the reads with -t)\n"
+	       CLI_BACKEND_HELP
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
@@ -30,7 +31,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	cli_init(argv[0]);
-	const char *model_path = NULL;
+	const char *model_path = NULL, *backend = NULL;
 	struct spa_cloud_opts o = {.timeout_ns = 30000000000ll};
 	int threads = 0, n_cpus = 0, cpus[256];
 	uint64_t mem_budget = 0;
@@ -59,6 +60,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--timeout"))
 			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
 						 1e9);
+		else if (!strcmp(a, "--backend"))
+			backend = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--mem-budget"))
 			mem_budget = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, INT64_MAX);
 		else if (!strcmp(a, "--batch"))
@@ -82,7 +85,7 @@ int main(int argc, char **argv)
 
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;
-	if ((mem_budget ? spa_engine_model_load(&m, model_path, mem_budget, !o.quiet, &err)
+	if ((mem_budget ? spa_model_load_budget(&m, model_path, mem_budget, !o.quiet, &err)
 			: spa_model_load(&m, model_path, !o.quiet, &err)) < 0)
 		cli_die(1, "%s", err.msg);
 	if (!threads)
@@ -93,13 +96,16 @@ int main(int argc, char **argv)
 		spa_model_destroy(m);
 		cli_die(1, "cannot start the compute threads: %s", spa_strerror(rc));
 	}
+	struct spa_backend *be = cli_backend(backend, pool);
 	if (!o.quiet) {
 		char where[128];
 		spa_pin_describe(where, sizeof where);
-		fprintf(stderr, "spa-cloud: %d compute thread(s), kernels %s, main thread on %s\n",
-			spa_pool_n_threads(pool), spa_kernels_variant(), where);
+		fprintf(stderr, "spa-cloud: backend %s, %d compute thread(s), kernels %s, main "
+			"thread on %s\n", spa_backend_name(be), spa_pool_n_threads(pool),
+			spa_kernels_variant(), where);
 	}
-	rc = spa_cloud_serve(m, pool, &o, &err);
+	rc = spa_cloud_serve(m, be, &o, &err);
+	spa_backend_destroy(be);
 	spa_pool_destroy(pool);
 	spa_model_destroy(m);
 	if (rc < 0)

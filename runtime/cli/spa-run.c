@@ -18,6 +18,7 @@ static void usage(void)
 	       "  --mem-budget BYTES    keep at most this much of the model in memory; the rest of\n"
 	       "                        each block matrix is streamed from disk per token (default\n"
 	       "                        0: all in memory; leave a core for the reads with -t)\n"
+	       CLI_BACKEND_HELP
 	       "%s", cli_gen_help);
 }
 
@@ -26,7 +27,7 @@ int main(int argc, char **argv)
 	cli_init(argv[0]);
 	struct cli_gen g;
 	cli_gen_defaults(&g);
-	const char *model_path = NULL, *plugin_path = NULL;
+	const char *model_path = NULL, *plugin_path = NULL, *backend = NULL;
 	int threads = 0;
 	uint64_t mem_budget = 0;
 	for (int i = 1; i < argc; i++) {
@@ -39,6 +40,8 @@ int main(int argc, char **argv)
 			mem_budget = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, INT64_MAX);
 		else if (!strcmp(a, "--plugin"))
 			plugin_path = cli_value(argc, argv, &i);
+		else if (!strcmp(a, "--backend"))
+			backend = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
 			threads = (int)cli_int(a, cli_value(argc, argv, &i), 1, 1024);
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -54,12 +57,13 @@ int main(int argc, char **argv)
 	struct spa_model *m = NULL;
 	struct spa_plugin *p = NULL;
 	struct spa_pool *pool = NULL;
+	struct spa_backend *be = NULL;
 	struct spa_edge *edge = NULL;
 	struct spa_runner *run = NULL;
 	int32_t *ids = NULL;
 	uint64_t *steps = NULL;
 	int status = 1, rc;
-	if ((rc = mem_budget ? spa_engine_model_load(&m, model_path, mem_budget, true, &err)
+	if ((rc = mem_budget ? spa_model_load_budget(&m, model_path, mem_budget, true, &err)
 				: spa_model_load(&m, model_path, true, &err)) < 0)
 		cli_die(1, "%s", err.msg);
 	if (plugin_path) {
@@ -93,6 +97,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "spa-run: cannot start %d threads: %s\n", threads, spa_strerror(rc));
 		goto out;
 	}
+	be = cli_backend(backend, pool);
 
 	uint32_t cap = m->hp.n_ctx, n_prompt = 0;
 	ids = malloc(sizeof *ids * cap);
@@ -112,7 +117,7 @@ int main(int argc, char **argv)
 		spa_local_xchg_init(&lx, edge);
 		x = &lx.x;
 	}
-	if ((rc = spa_runner_create(&run, m, p, &g.cfg, n_prompt + g.n_gen, 64, pool, x, &err)) <
+	if ((rc = spa_runner_create(&run, m, p, &g.cfg, n_prompt + g.n_gen, 64, be, x, &err)) <
 	    0) {
 		fprintf(stderr, "spa-run: %s\n", err.msg);
 		goto out;
@@ -163,6 +168,7 @@ out:
 	free(ids);
 	spa_runner_destroy(run);
 	spa_edge_destroy(edge);
+	spa_backend_destroy(be);
 	spa_pool_destroy(pool);
 	spa_plugin_destroy(p);
 	spa_model_destroy(m);

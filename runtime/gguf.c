@@ -1430,7 +1430,10 @@ static void ur_complete(struct spa_uring_reader *r, unsigned i, int res)
 	struct ur_req *q = &r->req[s->req];
 	if (r->draining)
 		goto done;
-	if (res == -EINTR || res == -EAGAIN) {
+	/* -ECANCELED: the thread that submitted the read exited (io_uring cancels a task's
+	 * requests when it ends), and the reader is used from another thread now (the stream of
+	 * a model whose contexts run on several threads): read it again from this one. */
+	if (res == -EINTR || res == -EAGAIN || res == -ECANCELED) {
 		r->st.retries++;
 		ur_prep(r, i);
 		return;

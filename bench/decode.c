@@ -1,4 +1,4 @@
-/* bench/decode: decode and prefill speed of the CPU engine against what the machine allows.
+/* bench/decode: decode and prefill speed of the engine against what the machine allows.
  *
  * For each shape x weight type x thread count, in one run and on one thread pool:
  *   - the machine's read bandwidth: a parallel streaming read-and-sum over a buffer far
@@ -18,6 +18,8 @@
  *     after the forward, the greedy head vs V logits +
  *     argmax, the edge's fused side chain vs spa_plugin_side_chain;
  *   - prefill tokens/s for prompts of 16, 64 and 256 tokens (one batched forward);
+ *   - with --batch: tokens/s of batched steps of n sequences at different positions (one
+ *     spa_engine_step and the batched greedy head a step), all n counted;
  *   - with --mem-budget: tokens/s with 100 %, 50 % and 25 % of the model's weight bytes in
  *     memory (the rest streamed per token with io_uring), each budget's steps (at least 96
  *     of each, whatever -n) taken in turns with the whole model's, and the share of the I/O
@@ -46,38 +48,24 @@
 
 #include "../runtime/cli/cli.h"
 #include "benchutil.h"
+#include "decode.h"
 #include "spa/spa.h"
-
-#define MAX_LIST 8
-#define SIDE_RANK 32
-#define BUDGET_STEPS 96 /* steps of each side, at least, under a memory budget */
-
-struct opts {
-	const char *shapes[MAX_LIST];
-	int n_shapes;
-	enum spa_dtype types[MAX_LIST];
-	int n_types;
-	int threads[MAX_LIST];
-	int n_threads;
-	uint32_t n_tok;
-	uint32_t prefill[MAX_LIST];
-	int n_prefill;
-	bool mem_budget;
-	const char *cache;
-	const char *json;
-	uint64_t bw_bytes;
-};
 
 static void usage(void)
 {
 	printf("usage: decode [options]\n"
-	       "Decode/prefill speed of the CPU engine against the machine's read bandwidth and FMA\n"
-	       "peak, fused vs unfused kernels, and streaming under a memory budget.\n\n"
+	       "Decode/prefill speed of the engine against the machine's read bandwidth and FMA\n"
+	       "peak, fused vs unfused kernels, batched steps, and streaming under a memory budget.\n\n"
 	       "  --shape A,B       model shapes (tiny, default, 1b, llama-7b; default: default)\n"
 	       "  --type A,B        weight types (f32, f16, bf16, q8_0, ...; default: f16)\n"
+	       "  --model F,G       measure these GGUF files instead (any llama model; its file\n"
+	       "                    name in the shape column, its weight type in the type column)\n"
 	       "  -t, --threads A,B thread counts (default: one per core)\n"
 	       "  -n, --tokens N    decode steps per measurement (default 32)\n"
 	       "  --prefill A,B     prompt lengths for prefill (default 16,64,256)\n"
+	       "  --batch A,B       also batched steps of A, B sequences (e.g. 1,4,8,16): tokens/s\n"
+	       "                    of all of them together\n"
+	       "  --backend B       compute backend: cpu, cuda or auto (default auto)\n"
 	       "  --mem-budget      also run at 100 %%, 50 %% and 25 %% of the model in memory\n"
 	       "  --cache DIR       where generated models are kept (default $SPA_CACHE_DIR/decode\n"
 	       "                    or ~/.cache/spa/decode)\n"
@@ -206,7 +194,7 @@ static double machine_fma_gflops(struct spa_pool *pool, int nth)
 	return best;
 }
 
-static int cmp_u64(const void *a, const void *b)
+int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 	return x < y ? -1 : x > y;
@@ -318,30 +306,6 @@ static uint64_t flops_per_token(const struct spa_model *m)
 	return per_blk * hp->n_layers + 2ull * hp->n_embd * hp->n_vocab;
 }
 
-/* ---------------------------------------------------------------- measurements */
-
-struct row {
-	const char *shape;
-	enum spa_dtype type;
-	int threads;
-	double tok_s, p50_ms, p99_ms, eff_gbs, machine_gbs, ratio, gflops, peak_gflops;
-	double kernel_gbs; /* the format's matvec on weights in L2 */
-	double kernel_file_gbs; /* the same on the rows as the file lays them out, where packed */
-	double roof;       /* eff_gbs / min(machine_gbs, kernel_gbs) */
-	double taps_fused_us, taps_unfused_us;   /* added to a step */
-	double taps_tail_us;                     /* fused: left after the last block */
-	double head_fused_us, head_unfused_us;
-	double chain_fused_us, chain_unfused_us;
-	double prefill_tok_s[MAX_LIST];
-	double budget_tok_s[3], budget_hidden[3], budget_io_ms[3], budget_wait_ms[3];
-	double budget_no_wait[3]; /* 1 - wait / io: the reads' time the compute did not wait */
-	/* hidden with both sides' rows as the file lays them out (SPA_PACK=off), for a format
-	 * packed at load; NAN otherwise */
-	double budget_hidden_file[3];
-	double budget_xcore_ns[3][2]; /* the cores' round trip before and after the pairs */
-	int budget_ok[3];
-};
-
 /* One pass of the read-bandwidth test between decode steps (bw_gbs non-NULL): the machine's
  * bandwidth is then measured at the same moments as the decode, so that the noise of a
  * shared machine touches both sides of each ratio alike. */
@@ -354,15 +318,8 @@ struct bw_between {
 
 static void bw_worker(void *ctx, int ith, int nth);
 
-/* Greedy decode one step at a time, for measuring two engines in turns. */
-struct stepper {
-	struct spa_context *e;
-	int32_t tok;
-	uint64_t ns; /* the last step's time */
-};
-
 /* Reset e and run the 16-token prompt every measured decode starts from. */
-static int stepper_start(struct stepper *s, struct spa_context *e, uint32_t V)
+int stepper_start(struct stepper *s, struct spa_context *e, uint32_t V)
 {
 	int32_t prompt[16];
 	for (int i = 0; i < 16; i++)
@@ -372,7 +329,7 @@ static int stepper_start(struct stepper *s, struct spa_context *e, uint32_t V)
 	return spa_engine_forward(e, prompt, 16, NULL);
 }
 
-static int stepper_step(struct stepper *s)
+int stepper_step(struct stepper *s)
 {
 	uint64_t t0 = bu_now_ns();
 	int rc = spa_engine_forward(s->e, &s->tok, 1, NULL);
@@ -404,18 +361,18 @@ static int decode_steps_bw(struct spa_context *e, uint32_t V, uint32_t n, uint64
 	return rc;
 }
 
-static double median_ns(uint64_t *v, uint32_t n, double pct)
+double median_ns(uint64_t *v, uint32_t n, double pct)
 {
 	qsort(v, n, sizeof *v, cmp_u64);
 	uint32_t k = (uint32_t)ceil(pct / 100.0 * n);
 	return (double)v[k ? k - 1 : 0];
 }
 
-static int make_plugin(const struct opts *o, const struct spa_model *m, const char *shape,
-		       enum spa_dtype type, struct spa_plugin **p)
+/* The side plugin of the fusions' rows, made once per base model (by its fingerprint). */
+static int make_plugin(const struct opts *o, const struct spa_model *m, struct spa_plugin **p)
 {
 	char path[512];
-	snprintf(path, sizeof path, "%s/%s-%s-side.gguf", o->cache, shape, spa_dtype_name(type));
+	snprintf(path, sizeof path, "%s/side-%s.gguf", o->cache, m->fingerprint);
 	struct spa_errbuf err = {{0}};
 	if (access(path, R_OK) != 0) {
 		struct spa_plugin_gen_params gp = { .kind = SPA_PLUGIN_SIDE, .rank = SIDE_RANK,
@@ -433,192 +390,59 @@ static int make_plugin(const struct opts *o, const struct spa_model *m, const ch
 	return 0;
 }
 
-/* ---------------------------------------------------------------- the cores' distance */
-
-/* A cache line passed back and forth between two CPUs: about 100 ns a round trip (as measured
- * here) when they share a last-level cache, several hundred when they do not. A VM's host may
- * move its vCPUs between the caches of different core complexes while a benchmark runs (seen
- * here: 83 ns, then 450 ns for seconds, in a bare ping-pong); streaming, whose ring is written
- * by the reader's core and read by the compute core, hides much less of its I/O then (the
- * same 1b q8_0 decode at 50 %: 23 ms a step, or 32 ms while the cores were apart). Printed
- * beside each budget. */
-struct xcore {
-	_Alignas(64) atomic_uint_fast64_t line;
-	int cpu_echo, cpu_ping;
-	double ns; /* out: mean round trip, NAN when it could not be measured */
-};
-
-#define XCORE_STOP UINT64_MAX
-#define XCORE_TRIPS 20000
-
-static void *xcore_echo(void *arg)
+/* Batched steps of n sequences (one context each, at different positions after prompts of
+ * 16 + i tokens): tokens/s of all n together, from the median step (one spa_engine_step and
+ * the batched greedy head), over o->n_tok steps. */
+static void measure_batch(const struct opts *o, const struct spa_model *m, struct spa_backend *be,
+			  uint32_t n, double *tok_s, double *p50_ms)
 {
-	struct xcore *x = arg;
-	(void)spa_pin_thread(x->cpu_echo); /* unpinned, the measure is only less telling */
-	for (;;) {
-		uint_fast64_t v = atomic_load_explicit(&x->line, memory_order_acquire);
-		if (v == XCORE_STOP)
-			return NULL;
-		if (v & 1)
-			atomic_store_explicit(&x->line, v + 1, memory_order_release);
+	const uint32_t V = m->hp.n_vocab, n_ctx = 16 + n + o->n_tok + 8;
+	struct spa_context **c = calloc(n, sizeof *c);
+	struct spa_seq *seqs = calloc(n, sizeof *seqs);
+	int32_t *tok = calloc(n, sizeof *tok), prompt[16 + 64];
+	uint64_t *v = calloc(o->n_tok, sizeof *v);
+	struct spa_batch *b = NULL;
+	*tok_s = *p50_ms = NAN;
+	if (!c || !seqs || !tok || !v || spa_batch_create(&b, m, be, n, n) < 0)
+		cli_die(1, "out of memory for a batch of %u", n);
+	for (uint32_t i = 0; i < n; i++) {
+		const uint32_t np = 16 + i % 64;
+		for (uint32_t k = 0; k < np; k++)
+			prompt[k] = (int32_t)((k * 7919u + 13 + i * 31u) % V);
+		if (spa_context_create(&c[i], m, be, n_ctx, np) < 0 ||
+		    spa_engine_forward(c[i], prompt, np, NULL) < 0)
+			cli_die(1, "cannot start sequence %u of a batch of %u", i, n);
 	}
-}
-
-static void *xcore_ping(void *arg)
-{
-	struct xcore *x = arg;
-	x->ns = NAN;
-	if (spa_pin_thread(x->cpu_ping) < 0)
-		return NULL;
-	uint64_t t0 = bu_now_ns();
-	for (uint_fast64_t i = 0; i < XCORE_TRIPS; i++) {
-		atomic_store_explicit(&x->line, 2 * i + 1, memory_order_release);
-		for (uint32_t spin = 0;
-		     atomic_load_explicit(&x->line, memory_order_acquire) != 2 * i + 2;)
-			if ((++spin & 0xFFFFF) == 0 && bu_now_ns() - t0 > 1000000000u)
-				return NULL; /* the echo never ran: no measure */
+	spa_batch_head_argmax(b, c, NULL, n, tok);
+	int rc = 0;
+	for (uint32_t s = 0; rc == 0 && s < o->n_tok; s++) {
+		for (uint32_t i = 0; i < n; i++)
+			seqs[i] = (struct spa_seq){ c[i], &tok[i], 1, NULL };
+		uint64_t t0 = bu_now_ns();
+		if ((rc = spa_engine_step(b, seqs, n)) == 0)
+			spa_batch_head_argmax(b, c, NULL, n, tok);
+		v[s] = bu_now_ns() - t0;
 	}
-	x->ns = (double)(bu_now_ns() - t0) / XCORE_TRIPS;
-	return NULL;
-}
-
-/* The round trip between the CPU of the pool's first thread and the first other online CPU
- * (where the stream's reader copies when the pool leaves it one); NAN on one CPU. */
-static void pool_cpu_worker(void *ctx, int ith, int nth)
-{
-	(void)nth;
-	if (ith == 0)
-		*(int *)ctx = sched_getcpu();
-}
-
-static double xcore_rtt_ns(struct spa_pool *pool)
-{
-	int a = -1;
-	spa_pool_run(pool, pool_cpu_worker, &a);
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	if (a < 0 || n < 2)
-		return NAN;
-	struct xcore x = { .cpu_ping = a, .cpu_echo = a == 0 ? 1 : 0, .ns = NAN };
-	atomic_init(&x.line, 0);
-	pthread_t te, tp;
-	if (pthread_create(&te, NULL, xcore_echo, &x) != 0)
-		return NAN;
-	if (pthread_create(&tp, NULL, xcore_ping, &x) == 0)
-		pthread_join(tp, NULL);
-	atomic_store_explicit(&x.line, XCORE_STOP, memory_order_release);
-	pthread_join(te, NULL);
-	return x.ns;
-}
-
-/* Whether any block matrix of m was packed at load. */
-static bool model_packed(const struct spa_model *m)
-{
-	for (uint32_t l = 0; l < m->hp.n_layers; l++)
-		for (int k = 0; k < SPA_LAYER_MATS; k++)
-			if (spa_layer_mat(&m->layers[l], k)->packed)
-				return true;
-	return false;
-}
-
-/* The budgets of --mem-budget against the whole model m (loaded from path), on pool: per
- * budget, at least BUDGET_STEPS steps of each side in turns, then the reads alone (median
- * of 9 probes). file: m and the budgeted models were loaded with SPA_PACK=off, and only
- * "hidden" is kept (w->budget_hidden_file). */
-static void budget_pairs(const struct opts *o, const char *path, const struct spa_model *m,
-			 struct spa_pool *pool, bool file, struct row *w)
-{
-	/* at least BUDGET_STEPS pairs: "hidden" is a difference of two medians divided by a
-	 * third, and fewer steps left it swinging by tens of points on a shared host */
-	const uint32_t nb = o->n_tok > BUDGET_STEPS ? o->n_tok : BUDGET_STEPS;
-	const uint32_t V = m->hp.n_vocab;
-	struct spa_errbuf err = {{0}};
-	struct spa_gguf *g = NULL;
-	spa_gguf_open(&g, path, NULL);
-	uint64_t size = g ? g->data_size : 0;
-	spa_gguf_close(g);
-	const int pct[3] = { 100, 50, 25 };
-	uint64_t *full = calloc(2 * nb, 8), *part = calloc(nb, 8);
-	uint32_t n_full = 0;
-	struct spa_context *ef = NULL;
-	if (!full || !part || spa_context_create_cpu(&ef, m, pool, 16 + nb + 8, 16) < 0)
-		cli_die(1, "out of memory");
-	for (int b = 1; b < 3; b++) {
-		struct spa_model *ms = NULL;
-		if (spa_model_load_budget(&ms, path, size * (uint64_t)pct[b] / 100, false, &err) < 0) {
-			fprintf(stderr, "decode: %d %% budget: %s\n", pct[b], err.msg);
-			continue;
-		}
-		struct spa_context *es = NULL;
-		struct stepper sf, sb;
-		int rc = spa_context_create_cpu(&es, ms, pool, 16 + nb + 8, 16);
-		const double x0 = file ? NAN : xcore_rtt_ns(pool); /* kept for the first pass */
-		if (rc == 0)
-			rc = stepper_start(&sf, ef, V) < 0 ? -1 : stepper_start(&sb, es, V);
-		for (uint32_t i = 0; rc == 0 && i < nb; i++) {
-			struct stepper *first = i & 1 ? &sb : &sf, *second = i & 1 ? &sf : &sb;
-			if ((rc = stepper_step(first)) == 0)
-				rc = stepper_step(second);
-			full[n_full + i] = sf.ns;
-			part[i] = sb.ns;
-		}
-		if (rc == 0) {
-			struct spa_wstream_stats st;
-			spa_wstream_stats(spa_context_model(es), &st);
-			double wait = (double)st.wait_ns / (double)st.n_forward;
-			uint64_t probe[9] = { 0 };
-			for (int i = 0; i < 9 && st.n_streamed_blocks; i++)
-				spa_wstream_probe(spa_context_model(es)->stream, &probe[i]);
-			double io = median_ns(probe, 9, 50);
-			double t_full = median_ns(full + n_full, nb, 50);
-			double t_part = median_ns(part, nb, 50);
-			n_full += nb;
-			/* hidden = 1 - (step time added by streaming) / (I/O time alone): buffered
-			 * reads of cached pages may be copied inside the submit on the compute
-			 * thread, which the wait counter alone would miss */
-			double hidden = io > 0 ? 1.0 - (t_part - t_full) / io : NAN;
-			hidden = hidden < 0 ? 0 : hidden > 1 ? 1 : hidden;
-			if (file) {
-				w->budget_hidden_file[b] = hidden;
-			} else {
-				w->budget_xcore_ns[b][0] = x0;
-				w->budget_xcore_ns[b][1] = xcore_rtt_ns(pool);
-				w->budget_ok[b] = 1;
-				w->budget_tok_s[b] = 1e9 / t_part;
-				w->budget_io_ms[b] = io / 1e6;
-				w->budget_wait_ms[b] = wait / 1e6;
-				w->budget_hidden[b] = hidden;
-				w->budget_no_wait[b] = io > 0 ? 1.0 - wait / io : NAN;
-				if (w->budget_no_wait[b] < 0)
-					w->budget_no_wait[b] = 0;
-			}
-		} else {
-			fprintf(stderr, "decode: %d %% budget: the decode failed (%d)\n", pct[b], rc);
-		}
-		spa_context_destroy(es);
-		spa_model_destroy(ms);
+	if (rc == 0) {
+		*p50_ms = median_ns(v, o->n_tok, 50) / 1e6;
+		*tok_s = n * 1e3 / *p50_ms;
+	} else {
+		fprintf(stderr, "decode: batch of %u: the step failed (%d)\n", n, rc);
 	}
-	if (n_full && !file) { /* the whole model's row: every one of its paired steps */
-		w->budget_ok[0] = 1;
-		w->budget_tok_s[0] = 1e9 / median_ns(full, n_full, 50);
-		w->budget_hidden[0] = NAN;
-		w->budget_no_wait[0] = NAN;
-	}
-	spa_context_destroy(ef);
-	free(full);
-	free(part);
+	for (uint32_t i = 0; i < n; i++)
+		spa_context_destroy(c[i]);
+	spa_batch_destroy(b);
+	free(c), free(seqs), free(tok), free(v);
 }
 
-static void measure(const struct opts *o, const char *shape, enum spa_dtype type, int nth,
+/* One row: the model at path (made for shape x type, or a --model file named label). */
+static void measure(const struct opts *o, const char *label, const char *path, int nth,
 		    float *bwbuf, struct row *w)
 {
-	char path[512];
 	memset(w, 0, sizeof *w);
 	for (int b = 0; b < 3; b++)
 		w->budget_hidden_file[b] = w->budget_xcore_ns[b][0] = w->budget_xcore_ns[b][1] = NAN;
-	w->shape = shape;
-	w->type = type;
-	if (model_path(o, shape, type, path, sizeof path) < 0)
-		return;
+	w->shape = label;
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;
 	struct spa_pool *pool = NULL;
@@ -627,8 +451,11 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	uint64_t *steps = calloc(o->n_tok, sizeof *steps);
 	if (spa_model_load(&m, path, false, &err) < 0)
 		cli_die(1, "%s", err.msg);
+	w->type = m->wtype;
 	if (spa_pool_create(&pool, nth, NULL) < 0)
 		cli_die(1, "cannot start %d threads", nth);
+	struct spa_backend *be = cli_backend(o->backend, pool);
+	w->backend = spa_backend_name(be);
 	w->threads = spa_pool_n_threads(pool);
 	(void)machine_read_gbs(pool, bwbuf, o->bw_bytes); /* warm: the buffer's pages faulted in */
 	w->peak_gflops = machine_fma_gflops(pool, w->threads);
@@ -639,8 +466,8 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	uint32_t max_p = 16;
 	for (int i = 0; i < o->n_prefill; i++)
 		max_p = o->prefill[i] > max_p ? o->prefill[i] : max_p;
-	if (spa_context_create_cpu(&e, m, pool, max_p + o->n_tok + 8, max_p) < 0)
-		cli_die(1, "cannot create the engine");
+	if (spa_context_create(&e, m, be, max_p + o->n_tok + 8, max_p) < 0)
+		cli_die(1, "cannot create a context of %u positions", max_p + o->n_tok + 8);
 
 	/* decode, fused head, no plugin: the base model's speed */
 	double *bw_gbs = calloc(o->n_tok, sizeof *bw_gbs), *ratios = calloc(o->n_tok, sizeof *ratios);
@@ -662,7 +489,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	w->roof = w->eff_gbs / (w->kernel_gbs < w->machine_gbs ? w->kernel_gbs : w->machine_gbs);
 
 	/* fusions, side by side on the same states */
-	if (make_plugin(o, m, shape, type, &p) == 0) {
+	if (make_plugin(o, m, &p) == 0) {
 		float *taps = calloc((size_t)(L + 1) * p->rank, sizeof(float));
 		float *logits = malloc(sizeof(float) * V);
 		uint64_t *tf = calloc(o->n_tok, 8), *tu = calloc(o->n_tok, 8);
@@ -758,6 +585,8 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	}
 	free(prompt);
 	spa_context_destroy(e);
+	for (int k = 0; k < o->n_batch; k++)
+		measure_batch(o, m, be, o->batch[k], &w->batch_tok_s[k], &w->batch_p50_ms[k]);
 
 	/* Streaming under a budget: 50 % and 25 % of the weight bytes, each measured in turns
 	 * with the whole model (one step of each, the order swapped every step), so that the
@@ -766,7 +595,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 	 * streamed rows are always computed that way, so against the packed whole model the
 	 * "added" time holds a slower kernel beside the reads. */
 	if (o->mem_budget) {
-		budget_pairs(o, path, m, pool, false, w);
+		budget_pairs(o, path, m, pool, be, false, w);
 		if (model_packed(m)) {
 			const char *was = getenv("SPA_PACK");
 			char keep[16] = "";
@@ -776,7 +605,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 			struct spa_model *mf = NULL;
 			if (spa_model_load(&mf, path, false, &err) < 0)
 				cli_die(1, "%s", err.msg);
-			budget_pairs(o, path, mf, pool, true, w);
+			budget_pairs(o, path, mf, pool, be, true, w);
 			spa_model_destroy(mf);
 			if (was)
 				setenv("SPA_PACK", keep, 1);
@@ -785,6 +614,7 @@ static void measure(const struct opts *o, const char *shape, enum spa_dtype type
 		}
 	}
 	spa_plugin_destroy(p);
+	spa_backend_destroy(be);
 	spa_pool_destroy(pool);
 	spa_model_destroy(m);
 	free(steps);
@@ -804,7 +634,7 @@ int main(int argc, char **argv)
 	char *list[MAX_LIST];
 	/* each list option's copy, which the parsed lists point into (a repeated option
 	 * replaces it) */
-	char *owned[4] = { NULL };
+	char *owned[6] = { NULL };
 #define LIST_OF(k, v) (free(owned[k]), owned[k] = strdup(v))
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -826,6 +656,16 @@ int main(int argc, char **argv)
 			o.n_prefill = split_list(LIST_OF(3, cli_value(argc, argv, &i)), list, MAX_LIST);
 			for (int k = 0; k < o.n_prefill; k++)
 				o.prefill[k] = (uint32_t)cli_int(a, list[k], 1, 4096);
+		} else if (!strcmp(a, "--model")) {
+			o.n_models = split_list(LIST_OF(4, cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_models; k++)
+				o.models[k] = list[k];
+		} else if (!strcmp(a, "--batch")) {
+			o.n_batch = split_list(LIST_OF(5, cli_value(argc, argv, &i)), list, MAX_LIST);
+			for (int k = 0; k < o.n_batch; k++)
+				o.batch[k] = (uint32_t)cli_int(a, list[k], 1, 256);
+		} else if (!strcmp(a, "--backend")) {
+			o.backend = cli_value(argc, argv, &i);
 		} else if (!strcmp(a, "--mem-budget")) {
 			o.mem_budget = true;
 		} else if (!strcmp(a, "--cache")) {
@@ -862,27 +702,44 @@ int main(int argc, char **argv)
 	bu_load(load0, sizeof load0);
 	printf("machine: %s\nkernels: %s\n%s at start\n\n", mach, spa_kernels_variant(), load0);
 
-	int n_rows = o.n_shapes * o.n_types * o.n_threads;
+	/* the rows: every --model file, or every shape x type (made once into the cache) */
+	int n_rows = (o.n_models ? o.n_models : o.n_shapes * o.n_types) * o.n_threads;
 	struct row *rows = calloc((size_t)n_rows, sizeof *rows);
+	char (*labels)[64] = calloc(MAX_LIST, sizeof *labels);
 	int n = 0;
-	for (int s = 0; s < o.n_shapes; s++)
-		for (int t = 0; t < o.n_types; t++)
+	for (int f = 0; f < o.n_models; f++) {
+		const char *base = strrchr(o.models[f], '/');
+		snprintf(labels[f], sizeof labels[f], "%s", base ? base + 1 : o.models[f]);
+		char *dot = strstr(labels[f], ".gguf");
+		if (dot && dot[5] == '\0')
+			*dot = '\0';
+		for (int k = 0; k < o.n_threads; k++)
+			measure(&o, labels[f], o.models[f], o.threads[k], bwbuf, &rows[n++]);
+	}
+	for (int s = 0; !o.n_models && s < o.n_shapes; s++)
+		for (int t = 0; t < o.n_types; t++) {
+			char path[512];
+			if (model_path(&o, o.shapes[s], o.types[t], path, sizeof path) < 0)
+				continue;
 			for (int k = 0; k < o.n_threads; k++)
-				measure(&o, o.shapes[s], o.types[t], o.threads[k], bwbuf, &rows[n++]);
+				measure(&o, o.shapes[s], path, o.threads[k], bwbuf, &rows[n++]);
+		}
 	bu_load(load1, sizeof load1);
 
+	int sw = 8; /* the shape column: as wide as the longest --model name */
+	for (int i = 0; i < n; i++)
+		sw = (int)strlen(rows[i].shape) > sw ? (int)strlen(rows[i].shape) : sw;
 	printf("decode (greedy, %u steps after a 16-token prompt; tok/s from the median step;\n ratio: median over the steps of step bandwidth / the read pass right after it)\n",
 	       o.n_tok);
-	printf("%-8s %-5s %3s %8s %8s %8s %9s %9s %6s %9s %6s %8s %8s %6s\n", "shape", "type",
+	printf("%-*s %-5s %3s %8s %8s %8s %9s %9s %6s %9s %6s %8s %8s %6s\n", sw, "shape", "type",
 	       "thr", "tok/s", "p50 ms", "p99 ms", "eff GB/s", "mach GB/s", "ratio", "kern GB/s",
 	       "%roof", "GFLOP/s", "peak", "%peak");
 	for (int i = 0; i < n; i++) {
 		struct row *w = &rows[i];
 		if (!w->threads)
 			continue;
-		printf("%-8s %-5s %3d %8.2f %8.2f %8.2f %9.2f %9.2f %5.0f%% %9.2f %5.0f%% %8.2f %8.2f "
-		       "%5.0f%%\n",
-		       w->shape, spa_dtype_name(w->type), w->threads, w->tok_s, w->p50_ms,
+		printf("%-*s %-5s %3d %8.2f %8.2f %8.2f %9.2f %9.2f %5.0f%% %9.2f %5.0f%% %8.2f %8.2f "
+		       "%5.0f%%\n", sw, w->shape, spa_dtype_name(w->type), w->threads, w->tok_s, w->p50_ms,
 		       w->p99_ms, w->eff_gbs, w->machine_gbs, 100 * w->ratio, w->kernel_gbs,
 		       100 * w->roof, w->gflops, w->peak_gflops, 100 * w->gflops / w->peak_gflops);
 	}
@@ -896,19 +753,20 @@ int main(int argc, char **argv)
 			       spa_dtype_name(rows[i].type), rows[i].threads, rows[i].kernel_gbs,
 			       rows[i].kernel_file_gbs, rows[i].kernel_gbs / rows[i].kernel_file_gbs);
 	printf("\nfusions (median per token, same run, same states)\n");
-	printf("%-8s %-5s %3s %14s %14s %14s %14s %14s %14s %14s\n", "shape", "type", "thr",
+	printf("%-*s %-5s %3s %14s %14s %14s %14s %14s %14s %14s\n", sw, "shape", "type", "thr",
 	       "taps in fwd us", "taps tail us", "taps after us", "head fused us",
 	       "head logits us", "chain fused us", "chain plain us");
 	for (int i = 0; i < n; i++) {
 		struct row *w = &rows[i];
 		if (!w->threads)
 			continue;
-		printf("%-8s %-5s %3d %14.1f %14.1f %14.1f %14.1f %14.1f %14.2f %14.2f\n", w->shape,
+		printf("%-*s %-5s %3d %14.1f %14.1f %14.1f %14.1f %14.1f %14.2f %14.2f\n", sw, w->shape,
 		       spa_dtype_name(w->type), w->threads, w->taps_fused_us, w->taps_tail_us,
 		       w->taps_unfused_us, w->head_fused_us, w->head_unfused_us, w->chain_fused_us,
 		       w->chain_unfused_us);
 	}
-	printf("\nprefill (one batched forward, median of 3)\n%-8s %-5s %3s", "shape", "type", "thr");
+	printf("\nprefill (one batched forward, median of 3)\n%-*s %-5s %3s", sw, "shape", "type",
+	       "thr");
 	for (int k = 0; k < o.n_prefill; k++)
 		printf("  %6u tok/s", o.prefill[k]);
 	printf("\n");
@@ -916,15 +774,35 @@ int main(int argc, char **argv)
 		struct row *w = &rows[i];
 		if (!w->threads)
 			continue;
-		printf("%-8s %-5s %3d", w->shape, spa_dtype_name(w->type), w->threads);
+		printf("%-*s %-5s %3d", sw, w->shape, spa_dtype_name(w->type), w->threads);
 		for (int k = 0; k < o.n_prefill; k++)
 			printf("  %12.1f", w->prefill_tok_s[k]);
 		printf("\n");
 	}
+	if (o.n_batch) {
+		printf("\nbatched steps (n sequences at different positions, one position each a step:\n"
+		       "one spa_engine_step and the batched greedy head; tok/s of all n, median step)\n"
+		       "%-*s %-5s %3s", sw, "shape", "type", "thr");
+		for (int k = 0; k < o.n_batch; k++)
+			printf("  n=%-3u tok/s", o.batch[k]);
+		printf("  x of n=%u\n", o.batch[0]);
+		for (int i = 0; i < n; i++) {
+			struct row *w = &rows[i];
+			if (!w->threads)
+				continue;
+			printf("%-*s %-5s %3d", sw, w->shape, spa_dtype_name(w->type), w->threads);
+			for (int k = 0; k < o.n_batch; k++)
+				printf("  %11.1f", w->batch_tok_s[k]);
+			printf("  ");
+			for (int k = 1; k < o.n_batch; k++)
+				printf(" %.2fx", w->batch_tok_s[k] / w->batch_tok_s[0]);
+			printf("\n");
+		}
+	}
 	const int pct[3] = { 100, 50, 25 };
 	if (o.mem_budget) {
 		printf("\nmemory budget (weights streamed per token from the page cache with io_uring)\n");
-		printf("%-8s %-5s %3s %6s %8s %10s %10s %8s %8s %8s %10s\n", "shape", "type", "thr",
+		printf("%-*s %-5s %3s %6s %8s %10s %10s %8s %8s %8s %10s\n", sw, "shape", "type", "thr",
 		       "budget", "tok/s", "io ms/tok", "wait ms", "hidden", "no wait", "as file",
 		       "x-core ns");
 		for (int i = 0; i < n; i++)
@@ -941,8 +819,8 @@ int main(int argc, char **argv)
 				    !isnan(w->budget_xcore_ns[b][1]))
 					snprintf(xc, sizeof xc, "%.0f/%.0f", w->budget_xcore_ns[b][0],
 						 w->budget_xcore_ns[b][1]);
-				printf("%-8s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%% %s %10s\n",
-				       w->shape, spa_dtype_name(w->type), w->threads, pct[b],
+				printf("%-*s %-5s %3d %5d%% %8.2f %10.2f %10.2f %7.0f%% %7.0f%% %s %10s\n",
+				       sw, w->shape, spa_dtype_name(w->type), w->threads, pct[b],
 				       w->budget_tok_s[b], w->budget_io_ms[b], w->budget_wait_ms[b],
 				       isnan(w->budget_hidden[b]) ? 100.0 : 100 * w->budget_hidden[b],
 				       isnan(w->budget_no_wait[b]) ? 100.0 : 100 * w->budget_no_wait[b],
@@ -984,6 +862,7 @@ int main(int argc, char **argv)
 			bu_json_obj_begin(&j, NULL);
 			bu_json_str(&j, "shape", w->shape);
 			bu_json_str(&j, "type", spa_dtype_name(w->type));
+			bu_json_str(&j, "backend", w->backend);
 			bu_json_int(&j, "threads", w->threads);
 			bu_json_num(&j, "tok_s", w->tok_s);
 			bu_json_num(&j, "eff_gbs", w->eff_gbs);
@@ -1011,6 +890,15 @@ int main(int argc, char **argv)
 				bu_json_obj_begin(&j, NULL);
 				bu_json_int(&j, "tokens", o.prefill[k]);
 				bu_json_num(&j, "tok_s", w->prefill_tok_s[k]);
+				bu_json_obj_end(&j);
+			}
+			bu_json_arr_end(&j);
+			bu_json_arr_begin(&j, "batch");
+			for (int k = 0; k < o.n_batch; k++) {
+				bu_json_obj_begin(&j, NULL);
+				bu_json_int(&j, "n", o.batch[k]);
+				bu_json_num(&j, "tok_s", w->batch_tok_s[k]);
+				bu_json_num(&j, "p50_ms", w->batch_p50_ms[k]);
 				bu_json_obj_end(&j);
 			}
 			bu_json_arr_end(&j);
@@ -1047,8 +935,9 @@ int main(int argc, char **argv)
 			cli_die(1, "writing %s failed", o.json);
 	}
 	free(rows);
+	free(labels);
 	free(bwbuf);
-	for (int k = 0; k < 4; k++)
+	for (int k = 0; k < 6; k++)
 		free(owned[k]);
 	return 0;
 #undef LIST_OF

@@ -50,6 +50,8 @@ static void usage(void)
 	       "  --side-fraction F     SPA classifier calibration target (default 0.6)\n"
 	       "  --prompt TEXT         the fixed prompt\n"
 	       "  --threads N           cloud compute threads (default 1: the edge gets a core)\n"
+	       "  --backend B           the cloud's compute backend: cpu, cuda or auto (default\n"
+	       "                        auto: the GPU when this build has CUDA and one answers)\n"
 	       "  --cloud-cpu N --edge-cpu N   CPUs to pin to (default 0 and the last CPU)\n"
 	       "  --cache DIR           where made models live (default $SPA_CACHE_DIR or\n"
 	       "                        ~/.cache/spa)\n"
@@ -197,6 +199,7 @@ int main(int argc, char **argv)
 	unsigned tokens = 50, threads = 1;
 	long delay_us = 0;
 	const char *model = NULL, *shape = "default", *json = NULL, *cache = NULL;
+	const char *backend = "auto";
 	const char *prompt = default_prompt;
 	enum spa_dtype type = SPA_TYPE_F16;
 	enum spa_split split = SPA_SPLIT_CLOUD_LINEAR;
@@ -264,6 +267,8 @@ int main(int argc, char **argv)
 			prompt = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--threads"))
 			threads = (unsigned)cli_int(a, cli_value(argc, argv, &i), 1, 256);
+		else if (!strcmp(a, "--backend"))
+			backend = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--cloud-cpu"))
 			cloud_cpu = cli_cpu(a, cli_value(argc, argv, &i));
 		else if (!strcmp(a, "--edge-cpu"))
@@ -339,15 +344,19 @@ int main(int argc, char **argv)
 	char tmpl[] = "/tmp/spa-lat-XXXXXX";
 	if (!mkdtemp(tmpl))
 		cli_die(1, "mkdtemp: %s", strerror(errno));
+	/* the backend the cloud will take (an unavailable one fails here, with why) */
+	struct spa_backend *be_probe = cli_backend(backend, NULL);
+	const char *be_name = spa_backend_name(be_probe);
 	FILE *jf = NULL;
 	if (json && !(jf = fopen(json, "w")))
 		cli_die(1, "cannot write %s: %s", json, strerror(errno));
 	if (jf)
 		fprintf(jf, "{\"n_layers\": %u, \"n_tokens\": %u, \"net_delay_us\": %ld, "
-			"\"model\": \"%s\", \"split\": \"%s\", \"merge\": \"%s\", \"machine\": "
-			"\"%s %s, %d cpus, kernels %s\", \"tables\": [", hp.n_layers, tokens, delay_us,
-			model_path, spa_split_name(split), spa_merge_name(merge), un.nodename,
-			un.machine, n_pus, spa_kernels_variant());
+			"\"model\": \"%s\", \"split\": \"%s\", \"merge\": \"%s\", \"backend\": "
+			"\"%s\", \"machine\": \"%s %s, %d cpus, kernels %s\", \"tables\": [",
+			hp.n_layers, tokens, delay_us, model_path, spa_split_name(split),
+			spa_merge_name(merge), be_name, un.nodename, un.machine, n_pus,
+			spa_kernels_variant());
 
 	int status = 0, n_tables = 0, last_n = 0;
 	struct row last_rows[MAX_METHODS];
@@ -393,7 +402,7 @@ int main(int argc, char **argv)
 		snprintf(s_sessions, sizeof s_sessions, "%d", n_methods);
 		snprintf(s_tok, sizeof s_tok, "%u", tokens);
 		char *cargv[] = {cloud_bin, "-m", model_path, "--link", uri, "-t", s_threads,
-				 "--net-delay-us", s_delay, "--sessions", s_sessions, "-q",
+				 "--backend", (char *)be_name, "--net-delay-us", s_delay, "--sessions", s_sessions, "-q",
 				 /* one thread: pinned to --cloud-cpu; more: the pool's own placement */
 				 threads == 1 ? "--cpu" : NULL, s_cpu, NULL};
 		pid_t cloud = spawn(cargv, NULL, cerr_path);
@@ -471,10 +480,10 @@ int main(int argc, char **argv)
 		printf("\nspa-lat: %u tokens per method, base %s (L=%u, H=%u, %s, %.1fM params, "
 		       "fingerprint %s)\n", tokens, shape && !model ? shape : model_path, hp.n_layers,
 		       hp.n_embd, spa_dtype_name(wtype), base_params / 1e6, fp);
-		printf("link %s, net delay tau = %ld us one way, split %s, merge %s; cloud %u "
-		       "thread(s) on cpu %d, edge on cpu %d; %s %s, kernels %s\n\n", uri, delay_us,
-		       spa_split_name(split), spa_merge_name(merge), threads, cloud_cpu, edge_cpu,
-		       un.nodename, un.machine, spa_kernels_variant());
+		printf("link %s, net delay tau = %ld us one way, split %s, merge %s; cloud on %s, "
+		       "%u thread(s) on cpu %d, edge on cpu %d; %s %s, kernels %s\n\n", uri,
+		       delay_us, spa_split_name(split), spa_merge_name(merge), be_name, threads,
+		       cloud_cpu, edge_cpu, un.nodename, un.machine, spa_kernels_variant());
 		printf("%-8s %7s %7s %11s %10s %11s %9s %9s %10s %10s\n", "Method", "%Param", "M",
 		       "Infer.(ms)", "Net.(ms)", "Total(ms)", "p50(ms)", "p99(ms)", "B/tok out",
 		       "B/tok in");
@@ -542,5 +551,6 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
 	if (!status && system(cmd) != 0)
 		fprintf(stderr, "spa-lat: could not remove %s\n", tmpl);
+	spa_backend_destroy(be_probe);
 	return status;
 }

@@ -393,10 +393,14 @@ void spa_engine_head_argmax(struct spa_context *c, const float *z, int32_t *tok)
 void spa_batch_head_argmax(struct spa_batch *b, struct spa_context *const *ctxs,
 			   const float *const *z, uint32_t n, int32_t *tok)
 {
-	const uint32_t H = b->m->hp.n_embd;
-	for (uint32_t i = 0; i < n; i++) /* host-visible: gathered on the host */
-		memcpy(b->sb.z + (uint64_t)i * H, z && z[i] ? z[i] : ctxs[i]->f, H * sizeof(float));
-	b->be->ops->head_argmax(b->be, &b->m->output, b->sb.z, n, tok);
+	const uint32_t H = b->m->hp.n_embd, most = b->sb.max_seqs;
+	for (uint32_t i0 = 0; i0 < n; i0 += most) { /* in batches of what the scratch holds */
+		const uint32_t k = n - i0 < most ? n - i0 : most;
+		for (uint32_t i = 0; i < k; i++) /* host-visible: gathered on the host */
+			memcpy(b->sb.z + (uint64_t)i * H,
+			       z && z[i0 + i] ? z[i0 + i] : ctxs[i0 + i]->f, H * sizeof(float));
+		b->be->ops->head_argmax(b->be, &b->m->output, b->sb.z, k, tok + i0);
+	}
 }
 
 int spa_engine_default_threads(const struct spa_model *m)

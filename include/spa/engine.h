@@ -83,8 +83,8 @@ void spa_engine_logits(struct spa_context *c, const float *z, float *logits);
  * fused head where it has one). Exactly spa_argmax(spa_engine_logits(z)) (ties to the lowest
  * index, NaNs never win), for any thread count. z NULL: f of the last step. Hot path. */
 void spa_engine_head_argmax(struct spa_context *c, const float *z, int32_t *tok);
-/* The same for n contexts of one batch at once, reading the head once: tok[i] for ctxs[i]
- * with z[i] (NULL, or z[i] NULL: its f). n <= the batch's max_seqs. Hot path. */
+/* The same for n contexts of one batch at once, reading the head once for up to the batch's
+ * max_seqs of them: tok[i] for ctxs[i] with z[i] (z NULL, or z[i] NULL: its f). Hot path. */
 void spa_batch_head_argmax(struct spa_batch *b, struct spa_context *const *ctxs,
 			   const float *const *z, uint32_t n, int32_t *tok);
 

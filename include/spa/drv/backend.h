@@ -111,6 +111,12 @@ struct spa_backend_ops {
 	void (*matvec_f32)(struct spa_backend *be, const float *w, const float *b, const float *x,
 			   float *y, uint32_t rows, uint32_t cols);
 
+	/* Greedy head: tok[i] = argmax over rows of (w z_i), z_i = z + i * w->cols, i < n, without
+	 * writing the logits; ties to the lowest row, NaNs never win, all NaN gives 0: exactly
+	 * spa_argmax of matmul's output. tok: host memory. */
+	void (*head_argmax)(struct spa_backend *be, const struct spa_tensor *w, const float *z,
+			    uint32_t n, int32_t *tok);
+
 	/* ---- optional fused ops (NULL: the generic path, same bits) ---- */
 	/* 1..SPA_MATVEC_MAX_ITEMS products of one vector each in one job (decode's q, k, v and
 	 * a side tap; kernels.h's struct: y = W x, then + b when b is not NULL). y must not alias
@@ -126,12 +132,6 @@ struct spa_backend_ops {
 	void (*matvec_prepare)(struct spa_backend *be, const float *x, uint64_t cols,
 			       enum spa_dtype type);
 	void (*matvec_prepared)(struct spa_backend *be, const struct spa_tensor *w, float *y);
-	/* Greedy head: tok[i] = argmax over rows of (w z_i), z_i = z + i * w->cols, i < n, without
-	 * writing the logits; ties to the lowest row, NaNs never win, all NaN gives 0: exactly
-	 * spa_argmax of matmul's output. tok: host memory. Generic: matmul then argmax on the
-	 * host. */
-	void (*head_argmax)(struct spa_backend *be, const struct spa_tensor *w, const float *z,
-			    uint32_t n, int32_t *tok);
 };
 
 /* Every backend instance begins with this (the backend's own state follows). */

@@ -503,7 +503,8 @@ Test(tokenizer, load_refuses_bad_tokenizers)
 		const char *want;
 	} cases[] = {
 		{ { NULL, tok, 5, sc, 5, ty, 5, 1 }, "tokenizer.ggml.model" },
-		{ { "gpt2", tok, 5, sc, 5, ty, 5, 1 }, "gpt2" },
+		{ { "gpt2", tok, 5, sc, 5, ty, 5, 1 }, "tokenizer.ggml.pre" },
+		{ { "bert", tok, 5, sc, 5, ty, 5, 1 }, "'bert'" },
 		{ { "llama", NULL, 0, sc, 5, ty, 5, 1 }, "tokenizer.ggml.tokens" },
 		{ { "llama", tok, 5, NULL, 0, ty, 5, 1 }, "tokenizer.ggml.scores" },
 		{ { "llama", tok, 5, sc, 4, ty, 5, 1 }, "4 values for 5 tokens" },

@@ -472,8 +472,8 @@ struct frag {
 static int partition(const struct spa_tokenizer *t, const char *text, uint32_t len,
 		     bool parse_special, struct frag **frags, uint32_t *n_frags)
 {
-	uint32_t n = 0, cap = 8;
-	struct frag *f = malloc(cap * sizeof *f), *g = NULL;
+	uint32_t n = 0;
+	struct frag *f = malloc(sizeof *f), *g = NULL;
 	if (!f)
 		return -ENOMEM;
 	if (len)
@@ -519,9 +519,7 @@ static int partition(const struct spa_tokenizer *t, const char *text, uint32_t l
 		free(f);
 		f = g;
 		n = gn;
-		cap = gcap;
 	}
-	(void)cap;
 	*frags = f;
 	*n_frags = n;
 	return 0;

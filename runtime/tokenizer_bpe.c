@@ -167,14 +167,8 @@ const struct bpe_pre *bpe_pre_find(const char *name)
 
 const char *bpe_pre_names(void)
 {
-	static char names[1024];
-	if (!names[0]) {
-		size_t o = 0;
-		for (size_t i = 0; i < sizeof pres / sizeof pres[0]; i++)
-			o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
-					      pres[i].name);
-	}
-	return names;
+	return "llama-bpe, qwen2, gpt-2, starcoder, falcon, deepseek-llm, deepseek-coder, mpt, "
+	       "refact, default and 28 more llama.cpp names (docs/tokenizer.md lists them)";
 }
 
 bool bpe_pre_add_bos(const struct bpe_pre *p)
@@ -505,7 +499,6 @@ static size_t token_piece(const struct spa_tokenizer *t, uint32_t id, char *dst)
 	if (t->types[id] != TOK_NORMAL)
 		return 0;
 	for (size_t i = 0; i < n;) {
-		size_t at = i;
 		uint32_t c = llama_cpt((const unsigned char *)s, n, &i);
 		int b = byte_of_cpt(c);
 		if (b >= 0) {
@@ -525,7 +518,6 @@ static size_t token_piece(const struct spa_tokenizer *t, uint32_t id, char *dst)
 			dst[o + k + n] = ']';
 		}
 		o += (size_t)k + n + 1;
-		(void)at;
 	}
 	return o;
 }

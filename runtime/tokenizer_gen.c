@@ -540,7 +540,7 @@ int spa_tokenizer_write_synthetic_bpe(struct spa_gguf_writer *w, const char *pre
 {
 	const struct bpe_pre *pre = bpe_pre_find(pre_name);
 	if (!pre)
-		return spa_err(err, -SPA_EUSAGE, "pre-tokenizer '%s' is not one spa knows: %s",
+		return spa_err(err, -SPA_EUSAGE, "pre-tokenizer '%s' is not one spa knows: it knows %s",
 			       pre_name ? pre_name : "(none)", bpe_pre_names());
 	if (n_vocab < 512 || n_vocab > TOK_SYNTH_MAX_VOCAB)
 		return spa_err(err, -SPA_EUSAGE, "a synthetic BPE vocabulary has 512 to %u tokens, "

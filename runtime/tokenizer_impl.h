@@ -113,7 +113,7 @@ struct bpe_pre;
 struct bpe_splitter;
 /* The pre-tokenizer called name, or NULL. */
 const struct bpe_pre *bpe_pre_find(const char *name);
-/* The names spa knows, comma-separated (for messages). */
+/* The main names spa knows (for messages). */
 const char *bpe_pre_names(void);
 /* Add BOS by default (llama.cpp's add_bos for this pre-tokenizer), merge whole words that are
  * tokens without merging (ignore_merges), have no default BOS. */

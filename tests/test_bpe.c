@@ -613,3 +613,49 @@ Test(bpe, a_bpe_model_runs_end_to_end)
 	cr_assert_neq(tu_run(cmd, out, sizeof out, 1), 0, "%s", out);
 	cr_assert(strstr(out, "no tokens"), "%s", out);
 }
+
+/* Every name docs/tokenizer.md lists is a pre-tokenizer that loads and encodes. */
+Test(bpe, every_listed_pre_tokenizer_works)
+{
+	static const char *const names[] = {
+		"default", "llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe",
+		"chatglm-bpe", "deepseek-llm", "deepseek-coder", "falcon", "starcoder", "refact",
+		"command-r", "smollm", "codeshell", "exaone", "minerva-7b", "gpt-2", "phi-2",
+		"jina-es", "jina-de", "gigachat", "jina-v1-en", "roberta-bpe", "mpt", "olmo", "jais",
+		"qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "poro-chat", "bloom",
+		"gpt3-finnish", "viking", "tekken", "chameleon",
+	};
+	struct spa_gguf_writer *w;
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gguf_writer_create(&w), 0);
+	cr_assert_eq(spa_tokenizer_write_synthetic_bpe(w, "no-such-pre", 4096, &err), -SPA_EUSAGE);
+	cr_assert(strstr(err.msg, "no-such-pre") && strstr(err.msg, "llama-bpe, qwen2"), "%s",
+		  err.msg);
+	spa_gguf_writer_destroy(w);
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		const char *name = names[i];
+		struct spa_tokenizer *t;
+		struct spa_gguf *g;
+		void *buf;
+		size_t size;
+		cr_assert_eq(spa_gguf_writer_create(&w), 0);
+		cr_assert_eq(spa_tokenizer_write_synthetic_bpe(w, name, 512, &err), 0, "%s: %s",
+			     name, err.msg);
+		cr_assert_eq(spa_gguf_writer_write_mem(w, &buf, &size, &err), 0);
+		spa_gguf_writer_destroy(w);
+		cr_assert_eq(spa_gguf_open_mem(&g, buf, size, &err), 0);
+		cr_assert_eq(spa_tokenizer_load(&t, g, &err), 0, "%s: %s", name, err.msg);
+		cr_assert_str_eq(spa_tokenizer_pre(t), name);
+		int32_t ids[256];
+		uint32_t n;
+		size_t len;
+		char back[512];
+		const char *text = "It's 2024: caf\xc3\xa9, \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80!";
+		cr_assert_eq(spa_tokenizer_encode(t, text, 0, ids, 256, &n), 0, "%s", name);
+		cr_assert_eq(spa_tokenizer_decode(t, ids, n, back, sizeof back, &len), 0);
+		cr_assert_str_eq(back, text, "%s", name);
+		spa_tokenizer_destroy(t);
+		spa_gguf_close(g);
+		free(buf);
+	}
+}

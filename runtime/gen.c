@@ -223,6 +223,13 @@ struct gen_tensor {
 int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		 const char *path, bool show_progress, struct spa_errbuf *err)
 {
+	return spa_gen_base_tok(hp, type, seed, NULL, path, show_progress, err);
+}
+
+int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
+		     const struct spa_gen_tok *tok, const char *path, bool show_progress,
+		     struct spa_errbuf *err)
+{
 	struct spa_gguf_writer *w = NULL;
 	struct gen_tensor *tens = NULL;
 	struct fill_ctx *ctx = NULL;
@@ -320,8 +327,15 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 					     (uint32_t)spa_quantize_ftype(type));
 	if (rc == 0)
 		rc = spa_gguf_writer_set_u64(w, "spa.gen.seed", seed);
-	if (rc == 0)
+	if (rc == 0 && tok && tok->pre) {
+		struct spa_errbuf terr = {{0}};
+		if ((rc = spa_tokenizer_write_synthetic_bpe(w, tok->pre, hp->n_vocab, &terr)) < 0) {
+			spa_err(err, rc, "%s: %s", path, terr.msg[0] ? terr.msg : spa_strerror(rc));
+			goto err;
+		}
+	} else if (rc == 0) {
 		rc = spa_tokenizer_write_synthetic(w, hp->n_vocab);
+	}
 	if (rc < 0) {
 		spa_err(err, rc, "%s: cannot describe the model: %s", path, spa_strerror(rc));
 		goto err;
@@ -347,7 +361,8 @@ int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t see
 		spa_err(err, rc, "%s: out of memory", path);
 		goto err;
 	}
-	for (uint32_t i = 0; i < n_tens; i++) {
+	/* A vocabulary-only file: the metadata and the tokenizer, as llama.cpp's --vocab-only. */
+	for (uint32_t i = 0; i < (tok && tok->vocab_only ? 0 : n_tens); i++) {
 		struct fill_ctx *c = &ctx[i];
 		/* Per-tensor stream: the same tensor gets the same values whatever comes before. */
 		spa_rng_seed(&c->rng, seed ^ (0x9e3779b97f4a7c15ull * (i + 1)));

@@ -804,7 +804,8 @@ static int calibrate_run(const struct spa_model *m, struct spa_plugin *p, const 
 		rc = spa_err(err, -ENOMEM, "out of memory for the plugin calibration");
 		goto out;
 	}
-	rc = spa_tokenizer_encode(m->tok, prompt, true, ids, (uint32_t)max_ids, &n_ids);
+	rc = spa_tokenizer_encode(m->tok, prompt, SPA_TOK_ADD_SPECIAL, ids, (uint32_t)max_ids,
+				  &n_ids);
 	if (rc < 0) {
 		spa_err(err, rc, "cannot tokenize the calibration prompt: %s", spa_strerror(rc));
 		goto out;

@@ -1,17 +1,14 @@
-/* spa: SentencePiece-style ("llama") tokenizer read from GGUF tokenizer.ggml.* keys.
+/* spa: tokenizers from GGUF tokenizer.ggml.* keys: what SentencePiece ("llama") and byte-level
+ * BPE ("gpt2") share.
  *
- * Encoding follows llama.cpp's SPM tokenizer (and llama2.c's encode): the text gets a leading
- * space, spaces become U+2581 "▁", the text is split into UTF-8 characters, and the adjacent
- * pair whose concatenation is a piece with the best score is merged (leftmost on ties) until no
- * pair is a piece. Characters left without a piece fall back to the byte tokens <0xNN>.
- * A priority queue of candidate pairs keeps long prompts O(n log n).
- *
- * Also here: spa_tokenizer_write_synthetic, the made-up but valid vocabulary that spa-gen puts
- * into synthetic base models (see the comment above it). */
-#include "spa/tokenizer.h"
+ * Loading reads the keys both models have (tokens, token_type, the special ids and add_*
+ * flags) the way llama.cpp's llama_vocab::impl::load does, then hands over to the model's own
+ * loader (tokenizer_spm.c, tokenizer_bpe.c). Encoding first cuts the text at the special and
+ * added tokens (llama.cpp's tokenizer_st_partition: longest token first, every occurrence,
+ * left to right), then gives each stretch of plain text to the model's encoder. */
+#include "tokenizer_impl.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,38 +16,11 @@
 #include "spa/error.h"
 #include "spa/gguf.h"
 
-/* tokenizer.ggml.token_type values (llama.cpp's llama_token_type). */
-enum {
-	TOK_UNDEFINED = 0,
-	TOK_NORMAL = 1,
-	TOK_UNKNOWN = 2,
-	TOK_CONTROL = 3,
-	TOK_USER = 4,
-	TOK_UNUSED = 5,
-	TOK_BYTE = 6,
-};
+/* ---- shared helpers ---- */
 
-/* Far above any real SentencePiece vocabulary (Llama: 32000, Gemma: 256000); a file asking for
- * more is refused before anything is allocated for it. */
-#define TOK_MAX_VOCAB (1u << 22)
-/* Longest text spa_tokenizer_encode accepts: prompts, not corpora. */
-#define TOK_MAX_TEXT (256u << 10)
-/* Largest synthetic vocabulary: keeps its scores (length - index / 2^20) ordered by length. */
-#define TOK_SYNTH_MAX_VOCAB (1u << 19)
-
-#define SPM_SPACE "\xe2\x96\x81" /* U+2581, SentencePiece's visible space */
-#define SPM_SPACE_LEN 3
-
-/* ---- piece -> id map: open addressing over pieces stored elsewhere ---- */
-
-struct tok_map {
-	uint32_t mask;
-	int32_t *slot; /* id, or -1 when empty */
-};
-
-static uint64_t fnv1a(const char *s, size_t n)
+uint64_t tok_hash(const char *s, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ull;
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
 	for (size_t i = 0; i < n; i++) {
 		h ^= (unsigned char)s[i];
 		h *= 0x100000001b3ull;
@@ -58,7 +28,7 @@ static uint64_t fnv1a(const char *s, size_t n)
 	return h;
 }
 
-static int map_init(struct tok_map *m, uint32_t n)
+int tok_map_init(struct tok_map *m, uint32_t n)
 {
 	uint32_t size = 16;
 	while (size < 2 * (uint64_t)n)
@@ -71,11 +41,10 @@ static int map_init(struct tok_map *m, uint32_t n)
 	return 0;
 }
 
-/* Slot holding piece s[0..n) or the empty slot where it would go. */
-static uint32_t map_probe(const struct tok_map *m, const char *arena, const uint32_t *off,
-			  const uint32_t *len, const char *s, size_t n)
+uint32_t tok_map_probe(const struct tok_map *m, const char *arena, const uint32_t *off,
+		       const uint32_t *len, const char *s, size_t n)
 {
-	uint32_t i = (uint32_t)fnv1a(s, n) & m->mask;
+	uint32_t i = (uint32_t)tok_hash(s, n) & m->mask;
 	for (;;) {
 		int32_t id = m->slot[i];
 		if (id < 0 || (len[id] == n && memcmp(arena + off[id], s, n) == 0))
@@ -84,43 +53,31 @@ static uint32_t map_probe(const struct tok_map *m, const char *arena, const uint
 	}
 }
 
-/* ---- the tokenizer ---- */
-
-struct spa_tokenizer {
-	uint32_t n_vocab;
-	int32_t bos, eos, unk;
-	char *raw;          /* pieces as in the file, each NUL-terminated */
-	uint32_t *raw_off;  /* [n_vocab] */
-	uint32_t *raw_len;  /* [n_vocab] */
-	char *text;         /* decoded pieces (what spa_tokenizer_piece returns) */
-	uint32_t *text_off; /* [n_vocab] */
-	float *scores;      /* [n_vocab] */
-	int32_t *types;     /* [n_vocab] */
-	int32_t byte_id[256]; /* id of <0xNN>, or -1 */
-	struct tok_map map;   /* pieces that text can merge into (normal and user pieces) */
-};
-
-static int32_t tok_lookup(const struct spa_tokenizer *t, const char *s, size_t n)
+size_t tok_utf8_put(char *dst, uint32_t c)
 {
-	return t->map.slot[map_probe(&t->map, t->raw, t->raw_off, t->raw_len, s, n)];
-}
-
-/* "<0xNN>" (upper- or lower-case hex) -> NN, else -1. */
-static int parse_byte_piece(const char *s, size_t n)
-{
-	if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>')
-		return -1;
-	int v = 0;
-	for (int i = 3; i < 5; i++) {
-		char c = s[i];
-		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 :
-			c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-		if (d < 0)
-			return -1;
-		v = v * 16 + d;
+	if (c < 0x80) {
+		dst[0] = (char)c;
+		return 1;
 	}
-	return v;
+	if (c < 0x800) {
+		dst[0] = (char)(0xc0 | (c >> 6));
+		dst[1] = (char)(0x80 | (c & 0x3f));
+		return 2;
+	}
+	if (c < 0x10000) {
+		dst[0] = (char)(0xe0 | (c >> 12));
+		dst[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+		dst[2] = (char)(0x80 | (c & 0x3f));
+		return 3;
+	}
+	dst[0] = (char)(0xf0 | (c >> 18));
+	dst[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+	dst[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+	dst[3] = (char)(0x80 | (c & 0x3f));
+	return 4;
 }
+
+/* ---- load ---- */
 
 void spa_tokenizer_destroy(struct spa_tokenizer *t)
 {
@@ -131,62 +88,137 @@ void spa_tokenizer_destroy(struct spa_tokenizer *t)
 	free(t->raw_len);
 	free(t->text);
 	free(t->text_off);
+	free(t->text_len);
 	free(t->scores);
 	free(t->types);
+	free(t->file_types);
 	free(t->map.slot);
+	free(t->special);
+	bpe_destroy(t->bpe);
 	free(t);
 }
 
-/* Optional u32 id key: default when absent, must be < n. */
-static int load_id(const struct spa_gguf *g, const char *key, uint32_t def, uint32_t n,
-		   int32_t *out, struct spa_errbuf *err)
+/* Optional u32 id key: *id keeps its default when absent; present, it must be < n. */
+static int load_id(const struct spa_gguf *g, const char *key, uint32_t n, int32_t *id,
+		   bool *present, struct spa_errbuf *err)
 {
-	uint32_t v = def;
+	uint32_t v;
 	int rc = spa_gguf_get_u32(g, key, &v, err);
-	if (rc < 0 && rc != -ENOENT)
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0)
 		return rc;
 	if (v >= n)
 		return spa_err(err, -SPA_EMODEL,
 			       "%s: %s is %u but the vocabulary has %u tokens: the tokenizer is "
 			       "broken, convert the model again", g->path, key, v, n);
-	*out = (int32_t)v;
+	*id = (int32_t)v;
+	*present = true;
 	return 0;
 }
 
-/* Decoded text of one token into dst (at most raw_len + 1 bytes, NUL included); returns the
- * bytes written without the NUL. */
-static size_t decode_piece(const struct spa_tokenizer *t, uint32_t id, char *dst)
+/* Optional bool key (llama.cpp's add_bos_token and friends). */
+static int load_bool(const struct spa_gguf *g, const char *key, bool *v, bool *present,
+		     struct spa_errbuf *err)
 {
-	const char *s = t->raw + t->raw_off[id];
-	size_t n = t->raw_len[id], o = 0;
-	switch (t->types[id]) {
-	case TOK_CONTROL:
-	case TOK_UNUSED:
-		break;
-	case TOK_UNKNOWN:
-		/* What llama.cpp prints for <unk>: a visible block rather than nothing. */
-		memcpy(dst, "\xe2\x96\x85", 3);
-		o = 3;
-		break;
-	case TOK_BYTE:
-		dst[o++] = (char)parse_byte_piece(s, n); /* checked at load */
-		break;
-	case TOK_USER:
-		memcpy(dst, s, n);
-		o = n;
-		break;
-	default:
-		for (size_t i = 0; i < n;) {
-			if (n - i >= SPM_SPACE_LEN && memcmp(s + i, SPM_SPACE, SPM_SPACE_LEN) == 0) {
-				dst[o++] = ' ';
-				i += SPM_SPACE_LEN;
-			} else {
-				dst[o++] = s[i++];
-			}
+	const struct spa_gguf_kv *kv = spa_gguf_find_kv(g, key);
+	if (!kv)
+		return 0;
+	if (kv->type != SPA_GGUF_BOOL)
+		return spa_err(err, -SPA_EMODEL, "%s: %s should be a bool: the tokenizer is "
+			       "broken, convert the model again", g->path, key);
+	*v = kv->v.u != 0;
+	*present = true;
+	return 0;
+}
+
+/* llama.cpp marks tokens with these texts as control tokens whatever their token_type says
+ * (end of generation, fill-in-the-middle): llama_vocab::impl::load's "auto-detect". */
+static const char *const control_names[] = {
+	"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+	"<EOT>",
+};
+/* These only while the matching id key is absent (keys: eot, fim pre/suf/mid/pad/rep/sep). */
+static const struct {
+	const char *key, *alt_key;
+	const char *names[5];
+} control_by_key[] = {
+	{ "tokenizer.ggml.eot_token_id", NULL,
+	  { "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>" } },
+	{ "tokenizer.ggml.eot_token_id", NULL,
+	  { "<EOT>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>" } },
+	{ "tokenizer.ggml.eom_token_id", NULL, { "<|eom_id|>" } },
+	{ "tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id",
+	  { "<|fim_prefix|>", "<fim-prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+	    "<PRE>" } },
+	{ "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id",
+	  { "<|fim_suffix|>", "<fim-suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+	    "<SUF>" } },
+	{ "tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id",
+	  { "<|fim_middle|>", "<fim-middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+	    "<MID>" } },
+	{ "tokenizer.ggml.fim_pad_token_id", NULL, { "<|fim_pad|>", "<fim-pad>", "<PAD>" } },
+	{ "tokenizer.ggml.fim_rep_token_id", NULL,
+	  { "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>" } },
+	{ "tokenizer.ggml.fim_sep_token_id", NULL, { "<|file_sep|>" } },
+};
+
+static bool name_in(const char *s, uint32_t n, const char *const *names, size_t n_names)
+{
+	for (size_t i = 0; i < n_names; i++)
+		if (names[i] && strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
+			return true;
+	return false;
+}
+
+static void fix_control_types(struct spa_tokenizer *t, const struct spa_gguf *g)
+{
+	for (uint32_t i = 0; i < t->n_vocab; i++) {
+		const char *s = t->raw + t->raw_off[i];
+		uint32_t n = t->raw_len[i];
+		if (n < 5 || s[0] != '<')
+			continue;
+		bool ctl = name_in(s, n, control_names,
+				   sizeof control_names / sizeof control_names[0]);
+		for (size_t k = 0; !ctl && k < sizeof control_by_key / sizeof control_by_key[0];
+		     k++) {
+			if (spa_gguf_find_kv(g, control_by_key[k].key) ||
+			    (control_by_key[k].alt_key &&
+			     spa_gguf_find_kv(g, control_by_key[k].alt_key)))
+				continue;
+			ctl = name_in(s, n, control_by_key[k].names, 5);
 		}
+		if (ctl)
+			t->types[i] = TOK_CONTROL;
 	}
-	dst[o] = 0;
-	return o;
+}
+
+static int cmp_special(const void *a, const void *b, void *arg)
+{
+	const struct spa_tokenizer *t = arg;
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	if (t->raw_len[x] != t->raw_len[y])
+		return t->raw_len[x] > t->raw_len[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+static int build_special(struct spa_tokenizer *t)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < t->n_vocab; i++) {
+		int32_t ty = t->types[i];
+		n += t->raw_len[i] > 0 && (ty == TOK_CONTROL || ty == TOK_USER || ty == TOK_UNKNOWN);
+	}
+	t->special = malloc((n ? n : 1) * sizeof *t->special);
+	if (!t->special)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < t->n_vocab; i++) {
+		int32_t ty = t->types[i];
+		if (t->raw_len[i] > 0 && (ty == TOK_CONTROL || ty == TOK_USER || ty == TOK_UNKNOWN))
+			t->special[t->n_special++] = (int32_t)i;
+	}
+	qsort_r(t->special, t->n_special, sizeof *t->special, cmp_special, t);
+	return 0;
 }
 
 int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
@@ -194,8 +226,9 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 {
 	const char *path = g->path;
 	const char *model;
-	const struct spa_gguf_kv *tok_kv, *score_kv, *type_kv = NULL;
+	const struct spa_gguf_kv *tok_kv, *type_kv = NULL;
 	struct spa_tokenizer *t = NULL;
+	enum tok_kind kind;
 	int rc;
 
 	*out = NULL;
@@ -205,9 +238,14 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 			       "use a GGUF file converted with its tokenizer", path);
 	if (rc < 0)
 		return rc;
-	if (strcmp(model, "llama") != 0)
-		return spa_err(err, -SPA_EMODEL, "%s: tokenizer.ggml.model is '%s': only "
-			       "SentencePiece tokenizers ('llama') are supported", path, model);
+	if (strcmp(model, "llama") == 0)
+		kind = TOK_KIND_SPM;
+	else if (strcmp(model, "gpt2") == 0)
+		kind = TOK_KIND_BPE;
+	else
+		return spa_err(err, -SPA_EMODEL, "%s: tokenizer.ggml.model is '%s': spa reads "
+			       "SentencePiece ('llama') and byte-level BPE ('gpt2') tokenizers only",
+			       path, model);
 
 	rc = spa_gguf_get_arr(g, "tokenizer.ggml.tokens", SPA_GGUF_STRING, &tok_kv, err);
 	if (rc == -ENOENT)
@@ -222,17 +260,6 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 			       TOK_MAX_VOCAB);
 	uint32_t n = (uint32_t)n64;
 
-	rc = spa_gguf_get_arr(g, "tokenizer.ggml.scores", SPA_GGUF_FLOAT32, &score_kv, err);
-	if (rc == -ENOENT)
-		return spa_err(err, -SPA_EMODEL, "%s: tokenizer.ggml.scores is missing: a SentencePiece "
-			       "tokenizer needs a score per token", path);
-	if (rc < 0)
-		return rc;
-	if (score_kv->v.arr.n != n)
-		return spa_err(err, -SPA_EMODEL, "%s: tokenizer.ggml.scores has %llu values for %u "
-			       "tokens: the tokenizer is broken, convert the model again", path,
-			       (unsigned long long)score_kv->v.arr.n, n);
-
 	rc = spa_gguf_get_arr(g, "tokenizer.ggml.token_type", SPA_GGUF_INT32, &type_kv, err);
 	if (rc == -ENOENT)
 		type_kv = NULL;
@@ -246,13 +273,29 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 	t = calloc(1, sizeof *t);
 	if (!t)
 		return -ENOMEM;
+	t->kind = kind;
 	t->n_vocab = n;
-	rc = load_id(g, "tokenizer.ggml.bos_token_id", 1, n, &t->bos, err);
-	if (rc == 0)
-		rc = load_id(g, "tokenizer.ggml.eos_token_id", 2, n, &t->eos, err);
-	if (rc == 0)
-		rc = load_id(g, "tokenizer.ggml.unknown_token_id", 0, n, &t->unk, err);
-	if (rc < 0)
+	t->pad = -1;
+	/* llama.cpp's defaults: SentencePiece <unk> <s> </s> = 0 1 2; BPE 11 for both BOS and
+	 * EOS (GPT-2's converter history), no unknown token. */
+	if (kind == TOK_KIND_SPM) {
+		t->unk = 0;
+		t->bos = 1;
+		t->eos = 2;
+		t->add_bos = true;
+		t->add_space_prefix = true;
+	} else {
+		t->unk = -1;
+		t->bos = t->eos = n > 11 ? 11 : -1;
+	}
+	if ((rc = load_id(g, "tokenizer.ggml.bos_token_id", n, &t->bos, &t->key_bos, err)) < 0 ||
+	    (rc = load_id(g, "tokenizer.ggml.eos_token_id", n, &t->eos, &t->key_eos, err)) < 0 ||
+	    (rc = load_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk, &t->key_unk,
+			  err)) < 0 ||
+	    (rc = load_id(g, "tokenizer.ggml.padding_token_id", n, &t->pad, &t->key_pad,
+			  err)) < 0 ||
+	    (rc = load_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix,
+			    &t->key_add_space, err)) < 0)
 		goto err;
 
 	const struct spa_gguf_str *strs = tok_kv->v.arr.data;
@@ -271,18 +314,13 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 			     "than 4 GiB: the tokenizer is broken", path, (unsigned long long)raw_size);
 		goto err;
 	}
-
 	rc = -ENOMEM;
 	t->raw = malloc(raw_size);
 	t->raw_off = malloc(n * sizeof *t->raw_off);
 	t->raw_len = malloc(n * sizeof *t->raw_len);
-	t->text_off = malloc(n * sizeof *t->text_off);
-	t->scores = malloc(n * sizeof *t->scores);
 	t->types = malloc(n * sizeof *t->types);
-	if (!t->raw || !t->raw_off || !t->raw_len || !t->text_off || !t->scores ||
-	    !t->types || map_init(&t->map, n) < 0)
+	if (!t->raw || !t->raw_off || !t->raw_len || !t->types)
 		goto err;
-
 	uint32_t o = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		memcpy(t->raw + o, strs[i].data, strs[i].len + 1);
@@ -290,15 +328,11 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 		t->raw_len[i] = (uint32_t)strs[i].len;
 		o += (uint32_t)strs[i].len + 1;
 	}
-	memcpy(t->scores, score_kv->v.arr.data, n * sizeof *t->scores);
-	for (uint32_t i = 0; i < n; i++) {
-		if (!isfinite(t->scores[i])) {
-			rc = spa_err(err, -SPA_EMODEL, "%s: the score of token %u is not a finite "
-				     "number: the tokenizer is broken", path, i);
-			goto err;
-		}
-	}
+
 	if (type_kv) {
+		t->file_types = malloc(n * sizeof *t->file_types);
+		if (!t->file_types)
+			goto err;
 		memcpy(t->types, type_kv->v.arr.data, n * sizeof *t->types);
 		for (uint32_t i = 0; i < n; i++) {
 			if (t->types[i] < TOK_UNDEFINED || t->types[i] > TOK_BYTE) {
@@ -307,52 +341,31 @@ int spa_tokenizer_load(struct spa_tokenizer **out, const struct spa_gguf *g,
 				goto err;
 			}
 		}
+		memcpy(t->file_types, t->types, n * sizeof *t->types);
 	} else {
-		/* Older files: infer what token_type would have said. */
-		for (uint32_t i = 0; i < n; i++) {
-			t->types[i] = parse_byte_piece(t->raw + t->raw_off[i], t->raw_len[i]) >= 0 ?
-				TOK_BYTE : TOK_NORMAL;
-		}
-		t->types[t->unk] = TOK_UNKNOWN;
-		t->types[t->bos] = TOK_CONTROL;
-		t->types[t->eos] = TOK_CONTROL;
+		for (uint32_t i = 0; i < n; i++)
+			t->types[i] = TOK_NORMAL;
 	}
+	fix_control_types(t, g);
 
-	/* Decoding only shrinks a piece, except an unknown token, which becomes 3 bytes. */
-	uint64_t text_size = 0;
-	for (uint32_t i = 0; i < n; i++)
-		text_size += (t->types[i] == TOK_UNKNOWN ? 3 : t->raw_len[i]) + 1;
-	rc = -ENOMEM;
-	t->text = malloc(text_size);
-	if (!t->text)
+	rc = kind == TOK_KIND_SPM ? spm_load(t, g, err) : bpe_load(t, g, err);
+	if (rc < 0)
 		goto err;
-	for (int b = 0; b < 256; b++)
-		t->byte_id[b] = -1;
-	o = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		const char *s = t->raw + t->raw_off[i];
-		uint32_t len = t->raw_len[i];
-		if (t->types[i] == TOK_BYTE) {
-			int b = parse_byte_piece(s, len);
-			if (b < 0) {
-				rc = spa_err(err, -SPA_EMODEL, "%s: token %u is marked as a byte token "
-					     "but is '%.40s', not <0xNN>: the tokenizer is broken",
-					     path, i, s);
-				goto err;
-			}
-			if (t->byte_id[b] < 0)
-				t->byte_id[b] = (int32_t)i;
-		}
-		/* Text merges only into ordinary pieces: "<s>" typed by a user stays text. */
-		if (len > 0 && (t->types[i] == TOK_NORMAL || t->types[i] == TOK_UNDEFINED ||
-				t->types[i] == TOK_USER)) {
-			uint32_t slot = map_probe(&t->map, t->raw, t->raw_off, t->raw_len, s, len);
-			if (t->map.slot[slot] < 0) /* duplicates: the first id wins */
-				t->map.slot[slot] = (int32_t)i;
-		}
-		t->text_off[i] = o;
-		o += (uint32_t)decode_piece(t, i, t->text + o) + 1;
+	if ((rc = load_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, &t->key_add_bos,
+			    err)) < 0 ||
+	    (rc = load_bool(g, "tokenizer.ggml.add_eos_token", &t->add_eos, &t->key_add_eos,
+			    err)) < 0)
+		goto err;
+	if ((t->add_bos && t->bos < 0) || (t->add_eos && t->eos < 0)) {
+		rc = spa_err(err, -SPA_EMODEL, "%s: the tokenizer asks for a %s token but has none "
+			     "(set tokenizer.ggml.%s_token_id, or tokenizer.ggml.add_%s_token to "
+			     "false)", path, t->add_bos && t->bos < 0 ? "BOS" : "EOS",
+			     t->add_bos && t->bos < 0 ? "bos" : "eos",
+			     t->add_bos && t->bos < 0 ? "bos" : "eos");
+		goto err;
 	}
+	if ((rc = build_special(t)) < 0)
+		goto err;
 	*out = t;
 	return 0;
 err:
@@ -375,6 +388,23 @@ int32_t spa_tokenizer_eos(const struct spa_tokenizer *t)
 	return t->eos;
 }
 
+bool spa_tokenizer_add_bos(const struct spa_tokenizer *t)
+{
+	return t->add_bos;
+}
+
+const char *spa_tokenizer_model(const struct spa_tokenizer *t)
+{
+	return t->kind == TOK_KIND_SPM ? "llama" : "gpt2";
+}
+
+const char *spa_tokenizer_pre(const struct spa_tokenizer *t)
+{
+	return t->kind == TOK_KIND_BPE ? bpe_pre_name(t->bpe) : NULL;
+}
+
+/* ---- pieces ---- */
+
 const char *spa_tokenizer_piece(const struct spa_tokenizer *t, int32_t prev, int32_t id)
 {
 	if (id < 0 || (uint32_t)id >= t->n_vocab)
@@ -382,441 +412,172 @@ const char *spa_tokenizer_piece(const struct spa_tokenizer *t, int32_t prev, int
 	const char *s = t->text + t->text_off[id];
 	/* SentencePiece's added leading space: not part of the text. prev < 0 means "start of
 	 * text", which is where a prompt encoded without BOS begins. */
-	if ((prev < 0 || prev == t->bos) && s[0] == ' ')
+	if (t->kind == TOK_KIND_SPM && t->add_space_prefix && (prev < 0 || prev == t->bos) &&
+	    s[0] == ' ')
 		s++;
 	return s;
 }
 
+const char *spa_tokenizer_token_text(const struct spa_tokenizer *t, int32_t id, unsigned flags,
+				     size_t *len)
+{
+	if (id < 0 || (uint32_t)id >= t->n_vocab) {
+		if (len)
+			*len = 0;
+		return "";
+	}
+	int32_t ty = t->types[id];
+	if ((flags & SPA_TOK_SPECIAL) && (ty == TOK_CONTROL || ty == TOK_UNKNOWN)) {
+		if (len)
+			*len = t->raw_len[id];
+		return t->raw + t->raw_off[id];
+	}
+	if (len)
+		*len = t->text_len[id];
+	return t->text + t->text_off[id];
+}
+
+int spa_tokenizer_decode(const struct spa_tokenizer *t, const int32_t *ids, uint32_t n,
+			 char *buf, size_t size, size_t *len)
+{
+	size_t o = 0;
+	int32_t prev = -1;
+	for (uint32_t i = 0; i < n; i++) {
+		const char *s = spa_tokenizer_piece(t, prev, ids[i]);
+		size_t l = ids[i] >= 0 && (uint32_t)ids[i] < t->n_vocab ?
+			t->text_len[ids[i]] - (size_t)(s - (t->text + t->text_off[ids[i]])) : 0;
+		if (o + l < size)
+			memcpy(buf + o, s, l);
+		else if (o < size)
+			memcpy(buf + o, s, size - o);
+		o += l;
+		prev = ids[i];
+	}
+	if (size)
+		buf[o < size ? o : size - 1] = 0;
+	*len = o;
+	return o < size ? 0 : -SPA_ETOOBIG;
+}
+
 /* ---- encode ---- */
 
-struct sym {
-	uint32_t off, n;    /* bytes of the normalized text; n == 0 once merged away */
-	int32_t prev, next; /* -1 at the ends */
+/* A stretch of the text (id < 0) or a special token found in it. */
+struct frag {
+	uint32_t off, len;
+	int32_t id;
 };
 
-struct bigram {
-	float score;
-	int32_t left, right;
-	uint32_t size; /* bytes; stale when the symbols no longer add up to it */
-};
-
-/* Heap order: higher score first, then the leftmost pair. */
-static int bigram_before(const struct bigram *a, const struct bigram *b)
+/* Cut the text at every occurrence of each special token, longest token first (what
+ * llama.cpp's tokenizer_st_partition does). *frags is malloc'd. */
+static int partition(const struct spa_tokenizer *t, const char *text, uint32_t len,
+		     bool parse_special, struct frag **frags, uint32_t *n_frags)
 {
-	return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static void heap_push(struct bigram *h, uint32_t *n, struct bigram b)
-{
-	uint32_t i = (*n)++;
-	while (i > 0) {
-		uint32_t p = (i - 1) / 2;
-		if (!bigram_before(&b, &h[p]))
-			break;
-		h[i] = h[p];
-		i = p;
+	uint32_t n = 0;
+	struct frag *f = malloc(sizeof *f), *g = NULL;
+	if (!f)
+		return -ENOMEM;
+	if (len)
+		f[n++] = (struct frag){ 0, len, -1 };
+	for (uint32_t k = 0; k < t->n_special && n; k++) {
+		int32_t id = t->special[k];
+		if (!parse_special && t->types[id] != TOK_USER)
+			continue;
+		const char *tok = t->raw + t->raw_off[id];
+		uint32_t tl = t->raw_len[id];
+		/* Splitting adds at most 2 fragments per occurrence. */
+		uint32_t gcap = n, gn = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			if (f[i].id >= 0 || f[i].len < tl)
+				continue;
+			const char *p = text + f[i].off, *end = p + f[i].len;
+			while ((p = memmem(p, (size_t)(end - p), tok, tl)))
+				gcap += 2, p += tl;
+		}
+		if (gcap == n)
+			continue;
+		g = malloc(gcap * sizeof *g);
+		if (!g) {
+			free(f);
+			return -ENOMEM;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			if (f[i].id >= 0 || f[i].len < tl) {
+				g[gn++] = f[i];
+				continue;
+			}
+			const char *s = text + f[i].off, *end = s + f[i].len, *p;
+			while ((p = memmem(s, (size_t)(end - s), tok, tl))) {
+				if (p > s)
+					g[gn++] = (struct frag){ (uint32_t)(s - text),
+								 (uint32_t)(p - s), -1 };
+				g[gn++] = (struct frag){ (uint32_t)(p - text), tl, id };
+				s = p + tl;
+			}
+			if (s < end)
+				g[gn++] = (struct frag){ (uint32_t)(s - text), (uint32_t)(end - s), -1 };
+		}
+		free(f);
+		f = g;
+		n = gn;
 	}
-	h[i] = b;
+	*frags = f;
+	*n_frags = n;
+	return 0;
 }
 
-static struct bigram heap_pop(struct bigram *h, uint32_t *n)
-{
-	struct bigram top = h[0], last = h[--*n];
-	uint32_t i = 0;
-	for (;;) {
-		uint32_t c = 2 * i + 1;
-		if (c >= *n)
-			break;
-		if (c + 1 < *n && bigram_before(&h[c + 1], &h[c]))
-			c++;
-		if (!bigram_before(&h[c], &last))
-			break;
-		h[i] = h[c];
-		i = c;
-	}
-	if (*n)
-		h[i] = last;
-	return top;
-}
-
-static void try_bigram(const struct spa_tokenizer *t, const char *norm, const struct sym *sym,
-		       int32_t l, int32_t r, struct bigram *heap, uint32_t *n_heap)
-{
-	if (l < 0 || r < 0)
-		return;
-	uint32_t size = sym[l].n + sym[r].n;
-	int32_t id = tok_lookup(t, norm + sym[l].off, size);
-	if (id < 0)
-		return;
-	heap_push(heap, n_heap, (struct bigram){ t->scores[id], l, r, size });
-}
-
-/* Bytes of the UTF-8 character at s, or 1 for a byte that does not start a valid one (it
- * then goes out as a byte token). */
-static uint32_t utf8_char_len(const unsigned char *s, size_t avail)
-{
-	unsigned c = s[0];
-	uint32_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-	if (n == 0 || n > avail)
-		return 1;
-	for (uint32_t i = 1; i < n; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 1;
-	return n;
-}
-
-int spa_tokenizer_encode(const struct spa_tokenizer *t, const char *text, bool add_bos,
+int spa_tokenizer_encode(const struct spa_tokenizer *t, const char *text, unsigned flags,
 			 int32_t *ids, uint32_t max_ids, uint32_t *n_ids)
 {
-	char *norm = NULL;
-	struct sym *sym = NULL;
-	struct bigram *heap = NULL;
-	uint32_t n = 0;
-	int rc = 0;
-
 	if (!t || !text || !n_ids || (!ids && max_ids))
 		return -EINVAL;
 	*n_ids = 0;
 	size_t len = strlen(text);
 	if (len > TOK_MAX_TEXT)
 		return -SPA_ETOOBIG;
-	if (add_bos) {
-		if (n < max_ids)
-			ids[n] = t->bos;
-		n++;
-	}
-	if (len == 0)
-		goto done;
-
-	size_t n_space = 0;
-	for (size_t i = 0; i < len; i++)
-		n_space += text[i] == ' ';
-	size_t norm_len = len + SPM_SPACE_LEN + n_space * (SPM_SPACE_LEN - 1);
-	/* Each input byte starts at most one symbol, plus the added space. */
-	size_t max_sym = len + 1;
-	rc = -ENOMEM;
-	norm = malloc(norm_len);
-	sym = malloc(max_sym * sizeof *sym);
-	/* Each merge adds at most two candidates to the n_sym - 1 initial ones. */
-	heap = malloc(3 * max_sym * sizeof *heap);
-	if (!norm || !sym || !heap)
-		goto out;
-	rc = 0;
-
-	size_t o = 0;
-	memcpy(norm, SPM_SPACE, SPM_SPACE_LEN);
-	o = SPM_SPACE_LEN;
-	for (size_t i = 0; i < len; i++) {
-		if (text[i] == ' ') {
-			memcpy(norm + o, SPM_SPACE, SPM_SPACE_LEN);
-			o += SPM_SPACE_LEN;
+	struct tok_out o = { ids, max_ids, 0 };
+	struct frag *f;
+	uint32_t n_f;
+	int rc = partition(t, text, (uint32_t)len, flags & SPA_TOK_PARSE_SPECIAL, &f, &n_f);
+	if (rc < 0)
+		return rc;
+	if ((flags & SPA_TOK_ADD_SPECIAL) && t->add_bos)
+		tok_emit(&o, t->bos);
+	bool prev_special = true; /* SentencePiece: a space before text that follows a token */
+	for (uint32_t i = 0; i < n_f && rc == 0; i++) {
+		if (f[i].id >= 0) {
+			tok_emit(&o, f[i].id);
+			prev_special = true;
+		} else if (t->kind == TOK_KIND_SPM) {
+			rc = spm_encode(t, text + f[i].off, f[i].len,
+					t->add_space_prefix && prev_special, &o);
+			prev_special = false;
 		} else {
-			norm[o++] = text[i];
+			rc = bpe_encode(t, text + f[i].off, f[i].len, &o);
 		}
 	}
-
-	int32_t n_sym = 0;
-	for (size_t i = 0; i < norm_len; n_sym++) {
-		uint32_t cl = utf8_char_len((const unsigned char *)norm + i, norm_len - i);
-		sym[n_sym] = (struct sym){ (uint32_t)i, cl, n_sym - 1, n_sym + 1 };
-		i += cl;
-	}
-	sym[n_sym - 1].next = -1;
-
-	uint32_t n_heap = 0;
-	for (int32_t i = 0; i + 1 < n_sym; i++)
-		try_bigram(t, norm, sym, i, i + 1, heap, &n_heap);
-	while (n_heap) {
-		struct bigram b = heap_pop(heap, &n_heap);
-		struct sym *l = &sym[b.left], *r = &sym[b.right];
-		if (l->n == 0 || r->n == 0 || l->n + r->n != b.size)
-			continue;
-		l->n += r->n;
-		r->n = 0;
-		l->next = r->next;
-		if (r->next >= 0)
-			sym[r->next].prev = b.left;
-		try_bigram(t, norm, sym, l->prev, b.left, heap, &n_heap);
-		try_bigram(t, norm, sym, b.left, l->next, heap, &n_heap);
-	}
-
-	for (int32_t i = 0; i >= 0; i = sym[i].next) {
-		int32_t id = tok_lookup(t, norm + sym[i].off, sym[i].n);
-		if (id >= 0) {
-			if (n < max_ids)
-				ids[n] = id;
-			n++;
-			continue;
-		}
-		for (uint32_t k = 0; k < sym[i].n; k++) {
-			int32_t bid = t->byte_id[(unsigned char)norm[sym[i].off + k]];
-			if (n < max_ids)
-				ids[n] = bid >= 0 ? bid : t->unk;
-			n++;
-		}
-	}
-done:
-	*n_ids = n;
-	if (n > max_ids)
-		rc = -SPA_ETOOBIG;
-out:
-	free(norm);
-	free(sym);
-	free(heap);
-	return rc;
+	free(f);
+	if (rc < 0)
+		return rc;
+	if ((flags & SPA_TOK_ADD_SPECIAL) && t->add_eos)
+		tok_emit(&o, t->eos);
+	*n_ids = o.n;
+	return o.n > max_ids ? -SPA_ETOOBIG : 0;
 }
 
 /* ---- write ---- */
 
-static int write_keys(struct spa_gguf_writer *w, const char *const *pieces, const float *scores,
-		      const int32_t *types, uint32_t n, int32_t unk, int32_t bos, int32_t eos)
-{
-	int rc = spa_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
-	if (rc == 0)
-		rc = spa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", pieces, n);
-	if (rc == 0)
-		rc = spa_gguf_writer_set_arr(w, "tokenizer.ggml.scores", SPA_GGUF_FLOAT32, scores, n);
-	if (rc == 0)
-		rc = spa_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", SPA_GGUF_INT32, types, n);
-	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
-	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
-	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
-	return rc;
-}
-
 int spa_tokenizer_write(const struct spa_tokenizer *t, struct spa_gguf_writer *w)
 {
-	const char **pieces = malloc(t->n_vocab * sizeof *pieces);
-	if (!pieces)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < t->n_vocab; i++)
-		pieces[i] = t->raw + t->raw_off[i];
-	int rc = write_keys(w, pieces, t->scores, t->types, t->n_vocab, t->unk, t->bos, t->eos);
-	free(pieces);
-	return rc;
-}
-
-/* ---- synthetic vocabulary ----
- *
- * Order (a longer vocabulary extends a shorter one; every piece comes after its prefixes, so
- * the set stays reachable by pairwise merges at any size):
- *   0 <unk>, 1 <s>, 2 </s>, 3..258 <0x00>..<0xFF>,
- *   "▁", the printable ASCII characters, "▁" + each letter,
- *   common English words as "▁word", each after its missing prefixes ("▁w", "▁wo", "▁wor"),
- *   then for k = 2, 3, ...: every lowercase k-letter string, then "▁" + each of them.
- * Scores: characters - index / 2^20, so longer pieces win and earlier ones break ties. */
-
-static const char *const synth_words[] = {
-	"the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on",
-	"are", "with", "as", "I", "his", "they", "be", "at", "one", "have", "this", "from", "or",
-	"had", "by", "not", "word", "but", "what", "some", "we", "can", "out", "other", "were",
-	"all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which",
-	"do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write",
-	"would", "like", "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has",
-	"look", "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most",
-	"people", "my", "over", "know", "water", "than", "call", "first", "who", "may", "down",
-	"side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place",
-	"made", "live", "where", "after", "back", "little", "only", "round", "man", "year",
-	"came", "show", "every", "good", "me", "give", "our", "under", "name", "very", "through",
-	"just", "form", "sentence", "great", "think", "say", "help", "low", "line", "differ",
-	"turn", "cause", "much", "mean", "before", "move", "right", "boy", "old", "too", "same",
-	"tell", "does", "set", "three", "want", "air", "well", "also", "play", "small", "end",
-	"put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here",
-	"must", "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went",
-	"light", "kind", "off", "need", "house", "picture", "try", "us", "again", "animal",
-	"point", "mother", "world", "near", "build", "self", "earth", "father", "head", "stand",
-	"own", "page", "should", "country", "found", "answer", "school", "grow", "study", "still",
-	"learn", "plant", "cover", "food", "sun", "four", "between", "state", "keep", "eye",
-	"never", "last", "let", "thought", "city", "tree", "cross", "farm", "hard", "start",
-	"might", "story", "saw", "far", "sea", "draw", "left", "late", "run", "while", "press",
-	"close", "night", "real", "life", "few", "north", "open", "seem", "together", "next",
-	"white", "children", "begin", "got", "walk", "example", "ease", "paper", "group",
-	"always", "music", "those", "both", "mark", "often", "letter", "until", "mile", "river",
-	"car", "feet", "care", "second", "book", "carry", "took", "science", "eat", "room",
-	"friend", "began", "idea", "fish", "mountain", "stop", "once", "upon", "base", "hear",
-	"horse", "cut", "sure", "watch", "color", "face", "wood", "main", "enough", "plain",
-	"girl", "usual", "young", "ready", "above", "ever", "red", "list", "though", "feel",
-	"talk", "bird", "soon", "body", "dog", "family", "direct", "pose", "leave", "song",
-	"measure", "door", "product", "black", "short", "numeral", "class", "wind", "question",
-	"happen", "complete", "ship", "area", "half", "rock", "order", "fire", "south", "problem",
-	"piece", "told", "knew", "pass", "since", "top", "whole", "king", "space", "heard",
-	"best", "hour", "better", "true", "during", "hundred", "five", "remember", "step",
-	"early", "hold", "west", "ground", "interest", "reach", "fast", "verb", "sing", "listen",
-	"six", "table", "travel", "less", "morning", "ten", "simple", "several", "toward", "war",
-	"lay", "against", "pattern", "slow", "center", "love", "person", "money", "serve",
-	"appear", "road", "map", "rain", "rule", "govern", "pull", "cold", "notice", "voice",
-	"unit", "power", "town", "fine", "certain", "fly", "fall", "lead", "cry", "dark",
-	"machine", "note", "wait", "plan", "figure", "star", "box", "noun", "field", "rest",
-	"correct", "able", "pound", "done", "beauty", "drive", "stood", "contain", "front",
-	"teach", "week", "final", "gave", "green", "oh", "quick", "develop", "ocean", "warm",
-	"free", "minute", "strong", "special", "mind", "behind", "clear", "tail", "produce",
-	"fact", "street", "inch", "multiply", "nothing", "course", "stay", "wheel", "full",
-	"force", "blue", "object", "decide", "surface", "deep", "moon", "island", "foot",
-	"system", "busy", "test", "record", "boat", "common", "gold", "possible", "plane",
-	"model", "edge", "cloud", "network", "token", "language", "The", "It", "In", "A", "He",
-	"She", "They", "We", "This", "There", "Once",
-};
-
-struct synth {
-	uint32_t cap, n;
-	char *arena;
-	size_t arena_len, arena_cap;
-	uint32_t *off, *len;
-	float *scores;
-	int32_t *types;
-	struct tok_map map;
-};
-
-static void synth_free(struct synth *s)
-{
-	free(s->arena);
-	free(s->off);
-	free(s->len);
-	free(s->scores);
-	free(s->types);
-	free(s->map.slot);
-}
-
-static uint32_t utf8_count(const char *p, size_t n)
-{
-	uint32_t c = 0;
-	for (size_t i = 0; i < n; i++)
-		c += ((unsigned char)p[i] & 0xc0) != 0x80;
-	return c;
-}
-
-/* Append a piece unless present; 0 or -ENOMEM. A full vocabulary ignores further pieces. */
-static int synth_add(struct synth *s, const char *p, size_t n, int32_t type)
-{
-	if (s->n == s->cap)
-		return 0;
-	uint32_t slot = map_probe(&s->map, s->arena, s->off, s->len, p, n);
-	if (s->map.slot[slot] >= 0)
-		return 0;
-	if (s->arena_len + n + 1 > s->arena_cap) {
-		size_t cap = s->arena_cap ? s->arena_cap * 2 : 4096;
-		while (cap < s->arena_len + n + 1)
-			cap *= 2;
-		char *a = realloc(s->arena, cap);
-		if (!a)
-			return -ENOMEM;
-		s->arena = a;
-		s->arena_cap = cap;
-	}
-	uint32_t id = s->n++;
-	memcpy(s->arena + s->arena_len, p, n);
-	s->arena[s->arena_len + n] = 0;
-	s->off[id] = (uint32_t)s->arena_len;
-	s->len[id] = (uint32_t)n;
-	s->arena_len += n + 1;
-	s->types[id] = type;
-	s->scores[id] = type == TOK_NORMAL ?
-		(float)utf8_count(p, n) - (float)id / (float)(1u << 20) : 0.0f;
-	s->map.slot[slot] = (int32_t)id;
-	return 0;
-}
-
-/* "▁" + word and, before it, each of its prefixes of two or more characters. */
-static int synth_add_word(struct synth *s, const char *word)
-{
-	char buf[64];
-	size_t wl = strlen(word);
-	if (wl + SPM_SPACE_LEN > sizeof buf)
-		return 0;
-	memcpy(buf, SPM_SPACE, SPM_SPACE_LEN);
-	memcpy(buf + SPM_SPACE_LEN, word, wl);
-	for (size_t k = 1; k <= wl; k++) {
-		int rc = synth_add(s, buf, SPM_SPACE_LEN + k, TOK_NORMAL);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
-
-static int synth_build(struct synth *s, uint32_t n_vocab)
-{
-	char buf[32];
-	int rc = -ENOMEM;
-
-	memset(s, 0, sizeof *s);
-	s->cap = n_vocab;
-	s->off = malloc(n_vocab * sizeof *s->off);
-	s->len = malloc(n_vocab * sizeof *s->len);
-	s->scores = malloc(n_vocab * sizeof *s->scores);
-	s->types = malloc(n_vocab * sizeof *s->types);
-	if (!s->off || !s->len || !s->scores || !s->types || map_init(&s->map, n_vocab) < 0)
-		goto err;
-
-	rc = synth_add(s, "<unk>", 5, TOK_UNKNOWN);
-	rc |= synth_add(s, "<s>", 3, TOK_CONTROL);
-	rc |= synth_add(s, "</s>", 4, TOK_CONTROL);
-	for (int b = 0; b < 256; b++) {
-		snprintf(buf, sizeof buf, "<0x%02X>", b);
-		rc |= synth_add(s, buf, 6, TOK_BYTE);
-	}
-	/* "▁" first among the pieces: without it a space would decode as its three raw bytes. */
-	rc |= synth_add(s, SPM_SPACE, SPM_SPACE_LEN, TOK_NORMAL);
-	for (char c = '!'; c <= '~'; c++)
-		rc |= synth_add(s, &c, 1, TOK_NORMAL);
-	for (int cs = 0; cs < 2; cs++) {
-		for (char c = 'a'; c <= 'z'; c++) {
-			memcpy(buf, SPM_SPACE, SPM_SPACE_LEN);
-			buf[SPM_SPACE_LEN] = cs ? (char)(c - 'a' + 'A') : c;
-			rc |= synth_add(s, buf, SPM_SPACE_LEN + 1, TOK_NORMAL);
-		}
-	}
-	if (rc < 0)
-		goto err;
-	for (size_t i = 0; i < sizeof synth_words / sizeof synth_words[0]; i++)
-		if ((rc = synth_add_word(s, synth_words[i])) < 0)
-			goto err;
-	/* Letter strings of growing length: plain, then "▁"-prefixed. 26^k outgrows any allowed
-	 * n_vocab long before k reaches 8. */
-	for (uint32_t k = 2; s->n < s->cap && k < 8; k++) {
-		for (int sp = 0; sp < 2 && s->n < s->cap; sp++) {
-			uint32_t pre = sp ? SPM_SPACE_LEN : 0;
-			char idx[8] = {0};
-			memcpy(buf, SPM_SPACE, SPM_SPACE_LEN);
-			while (s->n < s->cap) {
-				for (uint32_t j = 0; j < k; j++)
-					buf[pre + j] = (char)('a' + idx[j]);
-				if ((rc = synth_add(s, buf, pre + k, TOK_NORMAL)) < 0)
-					goto err;
-				int32_t j = (int32_t)k - 1;
-				while (j >= 0 && ++idx[j] == 26)
-					idx[j--] = 0;
-				if (j < 0)
-					break;
-			}
-		}
-	}
-	if (s->n == s->cap)
-		return 0;
-	rc = -SPA_EUNSUPPORTED; /* unreachable below TOK_SYNTH_MAX_VOCAB */
-err:
-	synth_free(s);
-	return rc;
-}
-
-int spa_tokenizer_write_synthetic(struct spa_gguf_writer *w, uint32_t n_vocab)
-{
-	struct synth s;
-	if (n_vocab < 300 || n_vocab > TOK_SYNTH_MAX_VOCAB)
-		return -SPA_EUSAGE;
-	int rc = synth_build(&s, n_vocab);
-	if (rc < 0)
-		return rc;
-	const char **pieces = malloc(n_vocab * sizeof *pieces);
-	rc = -ENOMEM;
-	if (pieces) {
-		for (uint32_t i = 0; i < n_vocab; i++)
-			pieces[i] = s.arena + s.off[i];
-		rc = write_keys(w, pieces, s.scores, s.types, n_vocab, 0, 1, 2);
-		free(pieces);
-	}
-	synth_free(&s);
+	int rc = t->kind == TOK_KIND_SPM ? spm_write(t, w) : bpe_write(t, w);
+	if (rc == 0 && t->key_pad)
+		rc = spa_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)t->pad);
+	if (rc == 0 && t->key_add_space)
+		rc = spa_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix",
+					      t->add_space_prefix);
+	/* BPE's defaults depend on the pre-tokenizer: always written, so they cannot drift. */
+	if (rc == 0 && (t->key_add_bos || t->kind == TOK_KIND_BPE))
+		rc = spa_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", t->add_bos);
+	if (rc == 0 && (t->key_add_eos || t->kind == TOK_KIND_BPE))
+		rc = spa_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", t->add_eos);
 	return rc;
 }

@@ -503,7 +503,8 @@ Test(tokenizer, load_refuses_bad_tokenizers)
 		const char *want;
 	} cases[] = {
 		{ { NULL, tok, 5, sc, 5, ty, 5, 1 }, "tokenizer.ggml.model" },
-		{ { "gpt2", tok, 5, sc, 5, ty, 5, 1 }, "gpt2" },
+		{ { "gpt2", tok, 5, sc, 5, ty, 5, 1 }, "tokenizer.ggml.pre" },
+		{ { "bert", tok, 5, sc, 5, ty, 5, 1 }, "'bert'" },
 		{ { "llama", NULL, 0, sc, 5, ty, 5, 1 }, "tokenizer.ggml.tokens" },
 		{ { "llama", tok, 5, NULL, 0, ty, 5, 1 }, "tokenizer.ggml.scores" },
 		{ { "llama", tok, 5, sc, 4, ty, 5, 1 }, "4 values for 5 tokens" },
@@ -917,4 +918,47 @@ Test(tokenizer, spa_gen_bad_usage_exits_2)
 	char p[128];
 	snprintf(p, sizeof p, "%s/x.gguf", dir);
 	cr_assert_neq(stat(p, &st), 0, "a refused command wrote %s", p);
+}
+
+/* Control tokens in the text with SPA_TOK_PARSE_SPECIAL, and the space SentencePiece puts
+ * before the text that follows them: the ids llama.cpp b4747's llama-tokenize gave on
+ * spa-gen's tiny model (with and without --no-parse-special). */
+Test(tokenizer, parse_special_as_llama_cpp)
+{
+	static const struct {
+		const char *text;
+		int32_t special[16], plain[24];
+		uint32_t n_special, n_plain;
+	} cases[] = {
+		{ "<s>Hello</s> world<unk>x", { 1, 1, 387, 328, 335, 335, 338, 2, 259, 835, 0, 377 },
+		  { 1, 259, 287, 342, 289, 299, 328, 335, 335, 338, 287, 274, 342, 289, 835, 287, 344,
+		    337, 334, 289, 347 }, 12, 21 },
+		{ "a <s> b<s>c", { 1, 354, 259, 1, 259, 355, 1, 356 },
+		  { 1, 354, 259, 287, 342, 289, 355, 287, 342, 289, 326 }, 8, 11 },
+		{ "</s>", { 1, 2 }, { 1, 259, 287, 274, 342, 289 }, 2, 6 },
+	};
+	struct spa_tokenizer *t = synth_tok(1024);
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int32_t ids[32];
+		uint32_t n;
+		cr_assert_eq(spa_tokenizer_encode(t, cases[i].text,
+						  SPA_TOK_ADD_SPECIAL | SPA_TOK_PARSE_SPECIAL, ids,
+						  32, &n), 0);
+		cr_assert_eq(n, cases[i].n_special, "'%s': %u tokens", cases[i].text, n);
+		cr_assert(memcmp(ids, cases[i].special, n * sizeof *ids) == 0, "'%s'",
+			  cases[i].text);
+		cr_assert_eq(spa_tokenizer_encode(t, cases[i].text, SPA_TOK_ADD_SPECIAL, ids, 32,
+						  &n), 0);
+		cr_assert_eq(n, cases[i].n_plain, "'%s': %u tokens", cases[i].text, n);
+		cr_assert(memcmp(ids, cases[i].plain, n * sizeof *ids) == 0, "'%s'", cases[i].text);
+	}
+	size_t len;
+	cr_assert_str_eq(spa_tokenizer_token_text(t, 1, SPA_TOK_SPECIAL, &len), "<s>");
+	cr_assert_eq(len, 3);
+	cr_assert_str_eq(spa_tokenizer_token_text(t, 1, 0, &len), "");
+	cr_assert_str_eq(spa_tokenizer_token_text(t, 0, SPA_TOK_SPECIAL, NULL), "<unk>");
+	cr_assert_str_eq(spa_tokenizer_token_text(t, 835, 0, NULL), " world");
+	cr_assert_str_eq(spa_tokenizer_model(t), "llama");
+	cr_assert_null(spa_tokenizer_pre(t));
+	spa_tokenizer_destroy(t);
 }

@@ -25,4 +25,17 @@ int spa_gen_shape(const char *name, struct spa_hparams *hp);
 int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		 const char *path, bool show_progress, struct spa_errbuf *err);
 
+/* Which tokenizer spa_gen_base_tok writes, and whether the tensors too. */
+struct spa_gen_tok {
+	const char *pre;  /* NULL: the synthetic SentencePiece tokenizer; else a synthetic
+			   * byte-level BPE ("gpt2") for this pre-tokenizer (llama.cpp's name:
+			   * llama-bpe, qwen2, gpt-2, ...), n_vocab >= 512 */
+	bool vocab_only;  /* the metadata and tokenizer, no tensors (as llama.cpp's vocab files) */
+};
+/* spa_gen_base with a choice of tokenizer (tok NULL: as spa_gen_base). Same returns; an
+ * unknown pre-tokenizer or too small a vocabulary is -SPA_EUSAGE with err saying so. */
+int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
+		     const struct spa_gen_tok *tok, const char *path, bool show_progress,
+		     struct spa_errbuf *err);
+
 #endif

@@ -82,8 +82,12 @@ int main(int argc, char **argv)
 
 	uint32_t cap = 1u << 16, n_prompt = 0;
 	int32_t *ids = malloc(sizeof *ids * cap);
-	if (!ids || spa_tokenizer_encode(p->tok, g.prompt, true, ids, cap, &n_prompt) < 0)
+	if (!ids || spa_tokenizer_encode(p->tok, g.prompt, SPA_TOK_ADD_SPECIAL, ids, cap,
+				     &n_prompt) < 0)
 		cli_die(1, "cannot tokenize the prompt (longer than %u tokens?)", cap);
+	if (n_prompt == 0)
+		cli_die(2, "the prompt gives no tokens (the model adds no BOS): give a non-empty "
+			"prompt with -p");
 
 	struct cli_printer pr = {.tok = p->tok, .ids = g.ids, .prev = ids[n_prompt - 1]};
 	o.cfg = g.cfg;

@@ -1,6 +1,7 @@
 /* spa-gen: make synthetic base models and personal plugins for tests and benchmarks.
  *
- *   spa-gen base --shape tiny|default|1b|llama-7b [--type TYPE] [--seed N] -o FILE
+ *   spa-gen base --shape tiny|default|1b|llama-7b [--type TYPE] [--seed N]
+ *                [--tokenizer spm|bpe] [--pre NAME] [--vocab N] [--vocab-only] -o FILE
  *   spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N] [--side-fraction F]
  *                  [--calib-prompt TEXT] [--seed N] -o FILE
  *
@@ -17,13 +18,14 @@
 #include "spa/spa.h"
 
 static const char usage[] =
-	"usage: spa-gen base --shape SHAPE [--type TYPE] [--seed N] [--quiet] -o FILE\n"
+	"usage: spa-gen base --shape SHAPE [--type TYPE] [--seed N] [--tokenizer spm|bpe]\n"
+	"                    [--pre NAME] [--vocab N] [--vocab-only] [--quiet] -o FILE\n"
 	"       spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N]\n"
 	"                      [--side-fraction F] [--calib-prompt TEXT] [--seed N] [--quiet]\n"
 	"                      -o FILE\n"
 	"\n"
 	"base    write a Llama-architecture GGUF model with random weights (deterministic in\n"
-	"        the seed) and a synthetic SentencePiece tokenizer.\n"
+	"        the seed) and a synthetic tokenizer.\n"
 	"        --shape  tiny      4 blocks, H 128, FFN 344, 4/2 heads, vocab 1024 (~4 MB f32)\n"
 	"                 default   32 blocks, H 512, FFN 1376, 8/4 heads, vocab 32000\n"
 	"                 1b        8 blocks, H 2048, FFN 5632, 16 heads, vocab 32000\n"
@@ -33,6 +35,14 @@ static const char usage[] =
 	"                 does, q4_0 and q4_k files keep token_embd and output in q6_k, and a\n"
 	"                 matrix whose rows do not fill whole blocks falls back to q8_0 (k-quants)\n"
 	"                 or f16. Values are the f32 model's of the same seed, quantized.\n"
+	"        --tokenizer  spm: SentencePiece (\"llama\", default); bpe: byte-level BPE\n"
+	"                 (\"gpt2\") with merges learned from a built-in mixed corpus\n"
+	"        --pre    the BPE pre-tokenizer, llama.cpp's name (default llama-bpe; also\n"
+	"                 qwen2, gpt-2, starcoder, falcon, deepseek-llm, deepseek-coder, mpt,\n"
+	"                 refact, ...); implies --tokenizer bpe\n"
+	"        --vocab N    vocabulary size instead of the shape's (300+; bpe 512+)\n"
+	"        --vocab-only the metadata and tokenizer without tensors (for spa-tokenize\n"
+	"                 and llama.cpp's llama-tokenize)\n"
 	"plugin  write a personal plugin for a base model, with random weights:\n"
 	"        --kind   spa (side network + classifier), lst (side network, always used),\n"
 	"                 lora (rank-k q/v updates), adapter (Houlsby bottlenecks)\n"
@@ -84,6 +94,9 @@ static int cmd_base(int argc, char **argv)
 	enum spa_dtype type = SPA_TYPE_F32;
 	uint64_t seed = 1;
 	int quiet = 0;
+	const char *tokenizer = NULL;
+	long long vocab = 0;
+	struct spa_gen_tok tok = { NULL, false };
 
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
@@ -98,6 +111,16 @@ static int cmd_base(int argc, char **argv)
 			type = (enum spa_dtype)t;
 		} else if (!strcmp(a, "--seed")) {
 			seed = (uint64_t)cli_int(a, cli_value(argc, argv, &i), 0, LLONG_MAX);
+		} else if (!strcmp(a, "--tokenizer")) {
+			tokenizer = cli_value(argc, argv, &i);
+			if (strcmp(tokenizer, "spm") != 0 && strcmp(tokenizer, "bpe") != 0)
+				cli_die(2, "--tokenizer: '%s' is not spm or bpe", tokenizer);
+		} else if (!strcmp(a, "--pre")) {
+			tok.pre = cli_value(argc, argv, &i);
+		} else if (!strcmp(a, "--vocab")) {
+			vocab = cli_int(a, cli_value(argc, argv, &i), 300, 1 << 19);
+		} else if (!strcmp(a, "--vocab-only")) {
+			tok.vocab_only = true;
 		} else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
 			out = cli_value(argc, argv, &i);
 		} else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
@@ -117,9 +140,16 @@ static int cmd_base(int argc, char **argv)
 	if (spa_gen_shape(shape, &hp) < 0)
 		cli_die(2, "--shape: unknown shape '%s': use tiny, default, 1b or llama-7b", shape);
 
+	if (vocab)
+		hp.n_vocab = (uint32_t)vocab;
+	if (tokenizer && !strcmp(tokenizer, "spm") && tok.pre)
+		cli_die(2, "--pre names a BPE pre-tokenizer: it does not go with --tokenizer spm");
+	if (tokenizer && !strcmp(tokenizer, "bpe") && !tok.pre)
+		tok.pre = "llama-bpe";
+
 	struct spa_errbuf err = {{0}};
 	double t0 = now_s();
-	int rc = spa_gen_base(&hp, type, seed, out, !quiet && isatty(2), &err);
+	int rc = spa_gen_base_tok(&hp, type, seed, &tok, out, !quiet && isatty(2), &err);
 	if (rc < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
 	double dt = now_s() - t0;
@@ -129,9 +159,11 @@ static int cmd_base(int argc, char **argv)
 	char np[32];
 	fmt_count(np, sizeof np, n_params);
 	printf("wrote %s: %.2f MB, base model '%s' (L %u, H %u, FFN %u, heads %u/%u, vocab %u, "
-	       "ctx %u), %s, %s parameters, seed %llu, in %.2f s\n", out, (double)size / 1e6,
-	       shape, hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads, hp.n_kv_heads, hp.n_vocab,
-	       hp.n_ctx, spa_dtype_name(type), np, (unsigned long long)seed, dt);
+	       "ctx %u), %s, %s parameters, seed %llu, tokenizer %s%s%s, in %.2f s\n", out,
+	       (double)size / 1e6, shape, hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads,
+	       hp.n_kv_heads, hp.n_vocab, hp.n_ctx, spa_dtype_name(type), np,
+	       (unsigned long long)seed, tok.pre ? "bpe " : "spm", tok.pre ? tok.pre : "",
+	       tok.vocab_only ? " (vocabulary only)" : "", dt);
 	return 0;
 }
 

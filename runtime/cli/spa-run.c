@@ -103,7 +103,13 @@ int main(int argc, char **argv)
 	ids = malloc(sizeof *ids * cap);
 	if (!ids)
 		goto out;
-	if ((rc = spa_tokenizer_encode(m->tok, g.prompt, true, ids, cap, &n_prompt)) < 0 ||
+	if ((rc = spa_tokenizer_encode(m->tok, g.prompt, SPA_TOK_ADD_SPECIAL, ids, cap,
+				       &n_prompt)) == 0 && n_prompt == 0) {
+		fprintf(stderr, "spa-run: the prompt gives no tokens (the model adds no BOS): give "
+			"a non-empty prompt with -p\n");
+		goto out;
+	}
+	if (rc < 0 ||
 	    (uint64_t)n_prompt + g.n_gen > m->hp.n_ctx) {
 		fprintf(stderr, "spa-run: prompt (%u tokens) + %u tokens exceed the context of %u\n",
 			n_prompt, g.n_gen, m->hp.n_ctx);

@@ -5,6 +5,8 @@
 #include "error.h"
 #include "dtype.h"
 #include "gguf.h"
+#include "uring.h"
+#include "load.h"
 #include "kernels.h"
 #include "pool.h"
 #include "pin.h"

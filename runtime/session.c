@@ -319,8 +319,8 @@ int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t 
 	 * reloads its r-wide accumulators per tile); spa_edge_set_unfused(e, false) selects it. */
 	e->unfused = true;
 	size_t n = (size_t)(p->n_layers + 1) * p->rank + p->rank + p->n_embd + p->rank + 16;
-	if (p->kind == SPA_PLUGIN_SIDE && spa_engine_side_chain_scratch(p) > n)
-		n = spa_engine_side_chain_scratch(p);
+	if (p->kind == SPA_PLUGIN_SIDE && spa_plugin_side_chain_fused_scratch(p) > n)
+		n = spa_plugin_side_chain_fused_scratch(p);
 	e->scratch = malloc(sizeof(float) * n);
 	if (!e->scratch) {
 		free(e);
@@ -391,7 +391,7 @@ int spa_edge_respond(struct spa_edge *e, enum spa_msg_type req, uint32_t layer, 
 		if (e->unfused)
 			spa_plugin_side_chain(p, in, out, e->scratch);
 		else
-			spa_engine_side_chain(p, in, out, e->scratch);
+			spa_plugin_side_chain_fused(p, in, out, e->scratch);
 		*reply = SPA_MSG_SIDE_OUT;
 		break;
 	case SPA_MSG_RESID:

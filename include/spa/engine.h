@@ -80,15 +80,6 @@ int spa_engine_gate(const struct spa_engine *e, float *margin);
  * count. z NULL: f of the last forward. Hot path. */
 void spa_engine_head_argmax(struct spa_engine *e, const float *z, int32_t *tok);
 
-/* The edge's side-adapter chain as one kernel: from taps ((L+1) x r) to relu(s) (r), each
- * block's U_i relu(s) with its bias and relu applied as the rows come out of the kernels'
- * 4-row dots, then D_i u, in the summation order of spa_matvec_f32, so the bits equal
- * spa_plugin_side_chain's. scratch: spa_engine_side_chain_scratch(p) floats. relu_s may alias
- * taps[0..r). Hot path, single thread. */
-void spa_engine_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
-			   float *scratch);
-size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
-
 /* ---- streaming under a memory budget ---- */
 
 /* Load a model for engines under a weight-memory budget of mem_budget bytes (0: no budget,

@@ -83,8 +83,8 @@ struct spa_edge;
 int spa_edge_create(struct spa_edge **out, const struct spa_plugin *p, uint32_t max_batch);
 void spa_edge_destroy(struct spa_edge *e);
 /* Answer TAPS with spa_plugin_side_chain (unfused true, the default: measured faster on the
- * development machine) or with the fused chain spa_engine_side_chain (false); the bits are the
- * same. For bench/decode. */
+ * development machine) or with the fused chain spa_plugin_side_chain_fused (false); the bits
+ * are the same. For bench/decode. */
 void spa_edge_set_unfused(struct spa_edge *e, bool unfused);
 /* in: the request's payload floats. Writes the reply's floats into out[out_cap], sets *n_out and
  * *reply. Returns 0, or -SPA_EPROTO when the request does not fit the plugin (wrong type for

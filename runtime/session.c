@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/kernels.h"
 #include "spa/session.h"
@@ -20,11 +20,6 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 #define HELLO_OK_SIZE 64u
 #define PROMPT_HDR 32u
 #define DONE_HDR 144u
-
-static uint64_t now_ns(void)
-{
-	return (uint64_t)spa_now_ns();
-}
 
 /* ---------------------------------------------------------------- runner (cloud) */
 
@@ -46,10 +41,10 @@ struct spa_runner {
 static int xcall(struct spa_runner *r, enum spa_msg_type req, uint32_t layer, uint32_t n_rows,
 		 const float *out, size_t n_out, float *in, size_t n_in)
 {
-	uint64_t edge_ns = 0, t0 = now_ns();
+	uint64_t edge_ns = 0, t0 = spa_clock_ns();
 	int rc = r->x->call(r->x->ctx, req, layer, n_rows, r->pos, out, n_out, in, n_in, &edge_ns);
 	if (r->cur) {
-		r->cur->xchg_ns += now_ns() - t0;
+		r->cur->xchg_ns += spa_clock_ns() - t0;
 		r->cur->edge_ns += edge_ns;
 		r->cur->n_xchg++;
 	}
@@ -203,7 +198,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 	if (!st)
 		st = &local;
 	memset(st, 0, sizeof *st);
-	uint64_t t0 = now_ns();
+	uint64_t t0 = spa_clock_ns();
 	struct spa_engine_hooks hb;
 	const struct spa_engine_hooks *h = runner_hooks(r, &hb);
 	r->cur = st;
@@ -222,7 +217,7 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 	r->cur = NULL;
 	r->pending = ids[n - 1];
 	r->have_pending = true;
-	st->wall_ns = now_ns() - t0;
+	st->wall_ns = spa_clock_ns() - t0;
 	return 0;
 }
 
@@ -239,7 +234,7 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 	if (!st)
 		st = &local;
 	memset(st, 0, sizeof *st);
-	uint64_t t0 = now_ns();
+	uint64_t t0 = spa_clock_ns();
 	struct spa_engine_hooks hb;
 	const struct spa_engine_hooks *h = runner_hooks(r, &hb);
 	r->cur = st;
@@ -290,7 +285,7 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 	r->pending = *tok;
 out:
 	r->cur = NULL;
-	st->wall_ns = now_ns() - t0;
+	st->wall_ns = spa_clock_ns() - t0;
 	return rc;
 }
 
@@ -419,10 +414,10 @@ static int local_call(void *ctx, enum spa_msg_type req, uint32_t layer, uint32_t
 	struct spa_local_xchg *lx = ctx;
 	size_t got = 0;
 	enum spa_msg_type reply;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = spa_clock_ns();
 	int rc = spa_edge_respond(lx->edge, req, layer, n_rows, out, n_out, in, n_in, &got, &reply,
 				  &lx->err);
-	*edge_ns = now_ns() - t0;
+	*edge_ns = spa_clock_ns() - t0;
 	if (rc == 0 && got != n_in)
 		rc = spa_err(&lx->err, -SPA_EPROTO, "edge reply has %zu values, expected %zu", got,
 			     n_in);
@@ -936,7 +931,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 	put_u64(tx + 24, cfg->sp.seed);
 	memcpy(tx + PROMPT_HDR, prompt, 4ull * n_prompt);
 	m = (struct spa_msg){.type = SPA_MSG_PROMPT, .session = sid};
-	uint64_t t0 = now_ns();
+	uint64_t t0 = spa_clock_ns();
 	if ((rc = spa_link_send(l, &m, tx, plen)) < 0) {
 		spa_err(err, rc, "sending PROMPT: %s", spa_link_error(l));
 		goto out;
@@ -963,7 +958,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 				goto out;
 			}
 			if (res->n_tokens == 0)
-				res->first_token_ns = now_ns() - t0;
+				res->first_token_ns = spa_clock_ns() - t0;
 			res->tokens[res->n_tokens++] = id;
 			if (o->on_token)
 				o->on_token(o->ctx, id);
@@ -983,11 +978,11 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 		}
 		size_t n_out;
 		enum spa_msg_type reply;
-		uint64_t c0 = now_ns();
+		uint64_t c0 = spa_clock_ns();
 		rc = spa_edge_respond(edge, (enum spa_msg_type)r.type, r.layer, r.n_rows,
 				      (const float *)r.payload, r.len / 4, (float *)tx, tx_cap,
 				      &n_out, &reply, err);
-		uint64_t c = now_ns() - c0;
+		uint64_t c = spa_clock_ns() - c0;
 		if (rc < 0) {
 			char msg[600];
 			snprintf(msg, sizeof msg, "edge: %s", err->msg);
@@ -1004,7 +999,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 			goto out;
 		}
 	}
-	res->wall_ns = now_ns() - t0;
+	res->wall_ns = spa_clock_ns() - t0;
 	const uint8_t *d = r.payload;
 	struct spa_gen_stats *gs = &res->cloud;
 	if (r.len < DONE_HDR || r.len != DONE_HDR + 8ull * get_u32(d) ||

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/pin.h"
 #include "spa/uring.h"
 
@@ -530,16 +530,9 @@ int spa_uring_read_async(struct spa_uring_reader *r, void *dst, uint64_t off, si
 	return 0;
 }
 
-static int64_t ur_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int spa_uring_wait(struct spa_uring_reader *r, uint64_t tag, int64_t timeout_ns)
 {
-	int64_t deadline = timeout_ns > 0 ? ur_now_ns() + timeout_ns : 0;
+	int64_t deadline = timeout_ns > 0 ? spa_clock_ns() + timeout_ns : 0;
 	for (;;) {
 		int rc = r->uring ? spa_uring_poll(r) : 0;
 		if (rc < 0)
@@ -583,7 +576,7 @@ int spa_uring_wait(struct spa_uring_reader *r, uint64_t tag, int64_t timeout_ns)
 		if (timeout_ns < 0) {
 			w = io_uring_wait_cqe(&r->ring, &cqe);
 		} else {
-			int64_t left = deadline - ur_now_ns();
+			int64_t left = deadline - spa_clock_ns();
 			if (left <= 0)
 				return -ETIME;
 			struct __kernel_timespec ts = {.tv_sec = left / 1000000000,

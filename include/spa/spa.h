@@ -3,6 +3,7 @@
 #define SPA_SPA_H
 
 #include "error.h"
+#include "clock.h"
 #include "dtype.h"
 #include "gguf.h"
 #include "uring.h"

@@ -90,6 +90,11 @@ int spa_method_plugin_kind(enum spa_method m)
 	}
 }
 
+bool spa_method_is_side(enum spa_method m)
+{
+	return m == SPA_METHOD_LST || m == SPA_METHOD_SPA;
+}
+
 /* ---- the field table ---- */
 
 /* Limits a plugin header must respect (beyond them the file is refused, so that a damaged

@@ -47,6 +47,9 @@ int spa_merge_from_name(const char *s);
 const char *spa_plugin_kind_name(enum spa_plugin_kind k);
 /* The plugin kind a method needs (BASE: -SPA_EUSAGE). */
 int spa_method_plugin_kind(enum spa_method m);
+/* Whether a method runs the side network (lst, spa): its cloud holds part of the plugin and
+ * its exchanges are TAPS or RESID. */
+bool spa_method_is_side(enum spa_method m);
 
 /* A plugin in memory. Matrices are row-major float [rows][cols]; per-block arrays are L
  * consecutive matrices. Pointers absent from a part are NULL. */

@@ -19,6 +19,9 @@
 #include "wire.h"
 #include "link.h"
 #include "gen.h"
-#include "session.h"
+#include "payload.h"
+#include "runner.h"
+#include "edge.h"
+#include "serve.h"
 
 #endif

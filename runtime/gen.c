@@ -24,7 +24,7 @@
 #include "spa/error.h"
 #include "spa/gguf.h"
 #include "spa/kernels.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 #include "spa/tokenizer.h"
 
 int spa_gen_shape(const char *name, struct spa_hparams *hp)

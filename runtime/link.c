@@ -22,7 +22,7 @@
 #include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
 /* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu

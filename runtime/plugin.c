@@ -18,7 +18,7 @@
 #include "spa/kernels.h"
 #include "spa/model.h"
 #include "spa/plugin.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 #include "spa/tokenizer.h"
 
 /* ---- names ---- */

@@ -15,14 +15,10 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static uint64_t rng_state;
+static struct spa_rng rng;
 static uint64_t rnd(void)
 {
-	/* splitmix64 */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return spa_rng_next(&rng);
 }
 
 static void rnd_bytes(void *p, size_t n)
@@ -167,10 +163,10 @@ struct fill_ctx {
 static int fill_rand(void *arg, void *dst, size_t size)
 {
 	struct fill_ctx *c = arg;
-	uint64_t save = rng_state;
-	rng_state = c->seed;
+	struct spa_rng save = rng;
+	spa_rng_seed(&rng, c->seed);
 	rnd_bytes(dst, size);
-	rng_state = save;
+	rng = save;
 	if (c->last_dst != dst)
 		c->distinct_dst++;
 	c->last_dst = dst;
@@ -216,7 +212,7 @@ struct rt {
 
 static void rt_build(struct rt *r, struct spa_gguf_writer *w)
 {
-	rng_state = 42;
+	spa_rng_seed(&rng, 42);
 	/* Scalars of every type: the six set_* helpers, then copy_kv for the rest. */
 	cr_assert_eq(spa_gguf_writer_set_str(w, "general.architecture", "test-rt"), 0);
 	cr_assert_eq(spa_gguf_writer_set_u32(w, "rt.u32", 4000000000u), 0);
@@ -293,10 +289,10 @@ static void rt_build(struct rt *r, struct spa_gguf_writer *w)
 		t->size = sz;
 		t->data = malloc(sz);
 		t->fc.seed = 1000 + (uint64_t)i;
-		uint64_t save = rng_state;
-		rng_state = t->fc.seed;
+		struct spa_rng save = rng;
+		spa_rng_seed(&rng, t->fc.seed);
 		rnd_bytes(t->data, sz);
-		rng_state = save;
+		rng = save;
 		if (t->use_fill)
 			cr_assert_eq(spa_gguf_writer_add_tensor_fn(w, t->name, t->type, t->n_dims,
 								   t->ne, fill_rand, &t->fc), 0);
@@ -944,7 +940,7 @@ Test(gguf, random_corruption_never_crashes)
 	size_t size;
 	uint8_t *img = small_image(&size);
 	uint8_t *mut = malloc(size);
-	rng_state = 7;
+	spa_rng_seed(&rng, 7);
 	int refused = 0;
 	for (int it = 0; it < 4000; it++) {
 		memcpy(mut, img, size);

@@ -17,6 +17,7 @@
 #include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
+#include "spa/rng.h"
 
 #define SEC 1000000000ll
 #define HDR SPA_WIRE_HDR_SIZE
@@ -24,24 +25,25 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static uint64_t xs(uint64_t *s)
+/* The first random number from seed. */
+static uint64_t rnd1(uint64_t seed)
 {
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 2685821657736338717ull;
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
+	return spa_rng_next(&r);
 }
 
 static void fill(uint8_t *p, size_t n, uint64_t seed)
 {
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
 	size_t i = 0;
 	for (; i + 8 <= n; i += 8) {
-		uint64_t v = xs(&s);
+		uint64_t v = spa_rng_next(&r);
 		memcpy(p + i, &v, 8);
 	}
 	for (; i < n; i++)
-		p[i] = (uint8_t)xs(&s);
+		p[i] = (uint8_t)spa_rng_next(&r);
 }
 
 struct srv {
@@ -178,8 +180,7 @@ static size_t msg_size(int i, size_t max_payload)
 	case 14: return BIG;
 	case 15: return BIG - 1;
 	}
-	uint64_t s = (uint64_t)i * 1234567 + 89;
-	return (size_t)(xs(&s) % (i & 1 ? BIG + 1 : 70000));
+	return (size_t)(rnd1((uint64_t)i * 1234567 + 89) % (i & 1 ? BIG + 1 : 70000));
 }
 
 /* Edge: echo every message back as SIDE_OUT with the same fields, until BYE. */
@@ -1273,8 +1274,7 @@ static size_t fault_size(int i, size_t maxp)
 	static const int mult[] = { 0, 1, 2, 3 };
 	if (i < 4)
 		return (size_t)mult[i] * maxp + (i == 3);
-	uint64_t s = (uint64_t)i * 77777 + 5;
-	return (size_t)(xs(&s) % (i % 3 ? 40 * maxp : 200000));
+	return (size_t)(rnd1((uint64_t)i * 77777 + 5) % (i % 3 ? 40 * maxp : 200000));
 }
 
 /* Edge: echo with the same fault options as the cloud (arg). */

@@ -14,14 +14,10 @@
 #include "spa/spa.h"
 #include "testutil.h"
 
-static uint64_t rng_state;
+static struct spa_rng rng;
 static uint64_t rnd(void)
 {
-	/* splitmix64 */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return spa_rng_next(&rng);
 }
 
 /* The data section of g as the file holds it now (malloc'ed; read with pread). */
@@ -122,7 +118,7 @@ static void make_model(char *path, size_t cap, unsigned mb, uint64_t seed)
 	uint64_t ne0[1] = {((uint64_t)mb << 18) - 1234}, ne1[2] = {777, 3};
 	float *a = malloc(ne0[0] * 4), *b = malloc(ne1[0] * ne1[1] * 4);
 	cr_assert(a && b);
-	rng_state = seed;
+	spa_rng_seed(&rng, seed);
 	for (uint64_t i = 0; i < ne0[0]; i++)
 		a[i] = (float)(rnd() % 100000);
 	for (uint64_t i = 0; i < ne1[0] * ne1[1]; i++)

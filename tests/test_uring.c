@@ -15,14 +15,10 @@
 #include "spa/spa.h"
 #include "testutil.h"
 
-static uint64_t rng_state;
+static struct spa_rng rng;
 static uint64_t rnd(void)
 {
-	/* splitmix64 */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return spa_rng_next(&rng);
 }
 
 /* A file of `size` random bytes under a fresh temporary folder; returns its contents. */
@@ -31,7 +27,7 @@ static uint8_t *make_file(char *path, size_t cap, size_t size, uint64_t seed)
 	snprintf(path, cap, "%s/data.bin", tu_tmpdir());
 	uint8_t *b = malloc(size ? size : 1);
 	cr_assert(b);
-	rng_state = seed;
+	spa_rng_seed(&rng, seed);
 	for (size_t i = 0; i < size; i++)
 		b[i] = (uint8_t)rnd();
 	tu_write_file(path, b, size);
@@ -60,7 +56,7 @@ static void random_reads(unsigned depth, unsigned flags, bool fixed, size_t chun
 		struct iovec iov = {.iov_base = buf, .iov_len = BUF_SIZE};
 		cr_assert_eq(spa_uring_reader_register(r, &iov, 1, &err), 0, "%s", err.msg);
 	}
-	rng_state = 7 * depth + flags * 3 + fixed;
+	spa_rng_seed(&rng, 7 * depth + flags * 3 + fixed);
 	for (int batch = 0; batch < 40; batch++) {
 		unsigned n = 1 + (unsigned)(rnd() % 12);
 		struct { size_t at; uint64_t off; size_t len; } rd[12];

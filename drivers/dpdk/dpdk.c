@@ -78,6 +78,7 @@
 #include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/pin.h"
+#include "spa/rng.h"
 #include "dpdk.h"
 
 #define ETH_LEN 14u
@@ -1602,11 +1603,9 @@ static void dp_listener_close(struct spa_listener_base *b)
 
 static uint32_t conn_new(void)
 {
-	uint64_t t = (uint64_t)spa_clock_ns() ^ ((uint64_t)getpid() << 32);
-	t ^= t >> 33;
-	t *= 0xff51afd7ed558ccdull;
-	t ^= t >> 33;
-	uint32_t c = (uint32_t)t;
+	struct spa_rng r;
+	spa_rng_seed(&r, (uint64_t)spa_clock_ns() ^ ((uint64_t)getpid() << 32));
+	uint32_t c = (uint32_t)spa_rng_next(&r);
 	return c ? c : 1;
 }
 

@@ -13,6 +13,7 @@
 #include "pin.h"
 #include "model.h"
 #include "tokenizer.h"
+#include "rng.h"
 #include "sampler.h"
 #include "engine.h"
 #include "plugin.h"

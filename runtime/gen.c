@@ -121,7 +121,7 @@ static void progress_add(struct gen_progress *p, size_t bytes)
 	if (pct == p->shown)
 		return;
 	p->shown = pct;
-	fprintf(stderr, "\rspa-gen: writing %s: %3d%% (%.1f of %.1f MB)", p->path, pct,
+	fprintf(stderr, "\rwriting %s: %3d%% (%.1f of %.1f MB)", p->path, pct,
 		(double)p->done / 1e6, (double)p->total / 1e6);
 	if (pct >= 100)
 		fputc('\n', stderr);

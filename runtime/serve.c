@@ -3,6 +3,7 @@
  * payload.c. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,21 @@ uint64_t spa_percentile_u64(const uint64_t *v, uint32_t n, double pct)
 }
 
 /* ---------------------------------------------------------------- cloud */
+
+/* One line to the caller's log (none when it gave no log). */
+static void serve_log(const struct spa_cloud_opts *o, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void serve_log(const struct spa_cloud_opts *o, const char *fmt, ...)
+{
+	if (!o->log)
+		return;
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	o->log(o->log_ctx, line);
+}
 
 struct link_xchg {
 	struct spa_xchg x;
@@ -293,9 +309,9 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 	if (rc < 0)
 		return rc;
 	if (!s->o->quiet)
-		fprintf(stderr, "spa-cloud: session %u done: %s, %u prompt + %u tokens, %u "
-			"exchanges, %.1f ms\n", s->sid, spa_method_name(h.method), n_prompt, n_gen,
-			gs.n_xchg, gs.wall_ns / 1e6);
+		serve_log(s->o, "session %u done: %s, %u prompt + %u tokens, %u exchanges, %.1f ms",
+			  s->sid, spa_method_name(h.method), n_prompt, n_gen, gs.n_xchg,
+			  gs.wall_ns / 1e6);
 	return 0;
 }
 
@@ -307,9 +323,9 @@ int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
 	if (rc < 0)
 		return rc;
 	if (!o->quiet)
-		fprintf(stderr, "spa-cloud: serving %s (L=%u H=%u V=%u, fingerprint %s) on %s\n",
-			m->gguf ? m->gguf->path : "model", m->hp.n_layers, m->hp.n_embd,
-			m->hp.n_vocab, m->fingerprint, o->uri);
+		serve_log(o, "serving %s (L=%u H=%u V=%u, fingerprint %s) on %s",
+			  m->gguf ? m->gguf->path : "model", m->hp.n_layers, m->hp.n_embd,
+			  m->hp.n_vocab, m->fingerprint, o->uri);
 	uint32_t sid = 0;
 	for (uint32_t n = 0; o->max_sessions == 0 || n < o->max_sessions; n++) {
 		struct cloud_sess s = {.m = m, .pool = pool, .o = o, .sid = ++sid};
@@ -322,7 +338,7 @@ int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
 		struct spa_errbuf serr = {{0}};
 		rc = cloud_session(&s, &serr);
 		if (rc < 0) {
-			fprintf(stderr, "spa-cloud: session %u ended: %s\n", s.sid, serr.msg);
+			serve_log(o, "session %u ended: %s", s.sid, serr.msg);
 			if (rc != -SPA_ECLOSED && rc != -SPA_EPEER)
 				send_error(s.l, s.accepted ? s.sid : 0, rc, serr.msg);
 		}

@@ -23,11 +23,16 @@ struct spa_cloud_opts {
 	uint32_t max_sessions;    /* 0: serve forever */
 	int64_t timeout_ns;       /* longest wait for an edge message inside a session */
 	uint32_t max_batch;       /* prefill batch (0: SPA_RUNNER_DEFAULT_BATCH) */
-	bool quiet;
+	bool quiet;               /* no log lines for serving and for sessions done */
+	/* Where the serve loop reports (one line per call, no newline): what it serves, each
+	 * session done, each session that failed and why. Called from the serving thread; NULL:
+	 * no lines. spa-cloud prints them on stderr after its name. */
+	void (*log)(void *ctx, const char *line);
+	void *log_ctx;
 };
 /* Serve sessions one after another until max_sessions have ended (or forever). A session that
- * fails is ended with an ERROR to its edge and a line on stderr; serving goes on. Returns 0, or
- * a negative code when the link cannot be set up. */
+ * fails is ended with an ERROR to its edge and a line to o->log; serving goes on. Returns 0,
+ * or a negative code when the link cannot be set up. */
 int spa_cloud_serve(const struct spa_model *m, struct spa_pool *pool,
 		    const struct spa_cloud_opts *o, struct spa_errbuf *err);
 

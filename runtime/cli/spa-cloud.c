@@ -27,6 +27,13 @@ static void usage(void)
 	       "  -q, --quiet           no per-session lines\n");
 }
 
+/* The serve loop's lines, after this program's name. */
+static void log_line(void *ctx, const char *line)
+{
+	(void)ctx;
+	fprintf(stderr, "%s: %s\n", cli_prog, line);
+}
+
 int main(int argc, char **argv)
 {
 	cli_init(argv[0]);
@@ -99,6 +106,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "spa-cloud: %d compute thread(s), kernels %s, main thread on %s\n",
 			spa_pool_n_threads(pool), spa_kernels_variant(), where);
 	}
+	o.log = log_line;
 	rc = spa_cloud_serve(m, pool, &o, &err);
 	spa_pool_destroy(pool);
 	spa_model_destroy(m);

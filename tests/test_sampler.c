@@ -1,4 +1,4 @@
-/* Tests of the sampler and the random numbers (runtime/sampler.c). */
+/* Tests of the sampler (runtime/sampler.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>

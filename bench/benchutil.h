@@ -1,8 +1,8 @@
-/* spa: small helpers shared by the benchmarks in bench/ (bench/benchutil.c): clocks,
+/* spa: small helpers shared by the benchmarks in bench/ (bench/benchutil.c): a clock,
  * percentiles, thread pinning, a one-line machine description and a tiny JSON writer.
  *
- * Not part of libspa and never on a measured path except bu_now_ns()/bu_now_s() (vDSO clock
- * reads). Nothing here is thread-safe unless it says so. */
+ * Not part of libspa and never on a measured path except bu_now_ns() (a vDSO clock read).
+ * Nothing here is thread-safe unless it says so. */
 #ifndef SPA_BENCHUTIL_H
 #define SPA_BENCHUTIL_H
 
@@ -10,9 +10,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* CLOCK_MONOTONIC, in seconds / in nanoseconds. Thread-safe; no system call. */
-double bu_now_s(void);
-uint64_t bu_now_ns(void);
+#include "spa/clock.h"
+
+/* spa_clock_ns (spa/clock.h) as unsigned nanoseconds, for differences of timestamps. */
+static inline uint64_t bu_now_ns(void)
+{
+	return (uint64_t)spa_clock_ns();
+}
 
 /* The pct-th percentile (0..100) of v[n], nearest-rank on the sorted values. Sorts v in
  * place (ascending). n == 0: returns 0. */

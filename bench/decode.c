@@ -554,11 +554,11 @@ static void measure(const struct opts *o, const char *label, const char *path, i
 		w->head_fused_us = median_ns(hf, o->n_tok, 50) / 1e3;
 		w->head_unfused_us = median_ns(hu, o->n_tok, 50) / 1e3;
 		/* the edge's chain on the last taps */
-		float *scr = malloc(sizeof(float) * (spa_engine_side_chain_scratch(p) + H + p->rank));
+		float *scr = malloc(sizeof(float) * (spa_plugin_side_chain_fused_scratch(p) + H + p->rank));
 		float rs[SIDE_RANK * 4];
 		uint64_t c0 = bu_now_ns();
 		for (int i = 0; i < 200; i++)
-			spa_engine_side_chain(p, taps, rs, scr);
+			spa_plugin_side_chain_fused(p, taps, rs, scr);
 		uint64_t c1 = bu_now_ns();
 		for (int i = 0; i < 200; i++)
 			spa_plugin_side_chain(p, taps, rs, scr);

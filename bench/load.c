@@ -471,9 +471,9 @@ int main(int argc, char **argv)
 					if (res > m->resident[c])
 						m->resident[c] = res;
 				}
-				double t0 = bu_now_s();
+				double t0 = spa_clock_s();
 				int rc = run_one(fd, m, c);
-				double t1 = bu_now_s();
+				double t1 = spa_clock_s();
 				if (rc != 0) {
 					fprintf(stderr, "%s: skipped (%s)\n", m->name,
 						rc > 0 ? "O_DIRECT refused by the file system"

@@ -34,6 +34,7 @@
 
 #include "../runtime/cli/cli.h"
 #include "benchutil.h"
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
 #include "spa/pin.h"
@@ -403,12 +404,12 @@ static int cloud_side(const char *uri, const size_t *sizes, int n_sizes, int ite
 		for (int i = 0; i < warm + iters && !rc; i++) {
 			if (ev)
 				evict(ev, evict_bytes);
-			uint64_t t0 = bu_now_ns();
+			uint64_t t0 = (uint64_t)spa_clock_ns();
 			rc = spa_link_send(l, &m, out, sizes[s]);
 			struct spa_msg r;
 			if (!rc)
 				rc = spa_link_recv(l, &r, in, cap, 10 * SEC);
-			uint64_t t1 = bu_now_ns();
+			uint64_t t1 = (uint64_t)spa_clock_ns();
 			if (!rc && r.len != sizes[s])
 				rc = -SPA_EPROTO;
 			if (i >= warm)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 
 /* "HOST:PORT" or "[V6]:PORT" into host and port. */
@@ -62,7 +63,7 @@ int spa_sock_wait(int fd, short events, int64_t deadline)
 		struct pollfd p = { .fd = fd, .events = events };
 		struct timespec ts, *tp = NULL;
 		if (deadline >= 0) {
-			int64_t left = deadline - spa_now_ns();
+			int64_t left = deadline - spa_clock_ns();
 			if (left <= 0)
 				return 0;
 			ts = (struct timespec){ left / 1000000000, left % 1000000000 };

@@ -24,7 +24,7 @@
 #include "spa/error.h"
 #include "spa/gguf.h"
 #include "spa/kernels.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 #include "spa/tokenizer.h"
 
 int spa_gen_shape(const char *name, struct spa_hparams *hp)
@@ -121,7 +121,7 @@ static void progress_add(struct gen_progress *p, size_t bytes)
 	if (pct == p->shown)
 		return;
 	p->shown = pct;
-	fprintf(stderr, "\rspa-gen: writing %s: %3d%% (%.1f of %.1f MB)", p->path, pct,
+	fprintf(stderr, "\rwriting %s: %3d%% (%.1f of %.1f MB)", p->path, pct,
 		(double)p->done / 1e6, (double)p->total / 1e6);
 	if (pct >= 100)
 		fputc('\n', stderr);

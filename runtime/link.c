@@ -18,11 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
 /* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu
@@ -80,13 +80,6 @@ struct spa_listener {
 static int faults_on(const struct spa_link_faults *f)
 {
 	return f->drop > 0 || f->dup > 0 || f->reorder > 0 || f->corrupt > 0;
-}
-
-int64_t spa_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 struct spa_link_base *spa_link_driver_base(struct spa_link *l)
@@ -608,7 +601,7 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 		const uint8_t *p = (const uint8_t *)payload + off;
 		h.payload_len = (uint32_t)chunk;
 		h.frag_off = (uint32_t)off;
-		h.tx_ns = (uint64_t)spa_now_ns();
+		h.tx_ns = (uint64_t)spa_clock_ns();
 		h.crc = 0;
 		spa_wire_hdr_encode(&h, hb);
 		int rc;
@@ -903,13 +896,13 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 	 * (or comes within the driver's first spins) needs none. Only then is the real
 	 * deadline computed (one clock read, ~30 ns here, off the common path). Datagram
 	 * (kernel socket) links compute it at once: there a failed try costs a system call. */
-	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_now_ns() + timeout_ns : 0;
+	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_clock_ns() + timeout_ns : 0;
 	for (;;) {
 		const uint8_t *f;
 		size_t flen;
 		int rc = l->drv->recv_frame(l->base, &f, &flen, deadline);
 		if (rc == -ETIMEDOUT && deadline == 0 && timeout_ns > 0) {
-			deadline = spa_now_ns() + timeout_ns;
+			deadline = spa_clock_ns() + timeout_ns;
 			continue;
 		}
 		if (rc == -ETIMEDOUT)
@@ -930,7 +923,7 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		 * send time + delay (same-host CLOCK_MONOTONIC). A spin, not a sleep: the wake-up
 		 * jitter of a sleep would swamp the microsecond delays this models. */
 		int64_t due = (int64_t)l->rx_last_tx_ns + l->opts.delay_ns;
-		while (spa_now_ns() < due)
+		while (spa_clock_ns() < due)
 			__builtin_ia32_pause();
 	}
 	if (h->type == SPA_MSG_HELLO_OK && !l->session)

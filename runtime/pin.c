@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <hwloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 
 #include "spa/error.h"
@@ -54,6 +55,15 @@ int spa_pin_n_pus(void)
 		return rc;
 	int n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
 	return n > 0 ? n : 1;
+}
+
+unsigned spa_pin_n_allowed(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set) < 0)
+		return 1;
+	int n = CPU_COUNT(&set);
+	return n > 0 ? (unsigned)n : 1;
 }
 
 int spa_pin_n_cores(void)

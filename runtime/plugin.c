@@ -18,7 +18,7 @@
 #include "spa/kernels.h"
 #include "spa/model.h"
 #include "spa/plugin.h"
-#include "spa/sampler.h"
+#include "spa/rng.h"
 #include "spa/tokenizer.h"
 
 /* ---- names ---- */
@@ -88,6 +88,11 @@ int spa_method_plugin_kind(enum spa_method m)
 	default:
 		return -SPA_EUSAGE;
 	}
+}
+
+bool spa_method_is_side(enum spa_method m)
+{
+	return m == SPA_METHOD_LST || m == SPA_METHOD_SPA;
 }
 
 /* ---- the field table ---- */
@@ -703,6 +708,35 @@ void spa_plugin_side_chain(const struct spa_plugin *p, const float *taps, float 
 		relu_inplace(u, H);
 		spa_matvec_f32(p->down_w + (size_t)i * r * H, p->down_b + (size_t)i * r, u, d, r, H);
 		/* The order of the sum is part of the format: (t_i + s) + D_i relu(U_i s). */
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = (t[j] + s[j]) + d[j];
+	}
+	for (uint32_t j = 0; j < r; j++)
+		relu_s[j] = s[j] > 0.0f ? s[j] : 0.0f;
+}
+
+/* The fused chain: one pass per block over the r-wide state: u = relu(U s + b_up) with the
+ * bias and the relu applied as the kernels' rows kernels produce u (no second pass over the
+ * H-wide vector), then s = (t + s) + (D u + b_down). Each element is the same dot call as in
+ * spa_plugin_side_chain (spa_matvec_f32), so the bits are its bits, in every variant. */
+size_t spa_plugin_side_chain_fused_scratch(const struct spa_plugin *p)
+{
+	/* s (r), u (H), D u (r) */
+	return 2u * (size_t)p->rank + p->n_embd;
+}
+
+void spa_plugin_side_chain_fused(const struct spa_plugin *p, const float *taps, float *relu_s,
+				 float *scratch)
+{
+	const uint32_t H = p->n_embd, r = p->rank;
+	float *s = scratch, *u = scratch + r, *d = scratch + r + H;
+	memcpy(s, taps, r * sizeof *s);
+	for (uint32_t i = 0; i < p->n_layers; i++) {
+		const float *t = taps + (size_t)(i + 1) * r;
+		for (uint32_t j = 0; j < r; j++)
+			s[j] = s[j] > 0.0f ? s[j] : 0.0f;
+		spa_matvec_f32_relu(p->up_w + (size_t)i * H * r, p->up_b + (size_t)i * H, s, u, H, r);
+		spa_matvec_f32(p->down_w + (size_t)i * r * H, p->down_b + (size_t)i * r, u, d, r, H);
 		for (uint32_t j = 0; j < r; j++)
 			s[j] = (t[j] + s[j]) + d[j];
 	}

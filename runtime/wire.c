@@ -9,6 +9,7 @@
 
 #include "spa/drv/link.h"
 #include "spa/error.h"
+#include "spa/rng.h"
 #include "spa/wire.h"
 
 static const char *const type_names[SPA_MSG_TYPE_END] = {
@@ -355,11 +356,10 @@ static int clmul_decide(void)
 		k_fold16[0] = kconst(128 + 63);
 		k_fold16[1] = kconst(128 - 1);
 		uint8_t b[1000], d[1000];
-		uint64_t x = 0x9e3779b97f4a7c15ull;
-		for (size_t i = 0; i < sizeof b; i++) {
-			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-			b[i] = (uint8_t)x;
-		}
+		struct spa_rng r;
+		spa_rng_seed(&r, 1);
+		for (size_t i = 0; i < sizeof b; i++)
+			b[i] = (uint8_t)spa_rng_next(&r);
 		for (size_t n = 64; ok && n <= sizeof b - 8; n += 93)
 			ok = crc32c_clmul_raw(0x12345678u, b + 3, n) ==
 				     crc32c_sw_raw(0x12345678u, b + 3, n) &&

@@ -8,20 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
+#include "spa/clock.h"
 #include "spa/error.h"
 #include "spa/gguf.h"
 #include "spa/kernels.h"
 #include "spa/tokenizer.h"
 #include "spa/wstream.h"
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Streamed matrices travel in pieces of whole rows, about STREAM_PIECE bytes each, through a
  * ring of piece buffers of about STREAM_RING_BYTES (8 to 64 buffers). The ring is small enough
@@ -303,9 +296,9 @@ int spa_wstream_piece_get(struct spa_wstream *st, uint32_t l, int k, struct spa_
 	}
 	if (st->seq >= st->queued)
 		stream_fill(st);
-	uint64_t t0 = now_ns();
+	uint64_t t0 = spa_clock_ns();
 	int rc = spa_uring_wait(st->rd, st->seq, -1);
-	st->wait_ns += now_ns() - t0;
+	st->wait_ns += spa_clock_ns() - t0;
 	if (rc < 0) {
 		stream_fail(st, rc);
 		return rc;
@@ -370,7 +363,7 @@ void spa_wstream_stats(const struct spa_model *m, struct spa_wstream_stats *out)
 int spa_wstream_probe(struct spa_wstream *st, uint64_t *ns)
 {
 	spa_wstream_lock(st);
-	uint64_t t0 = now_ns(), wait0 = st->wait_ns, read0 = st->bytes_read;
+	uint64_t t0 = spa_clock_ns(), wait0 = st->wait_ns, read0 = st->bytes_read;
 	struct spa_tensor w;
 	uint32_t r0, r1;
 	for (uint32_t i = 0; i < st->n_units && !st->err; i++) {
@@ -379,7 +372,7 @@ int spa_wstream_probe(struct spa_wstream *st, uint64_t *ns)
 			break;
 		spa_wstream_piece_put(st);
 	}
-	*ns = now_ns() - t0;
+	*ns = spa_clock_ns() - t0;
 	/* A probe is not a step: keep the counters about steps. */
 	st->wait_ns = wait0;
 	st->bytes_read = read0;

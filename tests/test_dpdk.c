@@ -154,19 +154,12 @@ static struct spa_link *edge_connect(const char *uri)
 	return l;
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 static void fill(uint8_t *p, size_t n, uint64_t seed)
 {
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
 	for (size_t i = 0; i < n; i++)
-		p[i] = (uint8_t)(rng_next(&s) >> 24);
+		p[i] = (uint8_t)(spa_rng_next(&r) >> 24);
 }
 
 /* Send len bytes, get them back, compare. */
@@ -225,7 +218,8 @@ static void check_round_trips(const char *uri, int n_random)
 	struct spa_link *l = edge_connect(uri);
 	size_t mp[2];
 	payload_sizes(l, &mp[0], &mp[1]);
-	uint64_t seed = 7;
+	struct spa_rng rng;
+	spa_rng_seed(&rng, 7);
 	size_t sizes[64];
 	int n = 0;
 	sizes[n++] = 0;
@@ -240,7 +234,7 @@ static void check_round_trips(const char *uri, int n_random)
 		}
 	sizes[n++] = 270 * 1024;
 	for (int i = 0; i < n_random; i++)
-		sizes[n++] = rng_next(&seed) % (300 * 1024);
+		sizes[n++] = spa_rng_next(&rng) % (300 * 1024);
 	for (int i = 0; i < n; i++)
 		round_trip(l, tx, rx, sizes[i], (uint64_t)i + 1);
 	const struct spa_link_stats *ls = spa_link_stats(l);
@@ -453,12 +447,12 @@ Test(dpdk, memif_rtt_is_printed)
 		fill(tx, sizes[k], 5);
 		struct spa_msg m = {.type = SPA_MSG_SIDE_OUT};
 		for (int i = -1000; i < N; i++) {
-			int64_t t0 = spa_now_ns();
+			int64_t t0 = spa_clock_ns();
 			cr_assert_eq(spa_link_send(l, &m, tx, sizes[k]), 0);
 			struct spa_msg r;
 			cr_assert_eq(spa_link_recv(l, &r, rx, CAP, TMO), 0, "%s", spa_link_error(l));
 			if (i >= 0)
-				t[i] = spa_now_ns() - t0;
+				t[i] = spa_clock_ns() - t0;
 		}
 		qsort(t, N, sizeof *t, cmp_i64);
 		fprintf(stderr, "dpdk memif RTT %4zu B: p50 %.2f us, p99 %.2f us (%d round trips, "
@@ -546,13 +540,14 @@ static void check_veth(const char *pmd, const char *lextra, const char *cextra, 
 	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
 	size_t mp[2];
 	payload_sizes(l, &mp[0], &mp[1]);
-	uint64_t seed = 3;
+	struct spa_rng rng;
+	spa_rng_seed(&rng, 3);
 	size_t sizes[] = {0, 1, 64, 2048, mp[0], mp[0] + 1, 2 * mp[0], 2 * mp[0] + 1, mp[1],
 			  mp[1] + 1, 3 * mp[1], 8192, 100000};
 	for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
 		round_trip(l, tx, rx, sizes[i], i + 1);
 	for (int i = 0; i < 10; i++)
-		round_trip(l, tx, rx, rng_next(&seed) % 60000, 100 + (uint64_t)i);
+		round_trip(l, tx, rx, spa_rng_next(&rng) % 60000, 100 + (uint64_t)i);
 	struct spa_link_base *base = spa_link_driver_base(l);
 	if (!allow_copy)
 		cr_assert_eq(base->drv->copied_tx(base), 0);

@@ -15,14 +15,10 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static uint64_t rng_state;
+static struct spa_rng rng;
 static uint64_t rnd(void)
 {
-	/* splitmix64 */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return spa_rng_next(&rng);
 }
 
 static void rnd_bytes(void *p, size_t n)
@@ -155,50 +151,6 @@ static bool str_eq_kv(const struct spa_gguf_kv *kv, const char *key)
 	return kv->key.len == strlen(key) && memcmp(kv->key.data, key, kv->key.len) == 0;
 }
 
-/* ---------------------------------------------------------------- element types */
-
-Test(gguf, dtype_tables_match_ggml)
-{
-	/* ggml's (blck_size, type_size) for ids 0..30; 0 where ggml has no such type. */
-	static const uint32_t want[31][2] = {
-		{1, 4}, {1, 2}, {32, 18}, {32, 20}, {0, 0}, {0, 0}, {32, 22}, {32, 24}, {32, 34},
-		{32, 36}, {256, 84}, {256, 110}, {256, 144}, {256, 176}, {256, 210}, {256, 292},
-		{256, 66}, {256, 74}, {256, 98}, {256, 50}, {32, 18}, {256, 110}, {256, 82},
-		{256, 136}, {1, 1}, {1, 2}, {1, 4}, {1, 8}, {1, 8}, {256, 56}, {1, 2},
-	};
-	for (int t = 0; t < 31; t++) {
-		cr_assert_eq(spa_dtype_block_elems((enum spa_dtype)t), want[t][0], "type %d", t);
-		cr_assert_eq(spa_dtype_block_size((enum spa_dtype)t), want[t][1], "type %d", t);
-		cr_assert_eq(spa_dtype_name((enum spa_dtype)t) != NULL, want[t][0] != 0, "type %d", t);
-		if (want[t][0])
-			cr_assert_eq(spa_dtype_from_name(spa_dtype_name((enum spa_dtype)t)), t);
-	}
-	for (int t = 31; t < 300; t += 7) {
-		cr_assert_eq(spa_dtype_block_elems((enum spa_dtype)t), 0);
-		cr_assert_eq(spa_dtype_block_size((enum spa_dtype)t), 0);
-		cr_assert_null(spa_dtype_name((enum spa_dtype)t));
-	}
-	cr_assert_eq(spa_dtype_block_elems((enum spa_dtype)-1), 0);
-	cr_assert_str_eq(spa_dtype_name(SPA_TYPE_Q4_K), "q4_K");
-	cr_assert_eq(spa_dtype_from_name("F16"), SPA_TYPE_F16);
-	cr_assert_eq(spa_dtype_from_name("Q8_0"), SPA_TYPE_Q8_0);
-	cr_assert_eq(spa_dtype_from_name("bf16"), SPA_TYPE_BF16);
-	cr_assert_eq(spa_dtype_from_name("q4_2"), -SPA_EUSAGE);
-	cr_assert_eq(spa_dtype_from_name(""), -SPA_EUSAGE);
-	cr_assert_eq(spa_dtype_from_name(NULL), -SPA_EUSAGE);
-
-	uint64_t sz = 0;
-	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_Q8_0, 4096, &sz), 0);
-	cr_assert_eq(sz, 4096 / 32 * 34);
-	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_Q6_K, 512, &sz), 0);
-	cr_assert_eq(sz, 2 * 210);
-	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_F32, 37, &sz), 0);
-	cr_assert_eq(sz, 148);
-	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_Q4_0, 33, &sz), -SPA_EFORMAT);
-	cr_assert_eq(spa_dtype_row_size(SPA_TYPE_F64, UINT64_MAX / 4, &sz), -SPA_EFORMAT);
-	cr_assert_eq(spa_dtype_row_size((enum spa_dtype)4, 32, &sz), -SPA_EUNSUPPORTED);
-}
-
 /* ---------------------------------------------------------------- round trip */
 
 struct fill_ctx {
@@ -211,10 +163,10 @@ struct fill_ctx {
 static int fill_rand(void *arg, void *dst, size_t size)
 {
 	struct fill_ctx *c = arg;
-	uint64_t save = rng_state;
-	rng_state = c->seed;
+	struct spa_rng save = rng;
+	spa_rng_seed(&rng, c->seed);
 	rnd_bytes(dst, size);
-	rng_state = save;
+	rng = save;
 	if (c->last_dst != dst)
 		c->distinct_dst++;
 	c->last_dst = dst;
@@ -260,7 +212,7 @@ struct rt {
 
 static void rt_build(struct rt *r, struct spa_gguf_writer *w)
 {
-	rng_state = 42;
+	spa_rng_seed(&rng, 42);
 	/* Scalars of every type: the six set_* helpers, then copy_kv for the rest. */
 	cr_assert_eq(spa_gguf_writer_set_str(w, "general.architecture", "test-rt"), 0);
 	cr_assert_eq(spa_gguf_writer_set_u32(w, "rt.u32", 4000000000u), 0);
@@ -337,10 +289,10 @@ static void rt_build(struct rt *r, struct spa_gguf_writer *w)
 		t->size = sz;
 		t->data = malloc(sz);
 		t->fc.seed = 1000 + (uint64_t)i;
-		uint64_t save = rng_state;
-		rng_state = t->fc.seed;
+		struct spa_rng save = rng;
+		spa_rng_seed(&rng, t->fc.seed);
 		rnd_bytes(t->data, sz);
-		rng_state = save;
+		rng = save;
 		if (t->use_fill)
 			cr_assert_eq(spa_gguf_writer_add_tensor_fn(w, t->name, t->type, t->n_dims,
 								   t->ne, fill_rand, &t->fc), 0);
@@ -988,7 +940,7 @@ Test(gguf, random_corruption_never_crashes)
 	size_t size;
 	uint8_t *img = small_image(&size);
 	uint8_t *mut = malloc(size);
-	rng_state = 7;
+	spa_rng_seed(&rng, 7);
 	int refused = 0;
 	for (int it = 0; it < 4000; it++) {
 		memcpy(mut, img, size);

@@ -14,8 +14,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
+#include "spa/rng.h"
 
 #define SEC 1000000000ll
 #define HDR SPA_WIRE_HDR_SIZE
@@ -23,24 +25,25 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static uint64_t xs(uint64_t *s)
+/* The first random number from seed. */
+static uint64_t rnd1(uint64_t seed)
 {
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 2685821657736338717ull;
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
+	return spa_rng_next(&r);
 }
 
 static void fill(uint8_t *p, size_t n, uint64_t seed)
 {
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	struct spa_rng r;
+	spa_rng_seed(&r, seed);
 	size_t i = 0;
 	for (; i + 8 <= n; i += 8) {
-		uint64_t v = xs(&s);
+		uint64_t v = spa_rng_next(&r);
 		memcpy(p + i, &v, 8);
 	}
 	for (; i < n; i++)
-		p[i] = (uint8_t)xs(&s);
+		p[i] = (uint8_t)spa_rng_next(&r);
 }
 
 struct srv {
@@ -177,8 +180,7 @@ static size_t msg_size(int i, size_t max_payload)
 	case 14: return BIG;
 	case 15: return BIG - 1;
 	}
-	uint64_t s = (uint64_t)i * 1234567 + 89;
-	return (size_t)(xs(&s) % (i & 1 ? BIG + 1 : 70000));
+	return (size_t)(rnd1((uint64_t)i * 1234567 + 89) % (i & 1 ? BIG + 1 : 70000));
 }
 
 /* Edge: echo every message back as SIDE_OUT with the same fields, until BYE. */
@@ -230,7 +232,7 @@ static void round_trip_q(const char *scheme, const char *query)
 		cr_assert_eq(spa_link_send(l, &m, out, n), 0, "%s", spa_link_error(l));
 		struct spa_msg r;
 		memset(in, 0xee, n + 1 <= BIG ? n + 1 : BIG);
-		int64_t t0 = spa_now_ns();
+		int64_t t0 = spa_clock_ns();
 		cr_assert_eq(spa_link_recv(l, &r, in, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
 		cr_assert_eq(r.type, SPA_MSG_SIDE_OUT);
 		cr_assert_eq(r.dtype, SPA_WIRE_F32);
@@ -244,7 +246,7 @@ static void round_trip_q(const char *scheme, const char *query)
 		cr_assert_eq(memcmp(in, out, n), 0, "message %d (%zu bytes) corrupted", i, n);
 		if (n < BIG)
 			cr_assert_eq(in[n], 0xee, "wrote past the message");
-		cr_assert_leq((int64_t)r.tx_ns, spa_now_ns());
+		cr_assert_leq((int64_t)r.tx_ns, spa_clock_ns());
 		cr_assert_geq((int64_t)r.tx_ns, t0 - 20 * SEC);
 		frames += n ? (n + maxp - 1) / maxp : 1;
 		bytes += n;
@@ -531,9 +533,9 @@ static void peer_killed(const char *scheme)
 	cr_assert_eq(memcmp(buf, "alive", 5), 0);
 	kill(child, SIGKILL);
 	/* not reaped yet: a zombie must count as gone too */
-	int64_t t0 = spa_now_ns();
+	int64_t t0 = spa_clock_ns();
 	int rc = spa_link_recv(l, &m, buf, sizeof buf, 30 * SEC);
-	int64_t dt = spa_now_ns() - t0;
+	int64_t dt = spa_clock_ns() - t0;
 	cr_assert_eq(rc, -SPA_ECLOSED, "got %d: %s", rc, spa_link_error(l));
 	cr_assert_lt(dt, 3 * SEC, "took %.3f s to notice the dead peer", dt / 1e9);
 	cr_assert_eq(reap(child), 1000 + SIGKILL);
@@ -647,9 +649,9 @@ static void timeout_then_works(const char *scheme)
 	fill(p, sizeof p, 17);
 	struct spa_msg m;
 	for (int64_t to = 0; to <= 40000000; to += 20000000) {
-		int64_t t0 = spa_now_ns();
+		int64_t t0 = spa_clock_ns();
 		int rc = spa_link_recv(l, &m, buf, sizeof buf, to);
-		int64_t dt = spa_now_ns() - t0;
+		int64_t dt = spa_clock_ns() - t0;
 		cr_assert_eq(rc, -ETIMEDOUT, "timeout %lld ns: got %d (%s)", (long long)to, rc,
 			     spa_link_error(l));
 		cr_assert_geq(dt, to);
@@ -791,9 +793,9 @@ Test(link, shm_second_edge_gets_ebusy_while_one_is_attached, .timeout = 30)
 	spa_link_destroy(l);
 	cr_assert_eq(reap(a), 0);
 	/* nobody waiting now: accept times out */
-	int64_t t0 = spa_now_ns();
+	int64_t t0 = spa_clock_ns();
 	cr_assert_eq(spa_link_accept(s.lst, &l2, 30000000, &e), -ETIMEDOUT);
-	cr_assert_geq(spa_now_ns() - t0, 30000000);
+	cr_assert_geq(spa_clock_ns() - t0, 30000000);
 	spa_listener_destroy(s.lst);
 	/* the segment is gone with the listener */
 	char path[160];
@@ -836,7 +838,7 @@ static int ping_child(const char *uri, void *arg)
 		struct spa_msg m;
 		if (spa_link_recv(l, &m, p, BIG, 20 * SEC))
 			return 11;
-		int64_t late = spa_now_ns() - (int64_t)m.tx_ns;
+		int64_t late = spa_clock_ns() - (int64_t)m.tx_ns;
 		if (late < o->delay_ns)
 			return 12;
 		if (spa_link_send(l, &m, p, m.len))
@@ -857,10 +859,10 @@ static void delay_emulation(const char *scheme)
 	for (int i = 0; i < 6; i++) {
 		size_t n = i == 3 ? BIG : (size_t)i * 1000;
 		struct spa_msg m = { .type = SPA_MSG_TAPS };
-		int64_t t0 = spa_now_ns();
+		int64_t t0 = spa_clock_ns();
 		cr_assert_eq(spa_link_send(l, &m, p, n), 0);
 		cr_assert_eq(spa_link_recv(l, &m, p, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
-		int64_t now = spa_now_ns();
+		int64_t now = spa_clock_ns();
 		cr_assert_geq(now - (int64_t)m.tx_ns, o.delay_ns, "one-way delay below delay_ns");
 		cr_assert_geq(now - t0, 2 * o.delay_ns, "round trip below 2 x delay_ns");
 		cr_assert_eq(m.len, n);
@@ -981,9 +983,9 @@ Test(link, connect_waits_for_a_cloud_that_starts_later, .timeout = 30)
 	struct spa_errbuf e = { "" };
 	char uri[96];
 	snprintf(uri, sizeof uri, "shm:/nobody-%d", (int)getpid());
-	int64_t t0 = spa_now_ns();
+	int64_t t0 = spa_clock_ns();
 	cr_assert_eq(spa_link_connect(&l, uri, NULL, 50000000, &e), -ETIMEDOUT);
-	cr_assert_geq(spa_now_ns() - t0, 50000000);
+	cr_assert_geq(spa_clock_ns() - t0, 50000000);
 	cr_assert(strstr(e.msg, "no cloud"), "%s", e.msg);
 	cr_assert_eq(spa_link_connect(&l, "tcp://127.0.0.1:1", NULL, 50000000, &e), -ETIMEDOUT);
 	cr_assert(strstr(e.msg, "listening"), "%s", e.msg);
@@ -1272,8 +1274,7 @@ static size_t fault_size(int i, size_t maxp)
 	static const int mult[] = { 0, 1, 2, 3 };
 	if (i < 4)
 		return (size_t)mult[i] * maxp + (i == 3);
-	uint64_t s = (uint64_t)i * 77777 + 5;
-	return (size_t)(xs(&s) % (i % 3 ? 40 * maxp : 200000));
+	return (size_t)(rnd1((uint64_t)i * 77777 + 5) % (i % 3 ? 40 * maxp : 200000));
 }
 
 /* Edge: echo with the same fault options as the cloud (arg). */

@@ -487,6 +487,54 @@ Test(plugin, refuses_a_base_made_with_another_seed)
 
 /* ---- cloud parts ---- */
 
+static void chain_case(const struct spa_plugin *p, uint64_t seed)
+{
+	const uint32_t L = p->n_layers, r = p->rank;
+	float *taps = malloc(sizeof(float) * (L + 1) * r);
+	float *a = malloc(sizeof(float) * r), *b = malloc(sizeof(float) * r);
+	float *s1 = malloc(sizeof(float) * spa_plugin_side_chain_fused_scratch(p));
+	float *s2 = malloc(sizeof(float) * (r + p->n_embd));
+	for (int it = 0; it < 20; it++) {
+		tu_rand(taps, (size_t)(L + 1) * r, seed + (uint64_t)it, it % 2 ? 0.1f : 3.0f);
+		spa_plugin_side_chain_fused(p, taps, a, s1);
+		spa_plugin_side_chain(p, taps, b, s2);
+		cr_assert_eq(memcmp(a, b, sizeof(float) * r), 0, "H %u r %u iteration %d",
+			     p->n_embd, r, it);
+	}
+	/* relu_s may alias taps[0..r), as for spa_plugin_side_chain: the same bits as into a
+	 * separate output (b) */
+	memcpy(b, a, sizeof(float) * r);
+	spa_plugin_side_chain_fused(p, taps, taps, s1);
+	cr_assert_eq(memcmp(taps, b, sizeof(float) * r), 0, "H %u r %u aliased", p->n_embd, r);
+	spa_plugin_side_chain(p, taps + 0, a, s2); /* taps[0..r) is now relu(s): just run it */
+	(void)a;
+	free(taps), free(a), free(b), free(s1), free(s2);
+}
+
+Test(plugin, fused_side_chain_equals_the_plugin_bit_for_bit)
+{
+	struct spa_plugin *p = load_ok(tu_tiny_plugin("side"));
+	chain_case(p, 31);
+	/* odd sizes: H with a partial group of 8 and not a multiple of 32, odd rank */
+	const uint32_t dims[][3] = { { 3, 100, 5 }, { 2, 37, 1 }, { 1, 8, 3 }, { 2, 64, 32 } };
+	for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+		struct spa_plugin q = { .kind = SPA_PLUGIN_SIDE, .n_layers = dims[d][0],
+					.n_embd = dims[d][1], .rank = dims[d][2] };
+		size_t L = q.n_layers, H = q.n_embd, r = q.rank;
+		q.up_w = malloc(sizeof(float) * L * H * r);
+		q.up_b = malloc(sizeof(float) * L * H);
+		q.down_w = malloc(sizeof(float) * L * r * H);
+		q.down_b = malloc(sizeof(float) * L * r);
+		tu_rand(q.up_w, L * H * r, 40 + d, 0.7f);
+		tu_rand(q.up_b, L * H, 50 + d, 0.2f);
+		tu_rand(q.down_w, L * r * H, 60 + d, 0.3f);
+		tu_rand(q.down_b, L * r, 70 + d, 0.2f);
+		chain_case(&q, 80 + d);
+		free(q.up_w), free(q.up_b), free(q.down_w), free(q.down_b);
+	}
+	spa_plugin_destroy(p);
+}
+
 static void check_cloud_part(const struct spa_plugin *p, enum spa_split s)
 {
 	struct spa_errbuf err = { { 0 } };

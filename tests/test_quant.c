@@ -365,12 +365,6 @@ Test(quant, simd_dot_matches_scalar)
 
 /* ---- integer dots with quantized activations ------------------------------------------ */
 
-static uint64_t lcg(uint64_t *st)
-{
-	*st = *st * 6364136223846793005ull + 1442695040888963407ull;
-	return *st >> 33;
-}
-
 /* n activations with blocks of very different magnitudes, some exactly zero, some below the
  * quantizer's 2^-100 floor, and exact ties (x * id = k + 0.5 once scaled). */
 static void awkward_x(float *x, uint64_t n, uint64_t seed)
@@ -406,18 +400,20 @@ static void awkward_x(float *x, uint64_t n, uint64_t seed)
  * scales. */
 static void *random_qrow(enum spa_dtype t, uint64_t n, uint64_t seed)
 {
-	uint64_t size, st = seed;
+	uint64_t size;
+	struct spa_rng st;
+	spa_rng_seed(&st, seed);
 	cr_assert_eq(spa_dtype_row_size(t, n, &size), 0);
 	uint8_t *r = malloc(size);
 	cr_assert(r);
 	for (uint64_t i = 0; i < size; i++)
-		r[i] = (uint8_t)lcg(&st);
+		r[i] = (uint8_t)spa_rng_next(&st);
 	/* the fp16 scale: at the start of a Q8_0/Q4_0 block, at the end of a Q6_K one (whose
 	 * int8 sub-block scales stay arbitrary, -128 included) */
 	size_t bs = t == SPA_TYPE_Q8_0 ? 34 : t == SPA_TYPE_Q4_0 ? 18 : 210;
 	size_t at = t == SPA_TYPE_Q6_K ? 208 : 0;
 	for (uint64_t b = 0; b < size / bs; b++) {
-		uint16_t d = spa_fp32_to_fp16(((float)(lcg(&st) % 2001) - 1000.0f) * 1e-4f);
+		uint16_t d = spa_fp32_to_fp16(((float)(spa_rng_next(&st) % 2001) - 1000.0f) * 1e-4f);
 		memcpy(r + b * bs + at, &d, 2);
 	}
 	return r;

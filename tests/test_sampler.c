@@ -1,4 +1,4 @@
-/* Tests of the sampler and the random numbers (runtime/sampler.c). */
+/* Tests of the sampler (runtime/sampler.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -32,31 +32,6 @@ static uint32_t ref_argmax(const float *x, uint32_t n)
 		if (x[i] > x[b])
 			b = i;
 	return b;
-}
-
-Test(sampler, rng_is_xoshiro256ss_seeded_by_splitmix64)
-{
-	struct spa_rng r;
-	spa_rng_seed(&r, 0);
-	cr_assert_eq(r.s[0], 0xe220a8397b1dcdafull); /* splitmix64's first output from 0 */
-	uint64_t s1 = r.s[1];
-	uint64_t want = ((s1 * 5) << 7 | (s1 * 5) >> 57) * 9;
-	cr_assert_eq(spa_rng_next(&r), want);
-
-	struct spa_rng a, b;
-	spa_rng_seed(&a, 12345);
-	spa_rng_seed(&b, 12345);
-	double sum = 0, lo = 1, hi = -1;
-	for (int i = 0; i < 100000; i++) {
-		float u = spa_rng_uniform(&a);
-		cr_assert_eq(u, spa_rng_uniform(&b));
-		cr_assert(u >= -1.0f && u < 1.0f);
-		sum += u;
-		lo = fmin(lo, u);
-		hi = fmax(hi, u);
-	}
-	cr_assert(fabs(sum / 100000) < 0.01, "mean %g", sum / 100000);
-	cr_assert(lo < -0.999 && hi > 0.999);
 }
 
 Test(sampler, greedy_is_argmax_lowest_index_on_ties)

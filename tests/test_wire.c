@@ -5,16 +5,13 @@
 
 #include "spa/drv/link.h"
 #include "spa/error.h"
+#include "spa/rng.h"
 #include "spa/wire.h"
 
-static uint64_t rng_state;
+static struct spa_rng rng;
 static uint64_t rnd(void)
 {
-	/* xorshift64* */
-	rng_state ^= rng_state >> 12;
-	rng_state ^= rng_state << 25;
-	rng_state ^= rng_state >> 27;
-	return rng_state * 2685821657736338717ull;
+	return spa_rng_next(&rng);
 }
 static uint32_t rnd_below(uint64_t n)
 {
@@ -50,7 +47,7 @@ static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
 
 Test(wire, header_round_trips_random_fields_in_documented_layout)
 {
-	rng_state = 0x9e3779b97f4a7c15ull;
+	spa_rng_seed(&rng, 0x9e3779b97f4a7c15ull);
 	const size_t maxp = (1u << 20) - SPA_WIRE_HDR_SIZE;
 	for (int it = 0; it < 5000; it++) {
 		struct spa_wire_hdr h = random_valid_hdr(maxp), d;
@@ -111,7 +108,7 @@ static void expect_ok(struct spa_wire_hdr h, size_t maxp)
 
 Test(wire, each_invalid_field_is_refused_with_a_message)
 {
-	rng_state = 12345;
+	spa_rng_seed(&rng, 12345);
 	const size_t maxp = 1000;
 	for (int it = 0; it < 200; it++) {
 		struct spa_wire_hdr g = random_valid_hdr(maxp), h;
@@ -200,7 +197,7 @@ Test(wire, crc32c_known_vectors)
  * lengths across the 3-way block sizes (64, 256, 8192 bytes, times 3). */
 Test(wire, crc32c_copy_equals_crc_then_copy_at_every_alignment)
 {
-	rng_state = 4242;
+	spa_rng_seed(&rng, 4242);
 	enum { N = 30000 };
 	uint8_t *src = malloc(N + 64), *dst = malloc(N + 96);
 	for (int i = 0; i < N + 64; i++)
@@ -228,7 +225,7 @@ Test(wire, crc32c_copy_equals_crc_then_copy_at_every_alignment)
 
 Test(wire, crc32c_hardware_equals_software_on_odd_lengths_and_alignments)
 {
-	rng_state = 777;
+	spa_rng_seed(&rng, 777);
 	enum { N = 5000 };
 	uint8_t *buf = malloc(N + 64);
 	for (int i = 0; i < N + 64; i++)
@@ -260,7 +257,7 @@ Test(wire, crc32c_hardware_equals_software_on_odd_lengths_and_alignments)
 
 Test(wire, frame_crc_covers_header_with_crc_zeroed_and_payload)
 {
-	rng_state = 4242;
+	spa_rng_seed(&rng, 4242);
 	uint8_t payload[333];
 	for (size_t i = 0; i < sizeof payload; i++)
 		payload[i] = (uint8_t)rnd();
@@ -307,7 +304,7 @@ Test(wire, crc32c_hardware_equals_software_across_its_block_sizes)
 {
 	if (!spa_crc32c_have_hw())
 		cr_skip_test("no SSE4.2 crc32 instruction on this CPU");
-	rng_state = 4242;
+	spa_rng_seed(&rng, 4242);
 	enum { N = 100000 };
 	uint8_t *buf = malloc(N + 64);
 	for (int i = 0; i < N + 64; i++)

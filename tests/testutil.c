@@ -150,6 +150,13 @@ void tu_rand(float *x, size_t n, uint64_t seed, float scale)
 		x[i] = spa_rng_uniform(&r) * scale;
 }
 
+void *tu_alloc_page(size_t size)
+{
+	void *p = NULL;
+	cr_assert_eq(posix_memalign(&p, 4096, size ? size : 4096), 0);
+	return p;
+}
+
 void tu_write_file(const char *path, const void *buf, size_t size)
 {
 	FILE *f = fopen(path, "wb");

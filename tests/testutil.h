@@ -23,6 +23,8 @@ char *tu_tmpdir(void);
 int tu_run(const char *cmd, char *out, size_t cap, int want_stderr);
 /* Fill x[n] with uniform floats in [-scale, scale) from a seed. */
 void tu_rand(float *x, size_t n, uint64_t seed, float scale);
+/* size bytes (4096 when 0) aligned to 4096, for free(); aborts the test when out of memory. */
+void *tu_alloc_page(size_t size);
 /* Write a buffer to a file; aborts the test on failure. */
 void tu_write_file(const char *path, const void *buf, size_t size);
 /* Read a whole file (malloc'd, NUL-terminated); *size set. NULL on failure. */

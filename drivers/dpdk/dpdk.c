@@ -75,8 +75,10 @@
 #include <rte_version.h>
 #include <rte_udp.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/pin.h"
+#include "spa/rng.h"
 #include "dpdk.h"
 
 #define ETH_LEN 14u
@@ -1135,7 +1137,7 @@ static inline struct rte_mbuf *port_next(struct dp_port *p)
 		/* The 22.11 memif PMD unmaps its rings in the interrupt thread when the peer
 		 * disconnects, under a concurrent rx_burst: after a session ends, poll again only
 		 * once the link is down (the PMD then returns before touching the rings). */
-		if (port_link_up(p) && spa_now_ns() < p->quiet_until)
+		if (port_link_up(p) && spa_clock_ns() < p->quiet_until)
 			return NULL;
 		p->quiet_until = 0;
 	}
@@ -1182,7 +1184,7 @@ static int tx_wait(struct dp_link *l, struct rte_mbuf **h)
 		rte_pause();
 		if (++spins & 255)
 			continue;
-		int64_t now = spa_now_ns();
+		int64_t now = spa_clock_ns();
 		if (now >= next_check) {
 			next_check = now + CHECK_NS;
 			if (!port_link_up(p)) {
@@ -1395,7 +1397,7 @@ static int dp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t 
 					/* say BYE back: the client hangs up only after it, while we
 					 * stay off the rings (port_next) */
 					send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);
-					p->quiet_until = spa_now_ns() + QUIET_NS;
+					p->quiet_until = spa_clock_ns() + QUIET_NS;
 				}
 				return -SPA_ECLOSED;
 			}
@@ -1407,7 +1409,7 @@ static int dp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t 
 		rte_pause();
 		if (++spins & 63)
 			continue;
-		int64_t now = spa_now_ns();
+		int64_t now = spa_clock_ns();
 		if (deadline_ns >= 0 && now >= deadline_ns)
 			return -ETIMEDOUT;
 		if (now >= next_check) {
@@ -1491,11 +1493,11 @@ static void dp_close(struct spa_link_base *b)
 	if (!l->peer_closed && port_link_up(p)) {
 		send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);
 		if (p->is_memif && l->is_listener_side)
-			p->quiet_until = spa_now_ns() + QUIET_NS; /* the client hangs up next */
+			p->quiet_until = spa_clock_ns() + QUIET_NS; /* the client hangs up next */
 		if (p->is_memif && !l->is_listener_side) {
 			/* wait for the server's BYE: it then keeps off the rings while we hang up */
-			int64_t end = spa_now_ns() + BYE_WAIT_NS;
-			while (spa_now_ns() < end && port_link_up(p)) {
+			int64_t end = spa_clock_ns() + BYE_WAIT_NS;
+			while (spa_clock_ns() < end && port_link_up(p)) {
 				struct rte_mbuf *m = port_next(p);
 				if (!m)
 					continue;
@@ -1510,8 +1512,8 @@ static void dp_close(struct spa_link_base *b)
 	if (p->is_memif && l->is_listener_side) {
 		/* Let the client hang up before this process may exit (an exit is a hang-up too,
 		 * under the client's rx polling). Its state only: no rx polling meanwhile. */
-		int64_t end = spa_now_ns() + QUIET_NS;
-		while (port_link_up(p) && spa_now_ns() < end)
+		int64_t end = spa_clock_ns() + QUIET_NS;
+		while (port_link_up(p) && spa_clock_ns() < end)
 			rte_pause();
 	}
 	p->done[p->n_done++ % N_DONE] = l->conn;
@@ -1564,7 +1566,7 @@ static int dp_accept(struct spa_listener_base *b, struct spa_link_base **out, in
 			       "%s: a session is still open on port %s; close it before accepting "
 			       "the next (one session at a time per port)",
 			       L->uri, p->name);
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	unsigned spins = 0;
 	for (;;) {
 		struct rte_mbuf *m = port_next(p);
@@ -1588,7 +1590,7 @@ static int dp_accept(struct spa_listener_base *b, struct spa_link_base **out, in
 			return 0;
 		}
 		rte_pause();
-		if (!(++spins & 63) && deadline >= 0 && spa_now_ns() >= deadline)
+		if (!(++spins & 63) && deadline >= 0 && spa_clock_ns() >= deadline)
 			return spa_err(err, -ETIMEDOUT, "%s: no edge connected in time", L->uri);
 	}
 }
@@ -1601,11 +1603,9 @@ static void dp_listener_close(struct spa_listener_base *b)
 
 static uint32_t conn_new(void)
 {
-	uint64_t t = (uint64_t)spa_now_ns() ^ ((uint64_t)getpid() << 32);
-	t ^= t >> 33;
-	t *= 0xff51afd7ed558ccdull;
-	t ^= t >> 33;
-	uint32_t c = (uint32_t)t;
+	struct spa_rng r;
+	spa_rng_seed(&r, (uint64_t)spa_clock_ns() ^ ((uint64_t)getpid() << 32));
+	uint32_t c = (uint32_t)spa_rng_next(&r);
 	return c ? c : 1;
 }
 
@@ -1638,7 +1638,7 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 		return spa_err(err, -EBUSY, "%s: port %s already carries a session in this process",
 			       uri, p->name);
 	place(p, uri);
-	int64_t start = spa_now_ns();
+	int64_t start = spa_clock_ns();
 	int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
 	struct rte_ether_addr dst;
 	if (o.have_peer)
@@ -1649,7 +1649,7 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 	int64_t next_hello = 0, down_since = -1;
 	unsigned spins = 0;
 	for (;;) {
-		int64_t now = spa_now_ns();
+		int64_t now = spa_clock_ns();
 		if (deadline >= 0 && now >= deadline)
 			return spa_err(err, -ETIMEDOUT,
 				       "%s: no answer from a listener in time%s", uri,

@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 
 #define SHM_MAGIC 0x316d68732d617073ull /* "spa-shm1" */
@@ -175,7 +176,7 @@ static int shm_idle(struct shm_link *l, struct shm_wait *w, int64_t deadline)
 	__builtin_ia32_pause();
 	if (++w->spins & 63)
 		return 0;
-	int64_t now = spa_now_ns();
+	int64_t now = spa_clock_ns();
 	if (deadline >= 0 && now >= deadline)
 		return -ETIMEDOUT;
 	if (now < w->next_check)
@@ -488,7 +489,7 @@ static int shm_accept(struct spa_listener_base *b, struct spa_link_base **out, i
 {
 	struct shm_listener *l = (struct shm_listener *)b;
 	struct shm_ctl *c = l->ctl;
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	for (;;) {
 		/* acquire: pairs with the edge's claiming CAS (acq_rel) in shm_connect */
 		uint64_t s = atomic_load_explicit(&c->state, memory_order_acquire);
@@ -520,7 +521,7 @@ static int shm_accept(struct spa_listener_base *b, struct spa_link_base **out, i
 			*out = &k->base;
 			return 0;
 		}
-		if (deadline >= 0 && spa_now_ns() >= deadline)
+		if (deadline >= 0 && spa_clock_ns() >= deadline)
 			return spa_err(err, -ETIMEDOUT, "%s: no edge connected in time", l->path);
 		sleep_us(20);
 	}
@@ -548,12 +549,12 @@ static int shm_connect(struct spa_link_base **out, const char *name, int64_t tim
 {
 	char path[256];
 	shm_path(path, sizeof path, name);
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	const char *why = "no cloud listens on it";
 	pid_t me = getpid();
 	int busy = 0;
 	for (;; sleep_us(200)) {
-		if (deadline >= 0 && spa_now_ns() >= deadline)
+		if (deadline >= 0 && spa_clock_ns() >= deadline)
 			break;
 		int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
 		if (fd < 0) {

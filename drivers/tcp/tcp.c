@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "../sock.h"
 
@@ -170,7 +171,7 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -errno;
 			/* Spin while data is likely to come soon, then sleep until it comes. */
-			int64_t now = spa_now_ns();
+			int64_t now = spa_clock_ns();
 			if (deadline_ns >= 0 && now >= deadline_ns)
 				return -ETIMEDOUT; /* the partial frame is kept */
 			if (!idle_since) {
@@ -261,7 +262,7 @@ static int tcp_accept(struct spa_listener_base *b, struct spa_link_base **out, i
 		      struct spa_errbuf *err)
 {
 	struct tcp_listener *l = (struct tcp_listener *)b;
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	for (;;) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd >= 0) {
@@ -313,7 +314,7 @@ static int try_connect(const struct addrinfo *a, int64_t deadline)
 		}
 		/* A SYN lost to a full accept queue is only retried by the kernel after a second
 		 * or more: bound each attempt and start afresh instead. */
-		int64_t cap = spa_now_ns() + ATTEMPT_NS;
+		int64_t cap = spa_clock_ns() + ATTEMPT_NS;
 		int rc = spa_sock_wait(fd, POLLOUT, deadline >= 0 && deadline < cap ? deadline : cap);
 		int soerr = 0;
 		socklen_t sl = sizeof soerr;
@@ -341,7 +342,7 @@ static int try_connect(const struct addrinfo *a, int64_t deadline)
 static int tcp_connect(struct spa_link_base **out, const char *addr, int64_t timeout_ns,
 		       struct spa_errbuf *err)
 {
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	struct addrinfo *res = NULL;
 	int rc, last = -ECONNREFUSED;
 	/* The cloud may start after the edge: retry until the deadline. */
@@ -369,7 +370,7 @@ static int tcp_connect(struct spa_link_base **out, const char *addr, int64_t tim
 			}
 			last = fd;
 		}
-		if (deadline >= 0 && spa_now_ns() >= deadline)
+		if (deadline >= 0 && spa_clock_ns() >= deadline)
 			break;
 		struct timespec ts = { 0, 5000000 };
 		nanosleep(&ts, NULL);

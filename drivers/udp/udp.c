@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "../sock.h"
 #include "spa/wire.h"
@@ -246,7 +247,7 @@ static int udp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
 		/* Spin while data is likely to come soon, then sleep until it comes. */
-		int64_t now = spa_now_ns();
+		int64_t now = spa_clock_ns();
 		if (deadline_ns >= 0 && now >= deadline_ns)
 			return -ETIMEDOUT;
 		if (!idle_since) {
@@ -339,7 +340,7 @@ static int udp_accept(struct spa_listener_base *b, struct spa_link_base **out,
 	if (l->busy)
 		return spa_err(err, -EBUSY, "udp://%s: the previous session's link is still open: "
 			       "close it before accepting the next edge", l->addr);
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	uint8_t ctl[CTL_SIZE];
 	for (;;) {
 		struct sockaddr_storage peer;
@@ -422,7 +423,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 	}
 	*mf = frame_for(mtu, a->ai_family);
 	uint8_t ctl[CTL_SIZE], in[64];
-	int64_t end = spa_now_ns() + 4 * KNOCK_NS;
+	int64_t end = spa_clock_ns() + 4 * KNOCK_NS;
 	if (deadline >= 0 && deadline < end)
 		end = deadline;
 	int last = -ETIMEDOUT;
@@ -433,7 +434,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 			last = -errno;
 			break;
 		}
-		int64_t until = spa_now_ns() + KNOCK_NS;
+		int64_t until = spa_clock_ns() + KNOCK_NS;
 		if (until > end)
 			until = end;
 		for (;;) {
@@ -466,7 +467,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 					       "?mtu=", addr, v, *mf);
 			}
 		}
-	} while (spa_now_ns() < end);
+	} while (spa_clock_ns() < end);
 	close(fd);
 	return last;
 }
@@ -474,7 +475,7 @@ static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline,
 static int udp_connect(struct spa_link_base **out, const char *addr, int64_t timeout_ns,
 		       struct spa_errbuf *err)
 {
-	int64_t deadline = timeout_ns < 0 ? -1 : spa_now_ns() + timeout_ns;
+	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	struct addrinfo *res = NULL;
 	unsigned mtu = DEFAULT_MTU;
 	int rc, last = -ECONNREFUSED;
@@ -505,7 +506,7 @@ static int udp_connect(struct spa_link_base **out, const char *addr, int64_t tim
 			}
 			last = fd;
 		}
-		if (deadline >= 0 && spa_now_ns() >= deadline)
+		if (deadline >= 0 && spa_clock_ns() >= deadline)
 			break;
 	}
 	if (res)

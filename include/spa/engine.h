@@ -94,13 +94,4 @@ void spa_batch_head_argmax(struct spa_batch *b, struct spa_context *const *ctxs,
  * one thread fewer, docs/loading.md). At least 1. */
 int spa_engine_default_threads(const struct spa_model *m);
 
-/* The edge's side-adapter chain as one kernel: from taps ((L+1) x r) to relu(s) (r), each
- * block's U_i relu(s) with its bias and relu applied as the rows come out of the kernels'
- * 4-row dots, then D_i u, in the summation order of spa_matvec_f32, so the bits equal
- * spa_plugin_side_chain's. scratch: spa_engine_side_chain_scratch(p) floats. relu_s may alias
- * taps[0..r). Hot path, single thread. */
-void spa_engine_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
-			   float *scratch);
-size_t spa_engine_side_chain_scratch(const struct spa_plugin *p);
-
 #endif

@@ -14,6 +14,7 @@
 
 #include "gguf.h"
 #include "kernels.h"
+#include "load.h"
 
 struct spa_tokenizer;
 struct spa_wstream;

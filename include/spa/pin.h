@@ -10,6 +10,9 @@ int spa_pin_thread(int cpu);
 /* Number of cores (physical) and of processing units the machine has. */
 int spa_pin_n_cores(void);
 int spa_pin_n_pus(void);
+/* CPUs the calling thread may run on (its affinity mask; 1 when it cannot be read): the
+ * kernel's io_uring workers and the loaders' copier threads are sized by it. */
+unsigned spa_pin_n_allowed(void);
 /* OS index of the first PU of the i-th core (i modulo the core count). */
 int spa_pin_core_pu(int i);
 /* Describe where the calling thread is bound ("cpu 1 (core 1, package 0)") into buf. */

@@ -47,6 +47,9 @@ int spa_merge_from_name(const char *s);
 const char *spa_plugin_kind_name(enum spa_plugin_kind k);
 /* The plugin kind a method needs (BASE: -SPA_EUSAGE). */
 int spa_method_plugin_kind(enum spa_method m);
+/* Whether a method runs the side network (lst, spa): its cloud holds part of the plugin and
+ * its exchanges are TAPS or RESID. */
+bool spa_method_is_side(enum spa_method m);
 
 /* A plugin in memory. Matrices are row-major float [rows][cols]; per-block arrays are L
  * consecutive matrices. Pointers absent from a part are NULL. */
@@ -110,6 +113,14 @@ void spa_plugin_side_taps(const struct spa_plugin *p, const float *resid, float 
 /* Edge, side: the nonlinear chain from taps ((L+1) x r) to relu(s) (r). scratch: r + H floats. */
 void spa_plugin_side_chain(const struct spa_plugin *p, const float *taps, float *relu_s,
 			   float *scratch);
+/* Edge, side: the same chain as one kernel: each block's U_i relu(s) with its bias and relu
+ * applied as the rows come out of the kernels' 4-row dots, then D_i u, in the summation order
+ * of spa_matvec_f32, so the bits equal spa_plugin_side_chain's. scratch:
+ * spa_plugin_side_chain_fused_scratch(p) floats. relu_s may alias taps[0..r). Hot path,
+ * single thread. */
+void spa_plugin_side_chain_fused(const struct spa_plugin *p, const float *taps, float *relu_s,
+				 float *scratch);
+size_t spa_plugin_side_chain_fused_scratch(const struct spa_plugin *p);
 /* Cloud, side: g = W_out relu_s + b_out (H). */
 void spa_plugin_side_out(const struct spa_plugin *p, const float *relu_s, float *g);
 /* Edge-all: the whole side network from resid to g (taps, chain, out): exactly the same

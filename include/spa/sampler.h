@@ -21,12 +21,4 @@ void spa_sampler_destroy(struct spa_sampler *s);
 /* Pick a token from logits[n_vocab] (logits may be overwritten). Hot path: no allocation. */
 int32_t spa_sampler_sample(struct spa_sampler *s, float *logits);
 
-/* Deterministic random numbers (xoshiro256** seeded by splitmix64), (runtime/sampler.c), shared
- * by the sampler, the generators and the tests. */
-struct spa_rng { uint64_t s[4]; };
-void spa_rng_seed(struct spa_rng *r, uint64_t seed);
-uint64_t spa_rng_next(struct spa_rng *r);
-/* Uniform float in [-1, 1). */
-float spa_rng_uniform(struct spa_rng *r);
-
 #endif

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "spa/clock.h"
 #include "spa/error.h"
 #include "spa/pin.h"
 #include "spa/pool.h"
@@ -66,13 +66,6 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Wait for gen to move past `seen`; returns the new value. */
 static unsigned wait_gen(struct spa_pool *p, unsigned seen)
 {
@@ -86,7 +79,7 @@ static unsigned wait_gen(struct spa_pool *p, unsigned seen)
 		if (!p->spin_ns)
 			break;
 		if ((spins & 63) == 63) {
-			uint64_t t = now_ns();
+			uint64_t t = (uint64_t)spa_clock_ns();
 			if (!deadline)
 				deadline = t + p->spin_ns;
 			else if (t >= deadline)
@@ -136,7 +129,7 @@ static void wait_done(struct spa_pool *p, int n)
 			continue;
 		}
 		if ((spins & 63) == 63) {
-			uint64_t t = now_ns();
+			uint64_t t = (uint64_t)spa_clock_ns();
 			if (!deadline)
 				deadline = t + p->spin_ns;
 			else if (t >= deadline) {

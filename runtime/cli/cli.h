@@ -19,7 +19,8 @@ const char *cli_value(int argc, char **argv, int *i);
 
 
 
-#include "spa/session.h"
+#include "spa/edge.h"
+#include "spa/serve.h"
 
 /* The generation options spa-run and spa-edge share. */
 struct cli_gen {

@@ -28,6 +28,13 @@ static void usage(void)
 	       "  -q, --quiet           no per-session lines\n");
 }
 
+/* The serve loop's lines, after this program's name. */
+static void log_line(void *ctx, const char *line)
+{
+	(void)ctx;
+	fprintf(stderr, "%s: %s\n", cli_prog, line);
+}
+
 int main(int argc, char **argv)
 {
 	cli_init(argv[0]);
@@ -104,6 +111,7 @@ int main(int argc, char **argv)
 			"thread on %s\n", spa_backend_name(be), spa_pool_n_threads(pool),
 			spa_kernels_variant(), where);
 	}
+	o.log = log_line;
 	rc = spa_cloud_serve(m, be, &o, &err);
 	spa_backend_destroy(be);
 	spa_pool_destroy(pool);

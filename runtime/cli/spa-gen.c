@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -52,13 +51,6 @@ static const char usage[] =
 	"                 path, calibrated on a prompt (0 to 1, default 0.6)\n"
 	"        --calib-prompt   text to calibrate on (default: a built-in sample)\n"
 	"common  --seed N (default 1), -o FILE (required), --quiet (no progress), --help\n";
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Tensor parameters and file size of a written GGUF (opening it also checks it reads back). */
 static int file_stats(const char *path, uint64_t *n_params, uint64_t *size,
@@ -148,11 +140,11 @@ static int cmd_base(int argc, char **argv)
 		tok.pre = "llama-bpe";
 
 	struct spa_errbuf err = {{0}};
-	double t0 = now_s();
+	double t0 = spa_clock_s();
 	int rc = spa_gen_base_tok(&hp, type, seed, &tok, out, !quiet && isatty(2), &err);
 	if (rc < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
-	double dt = now_s() - t0;
+	double dt = spa_clock_s() - t0;
 	uint64_t n_params, size;
 	if (file_stats(out, &n_params, &size, &err) < 0)
 		cli_die(1, "wrote %s but cannot read it back: %s", out, err.msg);
@@ -233,7 +225,7 @@ static int cmd_plugin(int argc, char **argv)
 
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;
-	double t0 = now_s();
+	double t0 = spa_clock_s();
 	int rc = spa_model_load(&m, base, !quiet && isatty(2), &err);
 	if (rc < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
@@ -242,7 +234,7 @@ static int cmd_plugin(int argc, char **argv)
 	spa_model_destroy(m);
 	if (rc < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
-	double dt = now_s() - t0;
+	double dt = spa_clock_s() - t0;
 
 	struct spa_gguf *g;
 	if (spa_gguf_open(&g, out, &err) < 0)

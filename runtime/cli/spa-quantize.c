@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -48,13 +47,6 @@ static const char usage[] =
 	"  -h, --help       this text\n"
 	"\n"
 	"Exit status: 0 done, 1 the conversion failed, 2 bad usage.\n";
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Bytes of source rows read per chunk: large reads, bounded memory. */
 #define CHUNK_BYTES (16u << 20)
@@ -211,7 +203,7 @@ int main(int argc, char **argv)
 	struct qjob job = { .errbuf = &err };
 	int rc, n_requant = 0, status = 1;
 	enum spa_dtype requant_from = SPA_TYPE_F32;
-	double t0 = now_s();
+	double t0 = spa_clock_s();
 
 	if ((rc = spa_gguf_open(&g, in, &err)) < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
@@ -318,7 +310,7 @@ int main(int argc, char **argv)
 	rc = spa_gguf_writer_write(w, out, !quiet && isatty(2), &err);
 	if (rc < 0)
 		goto fail;
-	double dt = now_s() - t0;
+	double dt = spa_clock_s() - t0;
 
 	struct spa_gguf *o = NULL;
 	if ((rc = spa_gguf_open(&o, out, &err)) < 0) {

@@ -90,9 +90,6 @@ extern const struct spa_link_driver spa_drv_udp;
 extern const struct spa_link_driver spa_drv_dpdk;
 #endif
 
-/* CLOCK_MONOTONIC in ns. Thread-safe; no system call (vDSO); fine on the hot path. */
-int64_t spa_now_ns(void);
-
 /* The driver-level link under a link (runtime/link.c). For tests and tools that must put raw
  * frames on the wire (corrupted, truncated, out of sequence) through base->drv->send_frame, or
  * take them off unchecked. The link keeps ownership; the pointer lives as long as l. */

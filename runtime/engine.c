@@ -214,13 +214,20 @@ static int hooks_adapter(struct spa_backend *be, struct spa_step_buf *sb,
 	return 0;
 }
 
-/* Every sequence's last row of x into its context's residual record, slot i. */
+/* Every sequence's last row of x into its context's residual record, slot i (and every row
+ * into the record of its row when the context asks for every position's: out_resid). */
 static void record_resid(struct spa_backend *be, struct spa_step_buf *sb,
-			 const struct spa_seq *seqs, uint32_t n_seq, uint32_t i, uint32_t H)
+			 const struct spa_seq *seqs, uint32_t n_seq, uint32_t i, uint32_t H,
+			 uint32_t L)
 {
-	for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok)
-		be->ops->download(be, seqs[s].ctx->resid + (uint64_t)i * H,
+	for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok) {
+		const struct spa_context *c = seqs[s].ctx;
+		be->ops->download(be, c->resid + (uint64_t)i * H,
 				  sb->x + (uint64_t)(row0 + seqs[s].n_tok - 1) * H, H * sizeof(float));
+		for (uint32_t j = 0; c->out_resid && j < seqs[s].n_tok; j++)
+			be->ops->download(be, c->out_resid + ((uint64_t)j * (L + 1) + i) * H,
+					  sb->x + (uint64_t)(row0 + j) * H, H * sizeof(float));
+	}
 }
 
 /* The step's blocks and final norm; the caller holds the model's stream. */
@@ -234,7 +241,7 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 
 	if ((rc = step_embed(be, sb, m, seqs, n_seq, N)) < 0)
 		goto stream_failed;
-	record_resid(be, sb, seqs, n_seq, 0, H);
+	record_resid(be, sb, seqs, n_seq, 0, H, L);
 	/* The TAPS payload of a sequence with fused side maps fills up while the blocks run
 	 * (spa_plugin_side_taps' products on its last row): tap i (0: t_in = W_in e, i > 0:
 	 * block i-1's W_down y) becomes pending when its input is in the row, and is computed
@@ -328,7 +335,7 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 			return rc;
 		be->ops->add(be, sb->x, sb->proj, (uint64_t)N * H);
 
-		record_resid(be, sb, seqs, n_seq, l + 1, H);
+		record_resid(be, sb, seqs, n_seq, l + 1, H, L);
 		/* block l's epilogue: its tap, into the outgoing payload with the next block */
 		for (uint32_t s = 0; s < n_seq; s++)
 			if (seqs[s].ctx->taps)
@@ -339,6 +346,9 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 		const float *x_last = sb->x + (uint64_t)(row0 + seqs[s].n_tok - 1) * H;
 		tap_alone(be, c, &sb->pending_tap[s], x_last);
 		be->ops->rmsnorm(be, c->f, x_last, m->output_norm, 1, H, hp->rms_eps);
+		if (c->out_final) /* every row's f (each row the bits of its own) */
+			be->ops->rmsnorm(be, c->out_final, sb->x + (uint64_t)row0 * H,
+					 m->output_norm, seqs[s].n_tok, H, hp->rms_eps);
 		if (c->gate_on)
 			be->ops->matvec_f32(be, c->side->cls_w, c->side->cls_b, c->f, c->gate, 2, H);
 	}
@@ -398,6 +408,12 @@ int spa_engine_step(struct spa_batch *b, const struct spa_seq *seqs, uint32_t n_
 void spa_engine_logits(struct spa_context *c, const float *z, float *logits)
 {
 	c->be->ops->matmul(c->be, &c->m->output, z, logits, 1);
+}
+
+void spa_engine_logits_rows(struct spa_context *c, const float *z, uint32_t n, float *logits)
+{
+	if (n)
+		c->be->ops->matmul(c->be, &c->m->output, z, logits, n);
 }
 
 void spa_engine_head_argmax(struct spa_context *c, const float *z, int32_t *tok)

@@ -1623,6 +1623,49 @@ Test(engine, every_architecture_keeps_its_bits_across_plans_batches_and_streamin
 	}
 }
 
+Test(engine, every_position_out_of_a_batch_has_the_bits_of_its_own_step)
+{
+	char path[256];
+	variant_file(&variants[4], path, sizeof path);
+	struct spa_model *m = load(path);
+	const uint32_t H = m->hp.n_embd, L = m->hp.n_layers, V = m->hp.n_vocab;
+	int32_t toks[13];
+	rand_tokens(toks, 13, V, 60);
+	struct spa_context *one = NULL, *all = NULL;
+	cr_assert_eq(spa_context_create(&one, m, NULL, 32, 1), 0);
+	cr_assert_eq(spa_context_create(&all, m, NULL, 32, 9), 0);
+	float *fr = malloc(9 * H * sizeof(float)), *rr = malloc(9 * (L + 1) * H * sizeof(float));
+	float *lg = malloc(9 * V * sizeof(float)), *l1 = malloc(V * sizeof(float));
+	cr_assert_eq(spa_context_set_outputs(all, NULL, rr), -SPA_EUSAGE);
+	cr_assert_eq(spa_context_set_outputs(all, fr, rr), 0);
+	/* 4, then 9 positions; each checked against decoding alone */
+	for (uint32_t at = 0, n = 4; at < 13; at += n, n = 9) {
+		cr_assert_eq(spa_engine_forward(all, toks + at, n, NULL), 0);
+		spa_engine_logits_rows(all, fr, n, lg);
+		for (uint32_t j = 0; j < n; j++) {
+			cr_assert_eq(spa_engine_forward(one, toks + at + j, 1, NULL), 0);
+			cr_assert_eq(memcmp(fr + j * H, spa_context_final(one), H * sizeof(float)),
+				     0, "final of position %u", at + j);
+			cr_assert_eq(memcmp(rr + (size_t)j * (L + 1) * H, spa_context_resid(one),
+					    (L + 1) * H * sizeof(float)), 0, "resid of %u", at + j);
+			spa_engine_logits(one, spa_context_final(one), l1);
+			cr_assert_eq(memcmp(lg + (size_t)j * V, l1, V * sizeof(float)), 0,
+				     "logits of position %u", at + j);
+		}
+		/* the last position's own outputs as ever */
+		cr_assert_eq(memcmp(spa_context_final(all), fr + (n - 1) * H, H * sizeof(float)), 0);
+	}
+	/* off again: the buffers stay as they were */
+	cr_assert_eq(spa_context_set_outputs(all, NULL, NULL), 0);
+	fr[0] = 1234.5f;
+	cr_assert_eq(spa_engine_forward(all, toks, 1, NULL), 0);
+	cr_assert_eq(fr[0], 1234.5f);
+	free(fr), free(rr), free(lg), free(l1);
+	spa_context_destroy(one);
+	spa_context_destroy(all);
+	spa_model_destroy(m);
+}
+
 /* A tiny file with its metadata edited; spa_model_check's verdict and words. */
 static void refused(const struct edit *ed, const char *words)
 {

@@ -125,9 +125,10 @@ void spa_model_destroy(struct spa_model *m);
 int spa_model_pack(struct spa_model *m, struct spa_errbuf *err);
 
 /* 64-bit FNV-1a over the hyperparameters (the architecture and rotary settings too when they
- * are not llama's defaults, so a llama file's fingerprint is what it always was), the tensor table (names, types, shapes) and, for
- * each tensor, its first and last 4 KiB of data, as 16 lowercase hex digits + NUL. Identifies
- * a base model for plugin pairing without hashing gigabytes. Reads with pread. */
+ * are not llama's defaults, so a llama file's fingerprint is what it always was), the tensor
+ * table (names, types, shapes) and, for each tensor, its first and last 4 KiB of data, as 16
+ * lowercase hex digits + NUL. Identifies a base model for plugin pairing without hashing
+ * gigabytes. Reads with pread. */
 int spa_model_fingerprint(const struct spa_gguf *g, char out[17], struct spa_errbuf *err);
 
 #endif

@@ -202,8 +202,8 @@ static int cmd_base(int argc, char **argv)
 	fmt_count(np, sizeof np, n_params);
 	printf("wrote %s: %.2f MB, %s base model '%s' (L %u, H %u, FFN %u, heads %u/%u, vocab %u, "
 	       "ctx %u), %s, %s parameters, seed %llu, tokenizer %s%s%s, in %.2f s\n", out,
-	       (double)size / 1e6, spa_arch_name(hp.arch), shape, hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads,
-	       hp.n_kv_heads, hp.n_vocab, hp.n_ctx, spa_dtype_name(type), np,
+	       (double)size / 1e6, spa_arch_name(hp.arch), shape, hp.n_layers, hp.n_embd, hp.n_ff,
+	       hp.n_heads, hp.n_kv_heads, hp.n_vocab, hp.n_ctx, spa_dtype_name(type), np,
 	       (unsigned long long)seed, tok.pre ? "bpe " : "spm", tok.pre ? tok.pre : "",
 	       tok.vocab_only ? " (vocabulary only)" : "", dt);
 	return 0;

@@ -310,15 +310,22 @@ int main(int argc, char **argv)
 	const double ppl = exp(nll);
 	nll2 -= nll * nll;
 	if (nll2 > 0)
-		printf("Final estimate: PPL = %.4lf +/- %.5lf\n", ppl, sqrt(nll2 / (double)(count - 1)) * ppl);
+		printf("Final estimate: PPL = %.4lf +/- %.5lf\n", ppl,
+		       sqrt(nll2 / (double)(count - 1)) * ppl);
 	else
 		printf("Final estimate: PPL = %.4lf (no spread: every scored token had the same "
 		       "probability)\n", ppl);
-	if (p)
+	fflush(stdout);
+	if (cfg.method == SPA_METHOD_SPA || cfg.method == SPA_METHOD_LST)
 		fprintf(stderr, "%s: method %s: %llu exchanges with the edge; %llu of %llu scored "
 			"positions took the side path\n", cli_prog, spa_method_name(cfg.method),
 			(unsigned long long)n_xchg, (unsigned long long)n_side,
 			(unsigned long long)count);
+	else if (p)
+		fprintf(stderr, "%s: method %s: %llu exchanges with the edge (one per %s and "
+			"batch)\n", cli_prog, spa_method_name(cfg.method),
+			(unsigned long long)n_xchg,
+			cfg.method == SPA_METHOD_LORA ? "block" : "sublayer");
 	status = 0;
 out:
 	free(logits);

@@ -220,6 +220,15 @@ int spa_context_set_side(struct spa_context *c, const struct spa_plugin *cp, flo
 	return 0;
 }
 
+int spa_context_set_outputs(struct spa_context *c, float *final_rows, float *resid_rows)
+{
+	if (resid_rows && !final_rows)
+		return -SPA_EUSAGE;
+	c->out_final = final_rows;
+	c->out_resid = resid_rows;
+	return 0;
+}
+
 int spa_context_gate(const struct spa_context *c, float *margin)
 {
 	if (!c->gate_on)

@@ -29,7 +29,7 @@ struct spa_step_buf {
 	float *dq;      /* (max_rows, H) LoRA delta of q, uploaded from the hook's */
 	float *dv;      /* (max_rows, kv_dim) LoRA delta of v */
 	float *delta;   /* (max_rows, H) adapter delta */
-	float *rope_cs; /* (max_rows, head_dim) cos, sin of each row's position */
+	float *rope_cs; /* (max_rows, n_rot) cos, sin of each row's position */
 	float *part_y;  /* (max_rows, most rows of a streamed matrix): a piece's products; NULL
 			   when the model streams nothing */
 	/* host */
@@ -57,6 +57,9 @@ struct spa_context {
 	float *taps;    /* borrowed: (L + 1, r), host */
 	bool gate_on;
 	float gate[2];
+	/* every position's outputs (spa_context_set_outputs): borrowed host memory, NULL: off */
+	float *out_final;  /* (max_batch, H) */
+	float *out_resid;  /* (max_batch, L + 1, H) */
 	char errmsg[640];
 };
 

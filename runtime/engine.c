@@ -65,6 +65,14 @@ static int mmw(struct spa_backend *be, struct spa_step_buf *sb, const struct spa
 	return 0;
 }
 
+/* Y[n] += b, the bias of a matrix (rows floats) on each of n rows: y = (W x) + b, the bits of
+ * spa_matvec_items' bias on one row. */
+static void add_bias(struct spa_backend *be, float *y, const float *b, uint64_t rows, uint32_t n)
+{
+	for (uint32_t j = 0; b && j < n; j++)
+		be->ops->add(be, y + j * rows, b, rows);
+}
+
 /* ---------------------------------------------------------------- side taps */
 
 /* Side tap i (0: W_in, i > 0: W_down of block i - 1) of context c as a product item on x: the
@@ -206,13 +214,20 @@ static int hooks_adapter(struct spa_backend *be, struct spa_step_buf *sb,
 	return 0;
 }
 
-/* Every sequence's last row of x into its context's residual record, slot i. */
+/* Every sequence's last row of x into its context's residual record, slot i (and every row
+ * into the record of its row when the context asks for every position's: out_resid). */
 static void record_resid(struct spa_backend *be, struct spa_step_buf *sb,
-			 const struct spa_seq *seqs, uint32_t n_seq, uint32_t i, uint32_t H)
+			 const struct spa_seq *seqs, uint32_t n_seq, uint32_t i, uint32_t H,
+			 uint32_t L)
 {
-	for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok)
-		be->ops->download(be, seqs[s].ctx->resid + (uint64_t)i * H,
+	for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok) {
+		const struct spa_context *c = seqs[s].ctx;
+		be->ops->download(be, c->resid + (uint64_t)i * H,
 				  sb->x + (uint64_t)(row0 + seqs[s].n_tok - 1) * H, H * sizeof(float));
+		for (uint32_t j = 0; c->out_resid && j < seqs[s].n_tok; j++)
+			be->ops->download(be, c->out_resid + ((uint64_t)j * (L + 1) + i) * H,
+					  sb->x + (uint64_t)(row0 + j) * H, H * sizeof(float));
+	}
 }
 
 /* The step's blocks and final norm; the caller holds the model's stream. */
@@ -226,7 +241,7 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 
 	if ((rc = step_embed(be, sb, m, seqs, n_seq, N)) < 0)
 		goto stream_failed;
-	record_resid(be, sb, seqs, n_seq, 0, H);
+	record_resid(be, sb, seqs, n_seq, 0, H, L);
 	/* The TAPS payload of a sequence with fused side maps fills up while the blocks run
 	 * (spa_plugin_side_taps' products on its last row): tap i (0: t_in = W_in e, i > 0:
 	 * block i-1's W_down y) becomes pending when its input is in the row, and is computed
@@ -237,7 +252,7 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 		sb->pending_tap[s] = seqs[s].ctx->taps ? 0 : -1;
 
 	/* the rotary angles of the rows' positions, once for every block */
-	be->ops->rope_table(be, sb->rope_cs, sb->pos, N, hp->head_dim, hp->rope_base);
+	be->ops->rope_table(be, sb->rope_cs, sb->pos, N, &m->rope);
 	for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok)
 		sb->attn[s] = (struct spa_attn_seq){ &seqs[s].ctx->kv, seqs[s].ctx->pos,
 						     seqs[s].n_tok, sb->q + (uint64_t)row0 * H,
@@ -250,9 +265,9 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 		be->ops->rmsnorm(be, sb->xb, sb->x, ly->attn_norm, N, H, hp->rms_eps);
 		if (one) { /* resident: q, k, v (+ a tap), one job */
 			struct spa_tensor tap;
-			struct spa_matvec_item it[4] = { { &ly->wq, sb->xb, NULL, sb->q },
-							  { &ly->wk, sb->xb, NULL, sb->kb },
-							  { &ly->wv, sb->xb, NULL, sb->vb } };
+			struct spa_matvec_item it[4] = { { &ly->wq, sb->xb, ly->bias[0], sb->q },
+							  { &ly->wk, sb->xb, ly->bias[1], sb->kb },
+							  { &ly->wv, sb->xb, ly->bias[2], sb->vb } };
 			unsigned n_it = 3;
 			if (sb->pending_tap[0] >= 0)
 				tap_item(seqs[0].ctx, (uint32_t)sb->pending_tap[0], sb->x, &tap,
@@ -267,6 +282,9 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 			    (rc = mmw(be, sb, m, l, 1, sb->xb, sb->kb, N)) < 0 ||
 			    (rc = mmw(be, sb, m, l, 2, sb->xb, sb->vb, N)) < 0)
 				goto stream_failed;
+			add_bias(be, sb->q, ly->bias[0], H, N);
+			add_bias(be, sb->kb, ly->bias[1], kv_dim, N);
+			add_bias(be, sb->vb, ly->bias[2], kv_dim, N);
 		}
 		for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok) {
 			if (!seqs[s].hooks || !seqs[s].hooks->lora)
@@ -274,8 +292,8 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 			if ((rc = step_lora(be, sb, &seqs[s], row0, l, H, kv_dim)) < 0)
 				return rc;
 		}
-		be->ops->rope(be, sb->q, N, H, hp->n_heads, hp->head_dim, sb->rope_cs);
-		be->ops->rope(be, sb->kb, N, kv_dim, hp->n_kv_heads, hp->head_dim, sb->rope_cs);
+		be->ops->rope(be, sb->q, N, H, hp->n_heads, &m->rope, sb->rope_cs);
+		be->ops->rope(be, sb->kb, N, kv_dim, hp->n_kv_heads, &m->rope, sb->rope_cs);
 		for (uint32_t s = 0, row0 = 0; s < n_seq; row0 += seqs[s++].n_tok) {
 			struct spa_context *c = seqs[s].ctx;
 			rc = be->ops->kv_store(be, &c->kv, l, c->pos, seqs[s].n_tok,
@@ -293,27 +311,31 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 		be->ops->attention(be, sb->attn, n_seq, l, hp->n_heads);
 		if ((rc = mmw(be, sb, m, l, 3, sb->att, sb->proj, N)) < 0)
 			goto stream_failed;
+		add_bias(be, sb->proj, ly->bias[3], H, N);
 		if ((rc = hooks_adapter(be, sb, seqs, n_seq, l, 0, H)) < 0)
 			return rc;
 		be->ops->add(be, sb->x, sb->proj, (uint64_t)N * H);
 
 		/* SwiGLU feed-forward */
 		be->ops->rmsnorm(be, sb->xb, sb->x, ly->ffn_norm, N, H, hp->rms_eps);
-		if (one) { /* gate, up and SwiGLU in one job */
+		if (one && !ly->bias[4] && !ly->bias[5]) { /* gate, up and SwiGLU in one job */
 			spa_backend_matvec_swiglu(be, &ly->w_gate, &ly->w_up, sb->xb, sb->hb, sb->hb2);
 		} else {
 			if ((rc = mmw(be, sb, m, l, 4, sb->xb, sb->hb, N)) < 0 ||
 			    (rc = mmw(be, sb, m, l, 5, sb->xb, sb->hb2, N)) < 0)
 				goto stream_failed;
+			add_bias(be, sb->hb, ly->bias[4], F, N);
+			add_bias(be, sb->hb2, ly->bias[5], F, N);
 			be->ops->swiglu(be, sb->hb, sb->hb, sb->hb2, (uint64_t)N * F);
 		}
 		if ((rc = mmw(be, sb, m, l, 6, sb->hb, sb->proj, N)) < 0)
 			goto stream_failed;
+		add_bias(be, sb->proj, ly->bias[6], H, N);
 		if ((rc = hooks_adapter(be, sb, seqs, n_seq, l, 1, H)) < 0)
 			return rc;
 		be->ops->add(be, sb->x, sb->proj, (uint64_t)N * H);
 
-		record_resid(be, sb, seqs, n_seq, l + 1, H);
+		record_resid(be, sb, seqs, n_seq, l + 1, H, L);
 		/* block l's epilogue: its tap, into the outgoing payload with the next block */
 		for (uint32_t s = 0; s < n_seq; s++)
 			if (seqs[s].ctx->taps)
@@ -324,6 +346,9 @@ static int step_run(struct spa_backend *be, struct spa_step_buf *sb, const struc
 		const float *x_last = sb->x + (uint64_t)(row0 + seqs[s].n_tok - 1) * H;
 		tap_alone(be, c, &sb->pending_tap[s], x_last);
 		be->ops->rmsnorm(be, c->f, x_last, m->output_norm, 1, H, hp->rms_eps);
+		if (c->out_final) /* every row's f (each row the bits of its own) */
+			be->ops->rmsnorm(be, c->out_final, sb->x + (uint64_t)row0 * H,
+					 m->output_norm, seqs[s].n_tok, H, hp->rms_eps);
 		if (c->gate_on)
 			be->ops->matvec_f32(be, c->side->cls_w, c->side->cls_b, c->f, c->gate, 2, H);
 	}
@@ -383,6 +408,12 @@ int spa_engine_step(struct spa_batch *b, const struct spa_seq *seqs, uint32_t n_
 void spa_engine_logits(struct spa_context *c, const float *z, float *logits)
 {
 	c->be->ops->matmul(c->be, &c->m->output, z, logits, 1);
+}
+
+void spa_engine_logits_rows(struct spa_context *c, const float *z, uint32_t n, float *logits)
+{
+	if (n)
+		c->be->ops->matmul(c->be, &c->m->output, z, logits, n);
 }
 
 void spa_engine_head_argmax(struct spa_context *c, const float *z, int32_t *tok)

@@ -52,6 +52,10 @@ int spa_gen_shape(const char *name, struct spa_hparams *hp)
 			.n_ctx = shapes[i].ctx,
 			.rms_eps = 1e-5f,
 			.rope_base = 10000.0f,
+			.arch = SPA_ARCH_LLAMA,
+			.n_rot = shapes[i].H / shapes[i].heads,
+			.rope_freq_scale = 1.0f,
+			.rope_attn_factor = 1.0f,
 		};
 		return 0;
 	}
@@ -79,6 +83,8 @@ struct row_scratch {
 
 struct fill_ctx {
 	struct spa_rng rng;
+	const float *vals;   /* values given (rope_freqs), not drawn; NULL: drawn */
+	uint64_t n_vals;     /* of vals handed out */
 	enum fill_kind kind;
 	enum spa_dtype type;
 	float scale;
@@ -93,6 +99,8 @@ struct fill_ctx {
 
 static inline float fill_value(struct fill_ctx *c)
 {
+	if (c->vals)
+		return c->vals[c->n_vals++];
 	float u = spa_rng_uniform(&c->rng) * c->scale;
 	return c->kind == FILL_NORM ? 1.0f + u : u;
 }
@@ -201,17 +209,23 @@ static int check_hparams(const struct spa_hparams *hp, enum spa_dtype type,
 	    hp->n_embd % hp->n_heads || hp->n_heads % hp->n_kv_heads ||
 	    hp->head_dim != hp->n_embd / hp->n_heads || hp->head_dim % 2 ||
 	    hp->n_vocab < 300 || hp->n_vocab > (1u << 19) ||
-	    !(hp->rms_eps > 0) || !(hp->rope_base > 0))
+	    !(hp->rms_eps > 0) || !(hp->rope_base > 0) || (unsigned)hp->arch >= SPA_ARCH_COUNT ||
+	    hp->n_rot % 2 || hp->n_rot > hp->head_dim || !(hp->rope_freq_scale >= 0) ||
+	    !(hp->rope_freq_scale <= 1e6f) || !(hp->rope_attn_factor >= 0) ||
+	    !(hp->rope_attn_factor <= 1e6f))
 		return spa_err(err, -SPA_EUSAGE, "spa_gen_base: inconsistent shape (L %u, H %u, FFN "
-			       "%u, heads %u/%u, head_dim %u, vocab %u): H must split into an even "
-			       "head_dim, heads into KV groups, and vocab be 300 to 524288",
+			       "%u, heads %u/%u, head_dim %u, rotated %u, vocab %u): H must split "
+			       "into an even head_dim, heads into KV groups, the rotated dimensions "
+			       "be even and at most head_dim, and vocab be 300 to 524288",
 			       hp->n_layers, hp->n_embd, hp->n_ff, hp->n_heads, hp->n_kv_heads,
-			       hp->head_dim, hp->n_vocab);
+			       hp->head_dim, hp->n_rot, hp->n_vocab);
 	return 0;
 }
 
 struct gen_tensor {
 	char name[48];
+	uint32_t seed_id;   /* its values' stream (the base tensors keep theirs whatever is added) */
+	const float *vals;  /* given values, or NULL */
 	enum spa_dtype type;
 	uint64_t ne[2];
 	uint32_t n_dims;
@@ -223,13 +237,57 @@ struct gen_tensor {
 int spa_gen_base(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		 const char *path, bool show_progress, struct spa_errbuf *err)
 {
-	return spa_gen_base_tok(hp, type, seed, NULL, path, show_progress, err);
+	return spa_gen_base_opts(hp, type, seed, NULL, path, show_progress, err);
 }
 
 int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		     const struct spa_gen_tok *tok, const char *path, bool show_progress,
 		     struct spa_errbuf *err)
 {
+	const struct spa_gen_opts o = { .tok = tok };
+	return spa_gen_base_opts(hp, type, seed, &o, path, show_progress, err);
+}
+
+/* llama 3.1's rope_freqs as convert_hf_to_gguf.py computes them (rope_scaling: factor 8,
+ * low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings 8192): pair k's
+ * divisor, 1 for short wavelengths, 8 for long ones, smoothly in between. */
+static void llama3_rope_freqs(float *ff, uint32_t n_rot, float base)
+{
+	const double factor = 8.0, low = 1.0, high = 4.0, old_ctx = 8192.0;
+	const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+	for (uint32_t k = 0; k < n_rot / 2; k++) {
+		const double freq = 1.0 / pow((double)base, (double)(2 * k) / (double)n_rot);
+		const double wavelen = 2.0 * M_PI / freq;
+		double f;
+		if (wavelen < high_wavelen) {
+			f = 1.0;
+		} else if (wavelen > low_wavelen) {
+			f = factor;
+		} else {
+			const double smooth = (old_ctx / wavelen - low) / (high - low);
+			f = 1.0 / ((1.0 - smooth) / factor + smooth);
+		}
+		ff[k] = (float)f;
+	}
+}
+
+int spa_gen_base_opts(const struct spa_hparams *hp_in, enum spa_dtype type, uint64_t seed,
+		      const struct spa_gen_opts *o, const char *path, bool show_progress,
+		      struct spa_errbuf *err)
+{
+	static const struct spa_gen_opts none = { 0 };
+	const struct spa_gen_tok *tok = o ? o->tok : NULL;
+	float *freqs = NULL;
+	if (!o)
+		o = &none;
+	struct spa_hparams hpv = *hp_in, *hp = &hpv;
+	if (!hp->n_rot)
+		hp->n_rot = hp->head_dim;
+	if (hp->rope_freq_scale == 0.0f)
+		hp->rope_freq_scale = 1.0f;
+	if (hp->rope_attn_factor == 0.0f)
+		hp->rope_attn_factor = 1.0f;
+
 	struct spa_gguf_writer *w = NULL;
 	struct gen_tensor *tens = NULL;
 	struct fill_ctx *ctx = NULL;
@@ -245,7 +303,11 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 	const uint32_t L = hp->n_layers;
 	const uint64_t H = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
 	const uint64_t kv_dim = (uint64_t)hp->n_kv_heads * hp->head_dim;
-	const uint32_t n_tens = 9 * L + 3;
+	const bool qwen2 = hp->arch == SPA_ARCH_QWEN2;
+	const uint32_t n_bias = qwen2 ? 3 : o->biases ? 7 : 0; /* per block */
+	const uint32_t n_base = 9 * L + 3;
+	const uint32_t n_max = n_base + (o->rope_freqs ? 1 : 0) + n_bias * L;
+	uint32_t n_extra = 0; /* tensors beyond the base ones, for their seeds */
 	const float res_gain = 1.0f / sqrtf(2.0f * (float)L);
 	/* uniform(+-sqrt(3/fan_in)) has variance 1/fan_in: unit-variance outputs for unit inputs. */
 	const float s_h = sqrtf(3.0f / (float)H), s_f = sqrtf(3.0f / (float)F);
@@ -254,13 +316,14 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 	const float norm_noise = 0.1f;
 
 	rc = -ENOMEM;
-	tens = calloc(n_tens, sizeof *tens);
-	ctx = calloc(n_tens, sizeof *ctx);
+	tens = calloc(n_max, sizeof *tens);
+	ctx = calloc(n_max, sizeof *ctx);
 	if (!tens || !ctx)
 		goto err;
-	uint32_t t = 0;
+	uint32_t t = 0, base_id = 0;
 #define TENSOR(nm, ty, n0, n1, nd, k, sc) do {                                   \
 		snprintf(tens[t].name, sizeof tens[t].name, "%s", nm);           \
+		tens[t].seed_id = base_id++;                                     \
 		tens[t].type = spa_quantize_tensor_type(ty, tens[t].name, nd, n0);\
 		tens[t].ne[0] = n0;                                              \
 		tens[t].ne[1] = n1;                                              \
@@ -269,7 +332,19 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 		tens[t].scale = sc;                                              \
 		t++;                                                             \
 	} while (0)
-	TENSOR("token_embd.weight", type, H, V, 2, FILL_UNIFORM, 1.0f);
+	/* tied: the embedding is the head too, drawn small (half a matrix's scale): the last
+	 * token's own row adds |e|^2 to its logit, and larger rows made greedy decoding repeat
+	 * it forever */
+	TENSOR("token_embd.weight", type, H, V, 2, FILL_UNIFORM, o->tied ? 0.5f * s_h : 1.0f);
+	if (o->rope_freqs) {
+		if (!(freqs = malloc(hp->n_rot / 2 * sizeof *freqs)))
+			goto err;
+		llama3_rope_freqs(freqs, hp->n_rot, hp->rope_base);
+		base_id--; /* an extra: not a base tensor's stream */
+		TENSOR("rope_freqs.weight", SPA_TYPE_F32, hp->n_rot / 2, 1, 1, FILL_UNIFORM, 0.0f);
+		tens[t - 1].seed_id = n_base + n_extra++;
+		tens[t - 1].vals = freqs;
+	}
 	for (uint32_t i = 0; i < L; i++) {
 		static const char *const nm[9] = {
 			"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -286,41 +361,66 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 		TENSOR(BLK(7), type, H, F, 2, FILL_UNIFORM, s_h);
 		TENSOR(BLK(8), type, F, H, 2, FILL_UNIFORM, s_f * res_gain);
 #undef BLK
+		/* biases (F32): q, k, v in qwen2; every matrix's with o->biases */
+		static const char *const bn[7] = { "attn_q", "attn_k", "attn_v", "attn_output",
+						   "ffn_gate", "ffn_up", "ffn_down" };
+		const uint64_t brows[7] = { H, kv_dim, kv_dim, H, F, F, H };
+		for (uint32_t k = 0; k < n_bias; k++) {
+			snprintf(name, sizeof name, "blk.%u.%s.bias", i, bn[k]);
+			base_id--;
+			/* the output projections' biases small, as their weights (residual gain) */
+			TENSOR(name, SPA_TYPE_F32, brows[k], 1, 1, FILL_UNIFORM,
+			       k == 3 || k == 6 ? 0.5f * res_gain : 0.5f);
+			tens[t - 1].seed_id = n_base + n_extra++;
+		}
 	}
 	TENSOR("output_norm.weight", SPA_TYPE_F32, H, 1, 1, FILL_NORM, norm_noise);
-	TENSOR("output.weight", type, H, V, 2, FILL_UNIFORM, s_h * out_gain);
+	if (!o->tied)
+		TENSOR("output.weight", type, H, V, 2, FILL_UNIFORM, s_h * out_gain);
 #undef TENSOR
+	const uint32_t n_tens = t;
 
 	rc = spa_gguf_writer_create(&w);
 	if (rc < 0)
 		goto err;
-	char gname[96];
-	snprintf(gname, sizeof gname, "spa synthetic llama L%u H%u V%u seed %llu", L,
+	char gname[96], k[96];
+	const char *an = spa_arch_name(hp->arch);
+#define KEY(sfx) (snprintf(k, sizeof k, "%s." sfx, an), k)
+	snprintf(gname, sizeof gname, "spa synthetic %s L%u H%u V%u seed %llu", an, L,
 		 (unsigned)H, (unsigned)V, (unsigned long long)seed);
-	rc = spa_gguf_writer_set_str(w, "general.architecture", "llama");
+	rc = spa_gguf_writer_set_str(w, "general.architecture", an);
 	if (rc == 0)
 		rc = spa_gguf_writer_set_str(w, "general.name", gname);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.context_length", hp->n_ctx);
+		rc = spa_gguf_writer_set_u32(w, KEY("context_length"), hp->n_ctx);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.embedding_length", hp->n_embd);
+		rc = spa_gguf_writer_set_u32(w, KEY("embedding_length"), hp->n_embd);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.block_count", hp->n_layers);
+		rc = spa_gguf_writer_set_u32(w, KEY("block_count"), hp->n_layers);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.feed_forward_length", hp->n_ff);
+		rc = spa_gguf_writer_set_u32(w, KEY("feed_forward_length"), hp->n_ff);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.rope.dimension_count", hp->head_dim);
+		rc = spa_gguf_writer_set_u32(w, KEY("rope.dimension_count"), hp->n_rot);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.attention.head_count", hp->n_heads);
+		rc = spa_gguf_writer_set_u32(w, KEY("attention.head_count"), hp->n_heads);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.attention.head_count_kv", hp->n_kv_heads);
+		rc = spa_gguf_writer_set_u32(w, KEY("attention.head_count_kv"), hp->n_kv_heads);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon",
+		rc = spa_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"),
 					     hp->rms_eps);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_f32(w, "llama.rope.freq_base", hp->rope_base);
+		rc = spa_gguf_writer_set_f32(w, KEY("rope.freq_base"), hp->rope_base);
+	if (rc == 0 && hp->rope_freq_scale != 1.0f)
+		rc = spa_gguf_writer_set_str(w, KEY("rope.scaling.type"), "linear");
+	if (rc == 0 && hp->rope_freq_scale != 1.0f)
+		rc = spa_gguf_writer_set_f32(w, KEY("rope.scaling.factor"),
+					     1.0f / hp->rope_freq_scale);
+	if (rc == 0 && hp->rope_attn_factor != 1.0f)
+		rc = spa_gguf_writer_set_f32(w, KEY("rope.scaling.attn_factor"),
+					     hp->rope_attn_factor);
 	if (rc == 0)
-		rc = spa_gguf_writer_set_u32(w, "llama.vocab_size", hp->n_vocab);
+		rc = spa_gguf_writer_set_u32(w, KEY("vocab_size"), hp->n_vocab);
+#undef KEY
 	/* llama.cpp's llama_ftype (0 all F32, 1 mostly F16, 7 mostly Q8_0, ...). */
 	if (rc == 0)
 		rc = spa_gguf_writer_set_u32(w, "general.file_type",
@@ -365,7 +465,8 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 	for (uint32_t i = 0; i < (tok && tok->vocab_only ? 0 : n_tens); i++) {
 		struct fill_ctx *c = &ctx[i];
 		/* Per-tensor stream: the same tensor gets the same values whatever comes before. */
-		spa_rng_seed(&c->rng, seed ^ (0x9e3779b97f4a7c15ull * (i + 1)));
+		spa_rng_seed(&c->rng, seed ^ (0x9e3779b97f4a7c15ull * (tens[i].seed_id + 1)));
+		c->vals = tens[i].vals;
 		c->kind = tens[i].kind;
 		c->type = tens[i].type;
 		c->scale = tens[i].scale;
@@ -387,6 +488,7 @@ int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t
 		fputc('\n', stderr);
 err:
 	spa_gguf_writer_destroy(w);
+	free(freqs);
 	free(scratch.f);
 	free(scratch.q);
 	free(ctx);

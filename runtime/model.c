@@ -1,5 +1,6 @@
-/* Llama base model from GGUF: check the file against the "llama" conventions, load its tensor
- * data in one io_uring pass, and point struct spa_model at it.
+/* Llama-family base model from GGUF: check the file against its architecture's conventions
+ * ("llama", "qwen2": include/spa/model.h), load its tensor data in one io_uring pass, and point
+ * struct spa_model at it.
  *
  * The check is strict and done before any tensor data is read: a file whose metadata promises
  * one size and whose tensors have another is refused with a message naming the tensor, instead
@@ -27,6 +28,20 @@
 #define MAX_VOCAB    (1u << 22)
 #define MAX_CTX      (1u << 24)
 
+static const char *const arch_names[SPA_ARCH_COUNT] = { "llama", "qwen2" };
+
+const char *spa_arch_name(enum spa_arch arch)
+{
+	return (unsigned)arch < SPA_ARCH_COUNT ? arch_names[arch] : "?";
+}
+
+/* "<arch>.<suffix>": the metadata keys of an architecture. */
+static const char *akey(char *buf, size_t size, enum spa_arch arch, const char *suffix)
+{
+	snprintf(buf, size, "%s.%s", arch_names[arch], suffix);
+	return buf;
+}
+
 /* Read a u32 key; -ENOENT leaves *out at its default. */
 static int get_u32(const struct spa_gguf *g, const char *key, uint32_t *out, bool required,
 		   struct spa_errbuf *err)
@@ -36,16 +51,72 @@ static int get_u32(const struct spa_gguf *g, const char *key, uint32_t *out, boo
 		if (!required)
 			return 0;
 		return spa_err(err, -SPA_EMODEL, "%s: metadata key '%s' is missing; the file is not "
-			       "a complete llama model (remake it with spa-gen or a GGUF converter)",
+			       "a complete model (remake it with spa-gen or a GGUF converter)",
 			       g->path, key);
 	}
 	return rc;
 }
 
-static int get_f32(const struct spa_gguf *g, const char *key, float *out, struct spa_errbuf *err)
+/* Read an f32 key; *found (may be NULL) says whether it was there. */
+static int get_f32(const struct spa_gguf *g, const char *key, float *out, bool *found,
+		   struct spa_errbuf *err)
 {
 	int rc = spa_gguf_get_f32(g, key, out, err);
+	if (found)
+		*found = rc == 0;
 	return rc == -ENOENT ? 0 : rc;
+}
+
+/* The rotary embedding's keys: rope.dimension_count, the scaling (type and factor, the older
+ * scale_linear), attn_factor; as llama.cpp's llama_model::load_hparams reads them. */
+static int read_rope(const struct spa_gguf *g, struct spa_hparams *hp, struct spa_errbuf *err)
+{
+	char k[96];
+	const enum spa_arch a = hp->arch;
+	int rc;
+	hp->n_rot = hp->head_dim;
+	if ((rc = get_u32(g, akey(k, sizeof k, a, "rope.dimension_count"), &hp->n_rot, false,
+			  err)) < 0)
+		return rc;
+	if (hp->n_rot == 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
+		return spa_err(err, -SPA_EMODEL, "%s: %s is %u; the rotated dimensions must be even "
+			       "and 2..%u (the head dimension)", g->path, k, hp->n_rot,
+			       hp->head_dim);
+	hp->rope_neox = a == SPA_ARCH_QWEN2; /* llama.cpp's LLAMA_ROPE_TYPE_NEOX for qwen2 */
+
+	const char *type = "linear"; /* llama.cpp's default when the key is absent */
+	rc = spa_gguf_get_str(g, akey(k, sizeof k, a, "rope.scaling.type"), &type, err);
+	if (rc < 0 && rc != -ENOENT)
+		return rc;
+	const bool none = strcmp(type, "none") == 0;
+	if (!none && strcmp(type, "linear") != 0)
+		return spa_err(err, -SPA_EMODEL, "%s: %s is '%s'; spa supports linear rope "
+			       "scaling (and none), not '%s' (YaRN, LongRoPE and the like are not "
+			       "implemented): use a model without it", g->path, k, type, type);
+	float factor = 0.0f;
+	bool found = false;
+	if ((rc = get_f32(g, akey(k, sizeof k, a, "rope.scaling.factor"), &factor, &found,
+			  err)) < 0)
+		return rc;
+	if (!found && (rc = get_f32(g, akey(k, sizeof k, a, "rope.scale_linear"), &factor,
+				    &found, err)) < 0)
+		return rc;
+	if (!isfinite(factor) || factor < 0.0f)
+		return spa_err(err, -SPA_EMODEL, "%s: %s is %g, expected a positive factor (or 0: "
+			       "none)", g->path, k, (double)factor);
+	/* llama.cpp: a factor of 0 is none; type "none" never scales */
+	hp->rope_freq_scale = none || factor == 0.0f ? 1.0f : 1.0f / factor;
+	hp->rope_attn_factor = 1.0f;
+	if ((rc = get_f32(g, akey(k, sizeof k, a, "rope.scaling.attn_factor"),
+			  &hp->rope_attn_factor, NULL, err)) < 0)
+		return rc;
+	if (!isfinite(hp->rope_attn_factor) || hp->rope_attn_factor <= 0.0f)
+		return spa_err(err, -SPA_EMODEL, "%s: %s is %g, expected a finite value > 0",
+			       g->path, k, (double)hp->rope_attn_factor);
+	if (!isfinite(hp->rope_freq_scale) || hp->rope_freq_scale <= 0.0f)
+		return spa_err(err, -SPA_EMODEL, "%s: rope scaling factor %g is out of range",
+			       g->path, (double)factor);
+	return 0;
 }
 
 /* The hyperparameters alone (metadata, no tensors, no tokenizer): shared by the check and the
@@ -59,34 +130,46 @@ static int read_hparams(const struct spa_gguf *g, struct spa_hparams *hp, struct
 			       "model (a plugin or other GGUF?); give a llama base model", g->path);
 	if (rc < 0)
 		return rc;
-	if (strcmp(arch, "llama") != 0)
-		return spa_err(err, -SPA_EMODEL, "%s: architecture is '%s', only 'llama' is "
-			       "supported; convert the model to a llama GGUF", g->path, arch);
-
 	memset(hp, 0, sizeof *hp);
+	while (hp->arch < SPA_ARCH_COUNT && strcmp(arch, arch_names[hp->arch]) != 0)
+		hp->arch++;
+	if (hp->arch == SPA_ARCH_COUNT)
+		return spa_err(err, -SPA_EMODEL, "%s: architecture is '%s'; spa runs 'llama' (Llama "
+			       "2 and 3, Mistral, TinyLlama, SmolLM) and 'qwen2' (Qwen2, Qwen2.5) "
+			       "models, not '%s'", g->path, arch, arch);
+	const enum spa_arch a = hp->arch;
+	char k[96];
+
 	hp->rms_eps = 1e-5f;
 	hp->rope_base = 10000.0f;
 	hp->n_ctx = 2048;
-	if ((rc = get_u32(g, "llama.block_count", &hp->n_layers, true, err)) < 0 ||
-	    (rc = get_u32(g, "llama.embedding_length", &hp->n_embd, true, err)) < 0 ||
-	    (rc = get_u32(g, "llama.feed_forward_length", &hp->n_ff, true, err)) < 0 ||
-	    (rc = get_u32(g, "llama.attention.head_count", &hp->n_heads, true, err)) < 0)
+	if ((rc = get_u32(g, akey(k, sizeof k, a, "block_count"), &hp->n_layers, true, err)) < 0 ||
+	    (rc = get_u32(g, akey(k, sizeof k, a, "embedding_length"), &hp->n_embd, true,
+			  err)) < 0 ||
+	    (rc = get_u32(g, akey(k, sizeof k, a, "feed_forward_length"), &hp->n_ff, true,
+			  err)) < 0 ||
+	    (rc = get_u32(g, akey(k, sizeof k, a, "attention.head_count"), &hp->n_heads, true,
+			  err)) < 0)
 		return rc;
 	hp->n_kv_heads = hp->n_heads;
-	if ((rc = get_u32(g, "llama.attention.head_count_kv", &hp->n_kv_heads, false, err)) < 0 ||
-	    (rc = get_u32(g, "llama.context_length", &hp->n_ctx, false, err)) < 0 ||
-	    (rc = get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp->rms_eps, err)) < 0 ||
-	    (rc = get_f32(g, "llama.rope.freq_base", &hp->rope_base, err)) < 0)
+	if ((rc = get_u32(g, akey(k, sizeof k, a, "attention.head_count_kv"), &hp->n_kv_heads,
+			  false, err)) < 0 ||
+	    (rc = get_u32(g, akey(k, sizeof k, a, "context_length"), &hp->n_ctx, false,
+			  err)) < 0 ||
+	    (rc = get_f32(g, akey(k, sizeof k, a, "attention.layer_norm_rms_epsilon"),
+			  &hp->rms_eps, NULL, err)) < 0 ||
+	    (rc = get_f32(g, akey(k, sizeof k, a, "rope.freq_base"), &hp->rope_base, NULL,
+			  err)) < 0)
 		return rc;
 
-	rc = spa_gguf_get_u32(g, "llama.vocab_size", &hp->n_vocab, err);
+	rc = spa_gguf_get_u32(g, akey(k, sizeof k, a, "vocab_size"), &hp->n_vocab, err);
 	if (rc == -ENOENT) {
 		const struct spa_gguf_kv *kv = NULL;
 		rc = spa_gguf_get_arr(g, "tokenizer.ggml.tokens", SPA_GGUF_STRING, &kv, err);
 		if (rc == -ENOENT)
-			return spa_err(err, -SPA_EMODEL, "%s: neither llama.vocab_size nor "
+			return spa_err(err, -SPA_EMODEL, "%s: neither %s.vocab_size nor "
 				       "tokenizer.ggml.tokens is present; the model has no vocabulary",
-				       g->path);
+				       g->path, arch_names[a]);
 		if (rc < 0)
 			return rc;
 		if (kv->v.arr.n > MAX_VOCAB)
@@ -100,16 +183,17 @@ static int read_hparams(const struct spa_gguf *g, struct spa_hparams *hp, struct
 
 #define RANGE(v, hi, what) \
 	if ((v) == 0 || (v) > (hi)) \
-		return spa_err(err, -SPA_EMODEL, "%s: %s is %u, expected 1..%u; the metadata is " \
-			       "damaged or the model is not supported", g->path, what, (unsigned)(v), \
+		return spa_err(err, -SPA_EMODEL, "%s: %s%s is %u, expected 1..%u; the metadata is " \
+			       "damaged or the model is not supported", g->path, \
+			       *(what) == '.' ? arch_names[a] : "", what, (unsigned)(v), \
 			       (unsigned)(hi))
-	RANGE(hp->n_layers, MAX_LAYERS, "llama.block_count");
-	RANGE(hp->n_embd, MAX_EMBD, "llama.embedding_length");
-	RANGE(hp->n_ff, MAX_FF, "llama.feed_forward_length");
-	RANGE(hp->n_heads, MAX_HEADS, "llama.attention.head_count");
-	RANGE(hp->n_kv_heads, hp->n_heads, "llama.attention.head_count_kv");
+	RANGE(hp->n_layers, MAX_LAYERS, ".block_count");
+	RANGE(hp->n_embd, MAX_EMBD, ".embedding_length");
+	RANGE(hp->n_ff, MAX_FF, ".feed_forward_length");
+	RANGE(hp->n_heads, MAX_HEADS, ".attention.head_count");
+	RANGE(hp->n_kv_heads, hp->n_heads, ".attention.head_count_kv");
 	RANGE(hp->n_vocab, MAX_VOCAB, "the vocabulary size");
-	RANGE(hp->n_ctx, MAX_CTX, "llama.context_length");
+	RANGE(hp->n_ctx, MAX_CTX, ".context_length");
 #undef RANGE
 	if (hp->n_embd % hp->n_heads != 0)
 		return spa_err(err, -SPA_EMODEL, "%s: embedding length %u is not divisible by the "
@@ -120,17 +204,31 @@ static int read_hparams(const struct spa_gguf *g, struct spa_hparams *hp, struct
 			       "count %u (grouped-query attention needs whole groups)", g->path,
 			       hp->n_heads, hp->n_kv_heads);
 	hp->head_dim = hp->n_embd / hp->n_heads;
+	/* Heads as wide as embedding / heads (what the engine computes); llama.cpp reads
+	 * key_length and value_length for models whose heads are not (Mistral Nemo). */
+	static const char *const head_keys[2] = { "attention.key_length",
+						  "attention.value_length" };
+	for (int i = 0; i < 2; i++) {
+		uint32_t v = hp->head_dim;
+		if ((rc = get_u32(g, akey(k, sizeof k, a, head_keys[i]), &v, false, err)) < 0)
+			return rc;
+		if (v != hp->head_dim)
+			return spa_err(err, -SPA_EMODEL, "%s: %s is %u but the embedding %u "
+				       "over %u heads is %u: heads of another width than the "
+				       "embedding's share are not supported", g->path, k, v,
+				       hp->n_embd, hp->n_heads, hp->head_dim);
+	}
 	if (hp->head_dim % 2 != 0)
 		return spa_err(err, -SPA_EMODEL, "%s: head dimension %u (embedding %u / %u heads) is "
 			       "odd; rotary embeddings need an even head dimension", g->path,
 			       hp->head_dim, hp->n_embd, hp->n_heads);
 	if (!isfinite(hp->rms_eps) || hp->rms_eps <= 0.0f || hp->rms_eps >= 1.0f)
-		return spa_err(err, -SPA_EMODEL, "%s: llama.attention.layer_norm_rms_epsilon is %g, "
-			       "expected in (0, 1)", g->path, (double)hp->rms_eps);
+		return spa_err(err, -SPA_EMODEL, "%s: %s.attention.layer_norm_rms_epsilon is %g, "
+			       "expected in (0, 1)", g->path, arch_names[a], (double)hp->rms_eps);
 	if (!isfinite(hp->rope_base) || hp->rope_base <= 1.0f)
-		return spa_err(err, -SPA_EMODEL, "%s: llama.rope.freq_base is %g, expected a finite "
-			       "value > 1", g->path, (double)hp->rope_base);
-	return 0;
+		return spa_err(err, -SPA_EMODEL, "%s: %s.rope.freq_base is %g, expected a finite "
+			       "value > 1", g->path, arch_names[a], (double)hp->rope_base);
+	return read_rope(g, hp, err);
 }
 
 static void fmt_shape(char *buf, size_t size, const uint64_t *ne, uint32_t n_dims)
@@ -155,7 +253,7 @@ static int check_tensor(const struct spa_gguf *g, const char *name, uint64_t ne0
 		if (optional)
 			return 0;
 		return spa_err(err, -SPA_EMODEL, "%s: tensor '%s' is missing; the file is not a "
-			       "complete llama model", g->path, name);
+			       "complete model", g->path, name);
 	}
 	uint64_t want[4] = { ne0, ne1 ? ne1 : 1, 1, 1 };
 	bool ok = true;
@@ -166,7 +264,7 @@ static int check_tensor(const struct spa_gguf *g, const char *name, uint64_t ne0
 		fmt_shape(have, sizeof have, t->ne, t->n_dims);
 		fmt_shape(exp, sizeof exp, want, ne1 ? 2 : 1);
 		return spa_err(err, -SPA_EMODEL, "%s: tensor '%s' has shape %s, expected %s; the file "
-			       "is not a llama model of the size its metadata says", g->path, name,
+			       "is not a model of the size its metadata says", g->path, name,
 			       have, exp);
 	}
 	const char *tn = spa_dtype_name(t->type);
@@ -234,6 +332,22 @@ static int check_tensors(const struct spa_gguf *g, const struct spa_hparams *hp,
 			      : m->tok_embd;
 	}
 
+	/* llama 3.1's frequency divisors, one tensor for every block */
+	if ((rc = check_tensor(g, "rope_freqs.weight", hp->n_rot / 2, 0, true, true, &t, err)) < 0)
+		return rc;
+	if (t) {
+		n_params += t->n_elems;
+		const float *ff = m ? (const float *)(const void *)(data + t->offset) : NULL;
+		for (uint32_t i = 0; ff && i < hp->n_rot / 2; i++)
+			if (!isfinite(ff[i]) || ff[i] <= 0.0f)
+				return spa_err(err, -SPA_EMODEL, "%s: rope_freqs.weight[%u] is %g, "
+					       "expected a finite divisor > 0; the file is damaged",
+					       g->path, i, (double)ff[i]);
+	}
+	if (m)
+		m->rope = spa_model_rope(hp, t ? (const float *)(const void *)(data + t->offset)
+					       : NULL);
+
 	for (uint32_t l = 0; l < hp->n_layers; l++) {
 		struct spa_layer dummy, *ly = m ? &m->layers[l] : &dummy;
 #define NAME(s) (snprintf(name, sizeof name, "blk.%u." s ".weight", l), name)
@@ -247,6 +361,17 @@ static int check_tensors(const struct spa_gguf *g, const struct spa_hparams *hp,
 		MAT(ly->w_up, NAME("ffn_up"), H, F);
 		MAT(ly->w_down, NAME("ffn_down"), F, H);
 #undef NAME
+		/* biases: q, k and v required in qwen2, any of them optional in llama */
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			const uint64_t rows = k == 1 || k == 2 ? KV : k == 4 || k == 5 ? F : H;
+			const bool required = hp->arch == SPA_ARCH_QWEN2 && k < 3;
+			snprintf(name, sizeof name, "blk.%u.%s.bias", l, spa_layer_mat_name(k));
+			if ((rc = check_tensor(g, name, rows, 0, true, !required, &t, err)) < 0)
+				return rc;
+			if (t)
+				n_params += t->n_elems;
+			ly->bias[k] = t && m ? (const float *)(const void *)(data + t->offset) : NULL;
+		}
 	}
 #undef MAT
 #undef VEC
@@ -327,6 +452,19 @@ err:
 	return rc;
 }
 
+struct spa_rope_cfg spa_model_rope(const struct spa_hparams *hp, const float *freq_factors)
+{
+	return (struct spa_rope_cfg){
+		.head_dim = hp->head_dim,
+		.n_rot = hp->n_rot ? hp->n_rot : hp->head_dim,
+		.base = hp->rope_base,
+		.freq_scale = hp->rope_freq_scale > 0.0f ? hp->rope_freq_scale : 1.0f,
+		.attn_factor = hp->rope_attn_factor > 0.0f ? hp->rope_attn_factor : 1.0f,
+		.freq_factors = freq_factors,
+		.neox = hp->rope_neox,
+	};
+}
+
 const struct spa_tensor *spa_layer_mat(const struct spa_layer *ly, int k)
 {
 	const struct spa_tensor *t[SPA_LAYER_MATS] = { &ly->wq, &ly->wk, &ly->wv, &ly->wo,
@@ -382,6 +520,9 @@ void spa_model_destroy(struct spa_model *m)
 /* FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3), fed bytes in this order:
  *   1. the hyperparameters as 10 little-endian u32: n_layers, n_embd, n_ff, n_heads,
  *      n_kv_heads, head_dim, n_vocab, n_ctx, then the IEEE-754 bits of rms_eps and rope_base;
+ *      then, unless the model is llama with every head dimension rotated, interleaved and
+ *      unscaled, 5 more: the architecture (0 llama, 1 qwen2), n_rot, neox (0/1), the bits of
+ *      rope_freq_scale and rope_attn_factor;
  *   2. for every tensor in file order: u64 LE name length, the name bytes, u32 LE type,
  *      u32 LE n_dims, ne[0..3] as 4 u64 LE (unused dims 1);
  *   3. for every tensor in file order: its first min(4096, size) bytes, then its last
@@ -432,6 +573,14 @@ int spa_model_fingerprint(const struct spa_gguf *g, char out[17], struct spa_err
 				  f32_bits(hp.rope_base) };
 	for (int i = 0; i < 10; i++)
 		h = fnv_u32(h, hv[i]);
+	/* what llama's defaults leave out (a llama file's fingerprint stays what it was) */
+	if (hp.arch != SPA_ARCH_LLAMA || hp.n_rot != hp.head_dim || hp.rope_neox ||
+	    hp.rope_freq_scale != 1.0f || hp.rope_attn_factor != 1.0f) {
+		const uint32_t ext[5] = { (uint32_t)hp.arch, hp.n_rot, hp.rope_neox,
+					  f32_bits(hp.rope_freq_scale), f32_bits(hp.rope_attn_factor) };
+		for (int i = 0; i < 5; i++)
+			h = fnv_u32(h, ext[i]);
+	}
 	for (uint64_t i = 0; i < g->n_tensors; i++) {
 		const struct spa_gguf_tensor *t = &g->tensors[i];
 		h = fnv_u64(h, t->name.len);

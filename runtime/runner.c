@@ -21,6 +21,8 @@ struct spa_runner {
 	uint32_t pos;                 /* position of the forward in flight (hooks report it) */
 	struct spa_step_stats *cur;   /* where the hooks account exchanges */
 	float *logits, *z, *g, *taps, *relu_s, *lora_in;
+	/* spa_runner_score's rows (max_batch of each), made on its first call */
+	float *s_final, *s_resid, *s_z;
 };
 
 static int xcall(struct spa_runner *r, enum spa_msg_type req, uint32_t layer, uint32_t n_rows,
@@ -153,6 +155,9 @@ void spa_runner_destroy(struct spa_runner *r)
 	free(r->taps);
 	free(r->relu_s);
 	free(r->lora_in);
+	free(r->s_final);
+	free(r->s_resid);
+	free(r->s_z);
 	free(r);
 }
 
@@ -207,6 +212,35 @@ const char *spa_runner_error(const struct spa_runner *r)
 	return r ? spa_context_error(r->eng) : "";
 }
 
+/* A side-path position (RUNTIME.md §3): g from the edge (TAPS out, relu(s) back, then W_out
+ * on the cloud; or the whole record out and g back under edge-all), then z = f + g (merge add)
+ * or g (replace) into z. taps_ready: the engine already wrote the TAPS payload (fused), else
+ * it is computed here from the record. Returns 0 or the exchange's error. */
+static int runner_side(struct spa_runner *r, const float *f, const float *resid, bool taps_ready,
+		       float *z)
+{
+	int rc;
+	if (r->cfg.split == SPA_SPLIT_CLOUD_LINEAR) {
+		if (!taps_ready)
+			spa_plugin_side_taps(r->cp, resid, r->taps);
+		rc = xcall(r, SPA_MSG_TAPS, 0, 1, r->taps, (size_t)(r->L + 1) * r->r, r->relu_s,
+			   r->r);
+		if (rc < 0)
+			return rc;
+		spa_plugin_side_out(r->cp, r->relu_s, r->g);
+	} else {
+		rc = xcall(r, SPA_MSG_RESID, 0, 1, resid, (size_t)(r->L + 1) * r->H, r->g, r->H);
+		if (rc < 0)
+			return rc;
+	}
+	if (r->cfg.merge == SPA_MERGE_ADD)
+		for (uint32_t i = 0; i < r->H; i++)
+			z[i] = f[i] + r->g[i];
+	else
+		memcpy(z, r->g, sizeof(float) * r->H);
+	return 0;
+}
+
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st)
 {
 	if (!r->have_pending)
@@ -231,30 +265,10 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 		int sigma = r->cfg.method == SPA_METHOD_LST ? 1
 			  : fused ? spa_context_gate(r->eng, NULL) : spa_plugin_gate(r->cp, f, NULL);
 		st->sigma = (uint32_t)sigma;
-		if (sigma) {
-			const float *resid = spa_context_resid(r->eng);
-			if (r->cfg.split == SPA_SPLIT_CLOUD_LINEAR) {
-				/* fused: the engine already wrote the payload during the forward */
-				if (!fused)
-					spa_plugin_side_taps(r->cp, resid, r->taps);
-				rc = xcall(r, SPA_MSG_TAPS, 0, 1, r->taps,
-					   (size_t)(r->L + 1) * r->r, r->relu_s, r->r);
-				if (rc < 0)
-					goto out;
-				spa_plugin_side_out(r->cp, r->relu_s, r->g);
-			} else {
-				rc = xcall(r, SPA_MSG_RESID, 0, 1, resid,
-					   (size_t)(r->L + 1) * r->H, r->g, r->H);
-				if (rc < 0)
-					goto out;
-			}
-			if (r->cfg.merge == SPA_MERGE_ADD)
-				for (uint32_t i = 0; i < r->H; i++)
-					r->z[i] = f[i] + r->g[i];
-			else
-				memcpy(r->z, r->g, sizeof(float) * r->H);
-			z = r->z;
-		}
+		/* fused: the engine already wrote the payload during the forward */
+		if (sigma && (rc = runner_side(r, f, spa_context_resid(r->eng), fused, r->z)) < 0)
+			goto out;
+		z = sigma ? r->z : f;
 	}
 	if (r->cfg.sp.temp == 0 && !(r->cfg.unfused & SPA_UNFUSED_HEAD)) {
 		/* greedy: the argmax without the V logits (the same token as the sampler's) */
@@ -266,6 +280,67 @@ int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *s
 	r->pending = *tok;
 out:
 	r->cur = NULL;
+	st->wall_ns = spa_clock_ns() - t0;
+	return rc;
+}
+
+int spa_runner_score(struct spa_runner *r, const int32_t *ids, uint32_t n, uint32_t first,
+		     float *logits, struct spa_step_stats *st)
+{
+	struct spa_step_stats local;
+	if (!st)
+		st = &local;
+	memset(st, 0, sizeof *st);
+	if (!ids || !logits || n == 0 || first >= n || n > spa_context_n_ctx(r->eng))
+		return -SPA_EUSAGE;
+	const uint32_t B = r->max_batch, H = r->H, V = r->m->hp.n_vocab;
+	const bool side = spa_method_is_side(r->cfg.method);
+	if (!r->s_final) { /* the rows of a batch, once */
+		r->s_final = malloc(sizeof(float) * B * H);
+		r->s_z = malloc(sizeof(float) * B * H);
+		r->s_resid = side ? malloc(sizeof(float) * B * (r->L + 1) * H) : NULL;
+		if (!r->s_final || !r->s_z || (side && !r->s_resid)) {
+			free(r->s_final), free(r->s_z), free(r->s_resid);
+			r->s_final = r->s_z = r->s_resid = NULL;
+			return -ENOMEM;
+		}
+	}
+	uint64_t t0 = spa_clock_ns();
+	struct spa_engine_hooks hb;
+	const struct spa_engine_hooks *h = runner_hooks(r, &hb);
+	int rc = spa_context_set_outputs(r->eng, r->s_final, r->s_resid);
+	spa_context_reset(r->eng);
+	r->have_pending = false;
+	r->cur = st;
+	for (uint32_t i = 0; i < n && rc == 0;) {
+		const uint32_t k = n - i < B ? n - i : B;
+		r->pos = i;
+		if ((rc = spa_engine_forward(r->eng, ids + i, k, h)) < 0)
+			break;
+		/* the positions of this batch that are scored, each as spa_runner_next would
+		 * compute its z (the gate and taps unfused: the same bits as fused) */
+		const uint32_t j0 = first > i ? first - i : 0;
+		for (uint32_t j = j0; j < k && rc == 0; j++) {
+			const float *f = r->s_final + (uint64_t)j * H;
+			float *z = r->s_z + (uint64_t)(j - j0) * H;
+			const int sigma = !side ? 0 : r->cfg.method == SPA_METHOD_LST ? 1
+						: spa_plugin_gate(r->cp, f, NULL);
+			st->sigma += (uint32_t)sigma;
+			r->pos = i + j;
+			if (sigma)
+				rc = runner_side(r, f, r->s_resid + (uint64_t)j * (r->L + 1) * H,
+						 false, z);
+			else
+				memcpy(z, f, sizeof(float) * H);
+		}
+		if (rc == 0 && j0 < k)
+			spa_engine_logits_rows(r->eng, r->s_z, k - j0,
+					       logits + (uint64_t)(i + j0 - first) * V);
+		i += k;
+	}
+	r->cur = NULL;
+	spa_context_set_outputs(r->eng, NULL, NULL);
+	spa_context_reset(r->eng);
 	st->wall_ns = spa_clock_ns() - t0;
 	return rc;
 }

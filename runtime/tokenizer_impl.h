@@ -35,8 +35,9 @@ enum tok_kind {
 /* Far above any real vocabulary (Llama 3: 128256, Gemma: 256000); a file asking for more is
  * refused before anything is allocated for it. */
 #define TOK_MAX_VOCAB (1u << 22)
-/* Longest text spa_tokenizer_encode accepts: prompts, not corpora. */
-#define TOK_MAX_TEXT (256u << 10)
+/* Longest text spa_tokenizer_encode accepts: a prompt, or a corpus for spa-perplexity (the
+ * encoders take about 50 bytes of scratch per byte of text: 800 MB at the limit). */
+#define TOK_MAX_TEXT (16u << 20)
 
 /* piece -> id: open addressing over strings stored elsewhere (arena + off/len per id). */
 struct tok_map {

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -434,9 +435,17 @@ int spa_model_load_budget(struct spa_model **out, const char *path, uint64_t mem
 	 * matrices' bytes */
 	uint64_t base = align64(t_onorm->size) + align64(t_out ? t_out->size : t_embd->size);
 	uint64_t blocks = 0, blocks_al = 0;
+	const struct spa_gguf_tensor *t_freqs = FIND("rope_freqs.weight");
+	if (t_freqs)
+		base += align64(t_freqs->size);
 	for (uint32_t l = 0; l < L; l++) {
 		base += align64(FIND("blk.%u.attn_norm.weight", l)->size) +
 			align64(FIND("blk.%u.ffn_norm.weight", l)->size);
+		for (int k = 0; k < SPA_LAYER_MATS; k++) { /* biases, where the file has them */
+			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.bias", l,
+							       spa_layer_mat_name(k));
+			base += t ? align64(t->size) : 0;
+		}
 		for (int k = 0; k < SPA_LAYER_MATS; k++) {
 			const struct spa_gguf_tensor *t = FIND("blk.%u.%s.weight", l, spa_layer_mat_name(k));
 			blocks += t->size;
@@ -555,6 +564,17 @@ int spa_model_load_budget(struct spa_model **out, const char *path, uint64_t mem
 		m->tok_embd.data = vp;
 	else
 		m->n_params += t_embd->n_elems;
+	vp = NULL;
+	if (t_freqs)
+		PLACE(t_freqs, t_freqs->size, vp);
+	for (uint32_t i = 0; vp && i < hp.n_rot / 2; i++)
+		if (!isfinite(((const float *)vp)[i]) || ((const float *)vp)[i] <= 0.0f) {
+			rc = spa_err(err, -SPA_EMODEL, "%s: rope_freqs.weight[%u] is %g, expected "
+				     "a finite divisor > 0; the file is damaged", path, i,
+				     (double)((const float *)vp)[i]);
+			goto fail_rd;
+		}
+	m->rope = spa_model_rope(&m->hp, vp);
 	for (uint32_t l = 0; l < L; l++) {
 		struct spa_layer *ly = &m->layers[l];
 		const struct spa_gguf_tensor *t = FIND("blk.%u.attn_norm.weight", l);
@@ -563,6 +583,13 @@ int spa_model_load_budget(struct spa_model **out, const char *path, uint64_t mem
 		t = FIND("blk.%u.ffn_norm.weight", l);
 		PLACE(t, t->size, vp);
 		ly->ffn_norm = vp;
+		for (int k = 0; k < SPA_LAYER_MATS; k++) {
+			t = FIND("blk.%u.%s.bias", l, spa_layer_mat_name(k));
+			vp = NULL;
+			if (t)
+				PLACE(t, t->size, vp);
+			ly->bias[k] = vp;
+		}
 		for (int k = 0; k < SPA_LAYER_MATS; k++) {
 			t = FIND("blk.%u.%s.weight", l, spa_layer_mat_name(k));
 			struct spa_tensor *dst = (struct spa_tensor *)spa_layer_mat(ly, k);

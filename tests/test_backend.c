@@ -270,27 +270,48 @@ static void elementwise_ops(enum spa_backend_kind kind)
 		near("matvec_f32", r, out[r], s, 1e-5 * mag);
 	}
 
-	/* rope: three rows at positions 0, 7 and 1000, heads x hd each */
+	/* rope: three rows at positions 0, 7 and 1000, heads x hd each; llama's interleaved pairs
+	 * over the whole head, then qwen2's NEOX pairs over 10 of the 14 dimensions with
+	 * frequency divisors, a linear scale and an attention factor */
 	const uint32_t pos[3] = { 0, 7, 1000 };
-	float q[3 * 5 * 14], cs[3 * 14];
-	tu_rand(q, sizeof q / sizeof *q, 6, 1.0f);
-	float *dq = dev_f(be, q, sizeof q / sizeof *q), *dcs = dev_f(be, NULL, 3 * hd);
-	be->ops->rope_table(be, dcs, pos, 3, hd, 10000.0f);
-	be->ops->rope(be, dq, 3, heads * hd, heads, hd, dcs);
-	float qr[3 * 5 * 14];
-	be->ops->download(be, qr, dq, sizeof qr);
-	(void)cs;
-	for (uint32_t r = 0; r < 3; r++)
-		for (uint32_t h = 0; h < heads; h++)
-			for (uint32_t i = 0; i < hd; i += 2) {
-				const double th = pos[r] * pow(10000.0, -(double)i / hd);
-				const float *a = q + (r * heads + h) * hd + i;
-				const double w0 = a[0] * cos(th) - a[1] * sin(th);
-				const double w1 = a[0] * sin(th) + a[1] * cos(th);
-				const size_t at = (r * heads + h) * hd + i;
-				near("rope", at, qr[at], w0, 2e-4);
-				near("rope", at + 1, qr[at + 1], w1, 2e-4);
+	const float ff[7] = { 1.0f, 1.5f, 2.0f, 3.0f, 5.0f, 8.0f, 8.0f };
+	const struct spa_rope_cfg cfgs[2] = {
+		{ .head_dim = hd, .n_rot = hd, .base = 10000.0f, .freq_scale = 1.0f,
+		  .attn_factor = 1.0f },
+		{ .head_dim = hd, .n_rot = 10, .base = 500000.0f, .freq_scale = 0.25f,
+		  .attn_factor = 1.25f, .freq_factors = ff, .neox = true },
+	};
+	float q[3 * 5 * 14];
+	float *dq = NULL, *dcs = dev_f(be, NULL, 3 * hd);
+	for (int v = 0; v < 2; v++) {
+		const struct spa_rope_cfg *cf = &cfgs[v];
+		tu_rand(q, sizeof q / sizeof *q, 6 + v, 1.0f);
+		dq = dev_f(be, q, sizeof q / sizeof *q);
+		be->ops->rope_table(be, dcs, pos, 3, cf);
+		be->ops->rope(be, dq, 3, heads * hd, heads, cf, dcs);
+		float qr[3 * 5 * 14];
+		be->ops->download(be, qr, dq, sizeof qr);
+		const uint32_t half = cf->n_rot / 2;
+		for (uint32_t r = 0; r < 3; r++)
+			for (uint32_t h = 0; h < heads; h++) {
+				const size_t row = (r * heads + h) * hd;
+				for (uint32_t k = 0; k < half; k++) {
+					double th = pos[r] * pow(cf->base, -2.0 * k / cf->n_rot);
+					th = th / (cf->freq_factors ? cf->freq_factors[k] : 1.0) *
+					     cf->freq_scale;
+					const double c = cos(th) * cf->attn_factor;
+					const double sn = sin(th) * cf->attn_factor;
+					const size_t i0 = row + (cf->neox ? k : 2 * k);
+					const size_t i1 = row + (cf->neox ? k + half : 2 * k + 1);
+					near("rope", i0, qr[i0], q[i0] * c - q[i1] * sn, 2e-4);
+					near("rope", i1, qr[i1], q[i0] * sn + q[i1] * c, 2e-4);
+				}
+				for (uint32_t i = cf->n_rot; i < hd; i++) /* not rotated */
+					cr_assert_eq(qr[row + i], q[row + i], "rope: dimension %u moved", i);
 			}
+		if (v == 0)
+			be->ops->buffer_free(be, dq);
+	}
 	be->ops->buffer_free(be, dq);
 	be->ops->buffer_free(be, dcs);
 	be->ops->buffer_free(be, dx);

@@ -47,12 +47,14 @@ struct rmat {
 struct rlayer {
 	double *attn_norm, *ffn_norm;
 	struct rmat wq, wk, wv, wo, gate, up, down;
+	double *bias[7]; /* q, k, v, attn_output, ffn_gate, ffn_up, ffn_down; NULL: none */
 };
 
 struct ref {
 	struct spa_hparams hp;
 	struct rmat embd, out;
 	double *out_norm;
+	double *rope_freqs; /* n_rot / 2 divisors, or NULL */
 	struct rlayer *l;
 };
 
@@ -104,8 +106,11 @@ static void ref_load(struct ref *r, const char *path)
 		r->out = r->embd;
 	}
 	r->out_norm = read_tensor(g, "output_norm.weight", NULL, NULL);
+	r->rope_freqs = read_tensor(g, "rope_freqs.weight", NULL, NULL);
 	r->l = calloc(r->hp.n_layers, sizeof *r->l);
 	char n[64];
+	static const char *const bias_names[7] = { "attn_q", "attn_k", "attn_v", "attn_output",
+						   "ffn_gate", "ffn_up", "ffn_down" };
 	for (uint32_t i = 0; i < r->hp.n_layers; i++) {
 		struct rlayer *ly = &r->l[i];
 #define N(s) (snprintf(n, sizeof n, "blk.%u." s ".weight", i), n)
@@ -119,6 +124,10 @@ static void ref_load(struct ref *r, const char *path)
 		ref_mat(g, N("ffn_up"), &ly->up);
 		ref_mat(g, N("ffn_down"), &ly->down);
 #undef N
+		for (int k = 0; k < 7; k++) {
+			snprintf(n, sizeof n, "blk.%u.%s.bias", i, bias_names[k]);
+			ly->bias[k] = read_tensor(g, n, NULL, NULL);
+		}
 	}
 	spa_gguf_close(g);
 }
@@ -134,7 +143,10 @@ static void ref_free(struct ref *r)
 		free(ly->attn_norm), free(ly->ffn_norm);
 		free(ly->wq.w), free(ly->wk.w), free(ly->wv.w), free(ly->wo.w);
 		free(ly->gate.w), free(ly->up.w), free(ly->down.w);
+		for (int k = 0; k < 7; k++)
+			free(ly->bias[k]);
 	}
+	free(r->rope_freqs);
 	free(r->l);
 }
 
@@ -158,14 +170,33 @@ static void rrms(const double *x, const double *w, double *y, uint32_t n, double
 		y[i] = x[i] * k * w[i];
 }
 
-static void rrope(double *x, uint32_t n_heads, uint32_t hd, uint32_t pos, double base)
+/* y += b (a bias, when there is one). */
+static void radd(double *y, const double *b, uint64_t n)
 {
+	for (uint64_t i = 0; b && i < n; i++)
+		y[i] += b[i];
+}
+
+/* The rotary embedding as ggml_rope_ext defines it: pair k of the first n_rot dimensions of
+ * each head turns by pos * base^(-2k / n_rot) / rope_freqs[k] * freq_scale, cos and sin times
+ * attn_factor; pairs (2k, 2k+1) for llama, (k, k + n_rot/2) for NEOX (qwen2). */
+static void rrope(const struct ref *r, double *x, uint32_t n_heads, uint32_t pos)
+{
+	const struct spa_hparams *hp = &r->hp;
+	const uint32_t hd = hp->head_dim, half = hp->n_rot / 2;
 	for (uint32_t h = 0; h < n_heads; h++)
-		for (uint32_t i = 0; i < hd; i += 2) {
-			double th = pos * pow(base, -(double)i / hd);
-			double a = x[h * hd + i], b = x[h * hd + i + 1];
-			x[h * hd + i] = a * cos(th) - b * sin(th);
-			x[h * hd + i + 1] = a * sin(th) + b * cos(th);
+		for (uint32_t k = 0; k < half; k++) {
+			double th = pos * pow(hp->rope_base, -2.0 * k / hp->n_rot);
+			if (r->rope_freqs)
+				th /= r->rope_freqs[k];
+			th *= hp->rope_freq_scale;
+			const double c = cos(th) * hp->rope_attn_factor;
+			const double sn = sin(th) * hp->rope_attn_factor;
+			double *p0 = x + h * hd + (hp->rope_neox ? k : 2 * k);
+			double *p1 = x + h * hd + (hp->rope_neox ? k + half : 2 * k + 1);
+			const double a = *p0, b = *p1;
+			*p0 = a * c - b * sn;
+			*p1 = a * sn + b * c;
 		}
 }
 
@@ -300,14 +331,17 @@ static void ref_forward(const struct ref *r, const int32_t *toks, uint32_t n,
 			rmv(&ly->wq, xn, Q + (size_t)i * H);
 			rmv(&ly->wk, xn, K + (size_t)i * kvd);
 			rmv(&ly->wv, xn, Vv + (size_t)i * kvd);
+			radd(Q + (size_t)i * H, ly->bias[0], H);
+			radd(K + (size_t)i * kvd, ly->bias[1], kvd);
+			radd(Vv + (size_t)i * kvd, ly->bias[2], kvd);
 			if (hk && hk->lora) {
 				low_rank_d(hk->aq, hk->bq, H, RANK, H, xn, Q + (size_t)i * H,
 					   lora_scale(l), false);
 				low_rank_d(hk->av, hk->bv, H, RANK, kvd, xn, Vv + (size_t)i * kvd,
 					   lora_scale(l), false);
 			}
-			rrope(Q + (size_t)i * H, hp->n_heads, hd, i, hp->rope_base);
-			rrope(K + (size_t)i * kvd, hp->n_kv_heads, hd, i, hp->rope_base);
+			rrope(r, Q + (size_t)i * H, hp->n_heads, i);
+			rrope(r, K + (size_t)i * kvd, hp->n_kv_heads, i);
 			/* the engine keeps keys and values in half precision */
 			for (uint32_t c = 0; c < kvd; c++) {
 				K[(size_t)i * kvd + c] = half_round(K[(size_t)i * kvd + c]);
@@ -338,6 +372,7 @@ static void ref_forward(const struct ref *r, const int32_t *toks, uint32_t n,
 		for (uint32_t i = 0; i < n; i++) {
 			double *x = X + (size_t)i * H;
 			rmv(&ly->wo, A + (size_t)i * H, o);
+			radd(o, ly->bias[3], H);
 			if (hk && hk->adapter) {
 				double hin[512];
 				memcpy(hin, o, H * sizeof(double));
@@ -348,9 +383,12 @@ static void ref_forward(const struct ref *r, const int32_t *toks, uint32_t n,
 			rrms(x, ly->ffn_norm, xn, H, hp->rms_eps);
 			rmv(&ly->gate, xn, g);
 			rmv(&ly->up, xn, u);
+			radd(g, ly->bias[4], F);
+			radd(u, ly->bias[5], F);
 			for (uint32_t c = 0; c < F; c++)
 				g[c] = g[c] / (1.0 + exp(-g[c])) * u[c];
 			rmv(&ly->down, g, o);
+			radd(o, ly->bias[6], H);
 			if (hk && hk->adapter) {
 				double hin[512];
 				memcpy(hin, o, H * sizeof(double));
@@ -1400,4 +1438,272 @@ Test(engine, too_small_a_budget_is_refused_with_the_least_that_works)
 	cr_assert_eq(st.bytes_per_token, 0);
 	spa_context_destroy(e);
 	spa_model_destroy(ms);
+}
+
+/* ---------------------------------------------------------------- architectures */
+
+/* A tiny model of an architecture variant, made at test time. */
+struct variant {
+	const char *name;
+	enum spa_arch arch;
+	uint32_t n_rot;          /* 0: every dimension */
+	float freq_scale;        /* 0: none */
+	float attn_factor;       /* 0: none */
+	struct spa_gen_opts o;
+};
+
+static const struct variant variants[] = {
+	{ "qwen2", SPA_ARCH_QWEN2, 0, 0, 0, { 0 } },
+	{ "llama rope_freqs", SPA_ARCH_LLAMA, 0, 0, 0, { .rope_freqs = true } },
+	{ "llama linear scaling", SPA_ARCH_LLAMA, 0, 0.25f, 1.25f, { 0 } },
+	{ "llama biases, half rotated", SPA_ARCH_LLAMA, 16, 0, 0, { .biases = true } },
+	{ "qwen2 all of it", SPA_ARCH_QWEN2, 12, 0.5f, 0, { .rope_freqs = true, .tied = true } },
+};
+#define N_VARIANTS (sizeof variants / sizeof variants[0])
+
+static void variant_file(const struct variant *v, char *path, size_t size)
+{
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	hp.arch = v->arch;
+	hp.n_rot = v->n_rot;
+	hp.rope_freq_scale = v->freq_scale;
+	hp.rope_attn_factor = v->attn_factor;
+	snprintf(path, size, "%s/variant.gguf", tu_tmpdir());
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(spa_gen_base_opts(&hp, SPA_TYPE_F32, 5, &v->o, path, false, &err), 0,
+		     "%s: %s", v->name, err.msg);
+}
+
+Test(engine, every_architecture_matches_the_reference)
+{
+	for (size_t i = 0; i < N_VARIANTS; i++) {
+		const struct variant *v = &variants[i];
+		char path[256];
+		variant_file(v, path, sizeof path);
+		struct spa_model *m = load(path);
+		cr_assert_eq(m->hp.arch, v->arch, "%s", v->name);
+		cr_assert_eq(m->hp.rope_neox, v->arch == SPA_ARCH_QWEN2, "%s", v->name);
+		cr_assert_eq(m->hp.n_rot, v->n_rot ? v->n_rot : m->hp.head_dim, "%s", v->name);
+		cr_assert_eq(m->tied, v->o.tied, "%s", v->name);
+		cr_assert_eq(m->rope.freq_factors != NULL, v->o.rope_freqs, "%s", v->name);
+		cr_assert_eq(m->layers[1].bias[0] != NULL,
+			     v->arch == SPA_ARCH_QWEN2 || v->o.biases, "%s", v->name);
+		cr_assert_eq(m->layers[1].bias[6] != NULL, v->o.biases, "%s", v->name);
+		spa_model_destroy(m);
+		int32_t toks[30];
+		rand_tokens(toks, 30, 1024, 20 + i);
+		/* token by token, then batches of 7 */
+		double d1 = run_vs_ref(path, toks, 30, 1, NULL, TOL_F32);
+		double d2 = run_vs_ref(path, toks, 30, 7, NULL, TOL_F32);
+		cr_log_info("%s: worst relative logit diff %g (decode), %g (batches)", v->name, d1,
+			    d2);
+	}
+}
+
+Test(engine, every_architecture_with_lora_and_adapter_matches_the_reference)
+{
+	struct hookp hk;
+	hookp_init(&hk, 128, 64);
+	hk.lora = hk.adapter = true;
+	for (size_t i = 0; i < N_VARIANTS; i += 4) { /* qwen2, and all of it */
+		char path[256];
+		variant_file(&variants[i], path, sizeof path);
+		int32_t toks[7];
+		rand_tokens(toks, 7, 1024, 30 + i);
+		run_vs_ref(path, toks, 7, 3, &hk, TOL_F32);
+	}
+	hookp_fini(&hk);
+}
+
+/* The bits of one variant: prefill plans, thread counts, a batched step of several contexts,
+ * the budget's stream: each the bits of decoding token by token alone. */
+Test(engine, every_architecture_keeps_its_bits_across_plans_batches_and_streaming)
+{
+	for (size_t i = 0; i < N_VARIANTS; i++) {
+		const struct variant *v = &variants[i];
+		char path[256];
+		variant_file(v, path, sizeof path);
+		struct spa_model *m = load(path);
+		const uint32_t V = m->hp.n_vocab, RS = (m->hp.n_layers + 1) * m->hp.n_embd;
+		int32_t toks[21];
+		rand_tokens(toks, 21, V, 40 + i);
+		uint32_t ones[21];
+		for (int k = 0; k < 21; k++)
+			ones[k] = 1;
+		const uint32_t mixed[] = { 13, 1, 7 };
+		float l1[1024], l2[1024], f1[128], f2[128];
+		float *r1 = malloc(RS * sizeof(float)), *r2 = malloc(RS * sizeof(float));
+		run_bits(m, NULL, toks, ones, 21, l1, r1, f1);
+		struct spa_pool *pool = NULL;
+		cr_assert_eq(spa_pool_create(&pool, 2, NULL), 0);
+		run_bits(m, pool, toks, mixed, 3, l2, r2, f2);
+		cr_assert_eq(memcmp(l1, l2, sizeof l1), 0, "%s: logits", v->name);
+		cr_assert_eq(memcmp(r1, r2, RS * sizeof(float)), 0, "%s: resid", v->name);
+
+		/* three contexts in one step: 21 tokens of this one, 1 and 5 of others */
+		struct spa_backend *be = NULL;
+		cr_assert_eq(spa_backend_create(&be, SPA_BACKEND_CPU, pool, NULL), 0);
+		struct spa_batch *b = NULL;
+		cr_assert_eq(spa_batch_create(&b, m, be, 32, 3), 0);
+		struct spa_context *c[3];
+		for (int k = 0; k < 3; k++)
+			cr_assert_eq(spa_context_create(&c[k], m, be, 40, 21), 0);
+		int32_t other[6];
+		rand_tokens(other, 6, V, 50 + i);
+		const struct spa_seq seqs[3] = { { c[1], other, 1, NULL }, { c[0], toks, 21, NULL },
+						 { c[2], other + 1, 5, NULL } };
+		cr_assert_eq(spa_engine_step(b, seqs, 3), 0);
+		spa_engine_logits(c[0], spa_context_final(c[0]), l2);
+		cr_assert_eq(memcmp(l1, l2, sizeof l1), 0, "%s: batched step", v->name);
+		for (int k = 0; k < 3; k++)
+			spa_context_destroy(c[k]);
+		spa_batch_destroy(b);
+		spa_backend_destroy(be);
+
+		/* under a memory budget (biases and rope_freqs resident, block rows streamed) */
+		struct spa_model *ms = NULL;
+		struct spa_errbuf err = {{0}};
+		cr_assert_eq(spa_model_load_budget(&ms, path, file_data_size(path) / 2, false,
+						   &err), 0, "%s", err.msg);
+		cr_assert(ms->stream, "%s: nothing streamed", v->name);
+		cr_assert_eq(ms->rope.freq_factors != NULL, v->o.rope_freqs);
+		run_bits(ms, pool, toks, mixed, 3, l2, r2, f2);
+		cr_assert_eq(memcmp(l1, l2, sizeof l1), 0, "%s: streamed", v->name);
+		spa_model_destroy(ms);
+		spa_pool_destroy(pool);
+		free(r1), free(r2);
+		spa_model_destroy(m);
+	}
+}
+
+Test(engine, every_position_out_of_a_batch_has_the_bits_of_its_own_step)
+{
+	char path[256];
+	variant_file(&variants[4], path, sizeof path);
+	struct spa_model *m = load(path);
+	const uint32_t H = m->hp.n_embd, L = m->hp.n_layers, V = m->hp.n_vocab;
+	int32_t toks[13];
+	rand_tokens(toks, 13, V, 60);
+	struct spa_context *one = NULL, *all = NULL;
+	cr_assert_eq(spa_context_create(&one, m, NULL, 32, 1), 0);
+	cr_assert_eq(spa_context_create(&all, m, NULL, 32, 9), 0);
+	float *fr = malloc(9 * H * sizeof(float)), *rr = malloc(9 * (L + 1) * H * sizeof(float));
+	float *lg = malloc(9 * V * sizeof(float)), *l1 = malloc(V * sizeof(float));
+	cr_assert_eq(spa_context_set_outputs(all, NULL, rr), -SPA_EUSAGE);
+	cr_assert_eq(spa_context_set_outputs(all, fr, rr), 0);
+	/* 4, then 9 positions; each checked against decoding alone */
+	for (uint32_t at = 0, n = 4; at < 13; at += n, n = 9) {
+		cr_assert_eq(spa_engine_forward(all, toks + at, n, NULL), 0);
+		spa_engine_logits_rows(all, fr, n, lg);
+		for (uint32_t j = 0; j < n; j++) {
+			cr_assert_eq(spa_engine_forward(one, toks + at + j, 1, NULL), 0);
+			cr_assert_eq(memcmp(fr + j * H, spa_context_final(one), H * sizeof(float)),
+				     0, "final of position %u", at + j);
+			cr_assert_eq(memcmp(rr + (size_t)j * (L + 1) * H, spa_context_resid(one),
+					    (L + 1) * H * sizeof(float)), 0, "resid of %u", at + j);
+			spa_engine_logits(one, spa_context_final(one), l1);
+			cr_assert_eq(memcmp(lg + (size_t)j * V, l1, V * sizeof(float)), 0,
+				     "logits of position %u", at + j);
+		}
+		/* the last position's own outputs as ever */
+		cr_assert_eq(memcmp(spa_context_final(all), fr + (n - 1) * H, H * sizeof(float)), 0);
+	}
+	/* off again: the buffers stay as they were */
+	cr_assert_eq(spa_context_set_outputs(all, NULL, NULL), 0);
+	fr[0] = 1234.5f;
+	cr_assert_eq(spa_engine_forward(all, toks, 1, NULL), 0);
+	cr_assert_eq(fr[0], 1234.5f);
+	free(fr), free(rr), free(lg), free(l1);
+	spa_context_destroy(one);
+	spa_context_destroy(all);
+	spa_model_destroy(m);
+}
+
+/* A tiny file with its metadata edited; spa_model_check's verdict and words. */
+static void refused(const struct edit *ed, const char *words)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/m.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path, ed);
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(check_file(path, &err), -SPA_EMODEL, "expected a refusal with '%s'", words);
+	cr_assert(strstr(err.msg, words), "'%s' not in: %s", words, err.msg);
+}
+
+Test(engine, what_the_architectures_do_not_define_is_refused_by_name)
+{
+	refused(&(struct edit){ .str_key = "general.architecture", .str_val = "phi3" },
+		"architecture is 'phi3'");
+	refused(&(struct edit){ .str_key = "llama.rope.scaling.type", .str_val = "yarn" },
+		"not 'yarn'");
+	refused(&(struct edit){ .str_key = "llama.rope.scaling.type", .str_val = "longrope" },
+		"not 'longrope'");
+	refused(&(struct edit){ .u32_key = "llama.attention.key_length", .u32_val = 64 },
+		"llama.attention.key_length is 64");
+	refused(&(struct edit){ .u32_key = "llama.attention.value_length", .u32_val = 16 },
+		"llama.attention.value_length is 16");
+	refused(&(struct edit){ .u32_key = "llama.rope.dimension_count", .u32_val = 33 },
+		"llama.rope.dimension_count is 33");
+	refused(&(struct edit){ .u32_key = "llama.rope.dimension_count", .u32_val = 64 },
+		"llama.rope.dimension_count is 64");
+	/* key_length equal to the heads' width is fine */
+	char path[256];
+	snprintf(path, sizeof path, "%s/k.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .u32_key = "llama.attention.key_length", .u32_val = 32 });
+	struct spa_errbuf err = {{0}};
+	cr_assert_eq(check_file(path, &err), 0, "%s", err.msg);
+	/* "none" scaling: a factor is ignored, as llama.cpp does */
+	snprintf(path, sizeof path, "%s/n.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .str_key = "llama.rope.scaling.type", .str_val = "none" });
+	struct spa_gguf *g = NULL;
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gguf_open(&g, path, &err), 0);
+	cr_assert_eq(spa_model_check(g, &hp, &err), 0, "%s", err.msg);
+	cr_assert_eq(hp.rope_freq_scale, 1.0f);
+	spa_gguf_close(g);
+
+	/* qwen2 without a q bias; a rope_freqs of the wrong length */
+	struct variant q = variants[0];
+	variant_file(&q, path, sizeof path);
+	char p2[300];
+	snprintf(p2, sizeof p2, "%s.nobias", path);
+	rewrite(path, p2, &(struct edit){ .drop_tensor = "blk.2.attn_q.bias" });
+	cr_assert_eq(check_file(p2, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "'blk.2.attn_q.bias' is missing"), "%s", err.msg);
+	variant_file(&variants[1], path, sizeof path);
+	snprintf(p2, sizeof p2, "%s.dims", path);
+	rewrite(path, p2, &(struct edit){ .u32_key = "llama.rope.dimension_count", .u32_val = 16 });
+	cr_assert_eq(check_file(p2, &err), -SPA_EMODEL);
+	cr_assert(strstr(err.msg, "'rope_freqs.weight' has shape [16], expected [8]"), "%s",
+		  err.msg);
+}
+
+Test(engine, a_llama_file_keeps_its_fingerprint_and_variants_get_their_own)
+{
+	/* the tiny model's fingerprint as it was before architectures were read (plugins made
+	 * for it then still pair with it) */
+	struct spa_model *m = load(tu_tiny_model());
+	cr_assert_str_eq(m->fingerprint, "49772e7a6ca7fbcf");
+	char path[256];
+	struct spa_errbuf err = {{0}};
+	snprintf(path, sizeof path, "%s/scaled.gguf", tu_tmpdir());
+	rewrite(tu_tiny_model(), path,
+		&(struct edit){ .str_key = "llama.rope.scaling.type", .str_val = "none" });
+	struct spa_model *n = load(path);
+	/* "none" computes as llama's default: the same fingerprint */
+	cr_assert_str_eq(m->fingerprint, n->fingerprint);
+	spa_model_destroy(n);
+	struct spa_hparams hp;
+	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
+	hp.rope_freq_scale = 0.5f;
+	snprintf(path, sizeof path, "%s/half.gguf", tu_tmpdir());
+	cr_assert_eq(spa_gen_base(&hp, SPA_TYPE_F32, 1, path, false, &err), 0, "%s", err.msg);
+	n = load(path);
+	/* the same tensors, another rotary embedding: another model */
+	cr_assert_str_neq(m->fingerprint, n->fingerprint);
+	spa_model_destroy(n);
+	spa_model_destroy(m);
 }

@@ -932,3 +932,53 @@ Test(kernels, fp16_row_gives_the_element_conversion_in_every_variant)
 		}
 	}
 }
+
+Test(kernels, rope_ext_is_rope_by_default_and_ggml_rope_ext_otherwise)
+{
+	static const uint32_t positions[] = { 0, 1, 7, 100, 4095, 100000 };
+	const uint32_t nh = 3, hd = 64;
+	float ff[32];
+	for (int k = 0; k < 32; k++)
+		ff[k] = 1.0f + (float)(k * 7 % 13) * 0.5f;
+	for (size_t pi = 0; pi < 6; pi++) {
+		const uint32_t pos = positions[pi];
+		float x0[3 * 64], x[3 * 64], x2[3 * 64], cs[64];
+		tu_rand(x0, nh * hd, 70 + pi, 2.0f);
+		/* llama's defaults: spa_rope's bits */
+		const struct spa_rope_cfg def = { .head_dim = hd, .n_rot = hd, .base = 500000.0f,
+						  .freq_scale = 1.0f, .attn_factor = 1.0f };
+		memcpy(x, x0, sizeof x);
+		memcpy(x2, x0, sizeof x);
+		spa_rope(x, nh, hd, pos, def.base);
+		spa_rope_table_ext(cs, &def, pos);
+		spa_rope_apply_ext(x2, nh, &def, cs);
+		cr_assert_eq(memcmp(x, x2, sizeof x), 0, "default differs at pos %u", pos);
+		/* every option, each pairing, against the formula in double */
+		for (int neox = 0; neox < 2; neox++) {
+			const struct spa_rope_cfg c = { .head_dim = hd, .n_rot = 40, .base = 10000.0f,
+							.freq_scale = 0.125f, .attn_factor = 0.75f,
+							.freq_factors = ff, .neox = neox };
+			memcpy(x, x0, sizeof x);
+			spa_rope_table_ext(cs, &c, pos);
+			spa_rope_apply_ext(x, nh, &c, cs);
+			for (uint32_t h = 0; h < nh; h++) {
+				const float *a = x0 + h * hd;
+				const float *r = x + h * hd;
+				for (uint32_t k = 0; k < 20; k++) {
+					double th = pos * pow(10000.0, -2.0 * k / 40) / ff[k] * 0.125;
+					const double co = cos(th) * 0.75, si = sin(th) * 0.75;
+					const uint32_t i0 = neox ? k : 2 * k, i1 = neox ? k + 20 : 2 * k + 1;
+					const double w0 = a[i0] * co - a[i1] * si;
+					const double w1 = a[i0] * si + a[i1] * co;
+					const double mag = fabs(a[i0]) + fabs(a[i1]);
+					cr_assert(fabs(r[i0] - w0) <= 4e-7 * mag + 1e-30 &&
+						  fabs(r[i1] - w1) <= 4e-7 * mag + 1e-30,
+						  "neox %d pos %u pair %u: (%g, %g) vs (%g, %g)", neox, pos,
+						  k, r[i0], r[i1], w0, w1);
+				}
+				/* dimensions 40.. are not rotated */
+				cr_assert_eq(memcmp(r + 40, a + 40, 24 * sizeof(float)), 0);
+			}
+		}
+	}
+}

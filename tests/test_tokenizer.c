@@ -349,8 +349,8 @@ Test(tokenizer, encode_edges)
 	cr_assert_eq(n, 11);
 	cr_assert_eq(ids[3], -7);
 
-	/* A text above the cap is refused, not tokenized for minutes. */
-	size_t big = (1u << 20);
+	/* A text above the cap (16 MiB: spa-perplexity's corpora) is refused untokenized. */
+	size_t big = (16u << 20) + 1;
 	char *s = malloc(big + 1);
 	memset(s, 'a', big);
 	s[big] = 0;

@@ -49,6 +49,15 @@ struct spa_backend *spa_context_backend(const struct spa_context *c);
 const float *spa_context_final(const struct spa_context *c);
 const float *spa_context_resid(const struct spa_context *c);
 
+/* Every position's outputs, for scoring a text (spa-perplexity): from the next step on, each
+ * step writes, for the context's row j (0 <= j < its n_tok), f_j = RMSNorm_final(y_{L-1}) into
+ * final_rows + j H and, when resid_rows is not NULL, the row's residual record (e, y_0, ...,
+ * y_{L-1}) into resid_rows + j (L + 1) H: each row with the bits its own step would give it
+ * (spa_context_final, spa_context_resid). Buffers borrowed, host memory for max_batch rows.
+ * NULL, NULL turns it off (the default; a step then pays nothing for it). Returns 0, or
+ * -SPA_EUSAGE for resid_rows without final_rows. Not thread-safe against a step. */
+int spa_context_set_outputs(struct spa_context *c, float *final_rows, float *resid_rows);
+
 /* Fuse the side plugin's cloud-linear maps into this context's steps (RUNTIME.md §3). From
  * the next step on, for its last position:
  *   - when taps is not NULL (and cp holds in/tap weights): t_in = W_in e + b_in is written to

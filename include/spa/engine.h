@@ -78,6 +78,10 @@ int spa_engine_step(struct spa_batch *b, const struct spa_seq *seqs, uint32_t n_
 
 /* logits[V] = LM_head z[H] (z and logits host memory). */
 void spa_engine_logits(struct spa_context *c, const float *z, float *logits);
+/* The same for n rows at once, reading the head once for all of them: logits (n x V) of z
+ * (n x H), each row the bits of spa_engine_logits (spa-perplexity scores every position of a
+ * batch this way). Host memory. Hot path (no allocation). */
+void spa_engine_logits_rows(struct spa_context *c, const float *z, uint32_t n, float *logits);
 
 /* Greedy LM head: *tok = argmax_v (LM_head z)[v] without writing the V logits (the backend's
  * fused head where it has one). Exactly spa_argmax(spa_engine_logits(z)) (ties to the lowest

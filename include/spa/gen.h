@@ -1,5 +1,5 @@
-/* spa: synthetic base models (runtime/gen.c): Llama-architecture GGUF files with random
- * weights and a synthetic tokenizer, for tests and benchmarks (spa-gen base). */
+/* spa: synthetic base models (runtime/gen.c): llama- or qwen2-architecture GGUF files with
+ * random weights and a synthetic tokenizer, for tests and benchmarks (spa-gen base). */
 #ifndef SPA_GEN_H
 #define SPA_GEN_H
 
@@ -37,5 +37,22 @@ struct spa_gen_tok {
 int spa_gen_base_tok(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
 		     const struct spa_gen_tok *tok, const char *path, bool show_progress,
 		     struct spa_errbuf *err);
+
+/* The architecture's parts beyond the shape. hp->arch picks llama or qwen2 (keys "qwen2.*",
+ * q/k/v biases drawn uniform in +-0.5, NEOX rotary pairs); hp->n_rot (rope.dimension_count,
+ * 0: head_dim), hp->rope_freq_scale (< 1: rope.scaling.type linear with factor 1 /
+ * freq_scale; 0 or 1: no scaling keys) and hp->rope_attn_factor (!= 1: written) as given. */
+struct spa_gen_opts {
+	const struct spa_gen_tok *tok; /* NULL: SentencePiece */
+	/* rope_freqs.weight: llama 3.1's divisors as its converter computes them (factor 8,
+	 * low 1, high 4, original context 8192) for this head dimension and base */
+	bool rope_freqs;
+	bool biases;    /* llama: every matrix's bias too (q, k, v, attn_output, the FFN's) */
+	bool tied;      /* no output.weight: the LM head is token_embd (SmolLM, Qwen2.5 0.5B) */
+};
+/* spa_gen_base with those options (o NULL: as spa_gen_base). Same returns. */
+int spa_gen_base_opts(const struct spa_hparams *hp, enum spa_dtype type, uint64_t seed,
+		      const struct spa_gen_opts *o, const char *path, bool show_progress,
+		      struct spa_errbuf *err);
 
 #endif

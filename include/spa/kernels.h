@@ -148,6 +148,28 @@ void spa_rope(float *x, uint32_t n_heads, uint32_t head_dim, uint32_t pos, float
  * into cs, spa_rope_apply rotates with them. Together: spa_rope's bits. */
 void spa_rope_table(float *cs, uint32_t head_dim, uint32_t pos, float base);
 void spa_rope_apply(float *x, uint32_t n_heads, uint32_t head_dim, const float *cs);
+
+/* The rotary embedding as GGUF models define it (ggml_rope_ext without YaRN). Pair k (k <
+ * n_rot / 2) turns by the angle pos * base^(-2k / n_rot) / freq_factors[k] * freq_scale, its
+ * cosine and sine multiplied by attn_factor; the pair is (x[2k], x[2k+1]) ("normal": llama)
+ * or (x[k], x[k + n_rot/2]) (neox: qwen2); dimensions from n_rot to head_dim are left as they
+ * are. With n_rot = head_dim, no factors, freq_scale = attn_factor = 1 and normal pairs it is
+ * spa_rope, bit for bit. */
+struct spa_rope_cfg {
+	uint32_t head_dim;          /* dimensions of a head */
+	uint32_t n_rot;             /* rotated dimensions: even, 2..head_dim */
+	float base;                 /* frequency base (rope.freq_base) */
+	float freq_scale;           /* 1 / the linear scaling factor (1: none) */
+	float attn_factor;          /* cos and sin multiplied by it (1: none) */
+	const float *freq_factors;  /* n_rot / 2 divisors of the frequencies (llama 3.1's
+				     * rope_freqs), or NULL; borrowed */
+	bool neox;                  /* pairs (k, k + n_rot/2) instead of (2k, 2k+1) */
+};
+/* cs[0..n_rot) = the cosines and sines (c0, s0, c1, s1, ...) of the n_rot / 2 pairs at pos. */
+void spa_rope_table_ext(float *cs, const struct spa_rope_cfg *cfg, uint32_t pos);
+/* Rotate n_heads heads of x (head h at x + h * head_dim) with a table of spa_rope_table_ext. */
+void spa_rope_apply_ext(float *x, uint32_t n_heads, const struct spa_rope_cfg *cfg,
+			const float *cs);
 /* Numerically stable softmax in place. */
 void spa_softmax(float *x, uint32_t n);
 /* out[i] = silu(gate[i]) * up[i]; out may alias gate. */

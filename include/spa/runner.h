@@ -79,6 +79,20 @@ int spa_runner_prefill(struct spa_runner *r, const int32_t *ids, uint32_t n,
 		       struct spa_step_stats *st);
 /* One token. Returns 0 and *tok, or a negative code (-SPA_EUSAGE when the context is full). */
 int spa_runner_next(struct spa_runner *r, int32_t *tok, struct spa_step_stats *st);
+/* Score a text as the method sees it (spa-perplexity): run ids[0..n) from position 0 (the
+ * runner forgets the sequence it held; prefill again before next) in batches of max_batch,
+ * and write the logits of every position j in [first, n) into logits + (j - first) V (host
+ * memory, (n - first) x V floats): the base model's, those of LoRA or the adapters (their
+ * exchanges batched per block as in prefill), or for spa and lst z = f, f + g or g per
+ * position, each side-path position with its own exchange as spa_runner_next makes it (the
+ * side network has no state across positions), sigma from the gate of its own f (lst:
+ * always 1). Exchanges and side-path positions (sigma) counted in *st (may be NULL). Each
+ * row's logits are those spa_runner_next would sample from at that position, bit for bit.
+ * The first call allocates the batch's rows (not on the hot path). Returns 0, -SPA_EUSAGE
+ * (n of 0 or above the runner's context, first >= n), -ENOMEM, or a step's or exchange's
+ * error (spa_runner_error). */
+int spa_runner_score(struct spa_runner *r, const int32_t *ids, uint32_t n, uint32_t first,
+		     float *logits, struct spa_step_stats *st);
 /* After prefill or next failed: the engine's words for it when the model's weights could not
  * be read or its activations left the KV cache's range (spa_context_error), else "". */
 const char *spa_runner_error(const struct spa_runner *r);

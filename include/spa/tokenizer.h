@@ -54,7 +54,7 @@ const char *spa_tokenizer_pre(const struct spa_tokenizer *t);
 
 /* Encode UTF-8 text into ids[max_ids]; flags: SPA_TOK_*; *n_ids set to the number of tokens
  * the text needs. Returns 0, -SPA_ETOOBIG when max_ids is too small (ids[0..max_ids) filled)
- * or the text is longer than 256 KiB, -ENOMEM. Invalid UTF-8: byte tokens (llama), U+FFFD per
+ * or the text is longer than 16 MiB, -ENOMEM. Invalid UTF-8: byte tokens (llama), U+FFFD per
  * bad byte (gpt2, as llama.cpp). Passing true as flags adds the special tokens, as the bool
  * this argument once was. Thread-safe (the tokenizer is read-only); allocates: not on the
  * hot path. */

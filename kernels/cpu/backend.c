@@ -176,20 +176,20 @@ static void cpu_rmsnorm(struct spa_backend *be, float *out, const float *x, cons
 }
 
 static void cpu_rope_table(struct spa_backend *be, float *cs, const uint32_t *pos,
-			   uint32_t n_rows, uint32_t head_dim, float base)
+			   uint32_t n_rows, const struct spa_rope_cfg *cfg)
 {
 	(void)be;
 	for (uint32_t j = 0; j < n_rows; j++)
-		spa_rope_table(cs + (uint64_t)j * head_dim, head_dim, pos[j], base);
+		spa_rope_table_ext(cs + (uint64_t)j * cfg->n_rot, cfg, pos[j]);
 }
 
 static void cpu_rope(struct spa_backend *be, float *x, uint32_t n_rows, uint32_t stride,
-		     uint32_t n_heads, uint32_t head_dim, const float *cs)
+		     uint32_t n_heads, const struct spa_rope_cfg *cfg, const float *cs)
 {
 	(void)be;
 	for (uint32_t j = 0; j < n_rows; j++)
-		spa_rope_apply(x + (uint64_t)j * stride, n_heads, head_dim,
-			       cs + (uint64_t)j * head_dim);
+		spa_rope_apply_ext(x + (uint64_t)j * stride, n_heads, cfg,
+				   cs + (uint64_t)j * cfg->n_rot);
 }
 
 /* Whether a float of x rounds to an infinity in half (65520 and up: past 65504; or is one). */

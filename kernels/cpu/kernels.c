@@ -932,6 +932,51 @@ void spa_rope_apply(float *x, uint32_t n_heads, uint32_t head_dim, const float *
 	}
 }
 
+void spa_rope_table_ext(float *cs, const struct spa_rope_cfg *cfg, uint32_t pos)
+{
+	const bool plain = !cfg->freq_factors && cfg->freq_scale == 1.0f &&
+			   cfg->attn_factor == 1.0f;
+	for (uint32_t i = 0; i + 1 < cfg->n_rot; i += 2) {
+		if (plain) { /* llama's default: spa_rope_table's bits */
+			rope_angle(i, cfg->n_rot, pos, cfg->base, &cs[i], &cs[i + 1]);
+			continue;
+		}
+		/* ggml_rope_ext's angle (theta / factor * freq_scale), in double as rope_angle */
+		double ang = (double)pos * pow((double)cfg->base, -(double)i / (double)cfg->n_rot);
+		if (cfg->freq_factors)
+			ang /= (double)cfg->freq_factors[i / 2];
+		ang *= (double)cfg->freq_scale;
+		cs[i] = (float)cos(ang) * cfg->attn_factor;
+		cs[i + 1] = (float)sin(ang) * cfg->attn_factor;
+	}
+}
+
+void spa_rope_apply_ext(float *x, uint32_t n_heads, const struct spa_rope_cfg *cfg,
+			const float *cs)
+{
+	const uint32_t hd = cfg->head_dim, n_rot = cfg->n_rot;
+	if (!cfg->neox) {
+		for (uint32_t h = 0; h < n_heads; h++) { /* spa_rope_apply's loop, to n_rot */
+			float *p = x + (uint64_t)h * hd;
+			for (uint32_t i = 0; i + 1 < n_rot; i += 2) {
+				const float c = cs[i], s = cs[i + 1], a = p[i], b = p[i + 1];
+				p[i] = a * c - b * s;
+				p[i + 1] = a * s + b * c;
+			}
+		}
+		return;
+	}
+	const uint32_t half = n_rot / 2;
+	for (uint32_t h = 0; h < n_heads; h++) {
+		float *p = x + (uint64_t)h * hd;
+		for (uint32_t k = 0; k < half; k++) {
+			const float c = cs[2 * k], s = cs[2 * k + 1], a = p[k], b = p[k + half];
+			p[k] = a * c - b * s;
+			p[k + half] = a * s + b * c;
+		}
+	}
+}
+
 void spa_softmax(float *x, uint32_t n)
 {
 	if (n == 0)

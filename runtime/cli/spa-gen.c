@@ -1,7 +1,9 @@
 /* spa-gen: make synthetic base models and personal plugins for tests and benchmarks.
  *
  *   spa-gen base --shape tiny|default|1b|llama-7b [--type TYPE] [--seed N]
- *                [--tokenizer spm|bpe] [--pre NAME] [--vocab N] [--vocab-only] -o FILE
+ *                [--tokenizer spm|bpe] [--pre NAME] [--vocab N] [--vocab-only]
+ *                [--arch llama|qwen2] [--rope-freqs] [--rope-scale F] [--rope-dims N]
+ *                [--biases] [--tied] -o FILE
  *   spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N] [--side-fraction F]
  *                  [--calib-prompt TEXT] [--seed N] -o FILE
  *
@@ -18,13 +20,15 @@
 
 static const char usage[] =
 	"usage: spa-gen base --shape SHAPE [--type TYPE] [--seed N] [--tokenizer spm|bpe]\n"
-	"                    [--pre NAME] [--vocab N] [--vocab-only] [--quiet] -o FILE\n"
+	"                    [--pre NAME] [--vocab N] [--vocab-only] [--arch llama|qwen2]\n"
+	"                    [--rope-freqs] [--rope-scale F] [--rope-dims N] [--biases]\n"
+	"                    [--tied] [--quiet] -o FILE\n"
 	"       spa-gen plugin --base FILE --kind spa|lst|lora|adapter [--rank N]\n"
 	"                      [--side-fraction F] [--calib-prompt TEXT] [--seed N] [--quiet]\n"
 	"                      -o FILE\n"
 	"\n"
-	"base    write a Llama-architecture GGUF model with random weights (deterministic in\n"
-	"        the seed) and a synthetic tokenizer.\n"
+	"base    write a llama- or qwen2-architecture GGUF model with random weights\n"
+	"        (deterministic in the seed) and a synthetic tokenizer.\n"
 	"        --shape  tiny      4 blocks, H 128, FFN 344, 4/2 heads, vocab 1024 (~4 MB f32)\n"
 	"                 default   32 blocks, H 512, FFN 1376, 8/4 heads, vocab 32000\n"
 	"                 1b        8 blocks, H 2048, FFN 5632, 16 heads, vocab 32000\n"
@@ -42,6 +46,13 @@ static const char usage[] =
 	"        --vocab N    vocabulary size instead of the shape's (300+; bpe 512+)\n"
 	"        --vocab-only the metadata and tokenizer without tensors (for spa-tokenize\n"
 	"                 and llama.cpp's llama-tokenize)\n"
+	"        --arch   llama (default) or qwen2 (qwen2.* keys, q/k/v biases, NEOX rotary\n"
+	"                 pairs; give it a BPE tokenizer, e.g. --pre qwen2)\n"
+	"        --rope-freqs  llama 3.1's rope_freqs.weight (frequency divisors 1..8)\n"
+	"        --rope-scale F  linear rope scaling by F (rope.scaling.type linear, factor F)\n"
+	"        --rope-dims N   rotate N dimensions of each head (even; default all)\n"
+	"        --biases llama: a bias on every matrix (q, k, v, attn_output, the FFN's)\n"
+	"        --tied   no output.weight: the LM head is the token embedding (as SmolLM)\n"
 	"plugin  write a personal plugin for a base model, with random weights:\n"
 	"        --kind   spa (side network + classifier), lst (side network, always used),\n"
 	"                 lora (rank-k q/v updates), adapter (Houlsby bottlenecks)\n"
@@ -89,6 +100,10 @@ static int cmd_base(int argc, char **argv)
 	const char *tokenizer = NULL;
 	long long vocab = 0;
 	struct spa_gen_tok tok = { NULL, false };
+	struct spa_gen_opts opts = { .tok = &tok };
+	const char *arch = NULL;
+	double rope_scale = 0;
+	long long rope_dims = 0;
 
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
@@ -113,6 +128,20 @@ static int cmd_base(int argc, char **argv)
 			vocab = cli_int(a, cli_value(argc, argv, &i), 300, 1 << 19);
 		} else if (!strcmp(a, "--vocab-only")) {
 			tok.vocab_only = true;
+		} else if (!strcmp(a, "--arch")) {
+			arch = cli_value(argc, argv, &i);
+			if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0)
+				cli_die(2, "--arch: '%s' is not llama or qwen2", arch);
+		} else if (!strcmp(a, "--rope-freqs")) {
+			opts.rope_freqs = true;
+		} else if (!strcmp(a, "--rope-scale")) {
+			rope_scale = cli_float(a, cli_value(argc, argv, &i), 1.0, 1e6);
+		} else if (!strcmp(a, "--rope-dims")) {
+			rope_dims = cli_int(a, cli_value(argc, argv, &i), 2, 65536);
+		} else if (!strcmp(a, "--biases")) {
+			opts.biases = true;
+		} else if (!strcmp(a, "--tied")) {
+			opts.tied = true;
 		} else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
 			out = cli_value(argc, argv, &i);
 		} else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
@@ -134,6 +163,19 @@ static int cmd_base(int argc, char **argv)
 
 	if (vocab)
 		hp.n_vocab = (uint32_t)vocab;
+	if (arch && !strcmp(arch, "qwen2")) {
+		hp.arch = SPA_ARCH_QWEN2;
+		if (opts.biases)
+			cli_die(2, "--biases is for llama: qwen2 has its q, k and v biases always");
+	}
+	if (rope_scale)
+		hp.rope_freq_scale = (float)(1.0 / rope_scale);
+	if (rope_dims) {
+		if (rope_dims % 2 || rope_dims > hp.head_dim)
+			cli_die(2, "--rope-dims: %lld must be even and at most the head dimension %u",
+				rope_dims, hp.head_dim);
+		hp.n_rot = (uint32_t)rope_dims;
+	}
 	if (tokenizer && !strcmp(tokenizer, "spm") && tok.pre)
 		cli_die(2, "--pre names a BPE pre-tokenizer: it does not go with --tokenizer spm");
 	if (tokenizer && !strcmp(tokenizer, "bpe") && !tok.pre)
@@ -141,7 +183,7 @@ static int cmd_base(int argc, char **argv)
 
 	struct spa_errbuf err = {{0}};
 	double t0 = spa_clock_s();
-	int rc = spa_gen_base_tok(&hp, type, seed, &tok, out, !quiet && isatty(2), &err);
+	int rc = spa_gen_base_opts(&hp, type, seed, &opts, out, !quiet && isatty(2), &err);
 	if (rc < 0)
 		cli_die(1, "%s", err.msg[0] ? err.msg : spa_strerror(rc));
 	double dt = spa_clock_s() - t0;
@@ -150,10 +192,10 @@ static int cmd_base(int argc, char **argv)
 		cli_die(1, "wrote %s but cannot read it back: %s", out, err.msg);
 	char np[32];
 	fmt_count(np, sizeof np, n_params);
-	printf("wrote %s: %.2f MB, base model '%s' (L %u, H %u, FFN %u, heads %u/%u, vocab %u, "
+	printf("wrote %s: %.2f MB, %s base model '%s' (L %u, H %u, FFN %u, heads %u/%u, vocab %u, "
 	       "ctx %u), %s, %s parameters, seed %llu, tokenizer %s%s%s, in %.2f s\n", out,
-	       (double)size / 1e6, shape, hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads,
-	       hp.n_kv_heads, hp.n_vocab, hp.n_ctx, spa_dtype_name(type), np,
+	       (double)size / 1e6, spa_arch_name(hp.arch), shape, hp.n_layers, hp.n_embd, hp.n_ff,
+	       hp.n_heads, hp.n_kv_heads, hp.n_vocab, hp.n_ctx, spa_dtype_name(type), np,
 	       (unsigned long long)seed, tok.pre ? "bpe " : "spm", tok.pre ? tok.pre : "",
 	       tok.vocab_only ? " (vocabulary only)" : "", dt);
 	return 0;

@@ -1,7 +1,8 @@
 /* spa-inspect: dump a GGUF file (as llama.cpp's gguf-dump does) and check that spa can load it.
  *
  * The dump comes from the strict reader (runtime/gguf.c); the verdict from the loader's own
- * checks: spa_model_check for general.architecture "llama", spa_plugin_load for "spa-plugin".
+ * checks: spa_plugin_load for general.architecture "spa-plugin", spa_model_check for any other
+ * (llama and qwen2 load; another architecture is refused with its name).
  * Exit status: 0 loadable, 1 not (the reason on stderr), 2 usage. */
 #include <errno.h>
 #include <stdbool.h>
@@ -173,10 +174,33 @@ static int check_model(const struct spa_gguf *g)
 			err.msg[0] ? err.msg : spa_strerror(rc));
 		return 1;
 	}
-	printf("OK: loadable llama model: L=%" PRIu32 " H=%" PRIu32 " ff=%" PRIu32 " heads=%" PRIu32
+	printf("OK: loadable %s model: L=%" PRIu32 " H=%" PRIu32 " ff=%" PRIu32 " heads=%" PRIu32
 	       " kv_heads=%" PRIu32 " head_dim=%" PRIu32 " vocab=%" PRIu32 " ctx=%" PRIu32
-	       " rms_eps=%g rope_base=%g\n", hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads,
-	       hp.n_kv_heads, hp.head_dim, hp.n_vocab, hp.n_ctx, hp.rms_eps, hp.rope_base);
+	       " rms_eps=%g rope_base=%g", spa_arch_name(hp.arch), hp.n_layers, hp.n_embd, hp.n_ff,
+	       hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.n_vocab, hp.n_ctx, hp.rms_eps,
+	       hp.rope_base);
+	/* what llama's defaults leave out, only when there */
+	if (hp.n_rot != hp.head_dim)
+		printf(" rope_dims=%" PRIu32, hp.n_rot);
+	if (hp.rope_neox)
+		printf(" rope=neox");
+	if (hp.rope_freq_scale != 1.0f)
+		printf(" rope_scale=linear:%g", 1.0 / hp.rope_freq_scale);
+	if (hp.rope_attn_factor != 1.0f)
+		printf(" rope_attn_factor=%g", hp.rope_attn_factor);
+	if (spa_gguf_find_tensor(g, "rope_freqs.weight"))
+		printf(" rope_freqs");
+	unsigned n_bias = 0;
+	for (uint64_t i = 0; i < g->n_tensors; i++) {
+		const char *n = g->tensors[i].name.data;
+		size_t len = strlen(n);
+		n_bias += len > 5 && !strcmp(n + len - 5, ".bias");
+	}
+	if (n_bias)
+		printf(" biases=%u", n_bias);
+	if (!spa_gguf_find_tensor(g, "output.weight"))
+		printf(" tied");
+	printf("\n");
 	return 0;
 }
 
@@ -249,14 +273,10 @@ int main(int argc, char **argv)
 	} else if (rc < 0) {
 		fprintf(stderr, "%s: %s\n", cli_prog, err.msg);
 		status = 1;
-	} else if (strcmp(arch, "llama") == 0) {
-		status = check_model(g);
-	} else if (strcmp(arch, "spa-plugin") == 0) {
-		status = check_plugin(path);
+	} else if (strcmp(arch, "spa-plugin") != 0) {
+		status = check_model(g); /* llama, qwen2; another architecture refused by name */
 	} else {
-		fprintf(stderr, "%s: %s: valid GGUF, but general.architecture is '%s': spa loads "
-			"'llama' base models and 'spa-plugin' plugins only\n", cli_prog, path, arch);
-		status = 1;
+		status = check_plugin(path);
 	}
 	spa_gguf_close(g);
 	return status;

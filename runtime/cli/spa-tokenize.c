@@ -184,7 +184,7 @@ int main(int argc, char **argv)
 		rc = spa_tokenizer_encode(t, text, flags, ids, n, &n);
 	if (rc < 0) {
 		if (rc == -SPA_ETOOBIG)
-			cli_die(1, "the text is %zu bytes: spa tokenizes texts of up to 256 KiB", len);
+			cli_die(1, "the text is %zu bytes: spa tokenizes texts of up to 16 MiB", len);
 		cli_die(1, "cannot tokenize the text: %s", spa_strerror(rc));
 	}
 

@@ -83,13 +83,15 @@ struct spa_backend_ops {
 	/* out (n_rows rows of n) = RMSNorm of x's rows times weight; out may alias x. */
 	void (*rmsnorm)(struct spa_backend *be, float *out, const float *x, const float *weight,
 			uint32_t n_rows, uint32_t n, float eps);
-	/* cs (n_rows rows of head_dim) = the rotary cosines and sines of positions pos[0..n_rows)
-	 * (pos: host memory), then rope rotates n_rows rows (row stride `stride` floats) of
-	 * n_heads heads each with them. */
+	/* cs (n_rows rows of cfg->n_rot) = the rotary cosines and sines of positions
+	 * pos[0..n_rows) (pos: host memory; spa_rope_table_ext's), then rope rotates n_rows rows
+	 * (row stride `stride` floats) of n_heads heads each with them (spa_rope_apply_ext's
+	 * pairs: normal or neox, the first n_rot dimensions of each head). cfg: host memory, its
+	 * freq_factors too. */
 	void (*rope_table)(struct spa_backend *be, float *cs, const uint32_t *pos, uint32_t n_rows,
-			   uint32_t head_dim, float base);
+			   const struct spa_rope_cfg *cfg);
 	void (*rope)(struct spa_backend *be, float *x, uint32_t n_rows, uint32_t stride,
-		     uint32_t n_heads, uint32_t head_dim, const float *cs);
+		     uint32_t n_heads, const struct spa_rope_cfg *cfg, const float *cs);
 	/* Keys and values k, v (n_tok rows of n_kv_heads * head_dim) into block `layer` of cache
 	 * at positions pos.. . Returns 0, or -SPA_EUNSUPPORTED when one of them is beyond the
 	 * cache's half range (65520 and up: it would be an infinity); the rows are stored anyway,

@@ -75,7 +75,7 @@ AI void ftile(const int t, const int R, const int V, const uint8_t *w, size_t rs
 	      const float *x, size_t n, float *y, size_t ys)
 {
 	__m256 part[4][FMAX_R][FMAX_V]; /* [accumulator][row][vector] */
-	const size_t nb = n / 32;
+	const size_t nb = n / 32, es = t == FT_F32 ? 4 : 2;
 	UNROLL for (int k = 0; k < 4; k++)
 		UNROLL for (int r = 0; r < R; r++)
 			UNROLL for (int v = 0; v < V; v++)
@@ -90,6 +90,12 @@ AI void ftile(const int t, const int R, const int V, const uint8_t *w, size_t rs
 			for (size_t b = c0; b < c1; b++) {
 				const size_t i = 32 * b + 8 * k;
 				__m256 wv[FMAX_R];
+				if (k == 0) /* the next tile's rows, the lines of block b */
+					UNROLL for (int r = 0; r < R; r++)
+						UNROLL for (size_t l = 0; l < 16 * es; l += 64)
+							_mm_prefetch((const char *)w + (R + r) * rs +
+									     32 * es * b + l,
+								     _MM_HINT_T0);
 				UNROLL for (int r = 0; r < R; r++)
 					wv[r] = fload(t, w + r * rs, i);
 				UNROLL for (int v = 0; v < V; v++) {
@@ -224,6 +230,8 @@ AI void q8_0_tile(const int R, const int V, const uint8_t *w, size_t rs,
 		UNROLL for (int r = 0; r < R; r++) {
 			const struct spa_block_q8_0 *b = (const struct spa_block_q8_0 *)(const void *)
 								 (w + r * rs) + i;
+			/* the next tile's row r, block i (34 bytes on, so every line in turn) */
+			_mm_prefetch((const char *)(b) + R * rs, _MM_HINT_T0);
 			wq[r] = _mm256_loadu_si256((const __m256i *)(const void *)b->qs);
 			aw[r] = _mm256_sign_epi8(wq[r], wq[r]);
 			dw[r] = _mm256_set1_ps(_cvtsh_ss(b->d));
@@ -289,10 +297,9 @@ static void gemm_q8x(const qtile_fn tiles[5][QMAX_R + 1], const unsigned rows[5]
 }
 
 QTILES(tile_q8_0, q8_0_tile)
-#ifndef Q8R
-#define Q8R 4
-#endif
-static const unsigned q8_0_rows[5] = { 0, 4, 4, Q8R, Q8R };
+/* Rows per tile for V vectors: 12 pairs at most (the 16 registers also hold the rows' |w|
+ * and scales, the vector's levels and temporaries). */
+static const unsigned q8_0_rows[5] = { 0, 4, 4, 4, 3 };
 
 void spa_gemm_q8_0_q8x_avx2(const void *w, size_t row_size, size_t nrows,
 			    const struct spa_block_q8x *x, size_t n, uint32_t nvec, float *y,
@@ -375,6 +382,17 @@ AI void q4_0x8_tile(const int packed, const int V, const uint8_t *w, size_t rs,
 	for (size_t i = 0; i < nb; i++) {
 		__m256i v[4], lo[4], hi[4];
 		__m128i dh;
+		/* the next group's block i: 144 bytes, packed or over its 8 rows */
+		if (packed)
+			UNROLL for (int l = 0; l < 3; l++)
+				_mm_prefetch((const char *)w + 8 * rs +
+						     sizeof(struct spa_block_q4_0x8) * i + 64 * l,
+					     _MM_HINT_T0);
+		else
+			UNROLL for (int r = 0; r < 8; r++)
+				_mm_prefetch((const char *)w + (8 + r) * rs +
+						     sizeof(struct spa_block_q4_0) * i,
+					     _MM_HINT_T0);
 		q4_0x8_load(packed, w, rs, i, v, &dh);
 		UNROLL for (int k = 0; k < 4; k++) {
 			lo[k] = _mm256_and_si256(v[k], m4);

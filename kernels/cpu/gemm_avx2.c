@@ -495,6 +495,8 @@ static void gemm_q4_0x8(const q4_0_piece_fn piece[5], size_t bsize, const uint8_
 			uint32_t nvec, float *y, size_t ys)
 {
 	struct q4_0_xpanel panel[4 * Q4P];
+	if (ngroups == 0)
+		return;
 	for (uint32_t v0 = 0; v0 < nvec;) {
 		const unsigned V = nvec - v0 < 4 ? nvec - v0 : 4;
 		for (size_t i0 = 0; i0 < nb; i0 += Q4P) {

@@ -8,7 +8,9 @@
  *
  * To add a weight format: write its dot and dequant_row (quant.c, and, if worth it,
  * quant_avx2.c), fill the slots of both tables and list it in spa_kernels_supports().
- * Everything else (matvec, matmul, threading) is type-independent. */
+ * Everything else (matvec, matmul, threading) is type-independent; a matrix kernel for
+ * batches (gemm*, gemm_avx2.c) is optional: without one, matmul runs the rows kernels
+ * vector by vector. */
 #ifndef SPA_KERNELS_IMPL_H
 #define SPA_KERNELS_IMPL_H
 

@@ -182,27 +182,12 @@ FTILES(tile_bf16, FT_BF16)
  * inside: the tile's activations stay in L1 while the rows (an L2-sized block from the
  * caller) go past them. */
 static void gemm_float(const ftile_fn tiles[FMAX_V + 1][FMAX_R + 1],
-		       const unsigned rows[FMAX_V + 1], spa_dot_rows_fn dot_rows, const void *w,
-		       size_t row_size, size_t nrows, const float *x, size_t n, uint32_t nvec,
-		       float *y, size_t ys)
+		       const unsigned rows[FMAX_V + 1], const void *w, size_t row_size,
+		       size_t nrows, const float *x, size_t n, uint32_t nvec, float *y, size_t ys)
 {
 	const uint8_t *p = w;
 	for (uint32_t v0 = 0; v0 < nvec;) {
 		const unsigned V = nvec - v0 < FMAX_V ? nvec - v0 : FMAX_V;
-		if (V <= 2 && dot_rows) {
-			/* one or two vectors: the four passes of a tile cost more than reading
-			 * the rows again from L2 for the second vector (the same bits) */
-			for (unsigned t = 0; t < V; t++)
-				for (size_t r0 = 0; r0 < nrows; r0 += SPA_DOT_ROWS) {
-					const unsigned R = nrows - r0 < SPA_DOT_ROWS
-								   ? (unsigned)(nrows - r0)
-								   : SPA_DOT_ROWS;
-					dot_rows(p + r0 * row_size, row_size, x + (size_t)(v0 + t) * n, n,
-						 y + (size_t)(v0 + t) * ys + r0, R);
-				}
-			v0 += V;
-			continue;
-		}
 		const unsigned rt = rows[V];
 		for (size_t r0 = 0; r0 < nrows; r0 += rt) {
 			const unsigned R = nrows - r0 < rt ? (unsigned)(nrows - r0) : rt;
@@ -216,19 +201,19 @@ static void gemm_float(const ftile_fn tiles[FMAX_V + 1][FMAX_R + 1],
 void spa_gemm_f32_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
 		       uint32_t nvec, float *y, size_t ys)
 {
-	gemm_float(tile_f32_tiles, frows, spa_kernels_ops_avx2.dot_rows[SPA_TYPE_F32], w, row_size, nrows, x, n, nvec, y, ys);
+	gemm_float(tile_f32_tiles, frows, w, row_size, nrows, x, n, nvec, y, ys);
 }
 
 void spa_gemm_f16_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
 		       uint32_t nvec, float *y, size_t ys)
 {
-	gemm_float(tile_f16_tiles, frows, spa_kernels_ops_avx2.dot_rows[SPA_TYPE_F16], w, row_size, nrows, x, n, nvec, y, ys);
+	gemm_float(tile_f16_tiles, frows, w, row_size, nrows, x, n, nvec, y, ys);
 }
 
 void spa_gemm_bf16_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
 			uint32_t nvec, float *y, size_t ys)
 {
-	gemm_float(tile_bf16_tiles, frows, spa_kernels_ops_avx2.dot_rows[SPA_TYPE_BF16], w, row_size, nrows, x, n, nvec, y, ys);
+	gemm_float(tile_bf16_tiles, frows, w, row_size, nrows, x, n, nvec, y, ys);
 }
 
 /* ---- Q8_0 on quantized activations ----------------------------------------------------
@@ -755,5 +740,5 @@ static const unsigned q4_K_rows[FMAX_V + 1] = { 0, 2, 2, 1, 1 };
 void spa_gemm_q4_K_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
 			uint32_t nvec, float *y, size_t ys)
 {
-	gemm_float(tile_q4_K_tiles, q4_K_rows, NULL, w, row_size, nrows, x, n, nvec, y, ys);
+	gemm_float(tile_q4_K_tiles, q4_K_rows, w, row_size, nrows, x, n, nvec, y, ys);
 }

@@ -195,6 +195,10 @@ const struct spa_kernels_ops spa_kernels_ops_scalar = {
 		[SPA_TYPE_Q4_K] = spa_dequant_q4_K_scalar,
 		[SPA_TYPE_Q6_K] = spa_dequant_q6_K_scalar,
 	},
+	.gemm = {
+		[SPA_TYPE_F16] = spa_gemm_f16_scalar,
+		[SPA_TYPE_BF16] = spa_gemm_bf16_scalar,
+	},
 };
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -338,6 +342,8 @@ struct mm_job {
 	spa_dot_q8x_rows_fn dot_q8x_rows; /* optional, with dot_q8x */
 	spa_dot_q8x_packed_fn packed;     /* a packed matrix: its kernel, with xq */
 	spa_dot_q8x_rows8_fn dot_q8x_rows8; /* optional, with dot_q8x on file rows */
+	spa_gemm_fn gemm;                 /* optional (matmul), with dot */
+	spa_gemm_q8x_fn gemm_q8x;         /* optional (matmul), with dot_q8x or packed */
 	unsigned group;                   /* rows are taken in multiples of this */
 	const uint8_t *w;
 	size_t row_size;
@@ -347,7 +353,6 @@ struct mm_job {
 	const struct spa_block_q8x *xq; /* [n][cols / 32] */
 	float *y;                       /* [n][rows] */
 	uint32_t n;
-	uint32_t tile; /* rows per tile for the batch */
 	/* matvec (take_rows): every thread's share, or (more threads than SHARE_MAX_THREADS,
 	 * more rows than 32 bits) the first row no thread has taken */
 	bool shared;
@@ -512,32 +517,40 @@ static void matvec_worker(void *ctx, int ith, int nth)
 		rows_dot(j, 0, r0, r1, j->y);
 }
 
-/* A tile of rows (tile * row_size bytes, sized for L2) is read from memory once and reused
- * for every vector of the batch; each y element is still one dot call, as in matvec. */
+/* The rows of a batch are taken as a matrix-vector product's (take_rows), a chunk of about
+ * MM_CHUNK_BYTES of weights at a time: the chunk stays in L2 while every vector of the batch
+ * goes past it, in the variant's matrix kernel where it has one (each weight block read and
+ * unpacked once per register tile of vectors), else in its rows kernels vector by vector.
+ * Each y element has the single-row dot's bits either way, whichever thread computes it. */
+#define MM_CHUNK_BYTES (128u << 10)
+
 static void matmul_worker(void *ctx, int ith, int nth)
 {
-	const struct mm_job *j = ctx;
+	struct mm_job *j = ctx;
 	uint64_t r0, r1;
 
-	split_rows(j->rows, j->group, ith, nth, &r0, &r1);
-	for (uint64_t rt = r0; rt < r1; rt += j->tile) {
-		uint64_t re = rt + j->tile < r1 ? rt + j->tile : r1;
-		for (uint32_t b = 0; b < j->n; b++)
-			rows_dot(j, b, rt, re, j->y + (uint64_t)b * j->rows);
+	while (take_rows(j, ith, nth, &r0, &r1)) {
+		const uint8_t *w = j->w + r0 * j->row_size;
+		float *y = j->y + r0;
+		if (j->gemm_q8x)
+			j->gemm_q8x(w, j->row_size, r1 - r0, j->xq, j->cols, j->n, y, j->rows);
+		else if (j->gemm && !j->dot_q8x)
+			j->gemm(w, j->row_size, r1 - r0, j->x, j->cols, j->n, y, j->rows);
+		else
+			for (uint32_t b = 0; b < j->n; b++)
+				rows_dot(j, b, r0, r1, j->y + (uint64_t)b * j->rows);
 	}
 }
 
 static void mm_dispatch(struct spa_pool *pool, struct mm_job *j)
 {
+	shares_init(j, spa_pool_n_threads(pool));
 	if (j->n == 1 || j->rows == 0) {
-		shares_init(j, spa_pool_n_threads(pool));
 		spa_pool_run(pool, matvec_worker, j);
 		return;
 	}
-	/* 64 KiB of weights per tile: stays in L2 while the batch streams past it */
-	uint64_t tile = j->row_size ? (64u << 10) / j->row_size : 16;
-	tile = tile < 1 ? 1 : tile > 64 ? 64 : tile;
-	j->tile = (uint32_t)((tile + j->group - 1) / j->group * j->group);
+	const uint64_t c = j->row_size ? MM_CHUNK_BYTES / j->row_size : j->group;
+	j->chunk = c < j->group ? j->group : c / j->group * j->group;
 	spa_pool_run(pool, matmul_worker, j);
 }
 
@@ -549,6 +562,7 @@ static struct mm_job mm_job_of(const struct spa_kernels_ops *ops, const struct s
 	return (struct mm_job){
 		.dot = ops->dot[w->type],
 		.dot_rows = ops->dot_rows[w->type],
+		.gemm = ops->gemm[w->type],
 		.w = w->data,
 		.row_size = row_size,
 		.rows = w->rows,
@@ -574,6 +588,7 @@ static void set_xq(const struct spa_kernels_ops *ops, const struct spa_tensor *w
 {
 	j->dot_q8x = ops->dot_q8x[w->type];
 	j->dot_q8x_rows = ops->dot_q8x_rows[w->type];
+	j->gemm_q8x = w->packed ? ops->gemm_q8x_packed[w->type] : ops->gemm_q8x[w->type];
 	j->xq = xq;
 	if (ops->dot_q8x_rows8[w->type] && !w->packed) { /* chunks of whole 8-row calls */
 		j->dot_q8x_rows8 = ops->dot_q8x_rows8[w->type];

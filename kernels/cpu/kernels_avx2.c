@@ -270,6 +270,20 @@ const struct spa_kernels_ops spa_kernels_ops_avx2 = {
 	.dot_q8x_rows8 = {
 		[SPA_TYPE_Q4_0] = spa_dot_q4_0_q8x_rows8_avx2,
 	},
+	.gemm = {
+		[SPA_TYPE_F32] = spa_gemm_f32_avx2,
+		[SPA_TYPE_F16] = spa_gemm_f16_avx2,
+		[SPA_TYPE_BF16] = spa_gemm_bf16_avx2,
+		[SPA_TYPE_Q4_K] = spa_gemm_q4_K_avx2,
+	},
+	.gemm_q8x = {
+		[SPA_TYPE_Q8_0] = spa_gemm_q8_0_q8x_avx2,
+		[SPA_TYPE_Q4_0] = spa_gemm_q4_0_q8x_avx2,
+		[SPA_TYPE_Q6_K] = spa_gemm_q6_K_q8x_avx2,
+	},
+	.gemm_q8x_packed = {
+		[SPA_TYPE_Q4_0] = spa_gemm_q4_0_q8x_packed_avx2,
+	},
 	/* The quantized rows decode with the scalar ports of ggml's dequantize_row_*: only
 	 * embedding rows are dequantized (one per token), and the scalar code is bit-exact to
 	 * ggml by construction. */

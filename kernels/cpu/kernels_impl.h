@@ -8,7 +8,9 @@
  *
  * To add a weight format: write its dot and dequant_row (quant.c, and, if worth it,
  * quant_avx2.c), fill the slots of both tables and list it in spa_kernels_supports().
- * Everything else (matvec, matmul, threading) is type-independent. */
+ * Everything else (matvec, matmul, threading) is type-independent; a matrix kernel for
+ * batches (gemm*, gemm_avx2.c) is optional: without one, matmul runs the rows kernels
+ * vector by vector. */
 #ifndef SPA_KERNELS_IMPL_H
 #define SPA_KERNELS_IMPL_H
 
@@ -88,6 +90,20 @@ typedef double (*spa_exp_shift_fn)(float *x, float shift, uint32_t n);
 typedef void (*spa_dot_q8x_rows8_fn)(const void *w, size_t row_size,
 				     const struct spa_block_q8x *x, size_t n, float *y);
 
+/* Matrix kernels (spa_matmul): rows [0, nrows) of a matrix (row_size bytes apart) times nvec
+ * vectors, y[v * ys + r] = dot(row r, vector v), each with the bits of the slot's single-row
+ * dot (spa_dot_fn: x holds the vectors, n floats apart; spa_dot_q8x_fn: xq holds them
+ * quantized, n / 32 blocks apart). The kernel tiles rows and vectors in registers, so each
+ * weight block is read and unpacked once for several vectors; the caller gives it a block of
+ * rows that fits in L2, and every vector. For a packed matrix (spa_tensor_pack) w is the start
+ * of a group and nrows a multiple of SPA_PACK_ROWS. No allocation; thread-safe on disjoint
+ * y. */
+typedef void (*spa_gemm_fn)(const void *w, size_t row_size, size_t nrows, const float *x,
+			    size_t n, uint32_t nvec, float *y, size_t ys);
+typedef void (*spa_gemm_q8x_fn)(const void *w, size_t row_size, size_t nrows,
+				const struct spa_block_q8x *xq, size_t n, uint32_t nvec, float *y,
+				size_t ys);
+
 struct spa_kernels_ops {
 	const char *name;
 	spa_dot_fn dot[SPA_TYPE_COUNT];             /* NULL: type not supported */
@@ -104,6 +120,12 @@ struct spa_kernels_ops {
 	 * kernel. */
 	spa_dot_q8x_packed_fn dot_q8x_packed[SPA_TYPE_COUNT];
 	spa_dot_q8x_rows8_fn dot_q8x_rows8[SPA_TYPE_COUNT]; /* optional */
+	/* Optional matrix kernels (NULL: matmul runs the rows kernels vector by vector; the same
+	 * bits either way): gemm with dot, gemm_q8x with dot_q8x, gemm_q8x_packed on a packed
+	 * matrix. */
+	spa_gemm_fn gemm[SPA_TYPE_COUNT];
+	spa_gemm_q8x_fn gemm_q8x[SPA_TYPE_COUNT];
+	spa_gemm_q8x_fn gemm_q8x_packed[SPA_TYPE_COUNT];
 	spa_wsum_fn wsum;
 	spa_wsum_f16_fn wsum_f16;
 	spa_to_f16_fn to_f16;
@@ -148,6 +170,32 @@ void spa_wsum_f16_scalar(float *out, const float *a, const uint16_t *v, size_t s
 void spa_to_f16_scalar(uint16_t *dst, const float *src, size_t n);
 void spa_swiglu_scalar(float *out, const float *gate, const float *up, uint32_t n);
 double spa_exp_shift_scalar(float *x, float shift, uint32_t n);
+
+/* Matrix kernels (gemm.c: the scalar variant's; gemm_avx2.c). */
+void spa_gemm_f16_scalar(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
+			 uint32_t nvec, float *y, size_t ys);
+void spa_gemm_bf16_scalar(const void *w, size_t row_size, size_t nrows, const float *x,
+			  size_t n, uint32_t nvec, float *y, size_t ys);
+void spa_gemm_f32_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
+		       uint32_t nvec, float *y, size_t ys);
+void spa_gemm_f16_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
+		       uint32_t nvec, float *y, size_t ys);
+void spa_gemm_bf16_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
+			uint32_t nvec, float *y, size_t ys);
+void spa_gemm_q8_0_q8x_avx2(const void *w, size_t row_size, size_t nrows,
+			    const struct spa_block_q8x *x, size_t n, uint32_t nvec, float *y,
+			    size_t ys);
+void spa_gemm_q4_0_q8x_avx2(const void *w, size_t row_size, size_t nrows,
+			    const struct spa_block_q8x *x, size_t n, uint32_t nvec, float *y,
+			    size_t ys);
+void spa_gemm_q4_0_q8x_packed_avx2(const void *w, size_t row_size, size_t nrows,
+				   const struct spa_block_q8x *x, size_t n, uint32_t nvec,
+				   float *y, size_t ys);
+void spa_gemm_q6_K_q8x_avx2(const void *w, size_t row_size, size_t nrows,
+			    const struct spa_block_q8x *x, size_t n, uint32_t nvec, float *y,
+			    size_t ys);
+void spa_gemm_q4_K_avx2(const void *w, size_t row_size, size_t nrows, const float *x, size_t n,
+			uint32_t nvec, float *y, size_t ys);
 
 /* exp(x) as the kernels compute it, the same bits in every variant (the AVX2 one computes
  * these operations 8 lanes at a time; libm's expf differs between libraries and cannot be

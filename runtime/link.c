@@ -1,18 +1,19 @@
-/* The link layer: URIs, framing, fragmentation, reassembly and checks over a frame driver
- * (include/spa/drv/link.h; spec: docs/wire-protocol.md).
+/* The link layer: URIs, messages, fragmentation, reassembly and checks over a connection
+ * (runtime/conn.c, which runs the handshake and numbers, checks and injects faults into
+ * frames over a driver of include/spa/drv/link.h; spec: docs/wire-protocol.md).
  *
- * The layer is transport-neutral: a driver moves frames of at most max_frame bytes, and
- * everything the protocol promises (CRC, sequence, session, fragment rules, delay emulation)
- * is checked here, once, for every driver. Send gathers header + payload slice with an iovec,
- * so the link never copies a payload on send; receive copies each fragment's payload once,
- * from the driver's frame (ring memory for shm) into the caller's buffer.
+ * The layer is transport-neutral: everything the protocol promises about messages (sequence,
+ * fragment rules, delay emulation) is checked here, once, for every driver. Send hands each
+ * fragment to the connection, which gathers header and payload slice with an iovec or writes
+ * them straight into the driver's memory, so the link never copies a payload on send; receive
+ * copies each fragment's payload once, from the driver's frame (ring memory for shm) into the
+ * caller's buffer, checking it in the same pass.
  *
- * Stream drivers (shm, tcp) deliver frames in order, and the receiver requires exactly that.
- * Datagram drivers (udp, SPA_DRV_DATAGRAM) may lose, repeat and reorder frames: there the
+ * Stream transports (shm, tcp) deliver frames in order, and the receiver requires exactly that.
+ * Datagram transports (udp, SPA_DRV_DATAGRAM) may lose, repeat and reorder frames: there the
  * receiver places fragments wherever they belong (a bitmap of the fragments that arrived ahead
- * of the contiguous prefix), drops duplicates, and drops datagrams that are not frames at all.
- * The same tolerant receiver is used on any link whose fault injector is on (the seeded
- * injector below stands in for netem, which this kernel lacks). */
+ * of the contiguous prefix) and drops duplicates. The same tolerant receiver is used on any
+ * link whose fault injector is on. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,9 +21,9 @@
 #include <string.h>
 
 #include "spa/clock.h"
+#include "spa/conn.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
-#include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
 /* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu
@@ -33,16 +34,14 @@
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
 struct spa_link {
-	struct spa_link_base *base;
+	struct spa_conn *conn;
 	const struct spa_link_driver *drv;
 	struct spa_link_opts opts;
-	size_t max_payload;          /* per frame: drv->max_frame - header */
+	size_t max_payload;          /* per frame: the agreed frame limit less the header */
 
 	uint32_t tx_seq, rx_seq;     /* next sequence number each way */
-	uint32_t session;            /* learnt from HELLO_OK (sent or received); 0: not yet */
-	int datagram;                /* driver is SPA_DRV_DATAGRAM: malformed datagrams are noise */
-	int tolerant;                /* reassemble out of order, drop duplicates (datagram or
-					faults on) */
+	int tolerant;                /* reassemble out of order, drop duplicates (datagram
+					transport or faults on) */
 
 	/* reassembly of the message being received (survives a -ETIMEDOUT) */
 	int rx_active;
@@ -58,13 +57,6 @@ struct spa_link {
 	uint64_t *rx_bits;            /* tolerant: fragment index -> in place beyond rx_next */
 	size_t rx_nbits;
 
-	/* fault injection (opts.faults; off unless a probability is > 0) */
-	int faulty;
-	struct spa_rng rng;
-	uint8_t *scratch;             /* max_payload bytes: a corrupted copy of a payload */
-	uint64_t copied_tx_link;      /* payload bytes the injector copied */
-
-	int failed;                   /* sticky error (0: healthy) */
 	struct spa_link_stats stats;
 	char uri[256];
 	struct spa_errbuf err;
@@ -75,16 +67,21 @@ struct spa_listener {
 	const struct spa_link_driver *drv;
 	struct spa_link_opts opts;
 	char uri[256];
+	struct spa_link_stats stats; /* handshakes that failed */
+	struct spa_errbuf err;
 };
 
-static int faults_on(const struct spa_link_faults *f)
-{
-	return f->drop > 0 || f->dup > 0 || f->reorder > 0 || f->corrupt > 0;
-}
+static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 struct spa_link_base *spa_link_driver_base(struct spa_link *l)
 {
-	return l->base;
+	return spa_conn_base(l->conn);
+}
+
+struct spa_conn *spa_link_conn(struct spa_link *l)
+{
+	return l->conn;
 }
 
 /* ---- URIs ------------------------------------------------------------------------------ */
@@ -353,56 +350,55 @@ err:
 	return rc;
 }
 
-static int link_wrap(struct spa_link **out, struct spa_link_base *base,
-		     const struct spa_link_driver *drv, const struct spa_link_opts *o,
-		     const char *uri, struct spa_errbuf *err)
+static int link_new(struct spa_link **out, const struct spa_link_driver *drv,
+		    const struct spa_link_opts *o, const char *uri, struct spa_errbuf *err)
 {
 	struct spa_link *l = calloc(1, sizeof *l);
 	if (!l)
-		goto oom;
-	l->base = base;
+		return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 	l->drv = drv;
 	l->opts = *o;
-	size_t mf = drv->link_max_frame ? drv->link_max_frame(base) : drv->max_frame;
-	if (mf <= HDR || mf > drv->max_frame)
-		mf = drv->max_frame;
-	l->max_payload = mf - HDR;
-	l->datagram = !!(drv->flags & SPA_DRV_DATAGRAM);
-	l->faulty = faults_on(&o->faults);
-	l->tolerant = l->datagram || l->faulty;
-	if (l->tolerant) {
-		size_t min_frag = l->max_payload < MIN_FRAG ? l->max_payload : MIN_FRAG;
-		l->rx_nbits = o->max_msg / min_frag + 2;
-		l->rx_bits = calloc((l->rx_nbits + 63) / 64, sizeof *l->rx_bits);
-		if (!l->rx_bits)
-			goto oom;
-	}
-	if (l->faulty) {
-		spa_rng_seed(&l->rng, o->faults.seed);
-		l->scratch = malloc(l->max_payload ? l->max_payload : 1);
-		if (!l->scratch)
-			goto oom;
-	}
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
 	*out = l;
 	return 0;
-oom:
-	drv->close(base);
-	if (l) {
-		free(l->rx_bits);
-		free(l);
-	}
-	return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 }
 
-int spa_link_accept(struct spa_listener *l, struct spa_link **out, int64_t timeout_ns,
+/* After the handshake: the frame limit and, on a tolerant link, the reassembly bitmap. */
+static int link_ready(struct spa_link *l, struct spa_errbuf *err)
+{
+	l->max_payload = spa_conn_max_payload(l->conn);
+	l->tolerant = spa_conn_tolerant(l->conn);
+	if (l->tolerant) {
+		size_t min_frag = l->max_payload < MIN_FRAG ? l->max_payload : MIN_FRAG;
+		l->rx_nbits = l->opts.max_msg / min_frag + 2;
+		l->rx_bits = calloc((l->rx_nbits + 63) / 64, sizeof *l->rx_bits);
+		if (!l->rx_bits) {
+			spa_link_destroy(l);
+			return spa_err(err, -ENOMEM, "%s: out of memory", l->uri);
+		}
+	}
+	return 0;
+}
+
+int spa_link_accept(struct spa_listener *ls, struct spa_link **out, int64_t timeout_ns,
 		    struct spa_errbuf *err)
 {
-	struct spa_link_base *base;
-	int rc = l->drv->accept(l->base, &base, timeout_ns, err);
+	struct spa_link *l = NULL;
+	int rc = link_new(&l, ls->drv, &ls->opts, ls->uri, err);
 	if (rc)
 		return rc;
-	return link_wrap(out, base, l->drv, &l->opts, l->uri, err);
+	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
+				    .err = &l->err };
+	rc = spa_conn_accept(&l->conn, ls->drv, ls->base, &cfg, timeout_ns);
+	if (rc) {
+		spa_err(err, rc, "%s", l->err.msg);
+		free(l);
+		return rc;
+	}
+	if ((rc = link_ready(l, err)))
+		return rc;
+	*out = l;
+	return 0;
 }
 
 void spa_listener_destroy(struct spa_listener *l)
@@ -429,20 +425,29 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 		return rc;
 	if (drv->prepare && (rc = drv->prepare(&opts, err)))
 		return rc;
-	struct spa_link_base *base;
-	rc = drv->connect(&base, addr, timeout_ns, err);
-	if (rc)
+	struct spa_link *l = NULL;
+	if ((rc = link_new(&l, drv, &opts, uri, err)))
 		return rc;
-	return link_wrap(out, base, drv, &opts, uri, err);
+	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
+				    .err = &l->err };
+	rc = spa_conn_connect(&l->conn, drv, addr, &cfg, timeout_ns);
+	if (rc) {
+		spa_err(err, rc, "%s", l->err.msg);
+		free(l);
+		return rc;
+	}
+	if ((rc = link_ready(l, err)))
+		return rc;
+	*out = l;
+	return 0;
 }
 
 void spa_link_destroy(struct spa_link *l)
 {
 	if (!l)
 		return;
-	l->drv->close(l->base);
+	spa_conn_destroy(l->conn, 0);
 	free(l->rx_bits);
-	free(l->scratch);
 	free(l);
 }
 
@@ -450,7 +455,7 @@ const struct spa_link_stats *spa_link_stats(const struct spa_link *l)
 {
 	/* copied_tx: the injector's copies plus the driver's (read when asked, off the path) */
 	struct spa_link *m = (struct spa_link *)l;
-	m->stats.copied_tx = l->copied_tx_link + (l->drv->copied_tx ? l->drv->copied_tx(l->base) : 0);
+	m->stats.copied_tx = spa_conn_copied_tx(l->conn);
 	return &l->stats;
 }
 
@@ -469,10 +474,15 @@ const char *spa_link_scheme(const struct spa_link *l)
 	return l->drv->scheme;
 }
 
+uint64_t spa_link_conn_id(const struct spa_link *l)
+{
+	return spa_conn_id(l->conn);
+}
+
 /* ---- errors ---------------------------------------------------------------------------- */
 
-/* Record the first error: the link is unusable afterwards and every call returns it. */
-__attribute__((format(printf, 3, 4)))
+/* Record the first error: the link (its connection) is unusable afterwards and every call
+ * returns it. */
 static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
 {
 	va_list ap;
@@ -480,106 +490,21 @@ static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	/* Prefix the URI so the message says which link failed; a long cause is cut. */
-	size_t u = strnlen(l->uri, 100);
-	memcpy(l->err.msg, l->uri, u);
-	l->err.msg[u] = ':';
-	l->err.msg[u + 1] = ' ';
-	size_t room = sizeof l->err.msg - u - 3, k = strnlen(msg, room);
-	memcpy(l->err.msg + u + 2, msg, k);
-	l->err.msg[u + 2 + k] = 0;
-	l->failed = code;
-	return code;
-}
-
-static int drv_error(struct spa_link *l, int rc, const char *what)
-{
-	if (rc == -SPA_ECLOSED)
-		return link_fail(l, rc, "the peer closed the link or went away (%s)", what);
-	return link_fail(l, rc, "transport error while %s: %s", what, spa_strerror(rc));
-}
-
-/* ---- fault injection ------------------------------------------------------------------ */
-
-/* A frame the injector held back, sent after the next frame of the same message. */
-struct held {
-	int on;
-	uint8_t hb[HDR];
-	const uint8_t *p;
-	size_t n;
-};
-
-static int send2(struct spa_link *l, const uint8_t *hb, const uint8_t *p, size_t n)
-{
-	struct iovec iov[2] = { { (void *)hb, HDR }, { (void *)p, n } };
-	return l->drv->send_frame(l->base, iov, n ? 2 : 1);
-}
-
-/* Send one frame through the injector: one uniform draw per frame picks at most one fault,
- * drop, dup, reorder, corrupt, in that order of the probability ranges. A reordered frame is
- * held and sent right after the next frame of its message (the last frame of a message is
- * never held: the injector reorders fragments, not messages, see docs/wire-protocol.md). */
-static int fault_send(struct spa_link *l, struct held *hd, const uint8_t *hb, const uint8_t *p,
-		      size_t n, int last)
-{
-	const struct spa_link_faults *f = &l->opts.faults;
-	double u = (double)(spa_rng_next(&l->rng) >> 11) * 0x1p-53;
-	enum { NONE, DROP, DUP, REORDER, CORRUPT } fault =
-		u < f->drop ? DROP : (u -= f->drop) < f->dup ? DUP :
-		(u -= f->dup) < f->reorder ? REORDER : (u -= f->reorder) < f->corrupt ? CORRUPT : NONE;
-	if (fault == REORDER && (last || hd->on))
-		fault = NONE; /* nothing of this message comes after it to swap with */
-	int rc = 0;
-	if (fault == DROP) {
-		l->stats.faults_injected++;
-	} else if (fault == DUP) {
-		l->stats.faults_injected++;
-		rc = send2(l, hb, p, n);
-		if (!rc)
-			rc = send2(l, hb, p, n);
-	} else if (fault == REORDER) {
-		l->stats.faults_injected++;
-		hd->on = 1;
-		memcpy(hd->hb, hb, HDR);
-		hd->p = p;
-		hd->n = n;
-		return 0;
-	} else if (fault == CORRUPT) {
-		/* flip one payload bit in a copy (the caller's payload stays intact); an empty
-		 * payload gets a bit of its header's tx_ns flipped instead (covered by the CRC) */
-		uint64_t r = spa_rng_next(&l->rng);
-		l->stats.faults_injected++;
-		if (n) {
-			memcpy(l->scratch, p, n);
-			l->copied_tx_link += n;
-			l->scratch[(r >> 3) % n] ^= (uint8_t)(1u << (r & 7));
-			rc = send2(l, hb, l->scratch, n);
-		} else {
-			uint8_t hc[HDR];
-			memcpy(hc, hb, HDR);
-			hc[40 + (r & 7)] ^= (uint8_t)(1u << ((r >> 3) & 7));
-			rc = send2(l, hc, NULL, 0);
-		}
-	} else {
-		rc = send2(l, hb, p, n);
-	}
-	if (!rc && hd->on) {
-		hd->on = 0;
-		rc = send2(l, hd->hb, hd->p, hd->n);
-	}
-	return rc;
+	return spa_conn_fail(l->conn, code, "%s", msg);
 }
 
 /* ---- fast path ------------------------------------------------------------------------- */
 
 int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
 {
-	if (l->failed)
-		return l->failed;
-	if (m->type == 0 || m->type >= SPA_MSG_TYPE_END || m->dtype >= SPA_WIRE_DTYPE_END)
+	int rc = spa_conn_failed(l->conn);
+	if (rc)
+		return rc;
+	if (m->type == 0 || m->type >= SPA_MSG_TYPE_END || spa_wire_is_ctl(m->type) ||
+	    m->dtype >= SPA_WIRE_DTYPE_END)
 		return link_fail(l, -SPA_EUSAGE,
-				 "refusing to send a message of type %u, dtype %u: not defined by "
-				 "the protocol (a bug in the caller)",
+				 "refusing to send a message of type %u, dtype %u: not a message of "
+				 "the protocol's sessions (a bug in the caller)",
 				 m->type, m->dtype);
 	if (len > SPA_WIRE_MAX_MSG)
 		return link_fail(l, -SPA_ETOOBIG,
@@ -587,57 +512,27 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 				 spa_msg_type_name(m->type), len, SPA_WIRE_MAX_MSG);
 
 	struct spa_wire_hdr h = {
-		.magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION, .type = m->type,
-		.dtype = m->dtype, .flags = 0, .session = m->session, .seq = l->tx_seq,
-		.pos = m->pos, .layer = m->layer, .n_rows = m->n_rows, .msg_len = (uint32_t)len,
-		.aux = m->aux, .reserved = 0,
+		.type = m->type, .dtype = m->dtype, .seq = l->tx_seq, .pos = m->pos,
+		.layer = m->layer, .n_rows = m->n_rows, .msg_len = (uint32_t)len, .aux = m->aux,
 	};
-	uint8_t hb[HDR];
-	struct iovec iov[2];
-	struct held hd = { 0 };
 	size_t off = 0;
 	do {
 		size_t chunk = len - off < l->max_payload ? len - off : l->max_payload;
-		const uint8_t *p = (const uint8_t *)payload + off;
-		h.payload_len = (uint32_t)chunk;
 		h.frag_off = (uint32_t)off;
-		h.tx_ns = (uint64_t)spa_clock_ns();
-		h.crc = 0;
-		spa_wire_hdr_encode(&h, hb);
-		int rc;
-		if (likely(!l->faulty) && l->drv->send_frame_crc) {
-			/* the driver copies the frame and computes its CRC in that same pass */
-			rc = l->drv->send_frame_crc(l->base, hb, p, chunk);
-		} else {
-			h.crc = spa_wire_frame_crc(hb, p, chunk); /* hb's crc field is 0 */
-			spa_wire_hdr_set_crc(hb, h.crc);
-			if (likely(!l->faulty)) {
-				iov[0] = (struct iovec){ hb, HDR };
-				iov[1] = (struct iovec){ (void *)p, chunk };
-				rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
-			} else {
-				rc = fault_send(l, &hd, hb, p, chunk, off + chunk >= len);
-			}
-		}
+		rc = spa_conn_send(l->conn, &h, (const uint8_t *)payload + off, chunk);
 		if (rc)
-			return drv_error(l, rc, "sending");
+			return rc;
 		l->stats.frames_tx++;
 		l->stats.bytes_tx += HDR + chunk;
 		off += chunk;
 	} while (off < len);
 	l->stats.msgs_tx++;
 	l->tx_seq++;
-	/* The cloud names the session in its HELLO_OK; from then on the peer must use it. */
-	if (m->type == SPA_MSG_HELLO_OK && m->session && !l->session)
-		l->session = m->session;
 	return 0;
 }
 
 /* Refuse a frame: counts it, and fails the link. */
 #define BAD(code, ...) (l->stats.bad_frames++, link_fail(l, (code), __VA_ARGS__))
-/* A datagram that is not a well-formed frame: on a datagram link it is noise from the network
- * (dropped and counted: 0, "more frames due"); on a stream link the stream is broken. */
-#define MALFORMED(code, ...) (l->datagram ? (l->stats.bad_frames++, 0) : BAD(code, __VA_ARGS__))
 
 static inline int bit_get(const uint64_t *b, uint32_t i)
 {
@@ -741,65 +636,31 @@ static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
 	return 0;
 }
 
-/* rx_frame's refusals: a frame failing its CRC, and (stream links, whose CRC is checked
- * late) a header refusal that is reported as a CRC failure when the frame is corrupt. */
-#define CRC_FAIL(computed)                                                                     \
-	BAD(-SPA_ECRC,                                                                         \
-	    "%s frame (seq %u, bytes %u..%u of %u) failed its CRC32C check (0x%08x, computed "   \
-	    "0x%08x): the link corrupts data",                                                 \
-	    spa_msg_type_name(h.type), h.seq, h.frag_off, h.frag_off + h.payload_len,           \
-	    h.msg_len, h.crc, (computed))
+/* A frame the link refuses on its header: when it is damaged, that is what is reported (or,
+ * on a link that recovers lost frames, it is dropped); else the refusal. */
 #define BAD_HDR(code, ...)                                                                     \
-	(!l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc               \
-		 ? CRC_FAIL(crc)                                                               \
-		 : BAD(code, __VA_ARGS__))
+	((rc = spa_conn_check(l->conn, fr)) ? (rc < 0 ? rc : 0) : BAD(code, __VA_ARGS__))
 
 /* Check one frame and copy its payload into place. Returns 1 when the message is complete,
- * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
- * negative code (the link has failed). */
-static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf, size_t cap)
+ * 0 when more fragments are due (or the frame was dropped as a duplicate), or a negative code
+ * (the link has failed). */
+static int rx_frame(struct spa_link *l, struct spa_frame *fr, void *buf, size_t cap)
 {
-	struct spa_wire_hdr h;
-	struct spa_errbuf e;
-	if (flen < HDR)
-		return MALFORMED(-SPA_EPROTO,
-				 "truncated frame: %zu bytes, shorter than the %d-byte header", flen,
-				 HDR);
-	int rc = spa_wire_hdr_decode(f, &h, l->max_payload, &e);
-	if (rc)
-		return MALFORMED(rc, "%s", e.msg);
-	if (flen != HDR + (size_t)h.payload_len)
-		return MALFORMED(-SPA_EPROTO,
-				 "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
-				 spa_msg_type_name(h.type), flen, HDR, h.payload_len);
-	/* The CRC covers header and payload. Datagram (tolerant) links check it first, as
-	 * before anything is trusted. Stream links check it while the payload is copied into
-	 * place (spa_crc32c_copy: one pass over the frame instead of two), and a frame refused
-	 * on its header checks before that is first checked against its CRC, so a corrupted
-	 * frame is reported as such (ECRC) either way. A frame failing its CRC is never
-	 * delivered: the link fails. */
-	uint32_t hcrc = spa_wire_hdr_crc(f), crc;
-	if (l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc)
-		return CRC_FAIL(crc);
-	if (l->tolerant && h.seq != l->rx_seq) {
-		if ((int32_t)(h.seq - l->rx_seq) < 0) {
-			l->stats.dup_frames++; /* of a message already delivered */
-			return 0;
+	const struct spa_wire_hdr h = fr->h;
+	int rc;
+	if (l->tolerant) {
+		/* Frames in any order: checked before anything is trusted. */
+		if ((rc = spa_conn_check(l->conn, fr)))
+			return rc < 0 ? rc : 0;
+		if (h.seq != l->rx_seq) {
+			if ((int32_t)(h.seq - l->rx_seq) < 0) {
+				l->stats.dup_frames++; /* of a message already delivered */
+				return 0;
+			}
+			if (l->rx_active)
+				return lost_fragment(l, &h);
+			/* falls through to the sequence check below: a whole message was lost */
 		}
-		if (l->rx_active)
-			return lost_fragment(l, &h);
-		/* falls through to the sequence check below: a whole message was lost */
-	}
-	if (l->session) {
-		if (h.session != l->session)
-			return BAD_HDR(-SPA_EPROTO, "%s frame for session %u on session %u",
-				   spa_msg_type_name(h.type), h.session, l->session);
-	} else if (h.session && h.type != SPA_MSG_HELLO_OK && h.type != SPA_MSG_ERROR) {
-		/* Before HELLO_OK only the cloud's answers to HELLO may name a session: the
-		 * HELLO_OK that sets it, or the ERROR that refuses it. */
-		return BAD_HDR(-SPA_EPROTO,
-			   "%s frame names session %u before the cloud's HELLO_OK set one",
-			   spa_msg_type_name(h.type), h.session);
 	}
 	if (h.seq != l->rx_seq)
 		return BAD_HDR(-SPA_EPROTO,
@@ -834,10 +695,10 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		const struct spa_wire_hdr *a = &l->rx_first;
 		if (h.msg_len != a->msg_len || h.type != a->type || h.dtype != a->dtype ||
 		    h.pos != a->pos || h.layer != a->layer || h.n_rows != a->n_rows ||
-		    h.aux != a->aux || h.session != a->session)
+		    h.aux != a->aux)
 			return BAD_HDR(-SPA_EPROTO,
 				   "fragment of %s message seq %u disagrees with the first one "
-				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux/session differ)",
+				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux differ)",
 				   spa_msg_type_name(a->type), h.seq, spa_msg_type_name(h.type),
 				   h.msg_len, a->msg_len);
 	}
@@ -863,17 +724,11 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 		if (rc)
 			return rc < 0 ? rc : 0;
 	}
-	if (l->tolerant) {
-		memcpy((uint8_t *)l->rx_buf + h.frag_off, f + HDR, h.payload_len);
-	} else {
-		crc = spa_crc32c_copy(hcrc, (uint8_t *)l->rx_buf + h.frag_off, f + HDR,
-				      h.payload_len);
-		if (crc != h.crc)
-			return CRC_FAIL(crc);
-	}
+	if ((rc = spa_conn_take(l->conn, fr, (uint8_t *)l->rx_buf + h.frag_off)))
+		return rc < 0 ? rc : 0;
 	l->stats.copied_rx += h.payload_len;
 	l->stats.frames_rx++;
-	l->stats.bytes_rx += flen;
+	l->stats.bytes_rx += HDR + h.payload_len;
 	l->rx_got += h.payload_len;
 	if (h.tx_ns > l->rx_last_tx_ns)
 		l->rx_last_tx_ns = h.tx_ns;
@@ -881,36 +736,33 @@ static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf
 }
 
 #undef BAD_HDR
-#undef CRC_FAIL
 
 int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		  int64_t timeout_ns)
 {
-	if (l->failed)
-		return l->failed;
+	int rc = spa_conn_failed(l->conn);
+	if (rc)
+		return rc;
 	if (l->rx_active && (buf != l->rx_buf || cap < l->rx_first.msg_len))
 		return link_fail(l, -SPA_EUSAGE,
 				 "receive resumed with another buffer after a timeout in the middle "
 				 "of a fragmented message: pass the same buffer again");
 	/* A first try with a deadline already past (0) reads no clock: a frame that is there
 	 * (or comes within the driver's first spins) needs none. Only then is the real
-	 * deadline computed (one clock read, ~30 ns here, off the common path). Datagram
-	 * (kernel socket) links compute it at once: there a failed try costs a system call. */
-	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_clock_ns() + timeout_ns : 0;
+	 * deadline computed (one clock read, ~30 ns here, off the common path). Tolerant
+	 * (kernel datagram) links compute it at once: there a failed try costs a system call. */
+	int64_t deadline = timeout_ns < 0 ? -1 : l->tolerant ? spa_clock_ns() + timeout_ns : 0;
 	for (;;) {
-		const uint8_t *f;
-		size_t flen;
-		int rc = l->drv->recv_frame(l->base, &f, &flen, deadline);
+		struct spa_frame fr;
+		rc = spa_conn_recv(l->conn, &fr, deadline);
 		if (rc == -ETIMEDOUT && deadline == 0 && timeout_ns > 0) {
 			deadline = spa_clock_ns() + timeout_ns;
 			continue;
 		}
-		if (rc == -ETIMEDOUT)
-			return rc; /* partial reassembly state is kept for the next call */
 		if (rc)
-			return drv_error(l, rc, "receiving");
-		rc = rx_frame(l, f, flen, buf, cap);
-		l->drv->release_frame(l->base);
+			return rc; /* -ETIMEDOUT: partial reassembly state is kept for the next call */
+		rc = rx_frame(l, &fr, buf, cap);
+		spa_conn_release(l->conn, &fr);
 		if (rc < 0)
 			return rc;
 		if (rc == 1)
@@ -926,11 +778,8 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		while (spa_clock_ns() < due)
 			__builtin_ia32_pause();
 	}
-	if (h->type == SPA_MSG_HELLO_OK && !l->session)
-		l->session = h->session;
 	m->type = h->type;
 	m->dtype = h->dtype;
-	m->session = h->session;
 	m->seq = h->seq;
 	m->pos = h->pos;
 	m->layer = h->layer;

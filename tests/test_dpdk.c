@@ -3,7 +3,7 @@
  * random sizes and of exact multiples of the frame payload and one byte over, with the bytes
  * compared and no payload byte copied on send; foreign, truncated and garbage frames put on the
  * port are dropped and counted without disturbing the session; sessions follow one another on
- * one port, and a vanished peer gives -SPA_ECLOSED; af_packet and af_xdp over a veth pair in two
+ * one port, two connections share one at once, and a vanished peer gives -SPA_ECLOSED; af_packet and af_xdp over a veth pair in two
  * network namespaces the test makes; split equals local over memif for every method; and
  * peers killed with SIGKILL mid-generation (edges, then clouds) never crash or hang the
  * survivor, which reports the error, and the next session's tokens equal spa-run's.
@@ -123,7 +123,7 @@ static int echo_serve(const char *uri, int sessions, int die_after)
 				break;
 			if (die_after && ++n == die_after)
 				_exit(0); /* the process vanishes: no BYE, no close */
-			if (m.type == SPA_MSG_HEARTBEAT && m.aux == AUX_STATS) {
+			if (m.type == SPA_MSG_HELLO && m.aux == AUX_STATS) {
 				struct spa_dpdk_stats st;
 				spa_dpdk_link_stats(spa_link_driver_base(l), &st);
 				rc = spa_link_send(l, &m, &st, sizeof st);
@@ -181,7 +181,7 @@ static void round_trip(struct spa_link *l, uint8_t *tx, uint8_t *rx, size_t len,
 
 static struct spa_dpdk_stats peer_stats(struct spa_link *l)
 {
-	struct spa_msg m = {.type = SPA_MSG_HEARTBEAT, .aux = AUX_STATS};
+	struct spa_msg m = {.type = SPA_MSG_HELLO, .aux = AUX_STATS};
 	cr_assert_eq(spa_link_send(l, &m, NULL, 0), 0);
 	struct spa_dpdk_stats st;
 	struct spa_msg r;
@@ -288,34 +288,38 @@ Test(dpdk, foreign_truncated_and_garbage_frames_are_dropped_and_counted)
 	round_trip(l, tx, rx, 1000, 1);
 	struct spa_dpdk_stats before = peer_stats(l);
 
-	uint8_t enc[128], f[2048], junk[600];
+	uint8_t enc[128], f[2048], junk[600], spa[SPA_WIRE_HDR_SIZE];
 	int hl = spa_dpdk_link_encap(base, enc, sizeof enc);
-	cr_assert_gt(hl, 14);
+	cr_assert_gt(hl, 13);
 	fill(junk, sizeof junk, 99);
-	/* a valid link-layer frame of the right size, to wrap in wrong envelopes */
+	/* the start of an spa header of this wire version, for another connection */
+	memset(spa, 0, sizeof spa);
+	struct spa_wire_hdr sh = {.magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION,
+				  .type = SPA_MSG_TAPS, .conn = spa_link_conn_id(l) ^ 0x5a5a,
+				  .payload_len = 100, .msg_len = 100};
+	spa_wire_hdr_encode(&sh, spa);
 	size_t n;
 	/* 1. another EtherType (IPv6) */
 	memcpy(f, enc, (size_t)hl);
 	f[12] = 0x86, f[13] = 0xdd;
 	n = frame(f, f, (size_t)hl, junk, 200);
 	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
-	/* 2. truncated: Ethernet header and half a shim */
-	n = frame(f, enc, 18, NULL, 0);
+	/* 2. truncated: Ethernet header and the first 6 bytes of an spa header */
+	n = frame(f, enc, (size_t)hl, spa, 6);
 	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
 	/* 3. shorter than an Ethernet header */
 	cr_assert_eq(spa_dpdk_send_raw(base, junk, 9), 0);
-	/* 4. garbage after our EtherType (bad shim magic) */
-	n = frame(f, enc, 14, junk, 300);
+	/* 4. garbage after our EtherType (no spa magic) */
+	n = frame(f, enc, (size_t)hl, junk, 300);
 	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
-	/* 5. ours, but for another session */
-	memcpy(f, enc, (size_t)hl);
-	f[hl - 1] ^= 0x5a;
-	n = frame(f, f, (size_t)hl, junk, 120);
-	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
+	/* 5. ours, but for another connection */
+	n = frame(f, enc, (size_t)hl, spa, sizeof spa);
+	memcpy(f + n, junk, 100);
+	cr_assert_eq(spa_dpdk_send_raw(base, f, n + 100), 0);
 	/* 6. ours, but to another MAC */
 	memcpy(f, enc, (size_t)hl);
 	f[0] = 0x02, f[5] ^= 0x11;
-	n = frame(f, f, (size_t)hl, junk, 120);
+	n = frame(f, f, (size_t)hl, spa, sizeof spa);
 	cr_assert_eq(spa_dpdk_send_raw(base, f, n), 0);
 	/* 7. pure garbage */
 	cr_assert_eq(spa_dpdk_send_raw(base, junk, sizeof junk), 0);
@@ -355,10 +359,95 @@ Test(dpdk, sessions_follow_one_another_on_one_port)
 		say_bye(l);
 		spa_link_destroy(l);
 	}
-	/* ...closes without a BYE message: the driver's BYE ends the cloud's session. */
+	/* ...closes without a BYE message: the connection's CLOSE ends the cloud's session. */
 	struct spa_link *l = edge_connect(uri);
 	round_trip(l, tx, rx, 4096, 77);
 	spa_link_destroy(l);
+	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed");
+	free(tx);
+	free(rx);
+}
+
+/* Two connections at once over one memif pair (one port each side), interleaved: each gets its
+ * own echoes; the cloud side's listener serves both at once. */
+static int echo_two(const char *uri)
+{
+	struct spa_errbuf err = {{0}};
+	struct spa_listener *L;
+	if (spa_link_listen(&L, uri, NULL, &err)) {
+		fprintf(stderr, "cloud: %s\n", err.msg);
+		return 10;
+	}
+	struct spa_link *l[2];
+	for (int k = 0; k < 2; k++)
+		if (spa_link_accept(L, &l[k], TMO, &err)) {
+			fprintf(stderr, "cloud: accept: %s\n", err.msg);
+			return 11;
+		}
+	/* a buffer per link: a receive that times out mid-message goes on in the same one */
+	uint8_t *bufs[2] = {malloc(CAP), malloc(CAP)};
+	int open = 3;
+	while (open) {
+		for (int k = 0; k < 2; k++) {
+			if (!(open & (1 << k)))
+				continue;
+			struct spa_msg m;
+			uint8_t *buf = bufs[k];
+			int rc = spa_link_recv(l[k], &m, buf, CAP, 1000000);
+			if (rc == -ETIMEDOUT)
+				continue;
+			if (rc || m.type == SPA_MSG_BYE) {
+				if (rc)
+					fprintf(stderr, "cloud: recv: %s\n", spa_link_error(l[k]));
+				open &= ~(1 << k);
+				continue;
+			}
+			m.aux = (uint32_t)spa_link_conn_id(l[k]);
+			if (spa_link_send(l[k], &m, buf, m.len))
+				return 13;
+		}
+	}
+	for (int k = 0; k < 2; k++) {
+		spa_link_destroy(l[k]);
+		free(bufs[k]);
+	}
+	spa_listener_destroy(L);
+	return 0;
+}
+
+Test(dpdk, two_connections_at_once_over_one_memif_pair)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	pid_t kid = fork_kid();
+	if (kid == 0)
+		_exit(echo_two(uri));
+	uint8_t *tx = malloc(CAP), *rx = malloc(CAP);
+	struct spa_link *l[2] = {edge_connect(uri), edge_connect(uri)};
+	cr_assert_neq(spa_link_conn_id(l[0]), spa_link_conn_id(l[1]));
+	for (int i = 0; i < 12; i++) {
+		size_t n[2] = {100 + 3000 * (size_t)i, 9000 - 500 * (size_t)i};
+		for (int k = 0; k < 2; k++) {
+			fill(tx, n[k], (uint64_t)(i * 2 + k));
+			struct spa_msg m = {.type = SPA_MSG_TAPS, .pos = (uint32_t)(i * 2 + k)};
+			cr_assert_eq(spa_link_send(l[k], &m, tx, n[k]), 0, "%s",
+				     spa_link_error(l[k]));
+		}
+		for (int k = 1; k >= 0; k--) {
+			struct spa_msg r;
+			cr_assert_eq(spa_link_recv(l[k], &r, rx, CAP, TMO), 0, "%s",
+				     spa_link_error(l[k]));
+			fill(tx, n[k], (uint64_t)(i * 2 + k));
+			cr_assert_eq(r.aux, (uint32_t)spa_link_conn_id(l[k]), "another's reply");
+			cr_assert_eq(r.pos, (uint32_t)(i * 2 + k));
+			cr_assert_eq(r.len, n[k]);
+			cr_assert(!memcmp(tx, rx, n[k]), "connection %d, message %d differs", k, i);
+		}
+	}
+	for (int k = 0; k < 2; k++) {
+		say_bye(l[k]);
+		spa_link_destroy(l[k]);
+	}
 	cr_assert_eq(wait_kid(kid, 20), 0, "the cloud side failed");
 	free(tx);
 	free(rx);

@@ -1,11 +1,13 @@
-/* tcp: a link over one kernel TCP connection ("tcp://HOST:PORT"), the baseline and fallback.
+/* tcp: links over kernel TCP connections ("tcp://HOST:PORT"), the baseline and fallback. The
+ * listener accepts any number of connections, one TCP connection each.
  *
- * Frames follow each other on the byte stream with nothing in between: the 56-byte header says
- * how many payload bytes follow (payload_len), so the receiver reads the header exactly, decodes
- * it with spa_wire_hdr_decode to learn payload_len, then reads exactly that much into a
- * per-link buffer of MAX_FRAME bytes, which recv_frame hands out. A header that does not decode
- * means the stream has lost its framing: the driver hands those 56 bytes up as a (short) frame
- * so that the link layer reports precisely what is wrong, and refuses everything after.
+ * Frames follow each other on the byte stream with nothing in between: the receiver reads the
+ * 64-byte header exactly, decodes it with spa_wire_hdr_decode to learn the frame's size
+ * (spa_wire_frame_size: payload_len, and the tag of a sealed frame), then reads exactly that
+ * much into a per-link buffer of MAX_FRAME bytes, which recv_frame hands out. A header that
+ * does not decode means the stream has lost its framing: the driver hands those 64 bytes up as
+ * a (short) frame so that the link layer reports precisely what is wrong, and refuses
+ * everything after.
  *
  * The socket is non-blocking. Receive spins on recv(MSG_DONTWAIT) for up to SPIN_NS without
  * data, then sleeps in ppoll until data or the deadline, keeping a partly read frame for the
@@ -84,6 +86,7 @@ static int link_make(struct spa_link_base **out, int fd)
 		return -ENOMEM;
 	}
 	l->base.drv = &spa_drv_tcp;
+	l->base.local = spa_sock_fd_local(fd, 1);
 	l->fd = fd;
 	l->need = HDR;
 	*out = &l->base;
@@ -188,13 +191,14 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 		}
 		if (l->need == HDR) {
 			struct spa_wire_hdr h;
-			if (spa_wire_hdr_decode(l->buf + l->start, &h, MAX_FRAME - HDR, NULL)) {
+			if (spa_wire_hdr_decode(l->buf + l->start, &h, MAX_FRAME - HDR, NULL) ||
+			    spa_wire_frame_size(&h) > MAX_FRAME) {
 				/* Lost framing: let the link layer decode and report it. */
 				l->broken = 1;
 				l->handed = 1;
 				break;
 			}
-			l->need = HDR + h.payload_len;
+			l->need = spa_wire_frame_size(&h);
 			if (l->have < l->need)
 				continue;
 		}
@@ -252,6 +256,7 @@ static int tcp_listen(struct spa_listener_base **out, const char *addr, struct s
 		return spa_err(err, -ENOMEM, "tcp://%s: out of memory", addr);
 	}
 	l->base.drv = &spa_drv_tcp;
+	l->base.local = spa_sock_fd_local(fd, 0);
 	l->fd = fd;
 	snprintf(l->addr, sizeof l->addr, "%s", addr);
 	*out = &l->base;

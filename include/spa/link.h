@@ -56,7 +56,7 @@ struct spa_link_stats {
 /* One received message. payload points into the caller's buffer. */
 struct spa_msg {
 	uint8_t type, dtype;
-	uint32_t session, seq, pos;
+	uint32_t seq, pos;
 	uint16_t layer, n_rows;
 	uint32_t aux;
 	uint64_t tx_ns;
@@ -77,8 +77,9 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 /* Close (the peer sees -SPA_ECLOSED on its next receive) and free. NULL: nothing. */
 void spa_link_destroy(struct spa_link *l);
 
-/* Send a message: hdr fields type, dtype, session, pos, layer, n_rows, aux are taken from m
- * (m->len and m->payload ignored); seq and tx_ns are filled by the link. Blocks only while the
+/* Send a message: hdr fields type, dtype, pos, layer, n_rows, aux are taken from m (m->len and
+ * m->payload ignored); seq and tx_ns are filled by the link. type is a session's message (not
+ * a connection-layer control frame: -SPA_EUSAGE). Blocks only while the
  * peer's ring is full or the socket buffer is. Returns 0 or a negative code. */
 int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len);
 /* Receive the next message into buf[cap] (reassembling fragments). Waits up to timeout_ns
@@ -95,5 +96,8 @@ const char *spa_link_scheme(const struct spa_link *l);
 /* Payload bytes one frame of this link carries (its frame limit less the 56-byte header): a
  * message of n bytes travels as max(1, ceil(n / this)) frames. Thread-safe, constant. */
 size_t spa_link_max_payload(const struct spa_link *l);
+/* The link's connection id: random, 64 bits, chosen by the connecting side at the handshake
+ * (docs/wire-protocol.md). Thread-safe, constant. */
+uint64_t spa_link_conn_id(const struct spa_link *l);
 
 #endif

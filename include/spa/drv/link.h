@@ -16,12 +16,16 @@
 
 struct spa_link_driver;
 
-/* Every driver's link and listener begin with these (the driver's own state follows). */
+/* Every driver's link and listener begin with these (the driver's own state follows). local:
+ * set by the driver when the peers it reaches share this host (shm, memif, loopback
+ * addresses): there a link may run unauthenticated (docs/wire-protocol.md, "Keys"). */
 struct spa_link_base {
 	const struct spa_link_driver *drv;
+	int local;
 };
 struct spa_listener_base {
 	const struct spa_link_driver *drv;
+	int local;
 };
 
 /* spa_link_driver.flags */
@@ -71,15 +75,17 @@ struct spa_link_driver {
 	/* Payload bytes the driver copied on send on this link so far (link.c adds them to
 	 * spa_link_stats.copied_tx; 0 on a zero-copy path). Cheap; any thread of the link. */
 	uint64_t (*copied_tx)(struct spa_link_base *l);
-	/* Send one frame made of hdr (SPA_WIRE_HDR_SIZE bytes, its crc field zero) and len
-	 * payload bytes (total <= max_frame), writing the frame's CRC32C (docs/wire-protocol.md)
-	 * into the crc field of the copy the driver sends. For drivers that copy every frame
-	 * anyway (shm: into its ring): the CRC is computed in that copy's pass
-	 * (spa_crc32c_copy), the link layer making none of its own. link.c uses it instead of
-	 * send_frame when set (and no fault is being injected). Hot path; returns as
-	 * send_frame. */
-	int (*send_frame_crc)(struct spa_link_base *l, const uint8_t *hdr, const void *payload,
-			      size_t len);
+	/* Write a frame straight into the driver's memory, for drivers that copy every frame
+	 * anyway (shm: into its ring): frame_reserve gives room for len bytes (<= max_frame)
+	 * at *out, frame_commit sends what was written there. The connection layer then
+	 * computes the CRC in the copy's pass (spa_crc32c_copy) instead of a pass of its own.
+	 * Nothing else is sent on the link between the two. Hot path; return as send_frame. */
+	int (*frame_reserve)(struct spa_link_base *l, size_t len, uint8_t **out);
+	int (*frame_commit)(struct spa_link_base *l);
+	/* The connection id l carries, once the connection layer knows it (the connecting
+	 * side: before its CONNECT; the accepting side: from the CONNECT). For drivers that
+	 * sort the frames of several links on one port by id (dpdk). Not on the hot path. */
+	void (*bind_conn)(struct spa_link_base *l, uint64_t conn);
 };
 
 extern const struct spa_link_driver spa_drv_shm;

@@ -1,0 +1,99 @@
+/* spa: the connection layer (runtime/conn.c), between the link (runtime/link.c: messages) and
+ * the transport drivers (drivers/: frames). Spec: docs/wire-protocol.md, "Connections".
+ *
+ * One handshake for every driver: the connecting side picks a random 64-bit connection id and
+ * sends CONNECT; the listener answers ACCEPT (or CLOSE, refusing it with a reason). Both then
+ * number their frames per direction (pkt), check the connection id of every frame they
+ * receive, and close with CLOSE. Control frames (CONNECT, ACCEPT, ACK, HEARTBEAT, CLOSE) are
+ * handled here and never reach the link. The seeded fault injector sits here too, on the
+ * frames handed to the driver.
+ *
+ * A connection is used by one thread at a time. Send and receive are on the hot path: no
+ * allocation, no logging, no locks; a fault ends the connection with a negative code and a
+ * message (the caller's errbuf, given at creation). */
+#ifndef SPA_CONN_H
+#define SPA_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "drv/link.h"
+#include "error.h"
+#include "link.h"
+#include "wire.h"
+
+struct spa_conn;
+
+/* What the link hands down at creation. Borrowed: they must outlive the connection. */
+struct spa_conn_cfg {
+	const struct spa_link_opts *opts; /* faults, max_msg */
+	const char *uri;                  /* names the link in messages */
+	struct spa_link_stats *stats;     /* counters the connection adds to */
+	struct spa_errbuf *err;           /* its messages */
+};
+
+/* A data frame handed up by spa_conn_recv, valid until spa_conn_release. */
+struct spa_frame {
+	struct spa_wire_hdr h;  /* decoded and checked (decode, connection id, order) */
+	const uint8_t *raw;     /* the frame as received: header, then payload */
+	int verified;           /* its CRC was checked (spa_conn_check) */
+};
+
+/* Edge: make the transport connection (drv->connect on addr) and run the handshake, waiting up
+ * to timeout_ns (< 0: forever) for the listener. Returns 0, -ETIMEDOUT, -SPA_EPEER (refused:
+ * the listener's reason in err), or another negative code; err filled. Not on the hot path. */
+int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, const char *addr,
+		     const struct spa_conn_cfg *cfg, int64_t timeout_ns);
+/* Cloud: wait up to timeout_ns for a transport connection on l (drv->accept) whose handshake
+ * succeeds; a connecting side that fails its handshake is answered with CLOSE and the wait
+ * goes on. Returns 0, -ETIMEDOUT or a negative code with cfg->err filled. */
+int spa_conn_accept(struct spa_conn **out, const struct spa_link_driver *drv,
+		    struct spa_listener_base *l, const struct spa_conn_cfg *cfg,
+		    int64_t timeout_ns);
+/* Send CLOSE (aux = code, positive or 0) when the connection is healthy, close the transport
+ * and free. NULL: nothing. */
+void spa_conn_destroy(struct spa_conn *c, int code);
+
+/* Send one data frame: h's type, dtype, seq, pos, layer, n_rows, payload_len (= len),
+ * frag_off, msg_len and aux as given; conn, pkt, ack, flags, crc and tx_ns are filled here
+ * (and h updated). payload must stay valid until the call returns. Returns 0 or a negative
+ * code (the connection has failed). Hot path. */
+int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payload, size_t len);
+/* The next data frame until deadline_ns (CLOCK_MONOTONIC; < 0: forever; 0: only what is
+ * there). Control frames are handled on the way. Its payload is checked (CRC) by
+ * spa_conn_take or spa_conn_check. Returns 0, -ETIMEDOUT, or a negative code (failed). */
+int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns);
+/* Copy f's payload to dst, checking its CRC in the same pass (unless spa_conn_check did). Returns 0, or 1 when the frame
+ * failed its check and was dropped (counted; receive the next one), or a negative code (the
+ * connection failed: on a link that cannot lose frames, a damaged one ends it). */
+int spa_conn_take(struct spa_conn *c, struct spa_frame *f, void *dst);
+/* Check f without copying it (a frame the link refuses on its header: was it damaged?).
+ * Returns 0 (intact), 1 (damaged and dropped) or a negative code, as spa_conn_take. */
+int spa_conn_check(struct spa_conn *c, struct spa_frame *f);
+/* Done with f (the driver may reuse its memory). */
+void spa_conn_release(struct spa_conn *c, struct spa_frame *f);
+
+/* Mark the connection failed with code and a message (the first error stays). Returns code. */
+int spa_conn_fail(struct spa_conn *c, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* The sticky error code (0 while healthy). Hot path. */
+int spa_conn_failed(const struct spa_conn *c);
+
+/* Facts about an established connection. Thread-safe, constant after the handshake. */
+uint64_t spa_conn_id(const struct spa_conn *c);
+/* Payload bytes one frame carries (the agreed frame limit less header and tag). */
+size_t spa_conn_max_payload(const struct spa_conn *c);
+/* Does the connection take frames in any order (datagram transport, or faults on)? */
+int spa_conn_tolerant(const struct spa_conn *c);
+/* The connection under a link (runtime/link.c), for tests and tools. */
+struct spa_conn *spa_link_conn(struct spa_link *l);
+/* The driver-level link under it (tests: raw frames). */
+struct spa_link_base *spa_conn_base(struct spa_conn *c);
+/* Take the next data frame number as if a frame had been sent (tests that put raw frames on
+ * the wire through the driver). */
+uint64_t spa_conn_next_pkt(struct spa_conn *c);
+/* Payload bytes copied on send so far (the injector's and the driver's). */
+uint64_t spa_conn_copied_tx(const struct spa_conn *c);
+
+#endif

@@ -1,14 +1,27 @@
-/* The connection layer: one handshake, connection ids, frame numbers and control frames for
- * every driver (include/spa/conn.h; spec: docs/wire-protocol.md, "Connections").
+/* The connection layer: one handshake, connection ids, keys, frame numbers, sealing and control
+ * frames for every driver (include/spa/conn.h; spec: docs/wire-protocol.md, "Connections" and
+ * "Keys").
  *
  * Handshake. The connecting side draws a random 64-bit connection id (getrandom) and sends
- * CONNECT, repeated with a growing interval until ACCEPT or CLOSE comes back or its time is
- * up (a datagram may be lost; on a stream a repeat is harmless). The listener's accept takes a
+ * CONNECT, repeated with a growing interval until ACCEPT or CLOSE comes back or its time is up
+ * (a datagram may be lost; on a stream a repeat is harmless). The listener's accept takes a
  * transport connection from its driver, waits a bounded time for its CONNECT, checks it and
  * answers ACCEPT, or CLOSE with the reason (the connecting side reports it). A repeated
  * CONNECT that reaches an accepted connection is answered with the same ACCEPT again. Both
- * sides' parameters (frame limit, receive window) travel in the two messages; each side then
- * uses the smaller frame limit.
+ * sides' parameters (frame limit, receive window, AEAD suites) travel in the two messages;
+ * each side then uses the smaller frame limit.
+ *
+ * Keys. With static keys on both sides, CONNECT and ACCEPT carry the two messages of a Noise
+ * IK handshake (runtime/noise.c) whose payloads are the parameters: the listener learns and
+ * checks the edge's key, the edge is sure of the listener's, and each direction gets a fresh
+ * key. Every later frame, data or control, is then sealed: its payload encrypted and a tag
+ * appended over header (associated data) and payload, with AEGIS-128L (32-byte tag; when the
+ * libsodium of the build has it), AES-256-GCM or ChaCha20-Poly1305 (16-byte tags), all of
+ * libsodium. The nonce is the frame's 64-bit number in its count (data or
+ * control), so it is never repeated under a key. A frame that does not verify is dropped and
+ * counted (auth_failed), never delivered; on a stream transport, where it cannot come again, it
+ * ends the connection. Without keys a connection is allowed only where the peer is on this
+ * host (the driver says so: shm, memif, loopback addresses), or with insecure.
  *
  * Frames. Data frames are numbered per direction from 0 (pkt), control frames apart (their own
  * counter, the handshake's being 0). A stream transport (shm, tcp) delivers frames in order,
@@ -18,65 +31,95 @@
  * somebody else's frame and is dropped. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "spa/clock.h"
 #include "spa/conn.h"
+#include "spa/noise.h"
 #include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
-#define PARAMS_SIZE 24u
+#define PARAMS_SIZE 20u
+#define MODE_PLAIN 0u          /* no keys: the payload is the parameters */
+#define MODE_IK 1u             /* Noise IK: the payload is a Noise message carrying them */
+#define HS_MAX (4 + PARAMS_SIZE + SPA_NOISE_MSG1_OVERHEAD) /* largest CONNECT/ACCEPT payload */
 #define RETRY0_NS 20000000ll     /* first CONNECT repeat after 20 ms, then doubling ... */
 #define RETRY_MAX_NS 500000000ll /* ... up to every 500 ms */
 #define HANDSHAKE_NS 2000000000ll /* accept: longest wait for one transport's CONNECT */
+#define CTL_PAYLOAD_MAX 512u     /* control frame payloads we read (CLOSE's text) */
+
+#define SUITE_AES 1u           /* AES-256-GCM */
+#define SUITE_CHACHA 2u        /* ChaCha20-Poly1305 (IETF) */
+#define SUITE_AEGIS 4u         /* AEGIS-128L (libsodium 1.0.19 on), 32-byte tags */
+#ifdef crypto_aead_aegis128l_KEYBYTES
+#define HAVE_AEGIS 1
+#else
+#define HAVE_AEGIS 0
+#endif
+#define TAG_MAX 32
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
 /* What each side says about itself in CONNECT and ACCEPT (docs/wire-protocol.md). */
 struct params {
-	uint32_t mode;       /* 0: unauthenticated */
 	uint32_t max_frame;  /* the sender's frame limit, header included */
 	uint32_t window;     /* frames it keeps out of order (0: none) */
 	uint32_t flags;      /* PF_* */
+	uint32_t suites;     /* AEAD suites it takes (CONNECT) / the one chosen (ACCEPT) */
 };
 #define PF_TOLERANT 1u /* datagram transport or faults on: frames may come in any order */
 
-/* A frame the injector held back, sent after the next frame of the same message. */
-struct held {
-	int on;
-	uint8_t hb[HDR];
-	const uint8_t *p;
-	size_t n;
+/* One direction's AEAD key (the AES key schedule precomputed). */
+struct aead {
+	crypto_aead_aes256gcm_state aes; /* 16-byte aligned (its type says so) */
+	uint8_t key[32];
 };
 
 struct spa_conn {
+	struct aead tx_key, rx_key;
 	struct spa_link_base *base;
 	const struct spa_link_driver *drv;
+	const struct spa_link_opts *opts;
 	uint64_t id;
 	int server;
 	int datagram;            /* the driver may lose, repeat, reorder and forge frames */
+	int reserve_plain;       /* plain frames too are written into the driver's memory */
 	int tolerant;            /* frames in any order (datagram, or faults on) */
-	size_t max_frame;        /* agreed: header + payload */
+	unsigned suite;          /* SUITE_* when sealed, 0 when not */
+	unsigned tag;            /* its tag's bytes (0: not sealed) */
+	uint8_t flags;           /* of every frame sent: SEALED (and TAG32) */
+	size_t max_frame;        /* agreed: header + payload (+ tag) */
 	size_t max_payload;
 
 	uint64_t tx_pkt, tx_ctl; /* next data / control frame number */
 	uint64_t rx_pkt;         /* next data frame number expected (stream) */
+	uint64_t rx_hi;          /* tolerant: one past the highest data frame number seen */
 	uint64_t rx_ctl;         /* control frames below this were seen */
-	uint8_t accept_frame[HDR + PARAMS_SIZE + 8]; /* server: ACCEPT, said again on a repeat */
-	size_t accept_len;
+	uint8_t peer_key[32];    /* keyed: the peer's static public key */
+	uint8_t hs_frame[HDR + HS_MAX]; /* CONNECT (edge) or ACCEPT (cloud), said again on a
+					   repeat */
+	size_t hs_len;
+	uint8_t hs_e[32];        /* cloud: the ephemeral key of the CONNECT it answered */
+	uint8_t *txbuf;          /* sealed frames built here when the driver has no memory of
+				    its own to write them into (max_frame bytes) */
+	uint8_t *rxbuf;          /* a verified frame's plaintext (spa_conn_check, control) */
 
 	/* fault injection (opts.faults; off unless a probability is > 0) */
 	int faulty;
 	struct spa_link_faults faults;
 	struct spa_rng rng;
-	uint8_t *scratch;        /* max_payload bytes: a corrupted copy of a payload */
+	uint8_t *scratch;        /* max_frame bytes: a corrupted copy of a frame */
+	uint8_t *held;           /* max_frame bytes: the frame held back (reorder) */
+	size_t held_len;         /* its bytes (0: none held) */
 	uint64_t copied_tx;      /* payload bytes the injector copied */
-	struct held held;
 
 	int failed;              /* sticky error (0: healthy) */
 	int peer_closed;         /* CLOSE received, or the transport is gone: say nothing more */
@@ -104,15 +147,12 @@ static inline uint32_t get32(const uint8_t *p)
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
-int spa_conn_fail(struct spa_conn *c, int code, const char *fmt, ...)
+static int vfail(struct spa_conn *c, int code, const char *fmt, va_list ap)
 {
 	if (c->failed)
 		return c->failed;
-	va_list ap;
 	char msg[sizeof c->err->msg];
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
 	/* Prefix the URI so the message says which link failed; a long cause is cut. */
 	size_t u = strnlen(c->uri, 100);
 	memcpy(c->err->msg, c->uri, u);
@@ -125,6 +165,15 @@ int spa_conn_fail(struct spa_conn *c, int code, const char *fmt, ...)
 	return code;
 }
 
+int spa_conn_fail(struct spa_conn *c, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = vfail(c, code, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
 static int drv_error(struct spa_conn *c, int rc, const char *what)
 {
 	if (rc == -SPA_ECLOSED) {
@@ -134,7 +183,90 @@ static int drv_error(struct spa_conn *c, int rc, const char *what)
 	return spa_conn_fail(c, rc, "transport error while %s: %s", what, spa_strerror(rc));
 }
 
+/* ---- AEAD ------------------------------------------------------------------------------ */
+
+static void key_set(struct aead *a, const uint8_t key[32], unsigned suite)
+{
+	memcpy(a->key, key, 32);
+	if (suite == SUITE_AES)
+		crypto_aead_aes256gcm_beforenm(&a->aes, key);
+}
+
+/* The 96-bit nonce of frame pkt of count kind (0 data, 1 control); AEGIS-128L's 128-bit one
+ * is the same, zero-extended (nonce arrays are 16 bytes for that). */
+static inline void nonce(uint8_t n[16], unsigned kind, uint64_t pkt)
+{
+	put32(n, kind);
+	for (int i = 0; i < 8; i++)
+		n[4 + i] = (uint8_t)(pkt >> (8 * i));
+	memset(n + 12, 0, 4);
+}
+
+#if HAVE_AEGIS
+static inline const uint8_t *aegis_nonce(const uint8_t n[16])
+{
+	return n;
+}
+#endif
+
+/* Seal p[len] into out[len] and tag, the 64 header bytes hdr as associated data. */
+static inline void seal(const struct spa_conn *c, unsigned kind, uint64_t pkt, const uint8_t *hdr,
+			const uint8_t *p, size_t len, uint8_t *out, uint8_t *tag)
+{
+	uint8_t n[16];
+	nonce(n, kind, pkt);
+	if (c->suite == SUITE_AES)
+		crypto_aead_aes256gcm_encrypt_detached_afternm(out, tag, NULL, p, len, hdr, HDR, NULL,
+							       n, &c->tx_key.aes);
+#if HAVE_AEGIS
+	else if (c->suite == SUITE_AEGIS)
+		crypto_aead_aegis128l_encrypt_detached(out, tag, NULL, p, len, hdr, HDR, NULL,
+						       aegis_nonce(n), c->tx_key.key);
+#endif
+	else
+		crypto_aead_chacha20poly1305_ietf_encrypt_detached(out, tag, NULL, p, len, hdr, HDR,
+								   NULL, n, c->tx_key.key);
+}
+
+/* Open a sealed frame f (header, ciphertext, tag) into out. 0, or -1 when it does not verify
+ * (out then holds nothing of use). */
+static inline int open_frame(const struct spa_conn *c, unsigned kind, uint64_t pkt,
+			     const uint8_t *f, size_t len, uint8_t *out)
+{
+	uint8_t n[16];
+	nonce(n, kind, pkt);
+	if (c->suite == SUITE_AES)
+		return crypto_aead_aes256gcm_decrypt_detached_afternm(out, NULL, f + HDR, len,
+								      f + HDR + len, f, HDR, n,
+								      &c->rx_key.aes);
+#if HAVE_AEGIS
+	if (c->suite == SUITE_AEGIS)
+		return crypto_aead_aegis128l_decrypt_detached(out, NULL, f + HDR, len, f + HDR + len,
+							      f, HDR, aegis_nonce(n), c->rx_key.key);
+#endif
+	return crypto_aead_chacha20poly1305_ietf_decrypt_detached(out, NULL, f + HDR, len,
+								  f + HDR + len, f, HDR, n,
+								  c->rx_key.key);
+}
+
+/* The 64-bit frame number nearest to `near` whose low 32 bits are wire. */
+static inline uint64_t pkt_expand(uint64_t near, uint32_t wire)
+{
+	uint64_t v = (near & ~0xffffffffull) | wire;
+	if (v + 0x80000000ull < near && v + 0x100000000ull > v)
+		v += 0x100000000ull;
+	else if (v > near + 0x80000000ull && v >= 0x100000000ull)
+		v -= 0x100000000ull;
+	return v;
+}
+
 /* ---- sending --------------------------------------------------------------------------- */
+
+static int send1(struct spa_conn *c, const uint8_t *f, size_t n)
+{
+	struct iovec iov = { (void *)f, n };
+	return c->drv->send_frame(c->base, &iov, 1);
+}
 
 static int send2(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t n)
 {
@@ -142,20 +274,20 @@ static int send2(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t
 	return c->drv->send_frame(c->base, iov, n ? 2 : 1);
 }
 
-/* Send one frame through the injector: one uniform draw per frame picks at most one fault,
- * drop, dup, reorder, corrupt, in that order of the probability ranges. A reordered frame is
- * held and sent right after the next frame of its message (the last frame of a message is
- * never held: the injector reorders fragments, not messages, see docs/wire-protocol.md). */
+/* Send one frame (hb: its 64 header bytes; p[n]: the rest, payload and any tag) through the
+ * injector: one uniform draw per frame picks at most one fault, drop, dup, reorder, corrupt, in
+ * that order of the probability ranges. A reordered frame is held (copied) and sent right after
+ * the next frame of its message (the last frame of a message is never held: the injector
+ * reorders fragments, not messages, see docs/wire-protocol.md). */
 static int fault_send(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t n,
 		      int last)
 {
 	const struct spa_link_faults *f = &c->faults;
-	struct held *hd = &c->held;
 	double u = (double)(spa_rng_next(&c->rng) >> 11) * 0x1p-53;
 	enum { NONE, DROP, DUP, REORDER, CORRUPT } fault =
 		u < f->drop ? DROP : (u -= f->drop) < f->dup ? DUP :
 		(u -= f->dup) < f->reorder ? REORDER : (u -= f->reorder) < f->corrupt ? CORRUPT : NONE;
-	if (fault == REORDER && (last || hd->on))
+	if (fault == REORDER && (last || c->held_len))
 		fault = NONE; /* nothing of this message comes after it to swap with */
 	int rc = 0;
 	if (fault == DROP) {
@@ -167,33 +299,31 @@ static int fault_send(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, s
 			rc = send2(c, hb, p, n);
 	} else if (fault == REORDER) {
 		c->stats->faults_injected++;
-		hd->on = 1;
-		memcpy(hd->hb, hb, HDR);
-		hd->p = p;
-		hd->n = n;
+		memcpy(c->held, hb, HDR);
+		memcpy(c->held + HDR, p, n);
+		c->held_len = HDR + n;
+		c->copied_tx += n;
 		return 0;
 	} else if (fault == CORRUPT) {
-		/* flip one payload bit in a copy (the caller's payload stays intact); an empty
-		 * payload gets a bit of its header's tx_ns flipped instead (covered by the CRC) */
+		/* flip one bit past the header in a copy (the caller's payload stays intact); an
+		 * empty frame gets a bit of its header's tx_ns flipped instead (covered by the CRC
+		 * or the tag) */
 		uint64_t r = spa_rng_next(&c->rng);
 		c->stats->faults_injected++;
-		if (n) {
-			memcpy(c->scratch, p, n);
-			c->copied_tx += n;
-			c->scratch[(r >> 3) % n] ^= (uint8_t)(1u << (r & 7));
-			rc = send2(c, hb, c->scratch, n);
-		} else {
-			uint8_t hc[HDR];
-			memcpy(hc, hb, HDR);
-			hc[56 + (r & 7)] ^= (uint8_t)(1u << ((r >> 3) & 7));
-			rc = send2(c, hc, NULL, 0);
-		}
+		memcpy(c->scratch, hb, HDR);
+		memcpy(c->scratch + HDR, p, n);
+		c->copied_tx += n;
+		if (n)
+			c->scratch[HDR + (r >> 3) % n] ^= (uint8_t)(1u << (r & 7));
+		else
+			c->scratch[56 + (r & 7)] ^= (uint8_t)(1u << ((r >> 3) & 7));
+		rc = send1(c, c->scratch, HDR + n);
 	} else {
 		rc = send2(c, hb, p, n);
 	}
-	if (!rc && hd->on) {
-		hd->on = 0;
-		rc = send2(c, hd->hb, hd->p, hd->n);
+	if (!rc && c->held_len) {
+		rc = send1(c, c->held, c->held_len);
+		c->held_len = 0;
 	}
 	return rc;
 }
@@ -203,36 +333,43 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 	if (unlikely(c->failed))
 		return c->failed;
 	const uint8_t *p = payload;
-	uint8_t hb[HDR];
 	h->magic = SPA_WIRE_MAGIC;
 	h->version = SPA_WIRE_VERSION;
-	h->flags = 0;
+	h->flags = c->flags;
 	h->conn = c->id;
 	h->pkt = (uint32_t)c->tx_pkt;
 	h->ack = 0;
 	h->payload_len = (uint32_t)len;
 	h->tx_ns = (uint64_t)spa_clock_ns();
 	h->crc = 0;
-	spa_wire_hdr_encode(h, hb);
-	int rc;
-	if (likely(!c->faulty) && c->drv->frame_reserve) {
-		/* the frame is written straight into the driver's memory (shm: its ring), and
-		 * the payload's CRC computed in that copy's pass */
+	int last = h->frag_off + len >= h->msg_len, rc;
+	if (likely(!c->faulty) && c->drv->frame_reserve && (c->suite || c->reserve_plain)) {
+		/* the frame is written straight into the driver's memory (shm: its ring): the
+		 * payload's CRC computed, or the payload sealed, in that copy's pass */
 		uint8_t *w;
-		rc = c->drv->frame_reserve(c->base, HDR + len, &w);
+		rc = c->drv->frame_reserve(c->base, HDR + len + c->tag, &w);
 		if (!rc) {
-			memcpy(w, hb, HDR);
-			h->crc = spa_crc32c_copy(spa_wire_hdr_crc(hb), w + HDR, p, len);
-			spa_wire_hdr_set_crc(w, h->crc);
+			spa_wire_hdr_encode(h, w);
+			if (c->suite) {
+				seal(c, 0, c->tx_pkt, w, p, len, w + HDR, w + HDR + len);
+			} else {
+				h->crc = spa_crc32c_copy(spa_wire_hdr_crc(w), w + HDR, p, len);
+				spa_wire_hdr_set_crc(w, h->crc);
+			}
 			rc = c->drv->frame_commit(c->base);
 		}
+	} else if (c->suite) {
+		uint8_t *w = c->txbuf;
+		spa_wire_hdr_encode(h, w);
+		seal(c, 0, c->tx_pkt, w, p, len, w + HDR, w + HDR + len);
+		rc = likely(!c->faulty) ? send1(c, w, HDR + len + c->tag)
+					: fault_send(c, w, w + HDR, len + c->tag, last);
 	} else {
+		uint8_t hb[HDR];
+		spa_wire_hdr_encode(h, hb);
 		h->crc = spa_wire_frame_crc(hb, p, len); /* hb's crc field is 0 */
 		spa_wire_hdr_set_crc(hb, h->crc);
-		if (likely(!c->faulty))
-			rc = send2(c, hb, p, len);
-		else
-			rc = fault_send(c, hb, p, len, h->frag_off + len >= h->msg_len);
+		rc = likely(!c->faulty) ? send2(c, hb, p, len) : fault_send(c, hb, p, len, last);
 	}
 	if (unlikely(rc))
 		return drv_error(c, rc, "sending");
@@ -240,16 +377,42 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 	return 0;
 }
 
-/* A control frame: header (ctl number, one piece) and payload, CRC; no fault injection for
- * the handshake (frames before the connection exists), the injector's for the others. */
+/* A control frame after the handshake (HEARTBEAT, ACK, CLOSE): its own count, sealed on a keyed
+ * connection, through the injector when it is on. */
 static int send_ctl(struct spa_conn *c, unsigned type, uint32_t aux, const void *payload,
-		    size_t len, uint8_t *copy_to)
+		    size_t len)
 {
 	struct spa_wire_hdr h = {
 		.magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION, .type = (uint8_t)type,
-		.dtype = SPA_WIRE_BYTES, .conn = c->id, .pkt = (uint32_t)c->tx_ctl,
-		.payload_len = (uint32_t)len, .msg_len = (uint32_t)len, .aux = aux, .n_rows = 1,
-		.tx_ns = (uint64_t)spa_clock_ns(),
+		.dtype = SPA_WIRE_BYTES, .flags = c->flags, .conn = c->id,
+		.pkt = (uint32_t)c->tx_ctl, .payload_len = (uint32_t)len, .msg_len = (uint32_t)len,
+		.aux = aux, .n_rows = 1, .tx_ns = (uint64_t)spa_clock_ns(),
+	};
+	uint8_t f[HDR + CTL_PAYLOAD_MAX + TAG_MAX];
+	if (len > CTL_PAYLOAD_MAX)
+		return -EINVAL;
+	spa_wire_hdr_encode(&h, f);
+	size_t n = len;
+	if (c->suite) {
+		seal(c, 1, c->tx_ctl, f, payload, len, f + HDR, f + HDR + len);
+		n += c->tag;
+	} else {
+		memcpy(f + HDR, payload, len);
+		spa_wire_hdr_set_crc(f, spa_wire_frame_crc(f, payload, len));
+	}
+	c->tx_ctl++;
+	return c->faulty ? fault_send(c, f, f + HDR, n, 1) : send1(c, f, HDR + n);
+}
+
+/* A handshake frame (CONNECT, ACCEPT, a refusing CLOSE): control count 0, never sealed nor
+ * faulted; copied to copy_to when given (to say it again). */
+static int send_hs(struct spa_conn *c, unsigned type, uint32_t aux, const void *payload,
+		   size_t len, uint8_t *copy_to)
+{
+	struct spa_wire_hdr h = {
+		.magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION, .type = (uint8_t)type,
+		.dtype = SPA_WIRE_BYTES, .conn = c->id, .payload_len = (uint32_t)len,
+		.msg_len = (uint32_t)len, .aux = aux, .n_rows = 1, .tx_ns = (uint64_t)spa_clock_ns(),
 	};
 	uint8_t hb[HDR];
 	spa_wire_hdr_encode(&h, hb);
@@ -258,8 +421,6 @@ static int send_ctl(struct spa_conn *c, unsigned type, uint32_t aux, const void 
 		memcpy(copy_to, hb, HDR);
 		memcpy(copy_to + HDR, payload, len);
 	}
-	if (type != SPA_MSG_CONNECT && type != SPA_MSG_ACCEPT)
-		c->tx_ctl++;
 	return send2(c, hb, payload, len);
 }
 
@@ -283,42 +444,78 @@ static int crc_ok(const struct spa_wire_hdr *h, const uint8_t *f)
 	    (h)->frag_off + (h)->payload_len, (h)->msg_len, (h)->crc,                          \
 	    spa_crc32c(spa_wire_hdr_crc(f), (f) + HDR, (h)->payload_len))
 
+/* A frame that failed its check (CRC or tag): dropped and counted. On a tolerant connection the
+ * session goes on (1); on a stream it cannot come again, and the connection ends. */
+static int check_failed(struct spa_conn *c, const struct spa_wire_hdr *h, const uint8_t *f)
+{
+	if (c->suite) {
+		c->stats->auth_failed++;
+		if (c->tolerant)
+			return 1;
+		return BAD(-SPA_EAUTH, "%s frame (seq %u, bytes %u..%u of %u) failed its "
+			   "authentication tag: damaged or forged, dropped; the connection cannot "
+			   "go on without it", spa_msg_type_name(h->type), h->seq, h->frag_off,
+			   h->frag_off + h->payload_len, h->msg_len);
+	}
+	return CRC_FAIL(h, f);
+}
+
 /* A control frame that came on an established connection. Returns 0 (handled) or a negative
  * code. */
 static int on_ctl(struct spa_conn *c, const struct spa_wire_hdr *h, const uint8_t *f)
 {
-	if (!crc_ok(h, f)) {
+	const uint8_t *pl = f + HDR;
+	if (h->type == SPA_MSG_CONNECT || h->type == SPA_MSG_ACCEPT) {
+		/* a repeat of the handshake, never sealed */
+		if ((h->flags & SPA_WIRE_SEALED) || !crc_ok(h, f)) {
+			c->stats->bad_frames++;
+			return 0;
+		}
+		/* the peer repeated its CONNECT before our ACCEPT reached it: say it again (best
+		 * effort: a peer already gone is noticed when its frames run out); keyed, only to
+		 * a repeat of the very CONNECT answered (its ephemeral key) */
+		if (h->type == SPA_MSG_CONNECT && c->server && c->hs_len &&
+		    (!c->suite || (h->payload_len >= 36 && !memcmp(pl + 4, c->hs_e, 32))))
+			send1(c, c->hs_frame, c->hs_len);
+		c->stats->dup_frames++;
+		return 0;
+	}
+	uint64_t pkt = pkt_expand(c->rx_ctl, h->pkt);
+	if (c->suite) {
+		if (h->flags != c->flags || h->payload_len > CTL_PAYLOAD_MAX) {
+			c->stats->bad_frames++;
+			return c->tolerant ? 0 : spa_conn_fail(c, -SPA_EAUTH, "unsealed %s frame on an "
+							       "authenticated connection",
+							       spa_msg_type_name(h->type));
+		}
+		if (open_frame(c, 1, pkt, f, h->payload_len, c->rxbuf))
+			return check_failed(c, h, f) == 1 ? 0 : c->failed;
+		pl = c->rxbuf;
+	} else if (!crc_ok(h, f)) {
 		if (c->tolerant) {
 			c->stats->bad_frames++;
 			return 0;
 		}
 		return CRC_FAIL(h, f);
 	}
+	if (pkt < c->rx_ctl) {
+		c->stats->dup_frames++; /* a repeat (or a replay) of one already seen */
+		return 0;
+	}
+	c->rx_ctl = pkt + 1;
 	switch (h->type) {
-	case SPA_MSG_CONNECT:
-		/* the peer repeated its CONNECT before our ACCEPT reached it: say it again (best
-		 * effort: a peer already gone is noticed when its frames run out) */
-		if (c->server && c->accept_len) {
-			struct iovec iov = { c->accept_frame, c->accept_len };
-			c->drv->send_frame(c->base, &iov, 1);
-		}
-		c->stats->dup_frames++;
-		return 0;
-	case SPA_MSG_ACCEPT:
-		c->stats->dup_frames++; /* a repeat of the one that made this connection */
-		return 0;
 	case SPA_MSG_CLOSE: {
 		/* Answer it once (best effort): the peer learns that its frames up to its CLOSE
 		 * were read (a memif client waits for that before it tears its rings down). */
 		if (!c->closed_sent) {
 			c->closed_sent = 1;
-			send_ctl(c, SPA_MSG_CLOSE, 0, NULL, 0, NULL);
+			send_ctl(c, SPA_MSG_CLOSE, 0, NULL, 0);
 		}
 		c->peer_closed = 1;
 		int len = (int)(h->payload_len > 300 ? 300 : h->payload_len);
 		if (h->aux)
 			return spa_conn_fail(c, -SPA_ECLOSED, "the peer closed the connection: %.*s "
-					     "(%s)", len, (const char *)f + HDR,
+					     "(%s)", len, (const char *)pl,
 					     spa_strerror(-(int)h->aux));
 		return spa_conn_fail(c, -SPA_ECLOSED, "the peer closed the link");
 	}
@@ -349,13 +546,13 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline)
 		rc = MALFORMED(rc, "%s", e.msg);
 	else if (flen != spa_wire_frame_size(h))
 		rc = MALFORMED(-SPA_EPROTO,
-			       "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
-			       spa_msg_type_name(h->type), flen, HDR, h->payload_len);
+			       "truncated or padded %s frame: %zu bytes, but its header says %zu",
+			       spa_msg_type_name(h->type), flen, spa_wire_frame_size(h));
 	else if (h->conn != c->id) {
 		/* on a datagram transport: another connection's (an old one's) frame */
 		if (c->datagram)
 			rc = (c->stats->bad_frames++, 0);
-		else if (!crc_ok(h, fr))
+		else if (!c->suite && !crc_ok(h, fr))
 			rc = CRC_FAIL(h, fr);
 		else
 			rc = BAD(-SPA_EPROTO, "%s frame for connection %016llx on connection %016llx",
@@ -363,14 +560,22 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline)
 				 (unsigned long long)c->id);
 	} else if (spa_wire_is_ctl(h->type)) {
 		rc = on_ctl(c, h, fr);
+	} else if (h->flags != c->flags) {
+		rc = c->tolerant ? (c->stats->bad_frames++, 0)
+				 : BAD(-SPA_EAUTH, "%s %s frame on %s connection",
+				       c->suite ? "unsealed" : "sealed", spa_msg_type_name(h->type),
+				       c->suite ? "an authenticated" : "an unauthenticated");
 	} else if (!c->tolerant && h->pkt != (uint32_t)c->rx_pkt) {
-		rc = !crc_ok(h, fr) ? CRC_FAIL(h, fr)
-				    : BAD(-SPA_EPROTO, "%s frame number %u, expected %u: frames were "
-					  "lost, repeated or reordered", spa_msg_type_name(h->type),
-					  h->pkt, (uint32_t)c->rx_pkt);
+		struct spa_frame t = { .h = *h, .raw = fr };
+		rc = spa_conn_check(c, &t);
+		if (!rc)
+			rc = BAD(-SPA_EPROTO, "%s frame number %u, expected %u: frames were lost, "
+				 "repeated or reordered", spa_msg_type_name(h->type), h->pkt,
+				 (uint32_t)c->rx_pkt);
 	} else {
 		f->raw = fr;
 		f->verified = 0;
+		f->plain = fr + HDR;
 		return 1;
 	}
 	c->drv->release_frame(c->base);
@@ -388,16 +593,30 @@ int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns)
 	}
 }
 
+/* The 64-bit number of data frame f: the expected one's neighbour with f's low 32 bits. */
+static inline uint64_t data_pkt(const struct spa_conn *c, const struct spa_frame *f)
+{
+	return pkt_expand(c->tolerant ? c->rx_hi : c->rx_pkt, f->h.pkt);
+}
+
 int spa_conn_take(struct spa_conn *c, struct spa_frame *f, void *dst)
 {
 	const struct spa_wire_hdr *h = &f->h;
 	if (f->verified) {
-		memcpy(dst, f->raw + HDR, h->payload_len);
+		memcpy(dst, f->plain, h->payload_len);
 		return 0;
 	}
-	uint32_t crc = spa_crc32c_copy(spa_wire_hdr_crc(f->raw), dst, f->raw + HDR, h->payload_len);
-	if (crc != h->crc)
-		return CRC_FAIL(h, f->raw);
+	if (c->suite) {
+		/* decrypted straight into place; on a failure what was written there is not
+		 * counted as received */
+		if (open_frame(c, 0, data_pkt(c, f), f->raw, h->payload_len, dst))
+			return check_failed(c, h, f->raw);
+	} else {
+		uint32_t crc = spa_crc32c_copy(spa_wire_hdr_crc(f->raw), dst, f->raw + HDR,
+					       h->payload_len);
+		if (crc != h->crc)
+			return check_failed(c, h, f->raw);
+	}
 	f->verified = 1;
 	return 0;
 }
@@ -406,15 +625,24 @@ int spa_conn_check(struct spa_conn *c, struct spa_frame *f)
 {
 	if (f->verified)
 		return 0;
-	if (!crc_ok(&f->h, f->raw))
-		return CRC_FAIL(&f->h, f->raw);
+	if (c->suite) {
+		if (open_frame(c, 0, data_pkt(c, f), f->raw, f->h.payload_len, c->rxbuf))
+			return check_failed(c, &f->h, f->raw);
+		f->plain = c->rxbuf;
+	} else if (!crc_ok(&f->h, f->raw)) {
+		return check_failed(c, &f->h, f->raw);
+	}
 	f->verified = 1;
 	return 0;
 }
 
 void spa_conn_release(struct spa_conn *c, struct spa_frame *f)
 {
-	(void)f;
+	if (f->verified) {
+		uint64_t pkt = data_pkt(c, f);
+		if (pkt >= c->rx_hi)
+			c->rx_hi = pkt + 1;
+	}
 	c->rx_pkt++;
 	c->drv->release_frame(c->base);
 }
@@ -424,10 +652,10 @@ void spa_conn_release(struct spa_conn *c, struct spa_frame *f)
 static void params_encode(const struct params *p, uint8_t b[PARAMS_SIZE])
 {
 	memset(b, 0, PARAMS_SIZE);
-	put32(b + 0, p->mode);
-	put32(b + 4, p->max_frame);
-	put32(b + 8, p->window);
-	put32(b + 12, p->flags);
+	put32(b + 0, p->max_frame);
+	put32(b + 4, p->window);
+	put32(b + 8, p->flags);
+	put32(b + 12, p->suites);
 }
 
 static int params_decode(const uint8_t *b, size_t n, struct params *p, struct spa_errbuf *e)
@@ -435,18 +663,16 @@ static int params_decode(const uint8_t *b, size_t n, struct params *p, struct sp
 	if (n != PARAMS_SIZE)
 		return spa_err(e, -SPA_EPROTO, "handshake parameters of %zu bytes, expected %u", n,
 			       PARAMS_SIZE);
-	p->mode = get32(b);
-	p->max_frame = get32(b + 4);
-	p->window = get32(b + 8);
-	p->flags = get32(b + 12);
-	if (get32(b + 16) || get32(b + 20))
+	p->max_frame = get32(b);
+	p->window = get32(b + 4);
+	p->flags = get32(b + 8);
+	p->suites = get32(b + 12);
+	if (get32(b + 16))
 		return spa_err(e, -SPA_EPROTO, "handshake parameters: reserved bytes are not 0");
-	if (p->mode != 0)
-		return spa_err(e, -SPA_EPROTO, "handshake mode %u is not known to this build: run "
-			       "the same spa version on both sides", p->mode);
-	if (p->max_frame < HDR + 64 || p->flags & ~PF_TOLERANT)
+	if (p->max_frame < HDR + TAG_MAX + 64 || p->flags & ~PF_TOLERANT ||
+	    p->suites & ~(SUITE_AES | SUITE_CHACHA | SUITE_AEGIS))
 		return spa_err(e, -SPA_EPROTO, "handshake parameters out of range (frame limit "
-			       "%u, flags 0x%x)", p->max_frame, p->flags);
+			       "%u, flags 0x%x, suites 0x%x)", p->max_frame, p->flags, p->suites);
 	return 0;
 }
 
@@ -454,18 +680,21 @@ static int conn_make(struct spa_conn **out, struct spa_link_base *base,
 		     const struct spa_link_driver *drv, const struct spa_conn_cfg *cfg,
 		     int server)
 {
-	struct spa_conn *c = calloc(1, sizeof *c);
-	if (!c)
+	struct spa_conn *c;
+	if (posix_memalign((void **)&c, 64, sizeof *c))
 		return -ENOMEM;
+	memset(c, 0, sizeof *c);
 	c->base = base;
 	c->drv = drv;
+	c->opts = cfg->opts;
 	c->server = server;
 	c->datagram = !!(drv->flags & SPA_DRV_DATAGRAM);
+	c->reserve_plain = !!(drv->flags & SPA_DRV_COPIES);
 	c->faults = cfg->opts->faults;
 	c->faulty = faults_on(&c->faults);
 	c->tolerant = c->datagram || c->faulty;
 	size_t mf = drv->link_max_frame ? drv->link_max_frame(base) : drv->max_frame;
-	if (mf <= HDR || mf > drv->max_frame)
+	if (mf <= HDR + TAG_MAX || mf > drv->max_frame)
 		mf = drv->max_frame;
 	c->max_frame = mf;
 	c->max_payload = mf - HDR;
@@ -474,39 +703,101 @@ static int conn_make(struct spa_conn **out, struct spa_link_base *base,
 	c->err = cfg->err;
 	c->rx_ctl = 1;
 	c->tx_ctl = 1;
+	c->rxbuf = malloc(mf > HDR + CTL_PAYLOAD_MAX ? mf : HDR + CTL_PAYLOAD_MAX);
+	if (!c->rxbuf) {
+		free(c);
+		return -ENOMEM;
+	}
 	*out = c;
 	return 0;
 }
 
-/* After the handshake: the agreed frame limit, and the injector's state. */
-static int conn_ready(struct spa_conn *c, const struct params *peer)
+/* Once per process: a link without keys says so. */
+static void say_unauthenticated(const struct spa_conn *c)
 {
-	if (peer->max_frame < c->max_frame) {
+	static atomic_int said;
+	if (atomic_exchange(&said, 1))
+		return;
+	if (c->base->local)
+		fprintf(stderr, "spa link: note: %s is not authenticated nor encrypted (no keys): "
+			"allowed because the peer is on this host; give keys (spa-keygen; --key, "
+			"--cloud-pub, --allow) to authenticate it\n", c->uri);
+	else
+		fprintf(stderr, "spa link: warning: %s is not authenticated nor encrypted "
+			"(--insecure): anyone on the network can read it, or connect as an edge\n",
+			c->uri);
+}
+
+/* After the handshake: the agreed frame limit, the keys, the injector's state. */
+static int conn_ready(struct spa_conn *c, const struct params *peer, unsigned suite,
+		      const uint8_t *tx_key, const uint8_t *rx_key)
+{
+	if (peer->max_frame < c->max_frame)
 		c->max_frame = peer->max_frame;
-		c->max_payload = c->max_frame - HDR;
+	c->suite = suite;
+	c->tag = !suite ? 0 : suite == SUITE_AEGIS ? SPA_WIRE_TAG32_SIZE : SPA_WIRE_TAG_SIZE;
+	c->flags = !suite ? 0 : suite == SUITE_AEGIS ? SPA_WIRE_SEALED | SPA_WIRE_TAG32
+						    : SPA_WIRE_SEALED;
+	c->max_payload = c->max_frame - HDR - c->tag;
+	if (suite) {
+		key_set(&c->tx_key, tx_key, suite);
+		key_set(&c->rx_key, rx_key, suite);
+		if (!(c->txbuf = malloc(c->max_frame)))
+			return spa_conn_fail(c, -ENOMEM, "out of memory");
+	} else {
+		say_unauthenticated(c);
 	}
 	if (c->faulty) {
 		spa_rng_seed(&c->rng, c->faults.seed);
-		c->scratch = malloc(c->max_payload ? c->max_payload : 1);
-		if (!c->scratch)
+		c->scratch = malloc(c->max_frame);
+		c->held = malloc(c->max_frame);
+		if (!c->scratch || !c->held)
 			return spa_conn_fail(c, -ENOMEM, "out of memory");
 	}
 	return 0;
 }
 
-static void my_params(const struct spa_conn *c, struct params *p)
+/* The AEAD suites this side takes (opts.aead may insist on one). */
+static unsigned my_suites(const struct spa_conn *c)
 {
-	*p = (struct params){ .mode = 0, .max_frame = (uint32_t)c->max_frame, .window = 0,
-			      .flags = c->tolerant ? PF_TOLERANT : 0 };
+	unsigned aes = crypto_aead_aes256gcm_is_available() ? SUITE_AES : 0;
+#if HAVE_AEGIS
+	unsigned aegis = crypto_aead_aegis128l_KEYBYTES && aes ? SUITE_AEGIS : 0;
+#else
+	unsigned aegis = 0;
+#endif
+	switch (c->opts->aead) {
+	case SPA_AEAD_AES256GCM:
+		return aes;
+	case SPA_AEAD_CHACHA20POLY1305:
+		return SUITE_CHACHA;
+	case SPA_AEAD_AEGIS128L:
+		return aegis;
+	default:
+		return aegis | aes | SUITE_CHACHA;
+	}
+}
+
+static void my_params(const struct spa_conn *c, struct params *p, unsigned suites)
+{
+	*p = (struct params){ .max_frame = (uint32_t)c->max_frame, .window = 0,
+			      .flags = c->tolerant ? PF_TOLERANT : 0, .suites = suites };
 }
 
 static uint64_t random_id(void)
 {
 	uint64_t v = 0;
 	while (!v)
-		if (getrandom(&v, sizeof v, 0) != sizeof v)
-			v = (uint64_t)spa_clock_ns() * 0x9e3779b97f4a7c15ull; /* no entropy source */
+		randombytes_buf(&v, sizeof v);
 	return v;
+}
+
+/* The Noise prologue: binds the handshake to this connection's id. */
+static void prologue(uint8_t out[12], uint64_t id)
+{
+	memcpy(out, "spa2", 4);
+	for (int i = 0; i < 8; i++)
+		out[4 + i] = (uint8_t)(id >> (8 * i));
 }
 
 /* A frame of the handshake: decoded, whole, its CRC checked, one piece. 1 when it is, 0 when
@@ -521,9 +812,29 @@ static int hs_frame(struct spa_conn *c, const uint8_t *fr, size_t flen, struct s
 	return 1;
 }
 
+/* Is this side allowed to run without keys on this transport? 0, or -SPA_EAUTH with the
+ * reason in c's error. */
+static int plain_allowed(struct spa_conn *c)
+{
+	if (c->base->local || c->opts->insecure)
+		return 0;
+	return spa_conn_fail(c, -SPA_EAUTH, "the peer is not on this host and this side has no "
+			     "keys: give keys (spa-keygen -o NAME; the edge --key and --cloud-pub, "
+			     "the cloud --key and --allow), or --insecure to run unauthenticated");
+}
+
 int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, const char *addr,
 		     const struct spa_conn_cfg *cfg, int64_t timeout_ns)
 {
+	const struct spa_link_opts *o = cfg->opts;
+	int keyed = o->key && o->peer_pub;
+	if (!!o->key != !!o->peer_pub)
+		return spa_err(cfg->err, -SPA_EUSAGE, "%s: a keyed connection needs both this "
+			       "side's key (--key) and the cloud's public key (--cloud-pub)",
+			       cfg->uri);
+	if (spa_crypto_init())
+		return spa_err(cfg->err, -SPA_EUNSUPPORTED, "%s: libsodium could not start",
+			       cfg->uri);
 	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	struct spa_link_base *base;
 	int rc = drv->connect(&base, addr, timeout_ns, cfg->err);
@@ -537,12 +848,46 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 	c->id = random_id();
 	if (drv->bind_conn)
 		drv->bind_conn(base, c->id);
+	struct spa_noise hs;
+	memset(&hs, 0, sizeof hs);
 	struct params mine, peer;
-	uint8_t pb[PARAMS_SIZE];
-	my_params(c, &mine);
+	uint8_t pb[PARAMS_SIZE], msg[HS_MAX];
+	size_t mlen;
+	unsigned suites = keyed ? my_suites(c) : 0;
+	if (keyed && !suites) {
+		rc = spa_conn_fail(c, -SPA_EUNSUPPORTED, "the AEAD asked for (--aead) is not "
+				   "available here (AES-NI missing, or aegis128l in a libsodium before "
+				   "1.0.19): let the link choose");
+		goto err;
+	}
+	if (!keyed && (rc = plain_allowed(c)))
+		goto err;
+	my_params(c, &mine, suites);
 	params_encode(&mine, pb);
-	int64_t retry = RETRY0_NS, next = 0;
+	put32(msg, keyed ? MODE_IK : MODE_PLAIN);
+	if (keyed) {
+		uint8_t pro[12];
+		prologue(pro, c->id);
+		if ((rc = spa_noise_init(&hs, 1, o->key, o->peer_pub, pro, sizeof pro, NULL)) ||
+		    (rc = spa_noise_write1(&hs, pb, sizeof pb, msg + 4))) {
+			rc = spa_conn_fail(c, rc, "the handshake's key exchange failed (the cloud's "
+					   "public key is not a usable X25519 key?)");
+			goto err;
+		}
+		mlen = 4 + SPA_NOISE_MSG1_OVERHEAD + PARAMS_SIZE;
+	} else {
+		memcpy(msg + 4, pb, sizeof pb);
+		mlen = 4 + PARAMS_SIZE;
+	}
+	/* the CONNECT, kept to be said again byte for byte */
+	rc = send_hs(c, SPA_MSG_CONNECT, 0, msg, mlen, c->hs_frame);
+	c->hs_len = HDR + mlen;
+	int64_t retry = RETRY0_NS, next = spa_clock_ns() + retry;
 	for (;;) {
+		if (rc && rc != -ECONNREFUSED) {
+			rc = drv_error(c, rc, "sending the handshake");
+			goto err;
+		}
 		int64_t now = spa_clock_ns();
 		if (deadline >= 0 && now >= deadline) {
 			rc = spa_conn_fail(c, -ETIMEDOUT, "no answer to the handshake (CONNECT) in "
@@ -550,13 +895,10 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 			goto err;
 		}
 		if (now >= next) {
-			rc = send_ctl(c, SPA_MSG_CONNECT, 0, pb, sizeof pb, NULL);
-			if (rc && rc != -ECONNREFUSED) {
-				rc = drv_error(c, rc, "sending the handshake");
-				goto err;
-			}
-			next = now + retry;
+			rc = send1(c, c->hs_frame, c->hs_len);
 			retry = retry * 2 < RETRY_MAX_NS ? retry * 2 : RETRY_MAX_NS;
+			next = now + retry;
+			continue;
 		}
 		int64_t until = deadline >= 0 && deadline < next ? deadline : next;
 		const uint8_t *fr;
@@ -566,10 +908,13 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 			/* a datagram transport: nobody listens there yet; try again later */
 			struct timespec ts = { 0, 5000000 };
 			nanosleep(&ts, NULL);
+			rc = 0;
 			continue;
 		}
-		if (rc == -ETIMEDOUT)
+		if (rc == -ETIMEDOUT) {
+			rc = 0;
 			continue;
+		}
 		if (rc) {
 			rc = drv_error(c, rc, "waiting for the handshake's answer");
 			goto err;
@@ -586,9 +931,26 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 			goto err;
 		}
 		if (ok && h.type == SPA_MSG_ACCEPT) {
-			struct spa_errbuf e;
-			rc = params_decode(fr + HDR, h.payload_len, &peer, &e);
+			struct spa_errbuf e = { "" };
+			const uint8_t *p = fr + HDR;
+			uint32_t mode = h.payload_len >= 4 ? get32(p) : ~0u;
+			if (mode != (keyed ? MODE_IK : MODE_PLAIN)) {
+				rc = spa_err(&e, -SPA_EPROTO, "it answered in mode %u to mode %u", mode,
+					     keyed ? MODE_IK : MODE_PLAIN);
+			} else if (keyed) {
+				if (h.payload_len != 4 + SPA_NOISE_MSG2_OVERHEAD + PARAMS_SIZE ||
+				    spa_noise_read2(&hs, p + 4, h.payload_len - 4, pb))
+					rc = spa_err(&e, -SPA_EAUTH, "it does not prove the key pinned "
+						     "with --cloud-pub (damaged, or not that cloud)");
+				else
+					rc = params_decode(pb, sizeof pb, &peer, &e);
+			} else {
+				rc = params_decode(p + 4, h.payload_len - 4, &peer, &e);
+			}
 			drv->release_frame(base);
+			if (!rc && keyed && (!(peer.suites & my_suites(c)) ||
+					     (peer.suites & (peer.suites - 1))))
+				rc = spa_err(&e, -SPA_EPROTO, "it chose AEAD suites 0x%x", peer.suites);
 			if (rc) {
 				rc = spa_conn_fail(c, rc, "the cloud's ACCEPT: %s", e.msg);
 				goto err;
@@ -597,65 +959,173 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 		}
 		drv->release_frame(base);
 	}
-	if ((rc = conn_ready(c, &peer)))
+	if (keyed) {
+		uint8_t i2r[32], r2i[32], hh[32];
+		memcpy(c->peer_key, o->peer_pub, 32);
+		spa_noise_split(&hs, i2r, r2i, hh);
+		rc = conn_ready(c, &peer, peer.suites, i2r, r2i);
+		sodium_memzero(i2r, sizeof i2r);
+		sodium_memzero(r2i, sizeof r2i);
+	} else {
+		rc = conn_ready(c, &peer, 0, NULL, NULL);
+	}
+	if (rc)
 		goto err;
 	*out = c;
 	return 0;
 err:
+	if (keyed)
+		spa_noise_wipe(&hs);
 	c->failed = 0; /* the message is in cfg->err; say nothing more to the peer */
 	c->peer_closed = 1;
 	spa_conn_destroy(c, 0);
 	return rc;
 }
 
-/* Refuse a handshake: CLOSE with the code and the reason (best effort). */
-static void refuse(struct spa_conn *c, int code, const char *why)
+/* Refuse a handshake: CLOSE with the code and the reason (best effort), and fail c with them. */
+static int refuse(struct spa_conn *c, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int refuse(struct spa_conn *c, int code, const char *fmt, ...)
 {
-	send_ctl(c, SPA_MSG_CLOSE, (uint32_t)(code < 0 ? -code : code), why, strlen(why), NULL);
+	char why[400];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	send_hs(c, SPA_MSG_CLOSE, (uint32_t)(code < 0 ? -code : code), why, strlen(why), NULL);
+	return spa_conn_fail(c, code, "refused a connection: %s", why);
+}
+
+static int allowed(const struct spa_link_opts *o, const uint8_t pk[32])
+{
+	int ok = 0;
+	for (size_t i = 0; i < o->n_allow; i++)
+		ok |= !sodium_memcmp(o->allow + 32 * i, pk, 32);
+	return ok;
 }
 
 /* Run the listener's side of the handshake on a fresh transport connection. Returns 0 (the
  * connection is ready), or a negative code (refused or silent: drop it and go on). */
 static int serve_handshake(struct spa_conn *c, int64_t deadline)
 {
+	const struct spa_link_opts *o = c->opts;
+	const uint8_t *fr;
+	size_t flen;
+	struct spa_wire_hdr h;
 	for (;;) {
-		const uint8_t *fr;
-		size_t flen;
 		int rc = c->drv->recv_frame(c->base, &fr, &flen, deadline);
 		if (rc)
 			return rc;
-		struct spa_wire_hdr h;
-		if (!hs_frame(c, fr, flen, &h) || h.type != SPA_MSG_CONNECT || !h.conn) {
-			c->drv->release_frame(c->base);
-			if (!c->datagram)
-				return -SPA_EPROTO; /* a stream that does not start with CONNECT */
-			continue;
-		}
-		c->id = h.conn;
-		if (c->drv->bind_conn)
-			c->drv->bind_conn(c->base, c->id);
-		struct params peer, mine;
-		struct spa_errbuf e;
-		rc = params_decode(fr + HDR, h.payload_len, &peer, &e);
+		if (hs_frame(c, fr, flen, &h) && h.type == SPA_MSG_CONNECT && h.conn)
+			break;
 		c->drv->release_frame(c->base);
-		if (rc) {
-			refuse(c, rc, e.msg);
-			return rc;
-		}
-		my_params(c, &mine);
-		uint8_t pb[PARAMS_SIZE];
-		params_encode(&mine, pb);
-		c->accept_len = HDR + PARAMS_SIZE;
-		if ((rc = send_ctl(c, SPA_MSG_ACCEPT, 0, pb, sizeof pb, c->accept_frame)))
-			return rc;
-		return conn_ready(c, &peer);
+		if (!c->datagram)
+			return -SPA_EPROTO; /* a stream that does not start with CONNECT */
 	}
+	c->id = h.conn;
+	if (c->drv->bind_conn)
+		c->drv->bind_conn(c->base, c->id);
+	uint8_t in[HS_MAX], msg[HS_MAX], pb[PARAMS_SIZE];
+	size_t n = h.payload_len;
+	int too_long = n > sizeof in;
+	if (!too_long)
+		memcpy(in, fr + HDR, n);
+	c->drv->release_frame(c->base);
+	uint32_t mode = n >= 4 && !too_long ? get32(in) : ~0u;
+	struct params peer, mine;
+	struct spa_errbuf e = { "" };
+	int rc;
+	unsigned suite = 0;
+	struct spa_noise hs;
+	if (mode == MODE_PLAIN) {
+		if (o->key)
+			return refuse(c, -SPA_EAUTH, "this cloud authenticates its edges: give "
+				      "spa-edge --key EDGE.key --cloud-pub CLOUD.pub (and the cloud "
+				      "--allow EDGE.pub)");
+		if (plain_allowed(c))
+			return refuse(c, -SPA_EAUTH, "an unauthenticated connection from another "
+				      "host: use keys, or give the cloud --insecure");
+		if ((rc = params_decode(in + 4, n - 4, &peer, &e)))
+			return refuse(c, rc, "%s", e.msg);
+		my_params(c, &mine, 0);
+		params_encode(&mine, msg + 4);
+		n = 4 + PARAMS_SIZE;
+	} else if (mode == MODE_IK) {
+		if (!o->key)
+			return refuse(c, -SPA_EAUTH, "this cloud has no key: start it with --key "
+				      "CLOUD.key --allow EDGE.pub, or run the edge without --key and "
+				      "--cloud-pub (same host only)");
+		uint8_t pro[12];
+		prologue(pro, c->id);
+		if ((rc = spa_noise_init(&hs, 0, o->key, NULL, pro, sizeof pro, NULL)))
+			return refuse(c, rc, "key exchange failed");
+		if (n != 4 + SPA_NOISE_MSG1_OVERHEAD + PARAMS_SIZE ||
+		    spa_noise_read1(&hs, in + 4, n - 4, pb)) {
+			spa_noise_wipe(&hs);
+			return refuse(c, -SPA_EAUTH, "the edge's CONNECT does not decrypt with this "
+				      "cloud's key: the edge pins another cloud key (--cloud-pub), or "
+				      "the message was damaged");
+		}
+		if (!allowed(o, hs.rs)) {
+			char b64[45];
+			spa_key_b64(hs.rs, b64);
+			spa_noise_wipe(&hs);
+			return refuse(c, -SPA_EAUTH, "edge key %s is not among this cloud's allowed "
+				      "keys (--allow)", b64);
+		}
+		memcpy(c->peer_key, hs.rs, 32);
+		memcpy(c->hs_e, in + 4, 32);
+		if ((rc = params_decode(pb, sizeof pb, &peer, &e))) {
+			spa_noise_wipe(&hs);
+			return refuse(c, rc, "%s", e.msg);
+		}
+		unsigned common = my_suites(c) & peer.suites;
+		suite = common & SUITE_AEGIS  ? SUITE_AEGIS
+			: common & SUITE_AES  ? SUITE_AES
+			: common & SUITE_CHACHA ? SUITE_CHACHA
+						: 0;
+		if (!suite) {
+			spa_noise_wipe(&hs);
+			return refuse(c, -SPA_EUNSUPPORTED, "no AEAD suite both sides take (edge 0x%x, "
+				      "cloud 0x%x): let both sides choose (no --aead)", peer.suites,
+				      my_suites(c));
+		}
+		my_params(c, &mine, suite);
+		params_encode(&mine, pb);
+		if ((rc = spa_noise_write2(&hs, pb, sizeof pb, msg + 4))) {
+			spa_noise_wipe(&hs);
+			return refuse(c, rc, "key exchange failed");
+		}
+		n = 4 + SPA_NOISE_MSG2_OVERHEAD + PARAMS_SIZE;
+	} else {
+		return refuse(c, -SPA_EPROTO, "handshake mode %d is not known to this build: run the "
+			      "same spa version on both sides", (int)mode);
+	}
+	put32(msg, mode);
+	c->hs_len = HDR + n;
+	if ((rc = send_hs(c, SPA_MSG_ACCEPT, 0, msg, n, c->hs_frame))) {
+		if (mode == MODE_IK)
+			spa_noise_wipe(&hs);
+		return rc;
+	}
+	if (mode == MODE_IK) {
+		uint8_t i2r[32], r2i[32], hh[32];
+		spa_noise_split(&hs, i2r, r2i, hh);
+		rc = conn_ready(c, &peer, suite, r2i, i2r);
+		sodium_memzero(i2r, sizeof i2r);
+		sodium_memzero(r2i, sizeof r2i);
+		return rc;
+	}
+	return conn_ready(c, &peer, 0, NULL, NULL);
 }
 
 int spa_conn_accept(struct spa_conn **out, const struct spa_link_driver *drv,
 		    struct spa_listener_base *l, const struct spa_conn_cfg *cfg,
 		    int64_t timeout_ns)
 {
+	if (spa_crypto_init())
+		return spa_err(cfg->err, -SPA_EUNSUPPORTED, "%s: libsodium could not start",
+			       cfg->uri);
 	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	for (;;) {
 		int64_t left = deadline < 0 ? -1 : deadline - spa_clock_ns();
@@ -683,6 +1153,10 @@ int spa_conn_accept(struct spa_conn **out, const struct spa_link_driver *drv,
 			spa_conn_destroy(c, 0);
 			return spa_err(cfg->err, rc, "%s: out of memory", cfg->uri);
 		}
+		/* Refused or silent: say why on stderr, once per connection, and serve on. */
+		if (c->failed && c->failed != -ETIMEDOUT)
+			fprintf(stderr, "spa link: %s\n", c->err->msg);
+		c->err->msg[0] = 0;
 		c->peer_closed = 1;
 		spa_conn_destroy(c, 0);
 	}
@@ -700,10 +1174,15 @@ void spa_conn_destroy(struct spa_conn *c, int code)
 			code = c->failed;
 		const char *why = c->failed ? c->err->msg : "";
 		send_ctl(c, SPA_MSG_CLOSE, (uint32_t)(code < 0 ? -code : code), why,
-			 strnlen(why, 400), NULL);
+			 strnlen(why, 400));
 	}
 	c->drv->close(c->base);
+	sodium_memzero(&c->tx_key, sizeof c->tx_key);
+	sodium_memzero(&c->rx_key, sizeof c->rx_key);
+	free(c->txbuf);
+	free(c->rxbuf);
 	free(c->scratch);
+	free(c->held);
 	free(c);
 }
 
@@ -727,6 +1206,20 @@ size_t spa_conn_max_payload(const struct spa_conn *c)
 int spa_conn_tolerant(const struct spa_conn *c)
 {
 	return c->tolerant;
+}
+
+const char *spa_conn_aead(const struct spa_conn *c)
+{
+	return c->suite == SUITE_AEGIS ? "aegis128l" : c->suite == SUITE_AES ? "aes256gcm"
+		: c->suite == SUITE_CHACHA ? "chacha20poly1305" : "none";
+}
+
+int spa_conn_peer_key(const struct spa_conn *c, uint8_t pk[32])
+{
+	if (!c->suite)
+		return -ENOENT;
+	memcpy(pk, c->peer_key, 32);
+	return 0;
 }
 
 struct spa_link_base *spa_conn_base(struct spa_conn *c)

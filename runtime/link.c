@@ -340,9 +340,27 @@ int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
 	if (drv->prepare && (rc = drv->prepare(&l->opts, err)))
 		goto err;
+	if (l->opts.key && !l->opts.n_allow) {
+		rc = spa_err(err, -SPA_EUSAGE, "%s: a cloud with a key accepts the edges whose public "
+			     "keys it is given: add --allow EDGE.pub[,...]", uri);
+		goto err;
+	}
+	if (!l->opts.key && (l->opts.n_allow || l->opts.peer_pub)) {
+		rc = spa_err(err, -SPA_EUSAGE, "%s: allowed keys without this side's own key: add "
+			     "--key CLOUD.key", uri);
+		goto err;
+	}
 	rc = drv->listen(&l->base, addr, err);
 	if (rc)
 		goto err;
+	if (!l->opts.key && !l->opts.insecure && !l->base->local) {
+		drv->listener_close(l->base);
+		rc = spa_err(err, -SPA_EAUTH, "%s: an unauthenticated listener on an address other "
+			     "hosts can reach: give keys (spa-keygen -o NAME; --key CLOUD.key "
+			     "--allow EDGE.pub), or --insecure, or listen on a loopback address",
+			     uri);
+		goto err;
+	}
 	*out = l;
 	return 0;
 err:
@@ -477,6 +495,16 @@ const char *spa_link_scheme(const struct spa_link *l)
 uint64_t spa_link_conn_id(const struct spa_link *l)
 {
 	return spa_conn_id(l->conn);
+}
+
+const char *spa_link_aead(const struct spa_link *l)
+{
+	return spa_conn_aead(l->conn);
+}
+
+int spa_link_peer_key(const struct spa_link *l, uint8_t pk[SPA_KEY_SIZE])
+{
+	return spa_conn_peer_key(l->conn, pk);
 }
 
 /* ---- errors ---------------------------------------------------------------------------- */

@@ -529,10 +529,12 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 		return spa_err(err, -SPA_EPROTO,
 			       "%s frame has unknown payload dtype %u (known: 0..%u)",
 			       spa_msg_type_name(h->type), h->dtype, SPA_WIRE_DTYPE_END - 1);
-	if (h->flags & ~SPA_WIRE_SEALED)
+	if ((h->flags & ~(SPA_WIRE_SEALED | SPA_WIRE_TAG32)) ||
+	    (h->flags & (SPA_WIRE_SEALED | SPA_WIRE_TAG32)) == SPA_WIRE_TAG32)
 		return spa_err(err, -SPA_EPROTO,
-			       "%s frame has flags 0x%02x; this version defines only 0x%02x (sealed)",
-			       spa_msg_type_name(h->type), h->flags, SPA_WIRE_SEALED);
+			       "%s frame has flags 0x%02x; this version defines only 0x%02x (sealed) "
+			       "and, with it, 0x%02x (a 32-byte tag)",
+			       spa_msg_type_name(h->type), h->flags, SPA_WIRE_SEALED, SPA_WIRE_TAG32);
 	if ((h->flags & SPA_WIRE_SEALED) && h->crc != 0)
 		return spa_err(err, -SPA_EPROTO,
 			       "sealed %s frame has crc 0x%08x; a sealed frame carries a tag instead "

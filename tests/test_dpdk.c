@@ -94,11 +94,15 @@ static int wait_kid(pid_t pid, int seconds)
 /* The cloud side, in the child: serve `sessions` sessions, echoing every message back (same
  * type and fields), answering a stats request with its driver counters; a BYE ends a session.
  * die_after > 0: exit abruptly (no close) after that many messages. Returns an exit code. */
+/* Link options of the two sides: none on memif (same host), keys over veth (another host's
+ * address as far as the link can tell). */
+static const struct spa_link_opts *serve_opts, *conn_opts;
+
 static int echo_serve(const char *uri, int sessions, int die_after)
 {
 	struct spa_errbuf err = {{0}};
 	struct spa_listener *L;
-	if (spa_link_listen(&L, uri, NULL, &err)) {
+	if (spa_link_listen(&L, uri, serve_opts, &err)) {
 		fprintf(stderr, "cloud: %s\n", err.msg);
 		return 10;
 	}
@@ -147,7 +151,7 @@ static struct spa_link *edge_connect(const char *uri)
 {
 	struct spa_errbuf err = {{0}};
 	struct spa_link *l = NULL;
-	int rc = spa_link_connect(&l, uri, NULL, TMO, &err);
+	int rc = spa_link_connect(&l, uri, conn_opts, TMO, &err);
 	if (rc == -SPA_EUNSUPPORTED && strstr(err.msg, "EAL could not start"))
 		cr_skip_test("%s", err.msg);
 	cr_assert_eq(rc, 0, "connect %s: %s", uri, err.msg);
@@ -609,6 +613,15 @@ static void make_veth(char *mac_a, size_t cap)
 static void check_veth(const char *pmd, const char *lextra, const char *cextra, int allow_copy)
 {
 	char mac[64], luri[256], curi[256];
+	/* over a network: authenticated, each side's key made here before the fork */
+	static struct spa_key ck, ek;
+	static struct spa_link_opts so, co;
+	cr_assert_eq(spa_key_generate(&ck), 0);
+	cr_assert_eq(spa_key_generate(&ek), 0);
+	so = (struct spa_link_opts){.key = &ck, .allow = ek.pk, .n_allow = 1};
+	co = (struct spa_link_opts){.key = &ek, .peer_pub = ck.pk};
+	serve_opts = &so;
+	conn_opts = &co;
 	make_veth(mac, sizeof mac);
 	snprintf(luri, sizeof luri, "dpdk:%s?iface=spa-va%s", pmd, lextra);
 	snprintf(curi, sizeof curi, "dpdk:%s?iface=spa-vb&peer=%s%s", pmd, mac, cextra);
@@ -620,7 +633,7 @@ static void check_veth(const char *pmd, const char *lextra, const char *cextra, 
 	enter_ns(netns[1]);
 	struct spa_errbuf err = {{0}};
 	struct spa_link *l = NULL;
-	int rc = spa_link_connect(&l, curi, NULL, 10000000000ll, &err);
+	int rc = spa_link_connect(&l, curi, conn_opts, 10000000000ll, &err);
 	if (rc) {
 		int st = wait_kid(kid, 1);
 		cr_skip_test("%s over veth cannot run here: %s (cloud side exit %d)", pmd, err.msg,
@@ -681,13 +694,16 @@ static const char *plugin_for(const char *method)
 /* Cloud and edge as programs over the given URIs (each side's command prefixed, e.g. with
  * `ip netns exec NS`); for both splits and both sampling modes their tokens must equal
  * spa-run's. */
+/* Extra options of spa-cloud and spa-edge (keys, over a network). */
+static const char *cloud_keys = "", *edge_keys = "";
+
 static void check_split_over(const char *method, const char *cloud_uri, const char *edge_uri,
 			     const char *cloud_pre, const char *edge_pre, const char *dir)
 {
 	char cmd[4096];
 	snprintf(cmd, sizeof cmd, "exec %s%s -m %s --link '%s' -t 1 --sessions 4 --timeout 20 -q "
-		 ">%s/cloud.log 2>&1", cloud_pre, tu_program("spa-cloud"), tu_tiny_model(),
-		 cloud_uri, dir);
+		 "%s >%s/cloud.log 2>&1", cloud_pre, tu_program("spa-cloud"), tu_tiny_model(),
+		 cloud_uri, cloud_keys, dir);
 	pid_t cloud = fork_kid();
 	if (cloud == 0) {
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -703,9 +719,9 @@ static void check_split_over(const char *method, const char *cloud_uri, const ch
 				 sampling[k]);
 			cr_assert_eq(tu_run(cmd, want, sizeof want, 0), 0, "spa-run failed: %s", cmd);
 			snprintf(cmd, sizeof cmd, "%s%s --link '%s' --plugin %s --method %s --split %s "
-				 "-p '%s' -n %d --ids --timeout 20 %s 2>%s/edge.err", edge_pre,
+				 "-p '%s' -n %d --ids --timeout 20 %s %s 2>%s/edge.err", edge_pre,
 				 tu_program("spa-edge"), edge_uri, plugin_for(method), method,
-				 splits[sp], prompt, N_TOK, sampling[k], dir);
+				 splits[sp], prompt, N_TOK, sampling[k], edge_keys, dir);
 			int rc = tu_run(cmd, got, sizeof got, 0);
 			snprintf(cmd, sizeof cmd, "%s/edge.err", dir);
 			size_t n;
@@ -744,6 +760,17 @@ Test(dpdk, split_equals_local_over_af_packet_on_veth)
 	snprintf(euri, sizeof euri, "dpdk:af_packet?iface=spa-vb&peer=%s", mac);
 	snprintf(cpre, sizeof cpre, "ip netns exec %s ", netns[0]);
 	snprintf(epre, sizeof epre, "ip netns exec %s ", netns[1]);
+	/* over a network: with keys (spa-keygen), authenticated and sealed */
+	static char ck[1024], ek[1024];
+	char cmd[2048], out[1024];
+	const char *d = tu_tmpdir();
+	snprintf(cmd, sizeof cmd, "%s -o %s/vc && %s -o %s/ve", tu_program("spa-keygen"), d,
+		 tu_program("spa-keygen"), d);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "spa-keygen: %s", out);
+	snprintf(ck, sizeof ck, "--key %s/vc.key --allow %s/ve.pub", d, d);
+	snprintf(ek, sizeof ek, "--key %s/ve.key --cloud-pub %s/vc.pub", d, d);
+	cloud_keys = ck;
+	edge_keys = ek;
 	const char *methods[] = {"lora", "adapter", "lst", "spa"};
 	for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
 		check_split_over(methods[i], curi, euri, cpre, epre, tu_tmpdir());

@@ -1587,3 +1587,410 @@ Test(link, udp_and_fault_uris_are_checked)
 	cr_assert_eq(spa_link_listen(&lst, "udp://127.0.0.1:1", &o, &e), -SPA_EUSAGE);
 	cr_assert(strstr(e.msg, "sum"), "%s", e.msg);
 }
+
+/* ---- keys: authenticated, sealed links ------------------------------------------------- */
+
+#include <ifaddrs.h>
+#include <poll.h>
+
+#include <sodium.h>
+
+#include "spa/keys.h"
+
+struct keyset {
+	struct spa_key cloud, edge, stranger;
+	struct spa_link_opts cloud_o, edge_o;
+};
+
+static void keys_make(struct keyset *k, enum spa_aead aead)
+{
+	cr_assert_eq(spa_key_generate(&k->cloud), 0);
+	cr_assert_eq(spa_key_generate(&k->edge), 0);
+	cr_assert_eq(spa_key_generate(&k->stranger), 0);
+	k->cloud_o = (struct spa_link_opts){ .key = &k->cloud, .allow = k->edge.pk, .n_allow = 1,
+					     .aead = aead };
+	k->edge_o = (struct spa_link_opts){ .key = &k->edge, .peer_pub = k->cloud.pk, .aead = aead };
+}
+
+/* Edge: echo with the keys of arg (a struct keyset), then report what it saw. */
+static int keyed_echo_child(const char *uri, void *arg)
+{
+	struct keyset *k = arg;
+	struct spa_link *l = edge_connect(uri, &k->edge_o);
+	if (!l)
+		return 10;
+	uint8_t *buf = malloc(BIG);
+	for (;;) {
+		struct spa_msg m;
+		if (spa_link_recv(l, &m, buf, BIG, 20 * SEC)) {
+			fprintf(stderr, "child: recv: %s\n", spa_link_error(l));
+			return 11;
+		}
+		if (m.type == SPA_MSG_BYE)
+			break;
+		m.type = SPA_MSG_SIDE_OUT;
+		if (spa_link_send(l, &m, m.payload, m.len))
+			return 12;
+	}
+	uint8_t pk[32];
+	int bad = !strcmp(spa_link_aead(l), "none") || spa_link_peer_key(l, pk) ||
+		  memcmp(pk, k->cloud.pk, 32) || spa_link_stats(l)->auth_failed;
+	spa_link_destroy(l);
+	free(buf);
+	return bad ? 13 : 0;
+}
+
+static void keyed_round_trip(const char *scheme, enum spa_aead aead)
+{
+	struct keyset k;
+	keys_make(&k, aead);
+	if (aead == SPA_AEAD_AES256GCM) { /* insisted on by the edge only: the cloud agrees */
+		k.cloud_o.aead = SPA_AEAD_AUTO;
+	}
+	struct srv s;
+	srv_start(&s, scheme, &k.cloud_o);
+	pid_t child = spawn(keyed_echo_child, s.uri, &k);
+	struct spa_link *l = srv_accept(&s);
+	if (aead == SPA_AEAD_CHACHA20POLY1305 || !crypto_aead_aes256gcm_is_available())
+		cr_assert_str_eq(spa_link_aead(l), "chacha20poly1305");
+	else if (aead == SPA_AEAD_AES256GCM)
+		cr_assert_str_eq(spa_link_aead(l), "aes256gcm");
+	else /* the fastest both take: AEGIS-128L when the libsodium has it */
+		cr_assert_str_eq(spa_link_aead(l),
+#ifdef crypto_aead_aegis128l_KEYBYTES
+				 "aegis128l"
+#else
+				 "aes256gcm"
+#endif
+		);
+	uint8_t pk[32];
+	cr_assert_eq(spa_link_peer_key(l, pk), 0);
+	cr_assert_eq(memcmp(pk, k.edge.pk, 32), 0, "the cloud names the edge's key");
+	size_t maxp = spa_link_max_payload(l);
+	uint8_t *out = malloc(BIG), *in = malloc(BIG);
+	for (int i = 0; i < N_MSG; i++) {
+		size_t n = msg_size(i, maxp);
+		fill(out, n, (uint64_t)i + 7);
+		struct spa_msg m = { .type = SPA_MSG_TAPS, .pos = (uint32_t)i, .aux = 9 };
+		cr_assert_eq(spa_link_send(l, &m, out, n), 0, "%s", spa_link_error(l));
+		struct spa_msg r;
+		cr_assert_eq(spa_link_recv(l, &r, in, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
+		cr_assert_eq(r.len, n);
+		cr_assert_eq(r.pos, (uint32_t)i);
+		cr_assert_eq(memcmp(in, out, n), 0, "message %d (%zu bytes) differs", i, n);
+	}
+	struct spa_msg bye = { .type = SPA_MSG_BYE };
+	cr_assert_eq(spa_link_send(l, &bye, NULL, 0), 0);
+	cr_assert_eq(reap(child), 0, "edge side failed");
+	cr_assert_eq(spa_link_stats(l)->auth_failed, 0);
+	cr_assert_eq(spa_link_stats(l)->bad_frames, 0);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(out);
+	free(in);
+}
+
+Test(link, keyed_links_round_trip_sealed_with_each_aead, .timeout = 120)
+{
+	static const char *const schemes[] = { "shm", "tcp", "udp" };
+	for (int i = 0; i < 3; i++) {
+		keyed_round_trip(schemes[i], SPA_AEAD_AUTO);
+		keyed_round_trip(schemes[i], SPA_AEAD_CHACHA20POLY1305);
+		if (crypto_aead_aes256gcm_is_available())
+			keyed_round_trip(schemes[i], SPA_AEAD_AES256GCM);
+	}
+}
+
+/* Edge k of the refusal test: 0 an unknown key, 1 the wrong cloud key pinned, 2 no key, 3 the
+ * right keys. Exit 0 when what happened is what should. */
+static int which_child;
+
+static int refused_child(const char *uri, void *arg)
+{
+	struct keyset *k = arg;
+	int w = which_child;
+	struct spa_link_opts o = k->edge_o;
+	const char *want = NULL;
+	if (w == 0) {
+		o.key = &k->stranger;
+		want = "not among this cloud's allowed keys";
+	} else if (w == 1) {
+		o.peer_pub = k->stranger.pk;
+		want = "does not decrypt with this cloud's key";
+	} else if (w == 2) {
+		o.key = NULL;
+		o.peer_pub = NULL;
+		want = "this cloud authenticates its edges";
+	}
+	struct spa_link *l = NULL;
+	struct spa_errbuf e = { "" };
+	int rc = spa_link_connect(&l, uri, &o, 10 * SEC, &e);
+	if (want) {
+		if (rc != -SPA_EAUTH || !strstr(e.msg, want)) {
+			fprintf(stderr, "child %d: got %d \"%s\", want -SPA_EAUTH \"%s\"\n", w, rc,
+				e.msg, want);
+			return 1;
+		}
+		return 0;
+	}
+	if (rc)
+		return 2;
+	struct spa_msg m = { .type = SPA_MSG_HELLO };
+	if (spa_link_send(l, &m, "ok", 2))
+		return 3;
+	return edge_wait_close(l);
+}
+
+static void refusals(const char *scheme)
+{
+	struct keyset k;
+	keys_make(&k, SPA_AEAD_AUTO);
+	struct srv s;
+	srv_start(&s, scheme, &k.cloud_o);
+	/* the cloud's accept runs meanwhile: it refuses edges 0..2 one after another and
+	 * returns the good edge's link */
+	struct accept_job j = { .lst = s.lst };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, accept_thread, &j), 0);
+	pid_t child = 0;
+	for (int w = 0; w < 4; w++) {
+		which_child = w;
+		child = spawn(refused_child, s.uri, &k);
+		if (w < 3)
+			cr_assert_eq(reap(child), 0, "edge %d on %s was not refused as it should", w,
+				     scheme);
+	}
+	pthread_join(t, NULL);
+	cr_assert_eq(j.rc, 0, "accept: %s", j.e.msg);
+	struct spa_link *l = j.l;
+	uint8_t pk[32], b[8];
+	cr_assert_eq(spa_link_peer_key(l, pk), 0);
+	cr_assert_eq(memcmp(pk, k.edge.pk, 32), 0);
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 10 * SEC), 0, "%s", spa_link_error(l));
+	cr_assert_eq(memcmp(b, "ok", 2), 0);
+	spa_link_destroy(l);
+	cr_assert_eq(reap(child), 0);
+	spa_listener_destroy(s.lst);
+}
+
+Test(link, unknown_keys_and_wrong_pins_are_refused_and_the_cloud_serves_on, .timeout = 120)
+{
+	refusals("tcp");
+	refusals("udp");
+	refusals("shm");
+}
+
+/* This host's first IPv4 address that is not loopback, or 0. */
+static int other_ipv4(char *out, size_t n)
+{
+	struct ifaddrs *ifs, *i;
+	if (getifaddrs(&ifs))
+		return 0;
+	int found = 0;
+	for (i = ifs; i && !found; i = i->ifa_next) {
+		if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+			continue;
+		struct sockaddr_in *a = (struct sockaddr_in *)i->ifa_addr;
+		if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
+			continue;
+		found = inet_ntop(AF_INET, &a->sin_addr, out, (socklen_t)n) != NULL;
+	}
+	freeifaddrs(ifs);
+	return found;
+}
+
+Test(link, unauthenticated_links_beyond_this_host_need_insecure, .timeout = 60)
+{
+	struct spa_listener *lst = NULL;
+	struct spa_errbuf e = { "" };
+	char uri[128];
+	int port = 23000 + (int)getpid() % 20000;
+	/* a listener any host can reach, without keys: refused */
+	snprintf(uri, sizeof uri, "tcp://0.0.0.0:%d", port);
+	cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), -SPA_EAUTH, "%s", e.msg);
+	cr_assert(strstr(e.msg, "--insecure") && strstr(e.msg, "--key"), "%s", e.msg);
+	snprintf(uri, sizeof uri, "udp://0.0.0.0:%d", port);
+	cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), -SPA_EAUTH, "%s", e.msg);
+	/* a key without allowed edges, allowed edges without a key */
+	struct keyset k;
+	keys_make(&k, SPA_AEAD_AUTO);
+	struct spa_link_opts o = { .key = &k.cloud };
+	cr_assert_eq(spa_link_listen(&lst, uri, &o, &e), -SPA_EUSAGE, "%s", e.msg);
+	o = (struct spa_link_opts){ .allow = k.edge.pk, .n_allow = 1 };
+	cr_assert_eq(spa_link_listen(&lst, uri, &o, &e), -SPA_EUSAGE, "%s", e.msg);
+	char ip[64];
+	if (!other_ipv4(ip, sizeof ip)) {
+		cr_log_warn("no IPv4 address but loopback here: the edge side is not checked");
+		return;
+	}
+	/* the edge: to a non-loopback address without keys, refused unless insecure */
+	o = (struct spa_link_opts){ .insecure = true };
+	snprintf(uri, sizeof uri, "tcp://%s:%d", ip, port + 1);
+	cr_assert_eq(spa_link_listen(&lst, uri, &o, &e), 0, "%s", e.msg);
+	struct spa_link *c = NULL, *a = NULL;
+	cr_assert_eq(spa_link_connect(&c, uri, NULL, 5 * SEC, &e), -SPA_EAUTH, "%s", e.msg);
+	cr_assert(strstr(e.msg, "not on this host"), "%s", e.msg);
+	link_pair(lst, uri, &o, &c, &a);
+	cr_assert_str_eq(spa_link_aead(c), "none");
+	spa_link_destroy(c);
+	spa_link_destroy(a);
+	/* with keys no insecure is needed */
+	spa_listener_destroy(lst);
+	cr_assert_eq(spa_link_listen(&lst, uri, &k.cloud_o, &e), 0, "%s", e.msg);
+	link_pair(lst, uri, &k.edge_o, &c, &a);
+	cr_assert_neq(strcmp(spa_link_aead(a), "none"), 0);
+	spa_link_destroy(c);
+	spa_link_destroy(a);
+	spa_listener_destroy(lst);
+}
+
+/* A UDP relay between an edge and the cloud, standing for the network (and an attacker on it):
+ * forwards every datagram both ways, and can add forged, damaged or replayed ones. */
+struct relay {
+	int front, back;              /* the edge's side (bound), the cloud's (connected) */
+	struct sockaddr_storage edge; /* learnt from the edge's first datagram */
+	socklen_t edge_len;
+	int port;                     /* front's */
+	volatile int stop;
+	pthread_t t;
+	/* cloud -> edge: after data datagram `forge_at`, send a copy with a bit of its payload
+	 * flipped (a forgery: the genuine one goes too); at datagram `replay_at`, send datagram
+	 * `replay_at / 2` again (a replay of an old one) */
+	int forge_at, replay_at, n_down, forged, replayed;
+	uint8_t saved[2048];
+	ssize_t saved_len;
+};
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	uint8_t b[70000];
+	while (!r->stop) {
+		struct pollfd p[2] = { { r->front, POLLIN, 0 }, { r->back, POLLIN, 0 } };
+		if (poll(p, 2, 20) <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			r->edge_len = sizeof r->edge;
+			ssize_t k = recvfrom(r->front, b, sizeof b, 0, (struct sockaddr *)&r->edge,
+					     &r->edge_len);
+			if (k > 0)
+				send(r->back, b, (size_t)k, 0);
+		}
+		if (p[1].revents & POLLIN) {
+			ssize_t k = recv(r->back, b, sizeof b, 0);
+			if (k <= 0 || !r->edge_len)
+				continue;
+			sendto(r->front, b, (size_t)k, 0, (struct sockaddr *)&r->edge, r->edge_len);
+			int data = k > HDR + 16 && b[5] < SPA_MSG_HEARTBEAT;
+			if (!data)
+				continue;
+			r->n_down++;
+			if (r->n_down == r->replay_at / 2 && k <= (ssize_t)sizeof r->saved) {
+				memcpy(r->saved, b, (size_t)k);
+				r->saved_len = k;
+			}
+			if (r->n_down == r->forge_at) {
+				b[HDR + 3] ^= 0x20;
+				sendto(r->front, b, (size_t)k, 0, (struct sockaddr *)&r->edge,
+				       r->edge_len);
+				r->forged++;
+			}
+			if (r->n_down == r->replay_at && r->saved_len) {
+				sendto(r->front, r->saved, (size_t)r->saved_len, 0,
+				       (struct sockaddr *)&r->edge, r->edge_len);
+				r->replayed++;
+			}
+		}
+	}
+	return NULL;
+}
+
+static void relay_start(struct relay *r, int cloud_port)
+{
+	r->front = socket(AF_INET, SOCK_DGRAM, 0);
+	r->back = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof a;
+	cr_assert_eq(bind(r->front, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(getsockname(r->front, (struct sockaddr *)&a, &al), 0);
+	r->port = ntohs(a.sin_port);
+	a.sin_port = htons((uint16_t)cloud_port);
+	cr_assert_eq(connect(r->back, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(pthread_create(&r->t, NULL, relay_main, r), 0);
+}
+
+static void relay_stop(struct relay *r)
+{
+	r->stop = 1;
+	pthread_join(r->t, NULL);
+	close(r->front);
+	close(r->back);
+}
+
+/* Edge over the relay: echo, then report (exit 0) that it saw a forgery fail its tag, a
+ * replay dropped, and nothing wrong delivered. */
+static int relay_echo_child(const char *uri, void *arg)
+{
+	struct keyset *k = arg;
+	struct spa_link *l = edge_connect(uri, &k->edge_o);
+	if (!l)
+		return 10;
+	uint8_t *buf = malloc(BIG);
+	for (;;) {
+		struct spa_msg m;
+		if (spa_link_recv(l, &m, buf, BIG, 20 * SEC)) {
+			fprintf(stderr, "child: recv: %s\n", spa_link_error(l));
+			return 11;
+		}
+		if (m.type == SPA_MSG_BYE)
+			break;
+		m.type = SPA_MSG_SIDE_OUT;
+		if (spa_link_send(l, &m, m.payload, m.len))
+			return 12;
+	}
+	const struct spa_link_stats *st = spa_link_stats(l);
+	int rc = st->auth_failed != 1 ? 13 : st->dup_frames < 1 ? 14 : 0;
+	if (rc)
+		fprintf(stderr, "child: auth_failed %llu dup_frames %llu\n",
+			(unsigned long long)st->auth_failed, (unsigned long long)st->dup_frames);
+	spa_link_destroy(l);
+	free(buf);
+	return rc;
+}
+
+Test(link, udp_forged_and_replayed_sealed_frames_are_dropped_never_delivered, .timeout = 60)
+{
+	struct keyset k;
+	keys_make(&k, SPA_AEAD_AUTO);
+	struct srv s;
+	srv_start(&s, "udp", &k.cloud_o);
+	struct relay r = { .forge_at = 5, .replay_at = 12 };
+	relay_start(&r, atoi(strrchr(s.uri, ':') + 1));
+	char uri[64];
+	snprintf(uri, sizeof uri, "udp://127.0.0.1:%d", r.port);
+	pid_t child = spawn(relay_echo_child, uri, &k);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t *out = malloc(BIG), *in = malloc(BIG);
+	for (int i = 0; i < 20; i++) {
+		size_t n = 100 + (size_t)i * 997;
+		fill(out, n, (uint64_t)i + 77);
+		struct spa_msg m = { .type = SPA_MSG_TAPS, .pos = (uint32_t)i };
+		cr_assert_eq(spa_link_send(l, &m, out, n), 0, "%s", spa_link_error(l));
+		struct spa_msg rm;
+		cr_assert_eq(spa_link_recv(l, &rm, in, BIG, 20 * SEC), 0, "%s", spa_link_error(l));
+		cr_assert_eq(rm.len, n);
+		cr_assert_eq(memcmp(in, out, n), 0, "message %d differs", i);
+	}
+	struct spa_msg bye = { .type = SPA_MSG_BYE };
+	cr_assert_eq(spa_link_send(l, &bye, NULL, 0), 0);
+	cr_assert_eq(reap(child), 0, "the edge did not see the forgery dropped and the replay "
+		     "suppressed (its stderr says)");
+	cr_assert_eq(r.forged, 1);
+	cr_assert_eq(r.replayed, 1);
+	relay_stop(&r);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	free(out);
+	free(in);
+}

@@ -35,14 +35,14 @@ static void make_uri(char *uri, size_t size, const char *link)
 	static int n;
 	if (!strcmp(link, "shm"))
 		snprintf(uri, size, "shm:/spa-test-%d-%d", (int)getpid(), n++);
-	else if (!strcmp(link, "udp"))
+	else if (!strcmp(link, "udp") || !strcmp(link, "udp-keys"))
 		snprintf(uri, size, "udp://127.0.0.1:%d", next_port());
 	else if (!strcmp(link, "udp-faults"))
 		/* both ends get the query: each side's sends are duplicated and reordered. The
 		 * URI goes into the programs' shell command lines: quoted for the '&'. */
 		snprintf(uri, size, "'udp://127.0.0.1:%d?dup=0.05&reorder=0.1&seed=%d'",
 			 next_port(), (int)getpid());
-	else
+	else /* tcp, tcp-keys */
 		snprintf(uri, size, "tcp://127.0.0.1:%d", next_port());
 }
 
@@ -155,19 +155,36 @@ static double json_num(const char *js, const char *key)
 	return strtod(p + strlen(pat), NULL);
 }
 
+/* "-keys" links: keys made with spa-keygen, given to both programs (authenticated, sealed). */
+static void keys_for(const char *link, char *cloud_opt, char *edge_opt, size_t cap)
+{
+	cloud_opt[0] = edge_opt[0] = 0;
+	if (!strstr(link, "-keys"))
+		return;
+	const char *d = tu_tmpdir();
+	char cmd[2048], out[512];
+	snprintf(cmd, sizeof cmd, "rm -f %s/sc.* %s/se.*; %s -o %s/sc && %s -o %s/se", d, d,
+		 tu_program("spa-keygen"), d, tu_program("spa-keygen"), d);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "spa-keygen: %s", out);
+	snprintf(cloud_opt, cap, "--key %s/sc.key --allow %s/se.pub", d, d);
+	snprintf(edge_opt, cap, "--key %s/se.key --cloud-pub %s/sc.pub", d, d);
+}
+
 static void check_method(const char *method, const char *link)
 {
 	struct spa_hparams hp;
 	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
 	const char *splits[2] = {"cloud-linear", "edge-all"};
-	char uri[128];
+	char uri[128], ckeys[1024], ekeys[1024];
 	make_uri(uri, sizeof uri, link);
-	pid_t cloud = start_cloud(uri, 4, NULL);
+	keys_for(link, ckeys, ekeys, sizeof ckeys);
+	pid_t cloud = start_cloud(uri, 4, ckeys);
 	for (int s = 0; s < 2; s++)
 		for (int k = 0; k < 2; k++) {
-			char want[4096], got[4096], js[4096], err[4096];
+			char want[4096], got[4096], js[4096], err[4096], eopt[2048];
 			run_local(method, splits[s], "add", sampling[k], want, sizeof want);
-			int rc = run_edge(uri, method, splits[s], "add", sampling[k], NULL, got,
+			snprintf(eopt, sizeof eopt, "%s %s", sampling[k], ekeys);
+			int rc = run_edge(uri, method, splits[s], "add", eopt, NULL, got,
 					  sizeof got, js, sizeof js, err, sizeof err);
 			cr_assert_eq(rc, 0, "spa-edge %s %s over %s failed: %s", method, splits[s],
 				     link, err);
@@ -196,6 +213,8 @@ static void check_method(const char *method, const char *link)
 
 Test(split, lora_shm) { check_method("lora", "shm"); }
 Test(split, lora_tcp) { check_method("lora", "tcp"); }
+Test(split, lora_tcp_with_keys) { check_method("lora", "tcp-keys"); }
+Test(split, spa_udp_with_keys) { check_method("spa", "udp-keys"); }
 Test(split, adapter_shm) { check_method("adapter", "shm"); }
 Test(split, adapter_tcp) { check_method("adapter", "tcp"); }
 Test(split, lst_shm) { check_method("lst", "shm"); }

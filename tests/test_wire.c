@@ -55,8 +55,8 @@ static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
 		h.msg_len = h.payload_len;
 		h.frag_off = 0;
 	}
-	if (rnd() & 1) { /* sealed: a tag instead of the crc */
-		h.flags = SPA_WIRE_SEALED;
+	if (rnd() & 1) { /* sealed: a tag instead of the crc, 16 or 32 bytes */
+		h.flags = SPA_WIRE_SEALED | (rnd() & 1 ? SPA_WIRE_TAG32 : 0);
 		h.crc = 0;
 	}
 	return h;
@@ -96,7 +96,8 @@ Test(wire, header_round_trips_random_fields_in_documented_layout)
 		cr_assert_eq(le32(b + 52), h.crc);
 		cr_assert_eq(le64(b + 56), h.tx_ns);
 		cr_assert_eq(spa_wire_frame_size(&h),
-			     HDR_BYTES + h.payload_len + (h.flags ? 16u : 0u));
+			     HDR_BYTES + h.payload_len + (h.flags & SPA_WIRE_TAG32 ? 32u : h.flags ? 16u
+											       : 0u));
 
 		struct spa_errbuf e = { "" };
 		cr_assert_eq(spa_wire_hdr_decode(b, &d, maxp, &e), 0, "%s", e.msg);
@@ -150,7 +151,9 @@ Test(wire, each_invalid_field_is_refused_with_a_message)
 		expect_refused(h, maxp, "type");
 		h = g; h.dtype = (uint8_t)(SPA_WIRE_DTYPE_END + rnd_below(256 - SPA_WIRE_DTYPE_END));
 		expect_refused(h, maxp, "dtype");
-		h = g; h.flags = (uint8_t)(2 + rnd_below(254));
+		h = g; h.flags = (uint8_t)(4 + rnd_below(252));
+		expect_refused(h, maxp, "flags");
+		h = g; h.flags = SPA_WIRE_TAG32; /* a tag length without a tag */
 		expect_refused(h, maxp, "flags");
 		h = g; h.flags = SPA_WIRE_SEALED; h.crc = (uint32_t)rnd() | 1;
 		expect_refused(h, maxp, "sealed");

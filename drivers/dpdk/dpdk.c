@@ -172,6 +172,7 @@ struct dp_link {
 	struct rte_mbuf *cur;  /* frame handed out by recv_frame */
 	struct rte_mbuf *tx_h, *tx_x; /* memif: the head and external mbufs every frame reuses
 					 (send_reuse) */
+	struct rte_mbuf *tx_res; /* the frame being written in place (frame_reserve) */
 	uint8_t *lin;          /* linearisation buffer, max_frame bytes */
 	struct rte_mbuf_ext_shared_info shinfo;
 	volatile int ext_out;  /* external buffers the PMD still holds */
@@ -1378,6 +1379,44 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 	return 0;
 }
 
+/* A frame written in place (a sealed one): the head mbuf with room for our encapsulation and
+ * len bytes of frame, which the connection layer writes (seals) at *out; frame_commit sends
+ * it. No copy of the payload but that pass. */
+static int dp_frame_reserve(struct spa_link_base *b, size_t len, uint8_t **out)
+{
+	struct dp_link *l = (struct dp_link *)b;
+	if (l->peer_closed)
+		return -SPA_ECLOSED;
+	if (len > l->max_frame)
+		return -EMSGSIZE;
+	struct rte_mbuf *h = rte_pktmbuf_alloc(l->port->pool);
+	if (!h)
+		return -ENOBUFS;
+	uint8_t *d = (uint8_t *)rte_pktmbuf_append(h, (uint16_t)(l->hdr_len + len));
+	if (!d) {
+		rte_pktmbuf_free(h);
+		return -EMSGSIZE;
+	}
+	memcpy(d, l->tmpl, l->hdr_len);
+	encap_fix(&l->o, d, l->hdr_len + len);
+	l->tx_res = h;
+	*out = d + l->hdr_len;
+	return 0;
+}
+
+static int dp_frame_commit(struct spa_link_base *b)
+{
+	struct dp_link *l = (struct dp_link *)b;
+	struct rte_mbuf *h = l->tx_res;
+	l->tx_res = NULL;
+	if (tx_wait(l, &h) < 0) {
+		rte_pktmbuf_free(h);
+		return -SPA_ECLOSED;
+	}
+	l->st.tx_frames++;
+	return 0;
+}
+
 /* The frame in m (classified as ri) handed out: in place when contiguous, else linearised
  * into the link's buffer. Returns 0, or -1 when it is too long (dropped). */
 static int hand_out(struct dp_link *l, struct rte_mbuf *m, const struct rx_info *ri,
@@ -1538,6 +1577,7 @@ static void dp_close(struct spa_link_base *b)
 		return;
 	if (l->cur)
 		rte_pktmbuf_free(l->cur);
+	rte_pktmbuf_free(l->tx_res);
 	q_free(&l->q);
 	if (l->tx_h) {
 		/* back to one reference each; x's free runs the shared info's callback once */
@@ -1803,5 +1843,7 @@ const struct spa_link_driver spa_drv_dpdk = {
 	.prepare = dp_prepare,
 	.link_max_frame = dp_link_max_frame,
 	.copied_tx = dp_copied_tx,
+	.frame_reserve = dp_frame_reserve,
+	.frame_commit = dp_frame_commit,
 	.bind_conn = dp_bind_conn,
 };

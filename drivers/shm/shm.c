@@ -23,7 +23,7 @@
  * (the position is counter % RING_SIZE). A record is a frame as the link built it, stored
  * contiguously from a 64-byte boundary and padded to a multiple of 64, so that the 64-byte wire
  * header fills one cache line and the payload starts on the next; its length is the frame's
- * own (header + payload_len [+ tag]), read from the header. A record never wraps: when it does
+ * own (header + payload_len [+ tag]; spa_wire_frame_size), read from the header. A record never wraps: when it does
  * not fit before the end of the ring, the producer writes the wrap marker 0xffffffff where a
  * frame's magic would be and continues at position 0; it also wraps early, when the ring is
  * empty and it is past the first REWIND_AT bytes, so request/response traffic stays on warm
@@ -319,8 +319,8 @@ static size_t rec_frame_len(const uint8_t *p, uint64_t avail)
 	memcpy(&plen, p + 36, 4);
 	if (magic != SPA_WIRE_MAGIC || plen > MAX_FRAME)
 		return 0;
-	size_t n = SPA_WIRE_HDR_SIZE + (size_t)plen +
-		   ((p[7] & SPA_WIRE_SEALED) ? SPA_WIRE_TAG_SIZE : 0);
+	struct spa_wire_hdr h = { .payload_len = plen, .flags = p[7] };
+	size_t n = spa_wire_frame_size(&h);
 	return n <= MAX_FRAME && rec_size(n) <= avail ? n : 0;
 }
 
@@ -779,6 +779,7 @@ static int shm_connect(struct spa_link_base **out, const char *name, int64_t tim
 const struct spa_link_driver spa_drv_shm = {
 	.scheme = "shm",
 	.max_frame = MAX_FRAME,
+	.flags = SPA_DRV_COPIES,
 	.listen = shm_listen,
 	.accept = shm_accept,
 	.listener_close = shm_listener_close,

@@ -6,7 +6,8 @@
  * number their frames per direction (pkt), check the connection id of every frame they
  * receive, and close with CLOSE. Control frames (CONNECT, ACCEPT, ACK, HEARTBEAT, CLOSE) are
  * handled here and never reach the link. The seeded fault injector sits here too, on the
- * frames handed to the driver.
+ * frames handed to the driver. With keys (opts.key and the peer's), the handshake is a Noise IK
+ * key exchange and every later frame is sealed (AEAD); see runtime/conn.c.
  *
  * A connection is used by one thread at a time. Send and receive are on the hot path: no
  * allocation, no logging, no locks; a fault ends the connection with a negative code and a
@@ -26,7 +27,7 @@ struct spa_conn;
 
 /* What the link hands down at creation. Borrowed: they must outlive the connection. */
 struct spa_conn_cfg {
-	const struct spa_link_opts *opts; /* faults, max_msg */
+	const struct spa_link_opts *opts; /* faults, keys, insecure, aead */
 	const char *uri;                  /* names the link in messages */
 	struct spa_link_stats *stats;     /* counters the connection adds to */
 	struct spa_errbuf *err;           /* its messages */
@@ -35,8 +36,9 @@ struct spa_conn_cfg {
 /* A data frame handed up by spa_conn_recv, valid until spa_conn_release. */
 struct spa_frame {
 	struct spa_wire_hdr h;  /* decoded and checked (decode, connection id, order) */
-	const uint8_t *raw;     /* the frame as received: header, then payload */
-	int verified;           /* its CRC was checked (spa_conn_check) */
+	const uint8_t *raw;     /* the frame as received: header, then payload (and tag) */
+	int verified;           /* checked (CRC, or tag: then decrypted) */
+	const uint8_t *plain;   /* verified: its payload in the clear */
 };
 
 /* Edge: make the transport connection (drv->connect on addr) and run the handshake, waiting up
@@ -63,11 +65,13 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
  * there). Control frames are handled on the way. Its payload is checked (CRC) by
  * spa_conn_take or spa_conn_check. Returns 0, -ETIMEDOUT, or a negative code (failed). */
 int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns);
-/* Copy f's payload to dst, checking its CRC in the same pass (unless spa_conn_check did). Returns 0, or 1 when the frame
+/* Copy f's payload to dst, checking its CRC (or opening it: AEAD) in the same pass, unless
+ * spa_conn_check did. Returns 0, or 1 when the frame
  * failed its check and was dropped (counted; receive the next one), or a negative code (the
  * connection failed: on a link that cannot lose frames, a damaged one ends it). */
 int spa_conn_take(struct spa_conn *c, struct spa_frame *f, void *dst);
-/* Check f without copying it (a frame the link refuses on its header: was it damaged?).
+/* Check f without placing it (a frame the link refuses on its header: was it damaged? or a
+ * frame of a tolerant link, checked before anything in it is trusted).
  * Returns 0 (intact), 1 (damaged and dropped) or a negative code, as spa_conn_take. */
 int spa_conn_check(struct spa_conn *c, struct spa_frame *f);
 /* Done with f (the driver may reuse its memory). */
@@ -86,6 +90,10 @@ uint64_t spa_conn_id(const struct spa_conn *c);
 size_t spa_conn_max_payload(const struct spa_conn *c);
 /* Does the connection take frames in any order (datagram transport, or faults on)? */
 int spa_conn_tolerant(const struct spa_conn *c);
+/* "aes256gcm", "chacha20poly1305" or "none". */
+const char *spa_conn_aead(const struct spa_conn *c);
+/* The peer's static public key when keyed: 0, else -ENOENT. */
+int spa_conn_peer_key(const struct spa_conn *c, uint8_t pk[32]);
 /* The connection under a link (runtime/link.c), for tests and tools. */
 struct spa_conn *spa_link_conn(struct spa_link *l);
 /* The driver-level link under it (tests: raw frames). */

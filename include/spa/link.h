@@ -13,10 +13,12 @@
 #ifndef SPA_LINK_H
 #define SPA_LINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
+#include "keys.h"
 #include "wire.h"
 
 struct spa_link;
@@ -34,12 +36,30 @@ struct spa_link_faults {
 	uint64_t seed;
 };
 
+/* AEAD of a keyed link's frames (spa_link_opts.aead). By default the first both sides take of:
+ * AEGIS-128L (when the libsodium of both builds has it, 1.0.19 on, and the CPUs have AES-NI),
+ * AES-256-GCM (AES-NI and PCLMUL), ChaCha20-Poly1305 (IETF; always). A side may insist on one. */
+enum spa_aead { SPA_AEAD_AUTO = 0, SPA_AEAD_AES256GCM = 1, SPA_AEAD_CHACHA20POLY1305 = 2,
+		SPA_AEAD_AEGIS128L = 3 };
+
 struct spa_link_opts {
 	int64_t delay_ns;   /* emulated one-way delay added by the receiver: a frame is handed
 			       over no earlier than its tx_ns + delay_ns (same-host clocks) */
 	size_t max_msg;     /* largest message this side will accept (0: SPA_WIRE_MAX_MSG) */
 	const char *eal;    /* dpdk: EAL arguments (DPDK's conventions); NULL: built from the URI */
 	struct spa_link_faults faults;
+	/* Authentication (docs/wire-protocol.md, "Keys"). key: this side's static key pair
+	 * (include/spa/keys.h); the connecting side also pins the listener's public key
+	 * (peer_pub, 32 bytes), the listener accepts the connecting sides whose public keys are
+	 * among allow (n_allow x 32 bytes). Borrowed: they must outlive the listener / link.
+	 * Without keys a link is unauthenticated and unencrypted: allowed only where the peer
+	 * is on this host (shm, memif, loopback addresses), else refused unless insecure. */
+	const struct spa_key *key;
+	const uint8_t *peer_pub;
+	const uint8_t *allow;
+	size_t n_allow;
+	bool insecure;
+	enum spa_aead aead;
 };
 
 struct spa_link_stats {
@@ -51,6 +71,7 @@ struct spa_link_stats {
 	uint64_t copied_tx;            /* payload bytes copied on send (0 on zero-copy paths) */
 	uint64_t dup_frames;           /* duplicate frames suppressed */
 	uint64_t faults_injected;      /* frames the fault injector dropped/duplicated/... */
+	uint64_t auth_failed;          /* frames whose AEAD tag did not verify: dropped */
 };
 
 /* One received message. payload points into the caller's buffer. */
@@ -96,6 +117,11 @@ const char *spa_link_scheme(const struct spa_link *l);
 /* Payload bytes one frame of this link carries (its frame limit less the 56-byte header): a
  * message of n bytes travels as max(1, ceil(n / this)) frames. Thread-safe, constant. */
 size_t spa_link_max_payload(const struct spa_link *l);
+/* The AEAD sealing the link's frames: "aegis128l", "aes256gcm", "chacha20poly1305", or "none" (an
+ * unauthenticated link). Thread-safe, constant. */
+const char *spa_link_aead(const struct spa_link *l);
+/* The peer's static public key (authenticated links): 0 and pk, or -ENOENT. */
+int spa_link_peer_key(const struct spa_link *l, uint8_t pk[SPA_KEY_SIZE]);
 /* The link's connection id: random, 64 bits, chosen by the connecting side at the handshake
  * (docs/wire-protocol.md). Thread-safe, constant. */
 uint64_t spa_link_conn_id(const struct spa_link *l);

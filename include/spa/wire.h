@@ -1,7 +1,8 @@
 /* spa: the wire format shared by every transport (runtime/wire.c). Spec: docs/wire-protocol.md.
  *
  * Version 2. Every frame is a 64-byte little-endian header followed by payload_len bytes of
- * payload and, in a sealed frame (flags & SPA_WIRE_SEALED), a 16-byte AEAD tag. A message
+ * payload and, in a sealed frame (flags & SPA_WIRE_SEALED), a 16-byte AEAD tag (32 with
+ * SPA_WIRE_TAG32). A message
  * larger than a link's frame limit travels as several frames (fragments) with the same seq,
  * frag_off giving each fragment's place in the msg_len-byte message. Frames are numbered per
  * direction (pkt) by the connection layer (runtime/conn.c), which also owns conn, ack and the
@@ -12,7 +13,8 @@
  *     4  1   version      2
  *     5  1   type         enum spa_msg_type
  *     6  1   dtype        enum spa_wire_dtype of the payload
- *     7  1   flags        SPA_WIRE_SEALED; other bits 0 (receivers refuse them)
+ *     7  1   flags        SPA_WIRE_SEALED, SPA_WIRE_TAG32; other bits 0 (receivers refuse
+ *                         them)
  *     8  8   conn         connection id, random, chosen by the connecting side
  *    16  4   pkt          frame number in this direction (low 32 bits; data and control
  *                         frames count apart)
@@ -40,12 +42,14 @@
 #define SPA_WIRE_HDR_SIZE 64
 #define SPA_WIRE_CRC_OFF 52 /* offset of the crc field in the header */
 #define SPA_WIRE_CONN_OFF 8 /* offset of the connection id */
-#define SPA_WIRE_TAG_SIZE 16 /* AEAD tag after the payload of a sealed frame */
+#define SPA_WIRE_TAG_SIZE 16 /* AEAD tag after the payload of a sealed frame ... */
+#define SPA_WIRE_TAG32_SIZE 32 /* ... or, with SPA_WIRE_TAG32, this long (AEGIS-128L) */
 /* Largest message any spa peer accepts (UPLOAD of a 7B side plugin is ~20 MB). */
 #define SPA_WIRE_MAX_MSG (256u << 20)
 
 /* flags */
-#define SPA_WIRE_SEALED 0x01u /* payload encrypted, 16-byte tag follows it; crc is 0 */
+#define SPA_WIRE_SEALED 0x01u /* payload encrypted, a 16-byte tag follows it; crc is 0 */
+#define SPA_WIRE_TAG32 0x02u  /* (sealed only) the tag is 32 bytes */
 
 enum spa_msg_type {
 	SPA_MSG_HELLO = 1,     /* edge -> cloud: method, split, merge, fingerprints */
@@ -99,7 +103,8 @@ static inline int spa_wire_is_ctl(unsigned type)
 static inline size_t spa_wire_frame_size(const struct spa_wire_hdr *h)
 {
 	return SPA_WIRE_HDR_SIZE + (size_t)h->payload_len +
-	       ((h->flags & SPA_WIRE_SEALED) ? SPA_WIRE_TAG_SIZE : 0);
+	       (!(h->flags & SPA_WIRE_SEALED) ? 0 : (h->flags & SPA_WIRE_TAG32) ? SPA_WIRE_TAG32_SIZE
+										: SPA_WIRE_TAG_SIZE);
 }
 
 /* Name of a message type ("TAPS"), "?" when unknown. */

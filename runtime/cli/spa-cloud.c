@@ -25,7 +25,8 @@ static void usage(void)
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
 	       "  --batch N             prompt prefill batch (default 64)\n"
-	       "  -q, --quiet           no per-session lines\n");
+	       "  -q, --quiet           no per-session lines\n"
+	       "%s", cli_auth_help_cloud);
 }
 
 /* The serve loop's lines, after this program's name. */
@@ -42,8 +43,11 @@ int main(int argc, char **argv)
 	struct spa_cloud_opts o = {.timeout_ns = 30000000000ll};
 	int threads = 0, n_cpus = 0, cpus[256];
 	uint64_t mem_budget = 0;
+	struct cli_auth auth = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		if (cli_auth_option(&auth, argc, argv, &i))
+			continue;
 		if (!strcmp(a, "-m") || !strcmp(a, "--model"))
 			model_path = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--link"))
@@ -89,6 +93,7 @@ int main(int argc, char **argv)
 		cli_die(2, "--threads %d but --cpu lists %d CPUs", threads, n_cpus);
 	if (n_cpus)
 		threads = n_cpus;
+	cli_auth_apply(&auth, &o.link, true);
 
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;

@@ -20,7 +20,7 @@ static void usage(void)
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for the cloud (connect and each message; "
 	       "default 60)\n"
-	       "%s", cli_gen_help);
+	       "%s%s", cli_gen_help, cli_auth_help_edge);
 }
 
 int main(int argc, char **argv)
@@ -31,9 +31,10 @@ int main(int argc, char **argv)
 	struct spa_edge_opts o = {.timeout_ns = 60000000000ll};
 	const char *plugin_path = NULL;
 	int cpu = -1;
+	struct cli_auth auth = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (cli_gen_option(&g, argc, argv, &i))
+		if (cli_gen_option(&g, argc, argv, &i) || cli_auth_option(&auth, argc, argv, &i))
 			continue;
 		if (!strcmp(a, "--link"))
 			o.uri = cli_value(argc, argv, &i);
@@ -58,6 +59,7 @@ int main(int argc, char **argv)
 		cli_die(2, "no link: give --link shm:/NAME or --link tcp://HOST:PORT");
 	if (!plugin_path)
 		cli_die(2, "no plugin: give --plugin PLUGIN.gguf (make one with spa-gen plugin)");
+	cli_auth_apply(&auth, &o.link, false);
 
 	struct spa_errbuf err = {{0}};
 	struct spa_plugin *p = NULL;

@@ -37,6 +37,11 @@ enum {
 	 * (stats.bad_frames) instead of ending the session. Checked frames that fail (CRC,
 	 * session, sequence gap, lost fragment) still end it. docs/wire-protocol.md. */
 	SPA_DRV_DATAGRAM = 1u << 0,
+	/* The driver copies every frame anyway (shm: into its ring): frame_reserve is the way
+	 * to send plain frames too, with the CRC computed in the copy's pass. Without it
+	 * frame_reserve serves only sealed frames (encrypted straight into the driver's
+	 * memory), and plain ones go by send_frame (dpdk: the payload attached, not copied). */
+	SPA_DRV_COPIES = 1u << 1,
 };
 
 struct spa_link_driver {
@@ -75,11 +80,11 @@ struct spa_link_driver {
 	/* Payload bytes the driver copied on send on this link so far (link.c adds them to
 	 * spa_link_stats.copied_tx; 0 on a zero-copy path). Cheap; any thread of the link. */
 	uint64_t (*copied_tx)(struct spa_link_base *l);
-	/* Write a frame straight into the driver's memory, for drivers that copy every frame
-	 * anyway (shm: into its ring): frame_reserve gives room for len bytes (<= max_frame)
-	 * at *out, frame_commit sends what was written there. The connection layer then
-	 * computes the CRC in the copy's pass (spa_crc32c_copy) instead of a pass of its own.
-	 * Nothing else is sent on the link between the two. Hot path; return as send_frame. */
+	/* Write a frame straight into the driver's memory (shm: its ring; dpdk: an mbuf):
+	 * frame_reserve gives room for len bytes (<= max_frame) at *out, frame_commit sends what
+	 * was written there. The connection layer then seals the payload, or computes its CRC
+	 * (SPA_DRV_COPIES), in that copy's pass instead of a pass of its own. Nothing else is
+	 * sent on the link between the two. Hot path; return as send_frame. */
 	int (*frame_reserve)(struct spa_link_base *l, size_t len, uint8_t **out);
 	int (*frame_commit)(struct spa_link_base *l);
 	/* The connection id l carries, once the connection layer knows it (the connecting

@@ -43,6 +43,7 @@
 #include "spa/clock.h"
 #include "spa/conn.h"
 #include "spa/noise.h"
+#include "spa/rel.h"
 #include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
@@ -53,7 +54,18 @@
 #define RETRY0_NS 20000000ll     /* first CONNECT repeat after 20 ms, then doubling ... */
 #define RETRY_MAX_NS 500000000ll /* ... up to every 500 ms */
 #define HANDSHAKE_NS 2000000000ll /* accept: longest wait for one transport's CONNECT */
-#define CTL_PAYLOAD_MAX 512u     /* control frame payloads we read (CLOSE's text) */
+#define CTL_PAYLOAD_MAX 512u     /* control frame payloads we read (CLOSE's text, ACK) */
+/* Reliable connections (datagram transports, faults injected): */
+#define REL_FRAME_MAX 65536u     /* frames at most this long (a loss resends one frame) */
+#define REL_WINDOW_BYTES (8u << 20) /* each window holds about this much (at most 1024 frames) */
+#define RTO0_NS 50000000ll       /* the retransmission timer before a round trip is measured */
+#define RTO_MIN_NS 2000000ll     /* ... and its bounds */
+#define RTO_MAX_NS 400000000ll
+#define ACK_DELAY_NS 500000ll   /* a receiver that waits sends what it owes after 0.5 ms */
+#define ACK_EVERY 8              /* frames taken without an ACK sent: send one (1/8 window) */
+#define PROBE0_NS 2000000ll      /* a waiting receiver's first PROBE after 2 ms, then ... */
+#define PROBE_MAX_NS 25000000ll  /* ... doubling up to every 25 ms */
+#define LINGER_NS 1000000000ll   /* a closing side waits this long at most for its last ACK */
 
 #define SUITE_AES 1u           /* AES-256-GCM */
 #define SUITE_CHACHA 2u        /* ChaCha20-Poly1305 (IETF) */
@@ -99,10 +111,16 @@ struct spa_conn {
 	size_t max_frame;        /* agreed: header + payload (+ tag) */
 	size_t max_payload;
 
-	uint64_t tx_pkt, tx_ctl; /* next data / control frame number */
-	uint64_t rx_pkt;         /* next data frame number expected (stream) */
-	uint64_t rx_hi;          /* tolerant: one past the highest data frame number seen */
+	uint64_t tx_pkt, tx_ctl; /* next data / control frame number (stream; reliable: rel.nxt) */
+	uint64_t rx_pkt;         /* next data frame number expected (stream; reliable: rel.next) */
 	uint64_t rx_ctl;         /* control frames below this were seen */
+	struct spa_rel rel;      /* tolerant (reliable) connections: windows, ACKs, timer */
+	uint32_t since_ack;      /* data frames taken since the last ACK we sent */
+	int64_t ack_sent_ns;     /* when */
+	int64_t ack_at;          /* an ACK is owed: when a waiting receiver sends it (0: none) */
+	int64_t probe_gap;       /* a receiver waiting: PROBE interval now (0: not probing) */
+	int64_t probe_at;        /* ... and when the next one goes */
+	uint8_t ackbuf[SPA_REL_ACK_SIZE(SPA_REL_ACK_MAX_WORDS)];
 	uint8_t peer_key[32];    /* keyed: the peer's static public key */
 	uint8_t hs_frame[HDR + HS_MAX]; /* CONNECT (edge) or ACCEPT (cloud), said again on a
 					   repeat */
@@ -119,7 +137,7 @@ struct spa_conn {
 	uint8_t *scratch;        /* max_frame bytes: a corrupted copy of a frame */
 	uint8_t *held;           /* max_frame bytes: the frame held back (reorder) */
 	size_t held_len;         /* its bytes (0: none held) */
-	uint64_t copied_tx;      /* payload bytes the injector copied */
+	uint64_t copied_tx;      /* payload bytes copied here (injector, plain reliable frames) */
 
 	int failed;              /* sticky error (0: healthy) */
 	int peer_closed;         /* CLOSE received, or the transport is gone: say nothing more */
@@ -274,6 +292,16 @@ static int send2(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t
 	return c->drv->send_frame(c->base, iov, n ? 2 : 1);
 }
 
+/* The frame the injector held back, sent now (before a wait: nothing else may come after it). */
+static int flush_held(struct spa_conn *c)
+{
+	if (!c->held_len)
+		return 0;
+	size_t n = c->held_len;
+	c->held_len = 0;
+	return send1(c, c->held, n);
+}
+
 /* Send one frame (hb: its 64 header bytes; p[n]: the rest, payload and any tag) through the
  * injector: one uniform draw per frame picks at most one fault, drop, dup, reorder, corrupt, in
  * that order of the probability ranges. A reordered frame is held (copied) and sent right after
@@ -282,13 +310,15 @@ static int send2(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t
 static int fault_send(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, size_t n,
 		      int last)
 {
+	/* (on a reliable connection a held frame also goes out when the sender starts waiting:
+	 * flush_held) */
 	const struct spa_link_faults *f = &c->faults;
 	double u = (double)(spa_rng_next(&c->rng) >> 11) * 0x1p-53;
 	enum { NONE, DROP, DUP, REORDER, CORRUPT } fault =
 		u < f->drop ? DROP : (u -= f->drop) < f->dup ? DUP :
 		(u -= f->dup) < f->reorder ? REORDER : (u -= f->reorder) < f->corrupt ? CORRUPT : NONE;
-	if (fault == REORDER && (last || c->held_len))
-		fault = NONE; /* nothing of this message comes after it to swap with */
+	if (fault == REORDER && ((last && !c->tolerant) || c->held_len))
+		fault = NONE; /* (stream: nothing of this message comes after it to swap with) */
 	int rc = 0;
 	if (fault == DROP) {
 		c->stats->faults_injected++;
@@ -328,6 +358,43 @@ static int fault_send(struct spa_conn *c, const uint8_t *hb, const uint8_t *p, s
 	return rc;
 }
 
+static int pump(struct spa_conn *c, int64_t deadline);
+
+/* Reliable: the frame is built in its send-window slot (sealed, or its CRC computed, in that
+ * one pass over the payload), kept there until the peer acknowledges it, and sent from there
+ * (and again from there if it is lost). A full window waits for acknowledgments. */
+static int send_rel(struct spa_conn *c, struct spa_wire_hdr *h, const uint8_t *p, size_t len)
+{
+	struct spa_rel *r = &c->rel;
+	while (!spa_rel_can_send(r)) {
+		int rc = pump(c, -1);
+		if (rc < 0)
+			return rc;
+	}
+	uint8_t *w = spa_rel_slot(r, r->nxt);
+	h->pkt = (uint32_t)r->nxt;
+	h->ack = (uint32_t)r->next;
+	spa_wire_hdr_encode(h, w);
+	if (c->suite) {
+		seal(c, 0, r->nxt, w, p, len, w + HDR, w + HDR + len);
+	} else {
+		/* the one copy of a reliable link's payload on send (counted): the frame must
+		 * outlive the caller's buffer until it is acknowledged */
+		h->crc = spa_crc32c_copy(spa_wire_hdr_crc(w), w + HDR, p, len);
+		spa_wire_hdr_set_crc(w, h->crc);
+		c->copied_tx += len;
+	}
+	size_t n = HDR + len + c->tag;
+	spa_rel_sent(r, n, (int64_t)h->tx_ns);
+	if (!spa_rel_gap(r))
+		r->ack_due = 0; /* the header's ack says all there is to say */
+	c->since_ack = 0;
+	int rc = likely(!c->faulty) ? send2(c, w, w + HDR, n - HDR)
+				    : fault_send(c, w, w + HDR, n - HDR, 0);
+	/* a frame the kernel would not take now is in the window: the timer sends it again */
+	return rc == -ENOBUFS || rc == -EAGAIN ? 0 : rc;
+}
+
 int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payload, size_t len)
 {
 	if (unlikely(c->failed))
@@ -343,7 +410,9 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 	h->tx_ns = (uint64_t)spa_clock_ns();
 	h->crc = 0;
 	int last = h->frag_off + len >= h->msg_len, rc;
-	if (likely(!c->faulty) && c->drv->frame_reserve && (c->suite || c->reserve_plain)) {
+	if (c->tolerant) {
+		rc = send_rel(c, h, p, len);
+	} else if (likely(!c->faulty) && c->drv->frame_reserve && (c->suite || c->reserve_plain)) {
 		/* the frame is written straight into the driver's memory (shm: its ring): the
 		 * payload's CRC computed, or the payload sealed, in that copy's pass */
 		uint8_t *w;
@@ -362,8 +431,7 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 		uint8_t *w = c->txbuf;
 		spa_wire_hdr_encode(h, w);
 		seal(c, 0, c->tx_pkt, w, p, len, w + HDR, w + HDR + len);
-		rc = likely(!c->faulty) ? send1(c, w, HDR + len + c->tag)
-					: fault_send(c, w, w + HDR, len + c->tag, last);
+		rc = send1(c, w, HDR + len + c->tag);
 	} else {
 		uint8_t hb[HDR];
 		spa_wire_hdr_encode(h, hb);
@@ -372,7 +440,7 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 		rc = likely(!c->faulty) ? send2(c, hb, p, len) : fault_send(c, hb, p, len, last);
 	}
 	if (unlikely(rc))
-		return drv_error(c, rc, "sending");
+		return c->failed ? c->failed : drv_error(c, rc, "sending");
 	c->tx_pkt++;
 	return 0;
 }
@@ -387,6 +455,7 @@ static int send_ctl(struct spa_conn *c, unsigned type, uint32_t aux, const void 
 		.dtype = SPA_WIRE_BYTES, .flags = c->flags, .conn = c->id,
 		.pkt = (uint32_t)c->tx_ctl, .payload_len = (uint32_t)len, .msg_len = (uint32_t)len,
 		.aux = aux, .n_rows = 1, .tx_ns = (uint64_t)spa_clock_ns(),
+		.ack = c->tolerant && c->rel.w ? (uint32_t)c->rel.next : 0,
 	};
 	uint8_t f[HDR + CTL_PAYLOAD_MAX + TAG_MAX];
 	if (len > CTL_PAYLOAD_MAX)
@@ -457,7 +526,43 @@ static int check_failed(struct spa_conn *c, const struct spa_wire_hdr *h, const 
 			   "go on without it", spa_msg_type_name(h->type), h->seq, h->frag_off,
 			   h->frag_off + h->payload_len, h->msg_len);
 	}
+	if (c->tolerant) {
+		c->stats->bad_frames++;
+		return 1;
+	}
 	return CRC_FAIL(h, f);
+}
+
+/* Send an ACK: what arrived (the next frame due, and the bitmap of those held past it). */
+static int send_ack(struct spa_conn *c, int64_t now, uint32_t flags)
+{
+	size_t n = spa_rel_ack(&c->rel, c->ackbuf, flags);
+	c->ack_sent_ns = now;
+	c->ack_at = 0;
+	c->since_ack = 0;
+	c->stats->acks_tx++;
+	return send_ctl(c, SPA_MSG_ACK, 0, c->ackbuf, n);
+}
+
+/* The peer's cumulative acknowledgment in a verified frame's header (its 32 low bits). */
+static void take_ack(struct spa_conn *c, uint32_t wire, int64_t now)
+{
+	uint64_t a = pkt_expand(c->rel.una, wire);
+	if (a <= c->rel.nxt)
+		spa_rel_acked(&c->rel, a, now);
+}
+
+/* Send frame pkt again from its slot. */
+static int resend(struct spa_conn *c, uint64_t pkt, int64_t now)
+{
+	size_t n = spa_rel_resend(&c->rel, pkt, now);
+	if (!n)
+		return 0; /* a raw frame of a test, not kept */
+	const uint8_t *w = spa_rel_slot(&c->rel, pkt);
+	c->stats->retransmits++;
+	int rc = likely(!c->faulty) ? send2(c, w, w + HDR, n - HDR)
+				    : fault_send(c, w, w + HDR, n - HDR, 0);
+	return rc == -ENOBUFS || rc == -EAGAIN ? 0 : rc;
 }
 
 /* A control frame that came on an established connection. Returns 0 (handled) or a negative
@@ -503,6 +608,8 @@ static int on_ctl(struct spa_conn *c, const struct spa_wire_hdr *h, const uint8_
 		return 0;
 	}
 	c->rx_ctl = pkt + 1;
+	if (c->tolerant)
+		take_ack(c, h->ack, spa_clock_ns());
 	switch (h->type) {
 	case SPA_MSG_CLOSE: {
 		/* Answer it once (best effort): the peer learns that its frames up to its CLOSE
@@ -519,15 +626,98 @@ static int on_ctl(struct spa_conn *c, const struct spa_wire_hdr *h, const uint8_
 					     spa_strerror(-(int)h->aux));
 		return spa_conn_fail(c, -SPA_ECLOSED, "the peer closed the link");
 	}
-	default: /* HEARTBEAT, ACK: nothing to do yet */
+	case SPA_MSG_ACK: {
+		if (!c->tolerant)
+			return 0;
+		uint64_t retx[64];
+		int64_t now = spa_clock_ns();
+		int n = spa_rel_on_ack(&c->rel, pl, h->payload_len, now, RTO_MIN_NS / 2, retx, 64);
+		if (n < 0) {
+			c->stats->bad_frames++;
+			return 0;
+		}
+		if (n)
+			c->stats->nacks_rx++;
+		for (int i = 0; i < n; i++) {
+			int rc = resend(c, retx[i], now);
+			if (rc)
+				return drv_error(c, rc, "sending frames again");
+		}
+		return 0;
+	}
+	default: /* HEARTBEAT: nothing to do yet */
 		return 0;
 	}
 }
 
-/* Take one frame off the driver and classify it. Returns 1 with *f set (a data frame to hand
- * up; release it), 0 (consumed: control frame, noise, a datagram of another connection), or a
+/* A data frame of a reliable connection, number pkt: the next one due is handed up (unless
+ * hand_up is 0: a sender waiting for its window takes it in like the others); one ahead of it
+ * is checked straight into its receive-window slot and held; a repeat is counted and
+ * acknowledged again; one past the window dropped. 1: f is the next one, handed up unchecked;
+ * 0: consumed. */
+static int rel_data(struct spa_conn *c, struct spa_frame *f, const uint8_t *fr, int hand_up)
+{
+	struct spa_rel *r = &c->rel;
+	const struct spa_wire_hdr *h = &f->h;
+	uint64_t pkt = pkt_expand(r->next, h->pkt);
+	switch (spa_rel_classify(r, pkt)) {
+	case SPA_REL_NEXT:
+		if (hand_up) {
+			f->raw = fr;
+			f->verified = 0;
+			f->plain = fr + HDR;
+			f->pkt = pkt;
+			f->held = 0;
+			return 1;
+		}
+		/* held until the link asks for it */
+		__attribute__((fallthrough));
+	case SPA_REL_AHEAD: {
+		uint8_t *slot = spa_rel_rx_slot(r, pkt);
+		memcpy(slot, fr, HDR);
+		if (c->suite ? open_frame(c, 0, pkt, fr, h->payload_len, slot + HDR)
+			     : (!crc_ok(h, fr) ||
+				(memcpy(slot + HDR, fr + HDR, h->payload_len), 0)))
+			return check_failed(c, h, fr) == 1 ? 0 : c->failed;
+		spa_rel_hold(r, pkt, slot, HDR + h->payload_len);
+		int64_t now = spa_clock_ns();
+		take_ack(c, h->ack, now);
+		/* a gap: tell the sender what is missing, at most about twice a round trip */
+		int64_t gap_ns = r->srtt ? r->srtt / 2 : 1000000;
+		if (spa_rel_gap(r) && now - c->ack_sent_ns >= gap_ns) {
+			c->stats->nacks_tx++;
+			int rc = send_ack(c, now, 0);
+			if (rc)
+				return drv_error(c, rc, "sending an ACK");
+		}
+		return 0;
+	}
+	case SPA_REL_DUP: {
+		c->stats->dup_frames++;
+		r->ack_due = 1; /* the sender missed our acknowledgment */
+		/* In request and reply, our acknowledgment rides on our reply: a repeated
+		 * request says the reply was lost. Send it again now rather than at our timer,
+		 * which the peer's compute between its messages makes long. */
+		uint64_t old;
+		int64_t now = spa_clock_ns();
+		if (spa_rel_oldest(r, now, RTO_MIN_NS / 2, &old)) {
+			int rc = resend(c, old, now);
+			if (rc)
+				return drv_error(c, rc, "sending a frame again");
+		}
+		return 0;
+	}
+	default: /* past the window: a sender that ignores it, or a forgery */
+		c->stats->bad_frames++;
+		return 0;
+	}
+}
+
+/* Take one frame off the driver (until deadline) and classify it. Returns 1 with *f set (the
+ * next data frame, handed up unchecked: take or check it, then release it), 0 (consumed:
+ * control frame, noise, a datagram of another connection, a frame held or dropped), or a
  * negative code (-ETIMEDOUT, or the connection failed). */
-static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline)
+static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline, int hand_up)
 {
 	const uint8_t *fr;
 	size_t flen;
@@ -565,8 +755,12 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline)
 				 : BAD(-SPA_EAUTH, "%s %s frame on %s connection",
 				       c->suite ? "unsealed" : "sealed", spa_msg_type_name(h->type),
 				       c->suite ? "an authenticated" : "an unauthenticated");
-	} else if (!c->tolerant && h->pkt != (uint32_t)c->rx_pkt) {
-		struct spa_frame t = { .h = *h, .raw = fr };
+	} else if (c->tolerant) {
+		rc = rel_data(c, f, fr, hand_up);
+		if (rc == 1)
+			return 1;
+	} else if (h->pkt != (uint32_t)c->rx_pkt) {
+		struct spa_frame t = { .h = *h, .raw = fr, .pkt = pkt_expand(c->rx_pkt, h->pkt) };
 		rc = spa_conn_check(c, &t);
 		if (!rc)
 			rc = BAD(-SPA_EPROTO, "%s frame number %u, expected %u: frames were lost, "
@@ -576,27 +770,142 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline)
 		f->raw = fr;
 		f->verified = 0;
 		f->plain = fr + HDR;
+		f->pkt = c->rx_pkt;
+		f->held = 0;
 		return 1;
 	}
 	c->drv->release_frame(c->base);
 	return rc;
 }
 
+/* Reliable: the retransmission timer, and an ACK after a run of frames taken without one (a
+ * sender streaming a long message waits for it to slide its window). */
+static int timers(struct spa_conn *c, int64_t now)
+{
+	uint64_t pkt;
+	int rc = 0;
+	if (spa_rel_timeout(&c->rel, now, &pkt)) {
+		c->stats->timeouts++;
+		rc = resend(c, pkt, now);
+	}
+	if (!rc && c->rel.ack_due && c->since_ack >= c->rel.w / ACK_EVERY)
+		rc = send_ack(c, now, 0);
+	return rc ? drv_error(c, rc, "sending") : 0;
+}
+
+/* Before a reliable connection waits: what it held back goes out, and what it owes the peer
+ * (an ACK) once it has waited delay_ns: a wait between two frames of one message, or before a
+ * reply that acknowledges in its header, is short and needs none. */
+static int before_wait(struct spa_conn *c, int64_t now, int64_t delay_ns)
+{
+	int rc = flush_held(c);
+	if (!c->rel.ack_due)
+		c->ack_at = 0;
+	else if (!c->ack_at)
+		c->ack_at = now + delay_ns;
+	if (!rc && c->rel.ack_due && now >= c->ack_at)
+		rc = send_ack(c, now, 0);
+	return rc ? drv_error(c, rc, "sending") : 0;
+}
+
+/* One turn of a reliable connection whose sender waits for its window (or, later, for the
+ * peer): timers, then one frame or a wait until the next timer or deadline. */
+static int pump(struct spa_conn *c, int64_t deadline)
+{
+	int64_t now = spa_clock_ns();
+	int rc = timers(c, now);
+	if (!rc)
+		rc = before_wait(c, now, 0);
+	if (rc)
+		return rc;
+	int64_t until = spa_rel_next_timeout(&c->rel);
+	if (deadline >= 0 && deadline < until)
+		until = deadline;
+	struct spa_frame f;
+	rc = frame_in(c, &f, until == INT64_MAX ? -1 : until, 0);
+	return rc == -ETIMEDOUT && (deadline < 0 || spa_clock_ns() < deadline) ? 0 : rc;
+}
+
+/* A receiver that waits probes: an ACK flagged PROBE, first PROBE0_NS into the wait, then at
+ * doubling intervals up to PROBE_MAX_NS, asks the peer to send again its oldest frame not
+ * acknowledged. The last frame of a message (a reply's, often) has no successor whose arrival
+ * would reveal its loss, and the sender's own timer, measured over round trips that include the
+ * receiver's compute, may be long: the waiting side knows best that it waits. */
+static int probe(struct spa_conn *c, int64_t now)
+{
+	if (!c->probe_gap) {
+		c->probe_gap = PROBE0_NS;
+		c->probe_at = now + PROBE0_NS;
+		return 0;
+	}
+	if (now < c->probe_at)
+		return 0;
+	if (c->probe_gap < PROBE_MAX_NS)
+		c->probe_gap = c->probe_gap * 2 > PROBE_MAX_NS ? PROBE_MAX_NS : c->probe_gap * 2;
+	c->probe_at = now + c->probe_gap;
+	c->stats->probes_tx++;
+	int rc = send_ack(c, now, SPA_REL_ACK_PROBE);
+	return rc ? drv_error(c, rc, "sending") : 0;
+}
+
 int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns)
 {
 	if (unlikely(c->failed))
 		return c->failed;
+	if (!c->tolerant) {
+		for (;;) {
+			int rc = frame_in(c, f, deadline_ns, 1);
+			if (rc)
+				return rc < 0 ? rc : 0;
+		}
+	}
+	struct spa_rel *r = &c->rel;
 	for (;;) {
-		int rc = frame_in(c, f, deadline_ns);
+		const uint8_t *fr;
+		size_t n;
+		if (spa_rel_peek(r, &fr, &n)) {
+			/* held, checked: what we wrote there decodes */
+			spa_wire_hdr_decode(fr, &f->h, c->max_payload, NULL);
+			f->raw = fr;
+			f->plain = fr + HDR;
+			f->verified = 1;
+			f->pkt = r->next;
+			f->held = 1;
+			c->probe_gap = 0;
+			return 0;
+		}
+		int64_t now = spa_clock_ns();
+		int rc = timers(c, now);
+		if (!rc)
+			rc = before_wait(c, now, ACK_DELAY_NS);
+		if (!rc)
+			rc = probe(c, now);
 		if (rc)
-			return rc < 0 ? rc : 0;
+			return rc;
+		int64_t until = spa_rel_next_timeout(r);
+		if (c->probe_at < until)
+			until = c->probe_at;
+		if (r->ack_due && c->ack_at < until)
+			until = c->ack_at;
+		if (deadline_ns >= 0 && deadline_ns < until)
+			until = deadline_ns;
+		rc = frame_in(c, f, until == INT64_MAX ? -1 : until, 1);
+		if (rc == 1) {
+			c->probe_gap = 0;
+			return 0;
+		}
+		if (rc == -ETIMEDOUT && (deadline_ns < 0 || spa_clock_ns() < deadline_ns))
+			continue;
+		if (rc < 0)
+			return rc;
 	}
 }
 
-/* The 64-bit number of data frame f: the expected one's neighbour with f's low 32 bits. */
+/* The 64-bit number of data frame f. */
 static inline uint64_t data_pkt(const struct spa_conn *c, const struct spa_frame *f)
 {
-	return pkt_expand(c->tolerant ? c->rx_hi : c->rx_pkt, f->h.pkt);
+	(void)c;
+	return f->pkt;
 }
 
 int spa_conn_take(struct spa_conn *c, struct spa_frame *f, void *dst)
@@ -638,13 +947,21 @@ int spa_conn_check(struct spa_conn *c, struct spa_frame *f)
 
 void spa_conn_release(struct spa_conn *c, struct spa_frame *f)
 {
-	if (f->verified) {
-		uint64_t pkt = data_pkt(c, f);
-		if (pkt >= c->rx_hi)
-			c->rx_hi = pkt + 1;
+	if (!c->tolerant) {
+		c->rx_pkt++;
+		c->drv->release_frame(c->base);
+		return;
 	}
-	c->rx_pkt++;
-	c->drv->release_frame(c->base);
+	if (f->verified) {
+		if (!f->held)
+			take_ack(c, f->h.ack, spa_clock_ns());
+		spa_rel_delivered(&c->rel);
+		c->since_ack++;
+	} else {
+		c->rel.ack_due = 1; /* it failed its check: the sender sends it again */
+	}
+	if (!f->held)
+		c->drv->release_frame(c->base);
 }
 
 /* ---- handshake ------------------------------------------------------------------------- */
@@ -688,7 +1005,7 @@ static int conn_make(struct spa_conn **out, struct spa_link_base *base,
 	c->drv = drv;
 	c->opts = cfg->opts;
 	c->server = server;
-	c->datagram = !!(drv->flags & SPA_DRV_DATAGRAM);
+	c->datagram = !!(drv->flags & SPA_DRV_DATAGRAM) || base->datagram;
 	c->reserve_plain = !!(drv->flags & SPA_DRV_COPIES);
 	c->faults = cfg->opts->faults;
 	c->faulty = faults_on(&c->faults);
@@ -729,11 +1046,22 @@ static void say_unauthenticated(const struct spa_conn *c)
 }
 
 /* After the handshake: the agreed frame limit, the keys, the injector's state. */
+/* The window of a reliable connection whose frames are max_frame bytes. */
+static uint32_t rel_window(size_t max_frame)
+{
+	size_t w = REL_WINDOW_BYTES / max_frame;
+	return w < 16 ? 16 : w > 1024 ? 1024 : (uint32_t)w;
+}
+
 static int conn_ready(struct spa_conn *c, const struct params *peer, unsigned suite,
 		      const uint8_t *tx_key, const uint8_t *rx_key)
 {
 	if (peer->max_frame < c->max_frame)
 		c->max_frame = peer->max_frame;
+	/* reliable when either side's transport may lose frames (or injects faults) */
+	c->tolerant |= !!(peer->flags & PF_TOLERANT);
+	if (c->tolerant && c->max_frame > REL_FRAME_MAX)
+		c->max_frame = REL_FRAME_MAX;
 	c->suite = suite;
 	c->tag = !suite ? 0 : suite == SUITE_AEGIS ? SPA_WIRE_TAG32_SIZE : SPA_WIRE_TAG_SIZE;
 	c->flags = !suite ? 0 : suite == SUITE_AEGIS ? SPA_WIRE_SEALED | SPA_WIRE_TAG32
@@ -752,6 +1080,15 @@ static int conn_ready(struct spa_conn *c, const struct params *peer, unsigned su
 		c->scratch = malloc(c->max_frame);
 		c->held = malloc(c->max_frame);
 		if (!c->scratch || !c->held)
+			return spa_conn_fail(c, -ENOMEM, "out of memory");
+	}
+	if (c->tolerant) {
+		/* both sides come to the same window: the smaller of the two announced, each
+		 * from its own frame limit */
+		uint32_t w = rel_window(c->max_frame);
+		if (peer->window && peer->window < w)
+			w = peer->window;
+		if (spa_rel_init(&c->rel, w, c->max_frame, RTO0_NS, RTO_MIN_NS, RTO_MAX_NS))
 			return spa_conn_fail(c, -ENOMEM, "out of memory");
 	}
 	return 0;
@@ -780,7 +1117,9 @@ static unsigned my_suites(const struct spa_conn *c)
 
 static void my_params(const struct spa_conn *c, struct params *p, unsigned suites)
 {
-	*p = (struct params){ .max_frame = (uint32_t)c->max_frame, .window = 0,
+	size_t mf = c->tolerant && c->max_frame > REL_FRAME_MAX ? REL_FRAME_MAX : c->max_frame;
+	*p = (struct params){ .max_frame = (uint32_t)c->max_frame,
+			      .window = rel_window(mf),
 			      .flags = c->tolerant ? PF_TOLERANT : 0, .suites = suites };
 }
 
@@ -1162,12 +1501,34 @@ int spa_conn_accept(struct spa_conn **out, const struct spa_link_driver *drv,
 	}
 }
 
+/* A reliable connection closing cleanly: its frames not yet acknowledged are still only in
+ * its window. Keep sending them again (and taking ACKs) until the peer has them all, a
+ * failure, or LINGER_NS: a BYE sent just before closing arrives even over a lossy network. */
+static void linger(struct spa_conn *c)
+{
+	/* about eight timeouts' worth (a loss or two), at least 50 ms, at most LINGER_NS: a
+	 * peer that closed at once (its CLOSE lost) sends no more ACKs, and an ICMP
+	 * unreachable may be rate-limited away */
+	int64_t span = 8 * (c->rel.srtt + 4 * c->rel.rttvar);
+	span = span < 50000000 ? 50000000 : span > LINGER_NS ? LINGER_NS : span;
+	int64_t end = spa_clock_ns() + span;
+	while (!c->failed && c->rel.una < c->rel.nxt && spa_clock_ns() < end)
+		if (pump(c, end) < 0)
+			break;
+}
+
 void spa_conn_destroy(struct spa_conn *c, int code)
 {
 	if (!c)
 		return;
+	if (c->tolerant && c->rel.w && !c->failed && !c->peer_closed && !code)
+		linger(c);
 	/* Tell the peer, unless it is gone or said so first: after a failure, with its code and
-	 * message, so that the survivor says what ended the connection. */
+	 * message, so that the survivor says what ended the connection. What arrived last (a
+	 * BYE) is acknowledged first: the peer's linger ends at once. */
+	if (!c->peer_closed && !c->closed_sent && c->id && c->tolerant && c->rel.w &&
+	    c->rel.ack_due)
+		send_ack(c, spa_clock_ns(), 0);
 	if (!c->peer_closed && !c->closed_sent && c->id) {
 		c->closed_sent = 1;
 		if (!code)
@@ -1177,6 +1538,7 @@ void spa_conn_destroy(struct spa_conn *c, int code)
 			 strnlen(why, 400));
 	}
 	c->drv->close(c->base);
+	spa_rel_fini(&c->rel);
 	sodium_memzero(&c->tx_key, sizeof c->tx_key);
 	sodium_memzero(&c->rx_key, sizeof c->rx_key);
 	free(c->txbuf);
@@ -1229,6 +1591,12 @@ struct spa_link_base *spa_conn_base(struct spa_conn *c)
 
 uint64_t spa_conn_next_pkt(struct spa_conn *c)
 {
+	if (c->tolerant) {
+		/* a number taken, its frame not kept: never sent again */
+		uint64_t p = c->rel.nxt;
+		spa_rel_sent(&c->rel, 0, spa_clock_ns());
+		return p;
+	}
 	return c->tx_pkt++;
 }
 

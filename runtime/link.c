@@ -9,11 +9,10 @@
  * copies each fragment's payload once, from the driver's frame (ring memory for shm) into the
  * caller's buffer, checking it in the same pass.
  *
- * Stream transports (shm, tcp) deliver frames in order, and the receiver requires exactly that.
- * Datagram transports (udp, SPA_DRV_DATAGRAM) may lose, repeat and reorder frames: there the
- * receiver places fragments wherever they belong (a bitmap of the fragments that arrived ahead
- * of the contiguous prefix) and drops duplicates. The same tolerant receiver is used on any
- * link whose fault injector is on. */
+ * Frames come up from the connection in order, each once: stream transports (shm, tcp) deliver
+ * them so, and over datagram transports (udp, dpdk but memif) or with the fault injector on,
+ * the connection retransmits what is lost and puts repeats and reordering right
+ * (runtime/rel.c). The receiver requires exactly the next fragment of the next message. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,9 +25,6 @@
 #include "spa/link.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
-/* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu
- * (576 - 48 for IPv6) less the header. Sizes the bitmap. */
-#define MIN_FRAG 472u
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -40,22 +36,15 @@ struct spa_link {
 	size_t max_payload;          /* per frame: the agreed frame limit less the header */
 
 	uint32_t tx_seq, rx_seq;     /* next sequence number each way */
-	int tolerant;                /* reassemble out of order, drop duplicates (datagram
-					transport or faults on) */
+	int reliable;                /* the connection puts lost, repeated and reordered frames
+					right (datagram transport or faults on) */
 
 	/* reassembly of the message being received (survives a -ETIMEDOUT) */
 	int rx_active;
-	struct spa_wire_hdr rx_first; /* header of the first fragment that arrived */
+	struct spa_wire_hdr rx_first; /* header of the first fragment */
 	uint32_t rx_got;              /* payload bytes in place so far */
-	uint32_t rx_next;             /* end of the contiguous prefix [0, rx_next) in place */
-	uint32_t rx_ooo;              /* fragments in place beyond rx_next (tolerant only) */
-	uint32_t rx_frag;             /* the sender's fragment payload size (0: not known yet) */
-	int rx_final_wait;            /* the last fragment came before rx_frag was known */
-	uint32_t rx_final_off;        /* ... and starts here */
 	uint64_t rx_last_tx_ns;       /* latest tx_ns of the message's fragments (delay) */
 	void *rx_buf;                 /* buffer the partial message lies in */
-	uint64_t *rx_bits;            /* tolerant: fragment index -> in place beyond rx_next */
-	size_t rx_nbits;
 
 	struct spa_link_stats stats;
 	char uri[256];
@@ -209,6 +198,49 @@ static int query_parse(const char *uri, const char *q, int is_udp, struct spa_li
 	return 0;
 }
 
+/* A URI of a driver that checks its own addresses (dpdk:, memif:): the fault injector's keys
+ * (drop, dup, reorder, corrupt, seed) are taken out of its query, the rest is the driver's. */
+static int own_query(const char *uri, const char *q, char *addr, size_t addr_size,
+		     struct spa_link_faults *f, int *have_faults, struct spa_errbuf *err)
+{
+	size_t base = q ? (size_t)(q - uri) : strlen(uri), o = base;
+	memcpy(addr, uri, base);
+	addr[base] = 0;
+	if (!q)
+		return 0;
+	for (const char *p = q + 1; *p;) {
+		size_t k = strcspn(p, "&");
+		char kv[64];
+		int fault = 0;
+		static const char *const keys[] = { "drop=", "dup=", "reorder=", "corrupt=", "seed=" };
+		for (int i = 0; i < 5; i++)
+			fault |= !strncmp(p, keys[i], strlen(keys[i]));
+		if (fault) {
+			if (k >= sizeof kv)
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": overlong option",
+					       uri);
+			memcpy(kv, p, k);
+			kv[k] = 0;
+			unsigned long mtu;
+			int had;
+			int rc = query_parse(uri, kv, 0, f, &had, &mtu, err);
+			if (rc)
+				return rc;
+			*have_faults |= had;
+		} else {
+			if (o + k + 2 > addr_size)
+				return spa_err(err, -SPA_EUSAGE, "link URI \"%s\" is too long", uri);
+			char sep = o == base ? '?' : '&';
+			addr[o++] = sep;
+			memcpy(addr + o, p, k);
+			o += k;
+			addr[o] = 0;
+		}
+		p += k + (p[k] == '&');
+	}
+	return 0;
+}
+
 /* Split a URI into its driver, the address that driver gets (shm -> "NAME", tcp -> "HOST:PORT"
  * or "[V6]:PORT" as written, udp -> the same plus "?mtu=N" when given) and the fault
  * injection its query asks for (*have_faults: 1 when it named any). */
@@ -282,8 +314,7 @@ static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *
 	for (size_t i = 0; own[i].prefix; i++)
 		if (!strncmp(uri, own[i].prefix, strlen(own[i].prefix))) {
 			*drv = own[i].drv;
-			memcpy(addr, uri, n + 1);
-			return 0;
+			return own_query(uri, q, addr, addr_size, faults, have_faults, err);
 		}
 #ifndef SPA_HAVE_DPDK
 	if (!strncmp(uri, "dpdk:", 5) || !strncmp(uri, "memif:", 6))
@@ -381,20 +412,12 @@ static int link_new(struct spa_link **out, const struct spa_link_driver *drv,
 	return 0;
 }
 
-/* After the handshake: the frame limit and, on a tolerant link, the reassembly bitmap. */
+/* After the handshake: the frame limit. */
 static int link_ready(struct spa_link *l, struct spa_errbuf *err)
 {
+	(void)err;
 	l->max_payload = spa_conn_max_payload(l->conn);
-	l->tolerant = spa_conn_tolerant(l->conn);
-	if (l->tolerant) {
-		size_t min_frag = l->max_payload < MIN_FRAG ? l->max_payload : MIN_FRAG;
-		l->rx_nbits = l->opts.max_msg / min_frag + 2;
-		l->rx_bits = calloc((l->rx_nbits + 63) / 64, sizeof *l->rx_bits);
-		if (!l->rx_bits) {
-			spa_link_destroy(l);
-			return spa_err(err, -ENOMEM, "%s: out of memory", l->uri);
-		}
-	}
+	l->reliable = spa_conn_tolerant(l->conn);
 	return 0;
 }
 
@@ -465,7 +488,6 @@ void spa_link_destroy(struct spa_link *l)
 	if (!l)
 		return;
 	spa_conn_destroy(l->conn, 0);
-	free(l->rx_bits);
 	free(l);
 }
 
@@ -562,205 +584,79 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 /* Refuse a frame: counts it, and fails the link. */
 #define BAD(code, ...) (l->stats.bad_frames++, link_fail(l, (code), __VA_ARGS__))
 
-static inline int bit_get(const uint64_t *b, uint32_t i)
-{
-	return (int)(b[i >> 6] >> (i & 63)) & 1;
-}
-
-/* A frame of a later message came while this one lacks bytes: with no retransmission (yet),
- * they are lost. Names the first hole. */
-static int lost_fragment(struct spa_link *l, const struct spa_wire_hdr *h)
-{
-	uint32_t len = l->rx_first.msg_len, x = l->rx_next, y = len, p = l->rx_frag;
-	if (p)
-		for (uint32_t j = x / p; (uint64_t)j * p < len && j < l->rx_nbits; j++)
-			if (bit_get(l->rx_bits, j)) {
-				y = j * p;
-				break;
-			}
-	if (l->rx_final_wait && l->rx_final_off < y)
-		y = l->rx_final_off;
-	return BAD(-SPA_EPROTO,
-		   "lost fragment: message %u is missing bytes %u..%u (of %u; a frame of message "
-		   "%u came after it): the link lost datagrams and spa does not retransmit yet",
-		   l->rx_seq, x, y, len, h->seq);
-}
-
-/* Tolerant receiver, a fragment that is not the next in order: place it, or recognise a
- * duplicate. Fragments sit at multiples of the sender's fragment size P (learnt from any
- * fragment but the last); the last one is shorter or equal. Returns 0 (place the payload),
- * 1 (an exact duplicate: drop it) or a negative code. */
-static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
-{
-	uint32_t off = h->frag_off, n = h->payload_len, len = h->msg_len, p = l->rx_frag;
-	int last = off + n == len; /* no overflow: decode checked frag_off + payload_len */
-	if (!last) {
-		if (!p) {
-			p = l->rx_frag = n;
-			if (l->rx_final_wait) {
-				/* the last fragment came first: now it can be checked and placed */
-				uint32_t fo = l->rx_final_off;
-				if (fo % p || len - fo > p || fo / p >= l->rx_nbits)
-					return BAD(-SPA_EPROTO,
-						   "%s message seq %u: fragment at byte %u overlaps "
-						   "others (fragments are %u bytes)",
-						   spa_msg_type_name(h->type), h->seq, fo, p);
-				l->rx_bits[fo / p >> 6] |= 1ull << (fo / p & 63);
-				l->rx_final_wait = 0;
-			}
-		} else if (n != p) {
-			return BAD(-SPA_EPROTO,
-				   "%s message seq %u: fragment of %u bytes at byte %u overlaps "
-				   "others (fragments are %u bytes)",
-				   spa_msg_type_name(h->type), h->seq, n, off, p);
-		}
-	}
-	if (!p) {
-		/* only the last fragment (off > 0) has come so far: hold it until P is known */
-		if (l->rx_final_wait) {
-			if (off == l->rx_final_off) {
-				l->stats.dup_frames++;
-				return 1;
-			}
-			return BAD(-SPA_EPROTO, "%s message seq %u: two last fragments, at bytes %u "
-				   "and %u: they overlap", spa_msg_type_name(h->type), h->seq,
-				   l->rx_final_off, off);
-		}
-		l->rx_final_wait = 1;
-		l->rx_final_off = off;
-		l->rx_ooo++;
-		return 0;
-	}
-	if (off % p || (last && n > p))
-		return BAD(-SPA_EPROTO,
-			   "%s message seq %u: fragment at byte %u overlaps others (fragments "
-			   "are %u bytes)",
-			   spa_msg_type_name(h->type), h->seq, off, p);
-	uint32_t idx = off / p;
-	if (idx >= l->rx_nbits)
-		return BAD(-SPA_EPROTO,
-			   "%s message seq %u: fragments of %u bytes are too small for this link "
-			   "(at least %u bytes)",
-			   spa_msg_type_name(h->type), h->seq, p, MIN_FRAG);
-	if (off < l->rx_next || bit_get(l->rx_bits, idx)) {
-		l->stats.dup_frames++;
-		return 1;
-	}
-	if (off == l->rx_next) {
-		/* fills the hole at the prefix: take in the fragments that came ahead of it */
-		l->rx_next += n;
-		while (l->rx_next < len) {
-			uint32_t j = l->rx_next / p;
-			if (!bit_get(l->rx_bits, j))
-				break;
-			l->rx_bits[j >> 6] &= ~(1ull << (j & 63));
-			l->rx_ooo--;
-			l->rx_next += len - l->rx_next < p ? len - l->rx_next : p;
-		}
-	} else {
-		l->rx_bits[idx >> 6] |= 1ull << (idx & 63);
-		l->rx_ooo++;
-	}
-	return 0;
-}
-
 /* A frame the link refuses on its header: when it is damaged, that is what is reported (or,
- * on a link that recovers lost frames, it is dropped); else the refusal. */
+ * on a link that recovers lost frames, it is dropped and comes again); else the refusal. */
 #define BAD_HDR(code, ...)                                                                     \
 	((rc = spa_conn_check(l->conn, fr)) ? (rc < 0 ? rc : 0) : BAD(code, __VA_ARGS__))
 
-/* Check one frame and copy its payload into place. Returns 1 when the message is complete,
- * 0 when more fragments are due (or the frame was dropped as a duplicate), or a negative code
- * (the link has failed). */
+/* Check one frame and copy its payload into place. The connection hands frames up in order,
+ * each once (a reliable one has put lost, repeated and reordered ones right); the reassembly
+ * state changes only once the payload is in place and checked. Returns 1 when the message is
+ * complete, 0 when more fragments are due (or the frame failed its check and was dropped, to
+ * come again), or a negative code (the link has failed). */
 static int rx_frame(struct spa_link *l, struct spa_frame *fr, void *buf, size_t cap)
 {
-	const struct spa_wire_hdr h = fr->h;
-	int rc;
-	if (l->tolerant) {
-		/* Frames in any order: checked before anything is trusted. */
-		if ((rc = spa_conn_check(l->conn, fr)))
-			return rc < 0 ? rc : 0;
-		if (h.seq != l->rx_seq) {
-			if ((int32_t)(h.seq - l->rx_seq) < 0) {
-				l->stats.dup_frames++; /* of a message already delivered */
-				return 0;
-			}
-			if (l->rx_active)
-				return lost_fragment(l, &h);
-			/* falls through to the sequence check below: a whole message was lost */
-		}
-	}
-	if (h.seq != l->rx_seq)
+	const struct spa_wire_hdr *h = &fr->h;
+	int rc, first = !l->rx_active;
+	if (h->seq != l->rx_seq)
 		return BAD_HDR(-SPA_EPROTO,
 			   "%s frame has sequence number %u, expected %u: %s",
-			   spa_msg_type_name(h.type), h.seq, l->rx_seq,
+			   spa_msg_type_name(h->type), h->seq, l->rx_seq,
 			   l->rx_active ? "the rest of a fragmented message was lost"
 					: "messages were lost, repeated or reordered");
-
-	if (!l->rx_active) {
-		if (h.msg_len > l->opts.max_msg)
+	if (first) {
+		if (h->msg_len > l->opts.max_msg)
 			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes exceeds this side's limit of %zu bytes",
-				   spa_msg_type_name(h.type), h.msg_len, l->opts.max_msg);
-		if (h.msg_len > cap)
+				   spa_msg_type_name(h->type), h->msg_len, l->opts.max_msg);
+		if (h->msg_len > cap)
 			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes does not fit the %zu-byte receive buffer",
-				   spa_msg_type_name(h.type), h.msg_len, cap);
-		if (h.frag_off != 0 && !l->tolerant)
+				   spa_msg_type_name(h->type), h->msg_len, cap);
+		if (h->frag_off != 0)
 			return BAD_HDR(-SPA_EPROTO,
 				   "%s message (seq %u) starts at byte %u: its first fragment was lost",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off);
-		l->rx_first = h;
-		l->rx_got = 0;
-		l->rx_next = 0;
-		l->rx_ooo = 0;
-		l->rx_frag = 0;
-		l->rx_final_wait = 0;
-		l->rx_last_tx_ns = 0;
-		l->rx_active = 1;
-		l->rx_buf = buf;
+				   spa_msg_type_name(h->type), h->seq, h->frag_off);
 	} else {
 		const struct spa_wire_hdr *a = &l->rx_first;
-		if (h.msg_len != a->msg_len || h.type != a->type || h.dtype != a->dtype ||
-		    h.pos != a->pos || h.layer != a->layer || h.n_rows != a->n_rows ||
-		    h.aux != a->aux)
+		if (h->msg_len != a->msg_len || h->type != a->type || h->dtype != a->dtype ||
+		    h->pos != a->pos || h->layer != a->layer || h->n_rows != a->n_rows ||
+		    h->aux != a->aux)
 			return BAD_HDR(-SPA_EPROTO,
 				   "fragment of %s message seq %u disagrees with the first one "
 				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux differ)",
-				   spa_msg_type_name(a->type), h.seq, spa_msg_type_name(h.type),
-				   h.msg_len, a->msg_len);
-	}
-	if (h.payload_len == 0 && h.msg_len != 0)
-		return BAD_HDR(-SPA_EPROTO, "%s message seq %u: empty fragment",
-			   spa_msg_type_name(h.type), h.seq);
-
-	if (likely(h.frag_off == l->rx_next && !l->rx_ooo)) {
-		/* in order: the common case on every link */
-		if (!l->rx_frag)
-			l->rx_frag = h.payload_len;
-		l->rx_next += h.payload_len;
-	} else if (!l->tolerant) {
-		if (h.frag_off > l->rx_got)
+				   spa_msg_type_name(a->type), h->seq, spa_msg_type_name(h->type),
+				   h->msg_len, a->msg_len);
+		if (h->frag_off > l->rx_got)
 			return BAD_HDR(-SPA_EPROTO,
 				   "%s message seq %u: gap, fragment at byte %u but only %u received",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-		return BAD_HDR(-SPA_EPROTO,
-			   "%s message seq %u: fragment at byte %u overlaps the %u bytes received",
-			   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-	} else {
-		rc = rx_place(l, &h);
-		if (rc)
-			return rc < 0 ? rc : 0;
+				   spa_msg_type_name(h->type), h->seq, h->frag_off, l->rx_got);
+		if (h->frag_off < l->rx_got)
+			return BAD_HDR(-SPA_EPROTO,
+				   "%s message seq %u: fragment at byte %u overlaps the %u bytes "
+				   "received", spa_msg_type_name(h->type), h->seq, h->frag_off,
+				   l->rx_got);
 	}
-	if ((rc = spa_conn_take(l->conn, fr, (uint8_t *)l->rx_buf + h.frag_off)))
+	if (h->payload_len == 0 && h->msg_len != 0)
+		return BAD_HDR(-SPA_EPROTO, "%s message seq %u: empty fragment",
+			   spa_msg_type_name(h->type), h->seq);
+	void *dst = (uint8_t *)(first ? buf : l->rx_buf) + h->frag_off;
+	if ((rc = spa_conn_take(l->conn, fr, dst)))
 		return rc < 0 ? rc : 0;
-	l->stats.copied_rx += h.payload_len;
+	if (first) {
+		l->rx_first = *h;
+		l->rx_got = 0;
+		l->rx_last_tx_ns = 0;
+		l->rx_active = 1;
+		l->rx_buf = buf;
+	}
+	l->stats.copied_rx += h->payload_len;
 	l->stats.frames_rx++;
-	l->stats.bytes_rx += HDR + h.payload_len;
-	l->rx_got += h.payload_len;
-	if (h.tx_ns > l->rx_last_tx_ns)
-		l->rx_last_tx_ns = h.tx_ns;
-	return l->rx_got == h.msg_len;
+	l->stats.bytes_rx += HDR + h->payload_len;
+	l->rx_got += h->payload_len;
+	if (h->tx_ns > l->rx_last_tx_ns)
+		l->rx_last_tx_ns = h->tx_ns;
+	return l->rx_got == h->msg_len;
 }
 
 #undef BAD_HDR
@@ -777,9 +673,9 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 				 "of a fragmented message: pass the same buffer again");
 	/* A first try with a deadline already past (0) reads no clock: a frame that is there
 	 * (or comes within the driver's first spins) needs none. Only then is the real
-	 * deadline computed (one clock read, ~30 ns here, off the common path). Tolerant
-	 * (kernel datagram) links compute it at once: there a failed try costs a system call. */
-	int64_t deadline = timeout_ns < 0 ? -1 : l->tolerant ? spa_clock_ns() + timeout_ns : 0;
+	 * deadline computed (one clock read, ~30 ns here, off the common path). Reliable
+	 * links compute it at once: their timers read the clock anyway. */
+	int64_t deadline = timeout_ns < 0 ? -1 : l->reliable ? spa_clock_ns() + timeout_ns : 0;
 	for (;;) {
 		struct spa_frame fr;
 		rc = spa_conn_recv(l->conn, &fr, deadline);

@@ -37,6 +37,10 @@ static void make_uri(char *uri, size_t size, const char *link)
 		snprintf(uri, size, "shm:/spa-test-%d-%d", (int)getpid(), n++);
 	else if (!strcmp(link, "udp") || !strcmp(link, "udp-keys"))
 		snprintf(uri, size, "udp://127.0.0.1:%d", next_port());
+	else if (!strcmp(link, "udp-faults40"))
+		/* the target: 10 % of every fault at once, on both sides */
+		snprintf(uri, size, "'udp://127.0.0.1:%d?drop=0.1&dup=0.1&reorder=0.1&corrupt=0.1"
+			 "&seed=%d'", next_port(), (int)getpid());
 	else if (!strcmp(link, "udp-faults"))
 		/* both ends get the query: each side's sends are duplicated and reordered. The
 		 * URI goes into the programs' shell command lines: quoted for the '&'. */
@@ -207,6 +211,9 @@ static void check_method(const char *method, const char *link)
 				cr_assert(M < 1.0, "spa M = %g is not below 1", M);
 			} else
 				cr_assert_eq(M, 0.0);
+			if (!strcmp(link, "udp-faults40"))
+				/* the faults happened (and were made up for: the tokens) */
+				cr_assert(json_num(js, "link_faults_injected") > 0, "%s", js);
 		}
 	cr_assert_eq(wait_cloud(cloud, 30), 0, "spa-cloud did not end cleanly");
 }
@@ -227,6 +234,15 @@ Test(split, adapter_udp) { check_method("adapter", "udp"); }
 Test(split, lst_udp) { check_method("lst", "udp"); }
 Test(split, spa_udp) { check_method("spa", "udp"); }
 Test(split, spa_udp_with_duplicated_and_reordered_frames) { check_method("spa", "udp-faults"); }
+/* 10 % of frames dropped, 10 % duplicated, 10 % reordered and 10 % corrupted, on both sides:
+ * retransmission makes up for all of it; the tokens are spa-run's. */
+Test(split, lora_udp_losing_a_tenth_of_frames_each_way) { check_method("lora", "udp-faults40"); }
+Test(split, adapter_udp_losing_a_tenth_of_frames_each_way)
+{
+	check_method("adapter", "udp-faults40");
+}
+Test(split, lst_udp_losing_a_tenth_of_frames_each_way) { check_method("lst", "udp-faults40"); }
+Test(split, spa_udp_losing_a_tenth_of_frames_each_way) { check_method("spa", "udp-faults40"); }
 
 Test(split, replace_merge_and_both_splits_agree)
 {

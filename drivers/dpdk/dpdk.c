@@ -1530,6 +1530,7 @@ static int link_make(struct dp_link **out, struct dp_port *p, const struct dp_op
 		return spa_err(err, -ENOMEM, "%s: out of DPDK memory", uri);
 	l->base.drv = &spa_drv_dpdk;
 	l->base.local = p->is_memif;
+	l->base.datagram = !p->is_memif; /* a wire (or its emulation) may lose frames */
 	l->port = p;
 	l->o = *o;
 	l->peer = *peer;

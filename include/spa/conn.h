@@ -39,6 +39,8 @@ struct spa_frame {
 	const uint8_t *raw;     /* the frame as received: header, then payload (and tag) */
 	int verified;           /* checked (CRC, or tag: then decrypted) */
 	const uint8_t *plain;   /* verified: its payload in the clear */
+	uint64_t pkt;           /* its 64-bit frame number (reliable connections) */
+	int held;               /* it came from the receive window (reliable), not the driver */
 };
 
 /* Edge: make the transport connection (drv->connect on addr) and run the handshake, waiting up

@@ -72,6 +72,12 @@ struct spa_link_stats {
 	uint64_t dup_frames;           /* duplicate frames suppressed */
 	uint64_t faults_injected;      /* frames the fault injector dropped/duplicated/... */
 	uint64_t auth_failed;          /* frames whose AEAD tag did not verify: dropped */
+	/* reliable links (datagram transports, faults injected; docs/wire-protocol.md) */
+	uint64_t retransmits;          /* data frames sent again (NACKed or timed out) */
+	uint64_t timeouts;             /* ... of them after the retransmission timer */
+	uint64_t acks_tx;              /* ACK frames sent */
+	uint64_t nacks_tx, nacks_rx;   /* ... that reported gaps (sent, received) */
+	uint64_t probes_tx;            /* ... that a waiting receiver sent (PROBE) */
 };
 
 /* One received message. payload points into the caller's buffer. */

@@ -185,7 +185,9 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 		"\"tok_s\": %.2f, \"edge_wall_ms\": %.3f, \"link_bytes_tx\": %llu, "
 		"\"link_bytes_rx\": %llu, \"cloud_copied_tx_per_msg\": %.1f, "
 		"\"cloud_copied_rx_per_msg\": %.1f, \"edge_copied_tx_per_msg\": %.1f, "
-		"\"edge_copied_rx_per_msg\": %.1f}\n",
+		"\"edge_copied_rx_per_msg\": %.1f, \"link_faults_injected\": %llu, "
+		"\"link_retransmits\": %llu, \"link_dup_frames\": %llu, \"link_bad_frames\": %llu, "
+		"\"link_auth_failed\": %llu}\n",
 		spa_method_name(g->cfg.method), spa_split_name(g->cfg.split),
 		spa_merge_name(g->cfg.merge), link_name, s->n_layers, s->n_tokens, s->n_prompt, pct,
 		M, s->n_xchg, s->n_side, infer, (s->wall_ns - s->xchg_ns) / 1e6, s->edge_ns / 1e6,
@@ -196,7 +198,12 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 		per_msg(s->cloud_copied_tx, s->cloud_msgs_tx),
 		per_msg(s->cloud_copied_rx, s->cloud_msgs_rx),
 		link ? per_msg(link->copied_tx, link->msgs_tx) : 0,
-		link ? per_msg(link->copied_rx, link->msgs_rx) : 0);
+		link ? per_msg(link->copied_rx, link->msgs_rx) : 0,
+		(unsigned long long)(link ? link->faults_injected : 0),
+		(unsigned long long)(link ? link->retransmits : 0),
+		(unsigned long long)(link ? link->dup_frames : 0),
+		(unsigned long long)(link ? link->bad_frames : 0),
+		(unsigned long long)(link ? link->auth_failed : 0));
 	fclose(f);
 	return 0;
 }

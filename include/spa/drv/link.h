@@ -18,10 +18,13 @@ struct spa_link_driver;
 
 /* Every driver's link and listener begin with these (the driver's own state follows). local:
  * set by the driver when the peers it reaches share this host (shm, memif, loopback
- * addresses): there a link may run unauthenticated (docs/wire-protocol.md, "Keys"). */
+ * addresses): there a link may run unauthenticated (docs/wire-protocol.md, "Keys"). datagram:
+ * set by a driver whose links differ (dpdk: memif is a stream, af_packet, af_xdp and NICs are
+ * datagram transports), as SPA_DRV_DATAGRAM says for all of a driver's links. */
 struct spa_link_base {
 	const struct spa_link_driver *drv;
 	int local;
+	int datagram;
 };
 struct spa_listener_base {
 	const struct spa_link_driver *drv;

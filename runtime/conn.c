@@ -30,13 +30,18 @@
  * the connection's id: on a stream another id ends the connection, on a datagram link it is
  * somebody else's frame and is dropped. */
 #include <errno.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -66,6 +71,15 @@
 #define PROBE0_NS 2000000ll      /* a waiting receiver's first PROBE after 2 ms, then ... */
 #define PROBE_MAX_NS 25000000ll  /* ... doubling up to every 25 ms */
 #define LINGER_NS 1000000000ll   /* a closing side waits this long at most for its last ACK */
+
+/* Liveness: */
+#define DEAD_NS 90000000ll       /* a peer silent this long while we wait is dead (default: a
+				  killed one is noticed within 100 ms, wake-ups included) */
+#define DEAD_LOCAL_NS 1000000000ll /* ... when the peer is on this host (shm, memif, loopback),
+				     whose transport says when it dies: silence there is a hung
+				     peer, or a starved one on an overloaded host */
+#define HB_DIV 8                 /* a side that sent nothing for dead / 8 sends a HEARTBEAT */
+#define KEEPER_IDLE_NS 50000000ll /* the keeper looks at its connections at least this often */
 
 #define SUITE_AES 1u           /* AES-256-GCM */
 #define SUITE_CHACHA 2u        /* ChaCha20-Poly1305 (IETF) */
@@ -138,6 +152,20 @@ struct spa_conn {
 	uint8_t *held;           /* max_frame bytes: the frame held back (reorder) */
 	size_t held_len;         /* its bytes (0: none held) */
 	uint64_t copied_tx;      /* payload bytes copied here (injector, plain reliable frames) */
+
+	/* liveness: HEARTBEATs, the silence that means the peer is dead, the keeper thread that
+	 * speaks for the application while it is away from the link (spa_conn_enter) */
+	int64_t dead_ns, hb_ns;  /* 0: off */
+	int kernel_acks;         /* SPA_DRV_KERNEL_ACKS: no silence rule, no keeper */
+	_Atomic int64_t last_tx_ns; /* our latest frame sent (read by the keeper unguarded) */
+	int64_t last_rx_ns;      /* the peer's latest frame heard (a lower bound) */
+	int64_t wait_since;      /* the current wait began */
+	uint32_t rx_frames, rx_stamped; /* data frames handed up; ... when last_rx_ns was last
+					   brought up to date for them */
+	struct spa_guard *guard; /* who is in the connection: own_guard, or the driver's */
+	struct spa_guard own_guard;
+	struct spa_conn *k_next, *k_prev; /* the keeper's list */
+	unsigned k_gen;          /* on it in this generation of the keeper (0: not on it) */
 
 	int failed;              /* sticky error (0: healthy) */
 	int peer_closed;         /* CLOSE received, or the transport is gone: say nothing more */
@@ -409,6 +437,7 @@ int spa_conn_send(struct spa_conn *c, struct spa_wire_hdr *h, const void *payloa
 	h->payload_len = (uint32_t)len;
 	h->tx_ns = (uint64_t)spa_clock_ns();
 	h->crc = 0;
+	atomic_store_explicit(&c->last_tx_ns, (int64_t)h->tx_ns, memory_order_relaxed);
 	int last = h->frag_off + len >= h->msg_len, rc;
 	if (c->tolerant) {
 		rc = send_rel(c, h, p, len);
@@ -460,6 +489,7 @@ static int send_ctl(struct spa_conn *c, unsigned type, uint32_t aux, const void 
 	uint8_t f[HDR + CTL_PAYLOAD_MAX + TAG_MAX];
 	if (len > CTL_PAYLOAD_MAX)
 		return -EINVAL;
+	atomic_store_explicit(&c->last_tx_ns, (int64_t)h.tx_ns, memory_order_relaxed);
 	spa_wire_hdr_encode(&h, f);
 	size_t n = len;
 	if (c->suite) {
@@ -608,8 +638,9 @@ static int on_ctl(struct spa_conn *c, const struct spa_wire_hdr *h, const uint8_
 		return 0;
 	}
 	c->rx_ctl = pkt + 1;
+	c->last_rx_ns = spa_clock_ns();
 	if (c->tolerant)
-		take_ack(c, h->ack, spa_clock_ns());
+		take_ack(c, h->ack, c->last_rx_ns);
 	switch (h->type) {
 	case SPA_MSG_CLOSE: {
 		/* Answer it once (best effort): the peer learns that its frames up to its CLOSE
@@ -681,6 +712,7 @@ static int rel_data(struct spa_conn *c, struct spa_frame *f, const uint8_t *fr, 
 			return check_failed(c, h, fr) == 1 ? 0 : c->failed;
 		spa_rel_hold(r, pkt, slot, HDR + h->payload_len);
 		int64_t now = spa_clock_ns();
+		c->last_rx_ns = now;
 		take_ack(c, h->ack, now);
 		/* a gap: tell the sender what is missing, at most about twice a round trip */
 		int64_t gap_ns = r->srtt ? r->srtt / 2 : 1000000;
@@ -757,8 +789,10 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline, i
 				       c->suite ? "an authenticated" : "an unauthenticated");
 	} else if (c->tolerant) {
 		rc = rel_data(c, f, fr, hand_up);
-		if (rc == 1)
+		if (rc == 1) {
+			c->rx_frames++;
 			return 1;
+		}
 	} else if (h->pkt != (uint32_t)c->rx_pkt) {
 		struct spa_frame t = { .h = *h, .raw = fr, .pkt = pkt_expand(c->rx_pkt, h->pkt) };
 		rc = spa_conn_check(c, &t);
@@ -772,6 +806,7 @@ static int frame_in(struct spa_conn *c, struct spa_frame *f, int64_t deadline, i
 		f->plain = fr + HDR;
 		f->pkt = c->rx_pkt;
 		f->held = 0;
+		c->rx_frames++;
 		return 1;
 	}
 	c->drv->release_frame(c->base);
@@ -808,6 +843,66 @@ static int before_wait(struct spa_conn *c, int64_t now, int64_t delay_ns)
 	return rc ? drv_error(c, rc, "sending") : 0;
 }
 
+/* ---- liveness ------------------------------------------------------------------------- */
+
+/* A HEARTBEAT (none once the peer is gone). A stream peer found gone this way may still have
+ * frames on their way to us: the receive reports the end after them. */
+static int send_heartbeat(struct spa_conn *c)
+{
+	if (c->peer_closed)
+		return 0;
+	c->stats->heartbeats_tx++;
+	int rc = send_ctl(c, SPA_MSG_HEARTBEAT, 0, NULL, 0);
+	if (rc == -SPA_ECLOSED && !c->datagram) {
+		c->peer_closed = 1;
+		return 0;
+	}
+	return rc ? drv_error(c, rc, "sending a heartbeat") : 0;
+}
+
+/* A side that waits for its peer sends a HEARTBEAT when it has sent nothing for hb_ns, and
+ * takes a peer it has heard nothing from for dead_ns for dead (killed, hung, cut off). What
+ * the peer sent while we were away is read before this is asked (waits try the driver first:
+ * frames already there come at once; on reliable connections the keeper took them in).
+ * Returns 0 or the failure. */
+static int live(struct spa_conn *c, int64_t now)
+{
+	if (!c->dead_ns)
+		return 0;
+	int64_t since = c->last_rx_ns;
+	if (now - since >= c->dead_ns && !c->kernel_acks) {
+		c->peer_closed = 1; /* (a CLOSE to a dead peer would be in vain) */
+		return spa_conn_fail(c, -SPA_ECLOSED, "the peer went silent: nothing heard for %lld "
+				     "ms while waiting for it (dead, hung or cut off; the limit is "
+				     "%lld ms, --dead-ms)", (long long)((now - since) / 1000000),
+				     (long long)(c->dead_ns / 1000000));
+	}
+	if (now - atomic_load_explicit(&c->last_tx_ns, memory_order_relaxed) >= c->hb_ns)
+		return send_heartbeat(c);
+	return 0;
+}
+
+/* A wait begins (at wait_since): data frames handed up since the last one began came before
+ * it (their times unread, to keep the clock off the path). */
+static inline void heard_since(struct spa_conn *c)
+{
+	if (c->rx_frames != c->rx_stamped) {
+		c->rx_stamped = c->rx_frames;
+		if (c->wait_since > c->last_rx_ns)
+			c->last_rx_ns = c->wait_since;
+	}
+}
+
+/* When live() next has something to do (INT64_MAX: never). */
+static inline int64_t live_until(const struct spa_conn *c)
+{
+	if (!c->dead_ns)
+		return INT64_MAX;
+	int64_t since = c->last_rx_ns;
+	int64_t hb = atomic_load_explicit(&c->last_tx_ns, memory_order_relaxed) + c->hb_ns;
+	return since + c->dead_ns < hb && !c->kernel_acks ? since + c->dead_ns : hb;
+}
+
 /* One turn of a reliable connection whose sender waits for its window (or, later, for the
  * peer): timers, then one frame or a wait until the next timer or deadline. */
 static int pump(struct spa_conn *c, int64_t deadline)
@@ -816,9 +911,13 @@ static int pump(struct spa_conn *c, int64_t deadline)
 	int rc = timers(c, now);
 	if (!rc)
 		rc = before_wait(c, now, 0);
+	if (!rc)
+		rc = live(c, now);
 	if (rc)
 		return rc;
 	int64_t until = spa_rel_next_timeout(&c->rel);
+	if (live_until(c) < until)
+		until = live_until(c);
 	if (deadline >= 0 && deadline < until)
 		until = deadline;
 	struct spa_frame f;
@@ -853,13 +952,38 @@ int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns)
 	if (unlikely(c->failed))
 		return c->failed;
 	if (!c->tolerant) {
+		if (!deadline_ns || !c->dead_ns) {
+			/* only what is there (the link's first try: no clock read), or no liveness */
+			for (;;) {
+				int rc = frame_in(c, f, deadline_ns, 1);
+				if (rc)
+					return rc < 0 ? rc : 0;
+			}
+		}
+		c->wait_since = spa_clock_ns();
+		heard_since(c);
 		for (;;) {
-			int rc = frame_in(c, f, deadline_ns, 1);
-			if (rc)
-				return rc < 0 ? rc : 0;
+			int64_t until = live_until(c);
+			if (deadline_ns >= 0 && deadline_ns < until)
+				until = deadline_ns;
+			int rc = frame_in(c, f, until, 1);
+			if (rc == 1)
+				return 0;
+			if (rc == -ETIMEDOUT) {
+				int64_t now = spa_clock_ns();
+				if (deadline_ns >= 0 && now >= deadline_ns)
+					return rc;
+				if ((rc = live(c, now)))
+					return rc;
+				continue;
+			}
+			if (rc < 0)
+				return rc;
 		}
 	}
 	struct spa_rel *r = &c->rel;
+	c->wait_since = spa_clock_ns();
+	heard_since(c);
 	for (;;) {
 		const uint8_t *fr;
 		size_t n;
@@ -880,11 +1004,15 @@ int spa_conn_recv(struct spa_conn *c, struct spa_frame *f, int64_t deadline_ns)
 			rc = before_wait(c, now, ACK_DELAY_NS);
 		if (!rc)
 			rc = probe(c, now);
+		if (!rc)
+			rc = live(c, now);
 		if (rc)
 			return rc;
 		int64_t until = spa_rel_next_timeout(r);
 		if (c->probe_at < until)
 			until = c->probe_at;
+		if (live_until(c) < until)
+			until = live_until(c);
 		if (r->ack_due && c->ack_at < until)
 			until = c->ack_at;
 		if (deadline_ns >= 0 && deadline_ns < until)
@@ -964,6 +1092,186 @@ void spa_conn_release(struct spa_conn *c, struct spa_frame *f)
 		c->drv->release_frame(c->base);
 }
 
+/* ---- the keeper ----------------------------------------------------------------------- */
+
+/* One thread per process keeps the connections that have liveness on: when the application
+ * has sent nothing on one for hb_ns (it computes, or waits elsewhere), the keeper enters it,
+ * takes in what came (reliable: ACKs, PROBEs, data frames into the receive window), runs its
+ * timers and sends what is owed and a HEARTBEAT, then leaves. The peer, waiting, hears it.
+ *
+ * Who is inside is settled without a lock on the application's side: an asymmetric Dekker.
+ * The application stores app_in = 1 and then loads keeper_in with only a compiler barrier in
+ * between; the keeper stores keeper_in = 1 and then runs membarrier(PRIVATE_EXPEDITED), which
+ * puts a full memory barrier on every running thread of the process, before it loads app_in.
+ * So at most one of them finds the other out and goes in. Without membarrier (an old kernel,
+ * a seccomp filter) both sides use a full fence. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;     /* CLOCK_MONOTONIC */
+	struct spa_conn *head;
+	unsigned gen;          /* bumped in a forked child: the parent's list is not its own */
+	int started;           /* the thread runs (in this process) */
+} K = { .mu = PTHREAD_MUTEX_INITIALIZER, .gen = 1 };
+atomic_int spa_guard_light; /* membarrier registered: the application's barrier is light */
+static pthread_once_t k_once = PTHREAD_ONCE_INIT;
+
+static void keeper_prepare(void)
+{
+	pthread_mutex_lock(&K.mu);
+}
+static void keeper_parent(void)
+{
+	pthread_mutex_unlock(&K.mu);
+}
+static void keeper_child(void)
+{
+	/* the child has no keeper thread and none of the parent's connections to keep */
+	pthread_mutex_init(&K.mu, NULL);
+	K.head = NULL;
+	K.started = 0;
+	K.gen++;
+}
+static void keeper_once(void)
+{
+	pthread_atfork(keeper_prepare, keeper_parent, keeper_child);
+}
+
+struct spa_guard *spa_conn_guard(struct spa_conn *c)
+{
+	return c->guard;
+}
+
+/* spa_guard_enter (include/spa/conn.h) found the keeper in: step back, wait, try again. */
+void spa_guard_wait(struct spa_guard *g)
+{
+	for (;;) {
+		atomic_store_explicit(&g->app_in, 0, memory_order_release);
+		while (atomic_load_explicit(&g->keeper_in, memory_order_acquire))
+			sched_yield();
+		atomic_store_explicit(&g->app_in, 1, memory_order_relaxed);
+		if (atomic_load_explicit(&spa_guard_light, memory_order_relaxed))
+			atomic_signal_fence(memory_order_seq_cst);
+		else
+			atomic_thread_fence(memory_order_seq_cst);
+		if (!atomic_load_explicit(&g->keeper_in, memory_order_acquire))
+			return;
+	}
+}
+
+/* The keeper's side: 1 when it is in (the application is not), else 0. */
+static int keeper_try(struct spa_guard *g)
+{
+	atomic_store_explicit(&g->keeper_in, 1, memory_order_relaxed);
+	if (atomic_load_explicit(&spa_guard_light, memory_order_relaxed))
+		syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+	else
+		atomic_thread_fence(memory_order_seq_cst);
+	if (!atomic_load_explicit(&g->app_in, memory_order_acquire))
+		return 1;
+	atomic_store_explicit(&g->keeper_in, 0, memory_order_release);
+	return 0;
+}
+
+/* Speak for an application that is away (the keeper is in c). */
+static void keeper_work(struct spa_conn *c, int64_t now)
+{
+	if (c->failed || c->peer_closed)
+		return;
+	if (c->tolerant) {
+		/* what came, into the window (bounded: the application may come back) */
+		for (int i = 0; i < 256; i++) {
+			struct spa_frame f;
+			if (frame_in(c, &f, 0, 0) < 0)
+				break;
+		}
+		if (c->failed || timers(c, now) || before_wait(c, now, ACK_DELAY_NS))
+			return;
+	}
+	if (now - atomic_load_explicit(&c->last_tx_ns, memory_order_relaxed) >= c->hb_ns)
+		send_heartbeat(c);
+}
+
+static void *keeper_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&K.mu);
+	for (;;) {
+		int64_t now = spa_clock_ns(), next = now + KEEPER_IDLE_NS;
+		for (struct spa_conn *c = K.head; c; c = c->k_next) {
+			int64_t due = atomic_load_explicit(&c->last_tx_ns, memory_order_relaxed) +
+				      c->hb_ns;
+			if (due <= now) {
+				if (keeper_try(c->guard)) {
+					keeper_work(c, now);
+					atomic_store_explicit(&c->guard->keeper_in, 0,
+							      memory_order_release);
+					due = now + c->hb_ns;
+				} else {
+					due = now + c->hb_ns / 4; /* it is in: it speaks for itself */
+				}
+			}
+			if (due < next)
+				next = due;
+		}
+		struct timespec ts = { .tv_sec = next / 1000000000, .tv_nsec = next % 1000000000 };
+		pthread_cond_timedwait(&K.cv, &K.mu, &ts);
+	}
+	return NULL;
+}
+
+/* Put c on the keeper's list (starting the thread the first time). Without a thread (it could
+ * not start) the application's own waits still send HEARTBEATs. */
+static void keeper_add(struct spa_conn *c)
+{
+	pthread_once(&k_once, keeper_once);
+	pthread_mutex_lock(&K.mu);
+	if (!K.started) {
+		/* the light barrier only once the heavy one is sure to work (before any
+		 * connection is kept) */
+		if (!syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0))
+			atomic_store(&spa_guard_light, 1);
+		else
+			atomic_store(&spa_guard_light, 0);
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&K.cv, &ca);
+		pthread_condattr_destroy(&ca);
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		pthread_t t;
+		K.started = !pthread_create(&t, &a, keeper_main, NULL);
+		pthread_attr_destroy(&a);
+	}
+	c->k_prev = NULL;
+	c->k_next = K.head;
+	if (K.head)
+		K.head->k_prev = c;
+	K.head = c;
+	c->k_gen = K.gen;
+	pthread_cond_signal(&K.cv);
+	pthread_mutex_unlock(&K.mu);
+}
+
+/* Take c off the list; once this returns the keeper is not in c (it works holding K.mu). */
+static void keeper_del(struct spa_conn *c)
+{
+	if (!c->k_gen)
+		return;
+	pthread_mutex_lock(&K.mu);
+	if (c->k_gen == K.gen) {
+		if (c->k_prev)
+			c->k_prev->k_next = c->k_next;
+		else
+			K.head = c->k_next;
+		if (c->k_next)
+			c->k_next->k_prev = c->k_prev;
+	}
+	c->k_gen = 0;
+	pthread_mutex_unlock(&K.mu);
+}
+
 /* ---- handshake ------------------------------------------------------------------------- */
 
 static void params_encode(const struct params *p, uint8_t b[PARAMS_SIZE])
@@ -1019,6 +1327,7 @@ static int conn_make(struct spa_conn **out, struct spa_link_base *base,
 	c->stats = cfg->stats;
 	c->err = cfg->err;
 	c->rx_ctl = 1;
+	c->guard = drv->guard ? drv->guard : &c->own_guard;
 	c->tx_ctl = 1;
 	c->rxbuf = malloc(mf > HDR + CTL_PAYLOAD_MAX ? mf : HDR + CTL_PAYLOAD_MAX);
 	if (!c->rxbuf) {
@@ -1092,6 +1401,33 @@ static int conn_ready(struct spa_conn *c, const struct params *peer, unsigned su
 			return spa_conn_fail(c, -ENOMEM, "out of memory");
 	}
 	return 0;
+}
+
+/* The handshake is over and the connection goes to the application: liveness starts (the
+ * silence limit opts.dead_ns, 0 meaning DEAD_NS or DEAD_LOCAL_NS, < 0 off; a HEARTBEAT after
+ * an eighth of it, or of DEAD_NS when that is less, of our silence: a udp peer's death shows
+ * in the ICMP they bring back) and the keeper keeps it. */
+static void conn_live(struct spa_conn *c)
+{
+	int64_t d = c->opts->dead_ns;
+	/* (emulated delay: a side spins through it in its receive, silent meanwhile) */
+	int64_t delay = c->opts->delay_ns > 0 ? c->opts->delay_ns : 0;
+	c->dead_ns = d < 0 ? 0 : d ? d : (c->base->local ? DEAD_LOCAL_NS : DEAD_NS) + 4 * delay;
+	c->hb_ns = (c->dead_ns < DEAD_NS ? c->dead_ns : DEAD_NS) / HB_DIV;
+	int64_t now = spa_clock_ns();
+	atomic_store_explicit(&c->last_tx_ns, now, memory_order_relaxed);
+	c->last_rx_ns = c->wait_since = now;
+	if (!c->dead_ns)
+		return;
+	if (c->drv->flags & SPA_DRV_KERNEL_ACKS) {
+		/* the kernels say when the peer is gone; our waits' HEARTBEATs let ours notice a
+		 * host that stopped answering */
+		c->kernel_acks = 1;
+		if (c->drv->set_dead)
+			c->drv->set_dead(c->base, c->dead_ns);
+		return;
+	}
+	keeper_add(c);
 }
 
 /* The AEAD suites this side takes (opts.aead may insist on one). */
@@ -1310,6 +1646,7 @@ int spa_conn_connect(struct spa_conn **out, const struct spa_link_driver *drv, c
 	}
 	if (rc)
 		goto err;
+	conn_live(c);
 	*out = c;
 	return 0;
 err:
@@ -1485,6 +1822,7 @@ int spa_conn_accept(struct spa_conn **out, const struct spa_link_driver *drv,
 			hs = deadline;
 		rc = serve_handshake(c, hs);
 		if (!rc) {
+			conn_live(c);
 			*out = c;
 			return 0;
 		}
@@ -1521,6 +1859,7 @@ void spa_conn_destroy(struct spa_conn *c, int code)
 {
 	if (!c)
 		return;
+	keeper_del(c);
 	if (c->tolerant && c->rel.w && !c->failed && !c->peer_closed && !code)
 		linger(c);
 	/* Tell the peer, unless it is gone or said so first: after a failure, with its code and
@@ -1591,13 +1930,17 @@ struct spa_link_base *spa_conn_base(struct spa_conn *c)
 
 uint64_t spa_conn_next_pkt(struct spa_conn *c)
 {
+	uint64_t p;
+	spa_conn_enter(c);
 	if (c->tolerant) {
 		/* a number taken, its frame not kept: never sent again */
-		uint64_t p = c->rel.nxt;
+		p = c->rel.nxt;
 		spa_rel_sent(&c->rel, 0, spa_clock_ns());
-		return p;
+	} else {
+		p = c->tx_pkt++;
 	}
-	return c->tx_pkt++;
+	spa_conn_leave(c);
+	return p;
 }
 
 uint64_t spa_conn_copied_tx(const struct spa_conn *c)

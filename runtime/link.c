@@ -351,6 +351,20 @@ static int opts_fill(struct spa_link_opts *dst, const struct spa_link_opts *o,
 
 /* ---- control --------------------------------------------------------------------------- */
 
+/* A driver whose links share state (dpdk's ports) has one guard for them all: held around
+ * what touches that state outside a connection's own calls (spa_guard_enter). */
+static inline void drv_enter(const struct spa_link_driver *drv)
+{
+	if (drv->guard)
+		spa_guard_enter(drv->guard);
+}
+
+static inline void drv_leave(const struct spa_link_driver *drv)
+{
+	if (drv->guard)
+		spa_guard_leave(drv->guard);
+}
+
 int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa_link_opts *o,
 		    struct spa_errbuf *err)
 {
@@ -381,11 +395,15 @@ int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa
 			     "--key CLOUD.key", uri);
 		goto err;
 	}
+	drv_enter(drv);
 	rc = drv->listen(&l->base, addr, err);
+	drv_leave(drv);
 	if (rc)
 		goto err;
 	if (!l->opts.key && !l->opts.insecure && !l->base->local) {
+		drv_enter(drv);
 		drv->listener_close(l->base);
+		drv_leave(drv);
 		rc = spa_err(err, -SPA_EAUTH, "%s: an unauthenticated listener on an address other "
 			     "hosts can reach: give keys (spa-keygen -o NAME; --key CLOUD.key "
 			     "--allow EDGE.pub), or --insecure, or listen on a loopback address",
@@ -430,7 +448,9 @@ int spa_link_accept(struct spa_listener *ls, struct spa_link **out, int64_t time
 		return rc;
 	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
 				    .err = &l->err };
+	drv_enter(ls->drv);
 	rc = spa_conn_accept(&l->conn, ls->drv, ls->base, &cfg, timeout_ns);
+	drv_leave(ls->drv);
 	if (rc) {
 		spa_err(err, rc, "%s", l->err.msg);
 		free(l);
@@ -446,7 +466,9 @@ void spa_listener_destroy(struct spa_listener *l)
 {
 	if (!l)
 		return;
+	drv_enter(l->drv);
 	l->drv->listener_close(l->base);
+	drv_leave(l->drv);
 	free(l);
 }
 
@@ -471,7 +493,9 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 		return rc;
 	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
 				    .err = &l->err };
+	drv_enter(drv);
 	rc = spa_conn_connect(&l->conn, drv, addr, &cfg, timeout_ns);
+	drv_leave(drv);
 	if (rc) {
 		spa_err(err, rc, "%s", l->err.msg);
 		free(l);
@@ -487,7 +511,11 @@ void spa_link_destroy(struct spa_link *l)
 {
 	if (!l)
 		return;
+	/* (a connection's own guard needs no entering here: destroy takes it off the keeper's
+	 * list first) */
+	drv_enter(l->drv);
 	spa_conn_destroy(l->conn, 0);
+	drv_leave(l->drv);
 	free(l);
 }
 
@@ -545,7 +573,8 @@ static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
 
 /* ---- fast path ------------------------------------------------------------------------- */
 
-int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
+static int link_send(struct spa_link *l, const struct spa_msg *m, const void *payload,
+		     size_t len)
 {
 	int rc = spa_conn_failed(l->conn);
 	if (rc)
@@ -661,8 +690,8 @@ static int rx_frame(struct spa_link *l, struct spa_frame *fr, void *buf, size_t 
 
 #undef BAD_HDR
 
-int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
-		  int64_t timeout_ns)
+static int link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
+		     int64_t timeout_ns)
 {
 	int rc = spa_conn_failed(l->conn);
 	if (rc)
@@ -716,4 +745,22 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 	l->rx_seq++;
 	l->stats.msgs_rx++;
 	return 0;
+}
+
+/* The application's calls: inside the connection's guard (the keeper stays out meanwhile). */
+int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
+{
+	spa_conn_enter(l->conn);
+	int rc = link_send(l, m, payload, len);
+	spa_conn_leave(l->conn);
+	return rc;
+}
+
+int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
+		  int64_t timeout_ns)
+{
+	spa_conn_enter(l->conn);
+	int rc = link_recv(l, m, buf, cap, timeout_ns);
+	spa_conn_leave(l->conn);
+	return rc;
 }

@@ -676,6 +676,74 @@ Test(dpdk, af_xdp_over_veth_in_two_namespaces)
 	check_veth("af_xdp", "", "", 1);
 }
 
+/* ---- liveness: a killed peer is noticed within 100 ms --------------------------------- */
+
+/* The cloud side (an echo server, forked into namespace kid_ns when given) is killed while we
+ * wait: the milliseconds from SIGKILL to our -SPA_ECLOSED. Before that each side is away from
+ * the link for 300 ms in turn (three times the silence limit): neither is taken for dead. */
+static double kill_notice_ms(const char *luri, const char *curi, const char *kid_ns,
+			     const char *our_ns)
+{
+	pid_t kid = fork_kid();
+	if (kid == 0) {
+		if (kid_ns)
+			enter_ns(kid_ns);
+		_exit(echo_serve(luri, 1, 0));
+	}
+	if (our_ns)
+		enter_ns(our_ns);
+	uint8_t tx[256], rx[256];
+	struct spa_link *l = edge_connect(curi);
+	round_trip(l, tx, rx, 100, 1);
+	usleep(300000); /* we compute: our keeper speaks for us */
+	round_trip(l, tx, rx, 100, 2);
+	struct spa_msg m;
+	/* the cloud waits for us (its waits send HEARTBEATs), we wait for it */
+	cr_assert_eq(spa_link_recv(l, &m, rx, sizeof rx, 300000000), -ETIMEDOUT, "%s",
+		     spa_link_error(l));
+	int64_t t0 = spa_clock_ns();
+	kill(kid, SIGKILL);
+	int rc = spa_link_recv(l, &m, rx, sizeof rx, TMO);
+	double ms = (double)(spa_clock_ns() - t0) / 1e6;
+	cr_assert_eq(rc, -SPA_ECLOSED, "%d %s", rc, spa_link_error(l));
+	fprintf(stderr, "liveness: %s, cloud killed: noticed after %.1f ms: %s\n", curi, ms,
+		spa_link_error(l));
+	spa_link_destroy(l);
+	wait_kid(kid, 10);
+	return ms;
+}
+
+/* memif: the PMD sees its peer's socket close (link down, read every ~1 ms). */
+Test(dpdk, a_killed_memif_peer_is_noticed_within_100_ms)
+{
+	char uri[256];
+	memif_uri(uri, sizeof uri);
+	double ms = kill_notice_ms(uri, uri, NULL, NULL);
+	cr_assert_leq(ms, 100.0, "a killed memif peer was noticed after %.1f ms", ms);
+}
+
+/* af_packet: no wire signal; the peer's HEARTBEATs stop, and 90 ms after the last one heard
+ * it is dead. */
+Test(dpdk, a_killed_af_packet_peer_is_noticed_within_100_ms)
+{
+	char mac[64], luri[256], curi[256];
+	make_veth(mac, sizeof mac);
+	static struct spa_key ck, ek;
+	static struct spa_link_opts so, co;
+	cr_assert_eq(spa_key_generate(&ck), 0);
+	cr_assert_eq(spa_key_generate(&ek), 0);
+	so = (struct spa_link_opts){.key = &ck, .allow = ek.pk, .n_allow = 1};
+	co = (struct spa_link_opts){.key = &ek, .peer_pub = ck.pk};
+	serve_opts = &so;
+	conn_opts = &co;
+	snprintf(luri, sizeof luri, "dpdk:af_packet?iface=spa-va");
+	snprintf(curi, sizeof curi, "dpdk:af_packet?iface=spa-vb&peer=%s", mac);
+	double ms = kill_notice_ms(luri, curi, netns[0], netns[1]);
+	/* (the silence is counted from the last HEARTBEAT heard, 0 to 11.25 ms before the kill;
+	 * 10 ms are left for the wake-up of a loaded machine) */
+	cr_assert_leq(ms, 100.0, "a killed af_packet peer was noticed after %.1f ms", ms);
+}
+
 /* ---- split equals local over memif (spa-cloud and spa-edge as programs) ------------------ */
 
 #define N_TOK 12

@@ -183,7 +183,10 @@ static int raw_send(struct spa_link *l, const void *frame, size_t len)
 {
 	struct spa_link_base *b = spa_link_driver_base(l);
 	struct iovec iov = { (void *)frame, len };
-	return b->drv->send_frame(b, &iov, 1);
+	spa_conn_enter(spa_link_conn(l)); /* (the keeper stays out of the driver meanwhile) */
+	int rc = b->drv->send_frame(b, &iov, 1);
+	spa_conn_leave(spa_link_conn(l));
+	return rc;
 }
 
 /* Both ends of a link in this process: the handshake needs the listener's accept running
@@ -1570,7 +1573,9 @@ Test(link, udp_dropped_frames_are_sent_again_every_message_delivered, .timeout =
 Test(link, fault_injection_is_deterministic_per_seed, .timeout = 30)
 {
 	/* 100 frames go out before anything comes back (the window holds them): the same
-	 * draws for the same seed */
+	 * draws for the same seed. (Liveness off: a keeper's HEARTBEAT, sent when its timing
+	 * says, would take draws too.) */
+	static const struct spa_link_opts o = { .dead_ns = -1 };
 	uint64_t counts[3];
 	for (int k = 0; k < 3; k++) {
 		char uri[128];
@@ -1579,8 +1584,8 @@ Test(link, fault_injection_is_deterministic_per_seed, .timeout = 30)
 		struct spa_listener *lst;
 		struct spa_link *c, *a;
 		struct spa_errbuf e = { "" };
-		cr_assert_eq(spa_link_listen(&lst, uri, NULL, &e), 0, "%s", e.msg);
-		link_pair(lst, uri, NULL, &c, &a);
+		cr_assert_eq(spa_link_listen(&lst, uri, &o, &e), 0, "%s", e.msg);
+		link_pair(lst, uri, &o, &c, &a);
 		struct spa_msg m = { .type = SPA_MSG_TOKEN };
 		for (int i = 0; i < 100; i++)
 			cr_assert_eq(spa_link_send(c, &m, &i, sizeof i), 0);
@@ -2036,4 +2041,114 @@ Test(link, udp_forged_and_replayed_sealed_frames_are_dropped_never_delivered, .t
 	spa_listener_destroy(s.lst);
 	free(out);
 	free(in);
+}
+
+/* ---- liveness ---------------------------------------------------------------------------- */
+
+/* Edge: HELLO, then echo each message after "computing" (sleeping, away from the link) for
+ * its aux milliseconds, until BYE. */
+static int slow_echo_child(const char *uri, void *arg)
+{
+	struct spa_link *l = edge_connect(uri, arg);
+	if (!l)
+		return 10;
+	struct spa_msg m = { .type = SPA_MSG_HELLO };
+	if (spa_link_send(l, &m, NULL, 0))
+		return 11;
+	uint8_t b[256];
+	for (;;) {
+		if (spa_link_recv(l, &m, b, sizeof b, 20 * SEC)) {
+			fprintf(stderr, "child: recv: %s\n", spa_link_error(l));
+			return 12;
+		}
+		if (m.type == SPA_MSG_BYE)
+			break;
+		usleep((useconds_t)m.aux * 1000);
+		m.type = SPA_MSG_SIDE_OUT;
+		if (spa_link_send(l, &m, b, m.len))
+			return 13;
+	}
+	spa_link_destroy(l);
+	return 0;
+}
+
+static void ask(struct spa_link *l, uint32_t compute_ms)
+{
+	struct spa_msg m = { .type = SPA_MSG_TAPS, .aux = compute_ms };
+	cr_assert_eq(spa_link_send(l, &m, "ping", 4), 0, "%s", spa_link_error(l));
+}
+
+/* Both sides away from the link for 300 ms (three times the silence limit) in turn: neither
+ * is taken for dead (their keepers speak for them). Then the edge, computing, is killed
+ * (SIGKILL) or stopped (SIGSTOP: hung) while the cloud waits: returns the milliseconds from
+ * the signal to the cloud's -SPA_ECLOSED, its message in why. */
+static double notice_ms(const char *scheme, int sig, const struct spa_link_opts *o, char *why,
+			size_t cap)
+{
+	struct srv s;
+	srv_start(&s, scheme, o);
+	pid_t child = spawn(slow_echo_child, s.uri, (void *)o);
+	struct spa_link *l = srv_accept(&s);
+	uint8_t b[256];
+	struct spa_msg m;
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 10 * SEC), 0, "%s", spa_link_error(l));
+	/* the edge computes 300 ms while we wait */
+	ask(l, 300);
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 10 * SEC), 0, "%s: the edge computing for "
+		     "300 ms was taken for dead: %s", scheme, spa_link_error(l));
+	/* we compute 300 ms (away from the link) while the edge waits */
+	usleep(300000);
+	ask(l, 0);
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 10 * SEC), 0, "%s: the edge took us for "
+		     "dead while we computed 300 ms: %s", scheme, spa_link_error(l));
+	/* the edge computes for long; it dies (or hangs) meanwhile */
+	ask(l, 100000);
+	cr_assert_eq(spa_link_recv(l, &m, b, sizeof b, 200000000), -ETIMEDOUT, "%s",
+		     spa_link_error(l));
+	int64_t t0 = spa_clock_ns();
+	kill(child, sig);
+	int rc = spa_link_recv(l, &m, b, sizeof b, 10 * SEC);
+	double ms = (double)(spa_clock_ns() - t0) / 1e6;
+	cr_assert_eq(rc, -SPA_ECLOSED, "%s: %d %s", scheme, rc, spa_link_error(l));
+	snprintf(why, cap, "%s", spa_link_error(l));
+	if (sig != SIGKILL)
+		kill(child, SIGKILL);
+	cr_assert_eq(reap(child), 1000 + SIGKILL);
+	spa_link_destroy(l);
+	spa_listener_destroy(s.lst);
+	fprintf(stderr, "liveness: %s, edge %s: noticed after %.1f ms: %s\n", scheme,
+		sig == SIGKILL ? "killed" : "stopped", ms, why);
+	return ms;
+}
+
+/* The issue's target: a killed peer is noticed within 100 ms on every link (dpdk's in
+ * tests/test_dpdk.c): shm by its pid, tcp by the kernel's FIN, udp by the ICMP
+ * port-unreachable our HEARTBEATs bring back. */
+Test(link, a_killed_peer_is_noticed_within_100_ms, .timeout = 60)
+{
+	const char *schemes[] = { "shm", "tcp", "udp" };
+	for (int i = 0; i < 3; i++) {
+		char why[512];
+		double ms = notice_ms(schemes[i], SIGKILL, NULL, why, sizeof why);
+		cr_assert_leq(ms, 100.0, "%s: a killed edge was noticed after %.1f ms: %s",
+			      schemes[i], ms, why);
+	}
+}
+
+/* A hung peer (alive, silent) is dead after the silence limit, here the one of a peer on
+ * another host (90 ms; on this host it is 1 s), counted from the last frame heard: shm and udp
+ * (over tcp the peer's kernel still acknowledges: not noticed). */
+Test(link, a_hung_peer_is_dead_after_the_silence_limit, .timeout = 60)
+{
+	const char *schemes[] = { "shm", "udp" };
+	static const struct spa_link_opts o = { .dead_ns = 90000000 };
+	for (int i = 0; i < 2; i++) {
+		char why[512];
+		double ms = notice_ms(schemes[i], SIGSTOP, &o, why, sizeof why);
+		cr_assert(strstr(why, "went silent"), "%s: %s", schemes[i], why);
+		/* the last HEARTBEAT heard came 0 to 11.25 ms before the stop */
+		cr_assert(ms >= 70.0 && ms <= 100.0, "%s: a hung edge was taken for dead %.1f ms "
+			  "after it stopped (the limit: 90 ms after its last frame): %s", schemes[i],
+			  ms, why);
+	}
 }

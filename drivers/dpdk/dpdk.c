@@ -1830,9 +1830,14 @@ int spa_dpdk_link_encap(struct spa_link_base *b, uint8_t *hdr, size_t cap)
 	return (int)l->hdr_len;
 }
 
+/* Links share ports, and a port is used from one thread at a time: one guard for them all
+ * (the connection layer's keeper thread takes it only when the application is in none). */
+static struct spa_guard dpdk_guard;
+
 const struct spa_link_driver spa_drv_dpdk = {
 	.scheme = "dpdk",
 	.max_frame = STATIC_MAX_FRAME,
+	.guard = &dpdk_guard,
 	.listen = dp_listen,
 	.accept = dp_accept,
 	.listener_close = dp_listener_close,

@@ -24,6 +24,7 @@
  * Nagle wait for the ACK of the previous one). */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +46,9 @@
 #define MAX_IOV 8
 #define ATTEMPT_NS 500000000ll /* longest wait for one connect attempt */
 #define BACKLOG 16
+#define CLOSE_WAIT_NS 2000000000ll /* close: wait this long at most for the peer to have it all */
+#define CLOSE_STALL_NS 50000000ll  /* ... and this long for any progress */
+#define USER_TIMEOUT_MIN_MS 5000u  /* a dead peer host: given up on after this at the least */
 #define SPIN_NS 1000000ll      /* spin this long without data before sleeping in ppoll */
 #define READ_AHEAD 65536u      /* read at most this much past the current frame */
 
@@ -123,7 +128,8 @@ static int tcp_send_frame(struct spa_link_base *b, const struct iovec *iov_in, i
 					return rc;
 				continue;
 			}
-			if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
+			if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN ||
+			    errno == ETIMEDOUT)
 				return -SPA_ECLOSED;
 			return -errno;
 		}
@@ -169,8 +175,8 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 			}
 			if (errno == EINTR)
 				continue;
-			if (errno == ECONNRESET)
-				return -SPA_ECLOSED;
+			if (errno == ECONNRESET || errno == ETIMEDOUT)
+				return -SPA_ECLOSED; /* reset, or unacknowledged too long (set_dead) */
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -errno;
 			/* Spin while data is likely to come soon, then sleep until it comes. */
@@ -391,14 +397,55 @@ static void tcp_close(struct spa_link_base *b)
 	struct tcp_link *l = (struct tcp_link *)b;
 	if (!l)
 		return;
+	/* A graceful end: FIN after our data, and the socket stays open until the peer's
+	 * kernel has all of it (SIOCOUTQ 0; at most CLOSE_WAIT_NS), reading and dropping what
+	 * the peer sends meanwhile (its HEARTBEATs). A socket closed with data unread, or that
+	 * receives data once closed, resets the connection (RST), and a reset throws away what
+	 * we sent last and the peer has not got yet. */
+	shutdown(l->fd, SHUT_WR);
+	int64_t now = spa_clock_ns(), end = now + CLOSE_WAIT_NS, moved = now;
+	int last = -1;
+	for (;;) {
+		uint8_t junk[4096];
+		ssize_t k;
+		while ((k = recv(l->fd, junk, sizeof junk, MSG_DONTWAIT)) > 0)
+			;
+		int outq = 0;
+		now = spa_clock_ns();
+		if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+		    ioctl(l->fd, SIOCOUTQ, &outq) || outq <= 0 || now >= end)
+			break; /* the peer closed or reset, or has everything, or time is up */
+		if (outq != last) {
+			last = outq;
+			moved = now;
+		} else if (now - moved >= CLOSE_STALL_NS) {
+			break; /* the peer does not read now (nor, likely, send) */
+		}
+		struct pollfd p = { .fd = l->fd, .events = POLLIN };
+		poll(&p, 1, 1);
+	}
 	close(l->fd);
 	free(l->buf);
 	free(l);
 }
 
+/* TCP_USER_TIMEOUT: the kernel gives up on the connection when what we sent stays
+ * unacknowledged this long. Linux applies it to zero-window probes too, so a peer that only
+ * reads slowly (it computes) would be given up on: never less than USER_TIMEOUT_MIN_MS. */
+static void tcp_set_dead(struct spa_link_base *b, int64_t dead_ns)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	unsigned ms = (unsigned)(dead_ns / 1000000);
+	if (ms < USER_TIMEOUT_MIN_MS)
+		ms = USER_TIMEOUT_MIN_MS;
+	setsockopt(l->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+}
+
 const struct spa_link_driver spa_drv_tcp = {
 	.scheme = "tcp",
 	.max_frame = MAX_FRAME,
+	.flags = SPA_DRV_KERNEL_ACKS,
+	.set_dead = tcp_set_dead,
 	.listen = tcp_listen,
 	.accept = tcp_accept,
 	.listener_close = tcp_listener_close,

@@ -9,12 +9,18 @@
  * frames handed to the driver. With keys (opts.key and the peer's), the handshake is a Noise IK
  * key exchange and every later frame is sealed (AEAD); see runtime/conn.c.
  *
- * A connection is used by one thread at a time. Send and receive are on the hot path: no
- * allocation, no logging, no locks; a fault ends the connection with a negative code and a
- * message (the caller's errbuf, given at creation). */
+ * A connection is used by one application thread at a time, inside spa_conn_enter and
+ * spa_conn_leave (runtime/link.c does it at each of its calls). While the application is away
+ * from the connection (computing), the process's keeper thread speaks for it: HEARTBEATs, and
+ * on reliable connections ACKs, retransmissions and the peer's frames taken into the receive
+ * window (docs/wire-protocol.md, "Liveness"). Send and receive are on the hot path: no
+ * allocation, no logging, no locks (the guard costs the application two plain stores and a
+ * load); a fault ends the connection with a negative code and a message (the caller's errbuf,
+ * given at creation). */
 #ifndef SPA_CONN_H
 #define SPA_CONN_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,6 +91,37 @@ int spa_conn_fail(struct spa_conn *c, int code, const char *fmt, ...)
 
 /* The sticky error code (0 while healthy). Hot path. */
 int spa_conn_failed(const struct spa_conn *c);
+
+/* The application thread enters a connection before it sends, receives, takes or releases
+ * frames on it, or touches its driver (tests: raw frames), and leaves it after: the keeper
+ * thread acts on it only between. Waits (yielding) while the keeper is inside, which lasts
+ * microseconds. Hot path (two plain stores, one load). spa_guard_*: the same on a guard
+ * (spa_conn_guard: the connection's, the driver's when it has one). */
+void spa_guard_wait(struct spa_guard *g);
+extern atomic_int spa_guard_light; /* the keeper's barrier is membarrier: ours a compiler one */
+static inline void spa_guard_enter(struct spa_guard *g)
+{
+	atomic_store_explicit(&g->app_in, 1, memory_order_relaxed);
+	if (__builtin_expect(atomic_load_explicit(&spa_guard_light, memory_order_relaxed), 1))
+		atomic_signal_fence(memory_order_seq_cst);
+	else
+		atomic_thread_fence(memory_order_seq_cst);
+	if (__builtin_expect(atomic_load_explicit(&g->keeper_in, memory_order_acquire), 0))
+		spa_guard_wait(g);
+}
+static inline void spa_guard_leave(struct spa_guard *g)
+{
+	atomic_store_explicit(&g->app_in, 0, memory_order_release);
+}
+struct spa_guard *spa_conn_guard(struct spa_conn *c);
+static inline void spa_conn_enter(struct spa_conn *c)
+{
+	spa_guard_enter(spa_conn_guard(c));
+}
+static inline void spa_conn_leave(struct spa_conn *c)
+{
+	spa_guard_leave(spa_conn_guard(c));
+}
 
 /* Facts about an established connection. Thread-safe, constant after the handshake. */
 uint64_t spa_conn_id(const struct spa_conn *c);

@@ -48,6 +48,12 @@ struct spa_link_opts {
 	size_t max_msg;     /* largest message this side will accept (0: SPA_WIRE_MAX_MSG) */
 	const char *eal;    /* dpdk: EAL arguments (DPDK's conventions); NULL: built from the URI */
 	struct spa_link_faults faults;
+	/* Liveness (docs/wire-protocol.md, "Liveness"): a peer heard from not at all for this
+	 * long while this side waits for it is dead (-SPA_ECLOSED). 0: 90 ms, or 1 s when the
+	 * peer is on this host (its transport says when it dies); < 0: off. Each side sends a
+	 * HEARTBEAT after an eighth of it (11.25 ms at most) without sending, from its own
+	 * waits or, while the application is away from the link, from the keeper thread. */
+	int64_t dead_ns;
 	/* Authentication (docs/wire-protocol.md, "Keys"). key: this side's static key pair
 	 * (include/spa/keys.h); the connecting side also pins the listener's public key
 	 * (peer_pub, 32 bytes), the listener accepts the connecting sides whose public keys are
@@ -78,6 +84,7 @@ struct spa_link_stats {
 	uint64_t acks_tx;              /* ACK frames sent */
 	uint64_t nacks_tx, nacks_rx;   /* ... that reported gaps (sent, received) */
 	uint64_t probes_tx;            /* ... that a waiting receiver sent (PROBE) */
+	uint64_t heartbeats_tx;        /* HEARTBEAT frames sent (liveness) */
 };
 
 /* One received message. payload points into the caller's buffer. */

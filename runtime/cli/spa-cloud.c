@@ -22,6 +22,10 @@ static void usage(void)
 	       "                        0: all in memory; leave a core for the reads with -t)\n"
 	       CLI_BACKEND_HELP
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --dead-ms MS          a peer heard from not at all for MS while waiting for it is\n"
+	       "                        dead: the session ends (default 90, so that a dead peer\n"
+	       "                        is noticed within 100 ms; 1000 on this host, where the\n"
+	       "                        link itself says when the peer dies; 0: off)\n"
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
 	       "  --batch N             prompt prefill batch (default 64)\n"
@@ -68,6 +72,10 @@ int main(int argc, char **argv)
 			o.link.eal = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--net-delay-us"))
 			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
+		else if (!strcmp(a, "--dead-ms")) {
+			int64_t ms = cli_int(a, cli_value(argc, argv, &i), 0, 3600000);
+			o.link.dead_ns = ms ? ms * 1000000 : -1;
+		}
 		else if (!strcmp(a, "--timeout"))
 			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
 						 1e9);

@@ -34,17 +34,31 @@ struct spa_listener_base {
 /* spa_link_driver.flags */
 enum {
 	/* Frames are datagrams: they may be lost, duplicated or reordered on the way, and
-	 * anyone may send one to the port. The link layer then reassembles fragments in any
-	 * order, drops duplicates (stats.dup_frames), and drops a datagram that is not a
-	 * well-formed frame (short, bad header, length not matching its header) as noise
-	 * (stats.bad_frames) instead of ending the session. Checked frames that fail (CRC,
-	 * session, sequence gap, lost fragment) still end it. docs/wire-protocol.md. */
+	 * anyone may send one to the port. The connection layer then retransmits what is lost,
+	 * drops repeats (stats.dup_frames) and puts the order right, and drops a datagram that
+	 * is not a well-formed frame of the connection (short, bad header, length not matching
+	 * its header, failing its CRC or tag) as noise instead of ending the session
+	 * (docs/wire-protocol.md, "Retransmission"). */
 	SPA_DRV_DATAGRAM = 1u << 0,
 	/* The driver copies every frame anyway (shm: into its ring): frame_reserve is the way
 	 * to send plain frames too, with the CRC computed in the copy's pass. Without it
 	 * frame_reserve serves only sealed frames (encrypted straight into the driver's
 	 * memory), and plain ones go by send_frame (dpdk: the payload attached, not copied). */
 	SPA_DRV_COPIES = 1u << 1,
+	/* The peer's kernel acknowledges what we send and ends the connection when the peer
+	 * process dies (tcp). Liveness then rests on it: a waiting side sends HEARTBEATs, and
+	 * the driver gives up when they stay unacknowledged for the silence limit (set_dead),
+	 * but nothing speaks for an application that is away (no keeper): data that reaches a
+	 * socket its peer closed resets the connection, which can throw away the peer's last
+	 * frames on their way to us. */
+	SPA_DRV_KERNEL_ACKS = 1u << 2,
+};
+
+/* Who is inside a connection: its application thread (through the link) or the process's
+ * keeper thread, which sends HEARTBEATs, ACKs and retransmissions while the application is
+ * away (runtime/conn.c, spa_guard_enter). Zero-initialised. */
+struct spa_guard {
+	_Atomic int app_in, keeper_in;
 };
 
 struct spa_link_driver {
@@ -52,6 +66,12 @@ struct spa_link_driver {
 	size_t max_frame;     /* largest frame (header + payload) the driver moves (a link may
 				 have a smaller one: link_max_frame below) */
 	unsigned flags;       /* SPA_DRV_* */
+	/* NULL: the driver's links are independent of one another (each may be used from its
+	 * own thread), and each connection has a guard of its own. Else the one guard of all of
+	 * the driver's links and listeners in the process (dpdk: links share ports, which are
+	 * used from one thread at a time): link.c holds it around connect, accept, listen and
+	 * close too. */
+	struct spa_guard *guard;
 
 	/* control */
 	int (*listen)(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err);
@@ -94,6 +114,10 @@ struct spa_link_driver {
 	 * side: before its CONNECT; the accepting side: from the CONNECT). For drivers that
 	 * sort the frames of several links on one port by id (dpdk). Not on the hot path. */
 	void (*bind_conn)(struct spa_link_base *l, uint64_t conn);
+	/* SPA_DRV_KERNEL_ACKS: the connection is dead when what we sent stays unacknowledged
+	 * for about dead_ns (tcp: TCP_USER_TIMEOUT, 5 s at the least); the driver then returns
+	 * -SPA_ECLOSED. */
+	void (*set_dead)(struct spa_link_base *l, int64_t dead_ns);
 };
 
 extern const struct spa_link_driver spa_drv_shm;

@@ -36,11 +36,12 @@
 #include "benchutil.h"
 #include "spa/clock.h"
 #include "spa/drv/link.h"
+#include "spa/keys.h"
 #include "spa/link.h"
 #include "spa/pin.h"
 
 #define SEC 1000000000ll
-#define MAX_LINKS 16
+#define MAX_LINKS 32
 #define MAX_SIZES 16
 #define ERR_LEN 512
 #define MAX_ROUNDS 15
@@ -70,18 +71,19 @@ struct link_def {
 	const char *needs;    /* NULL, or "dpdk" */
 	const char *skip;     /* a reason it cannot run here, or NULL */
 	int veth;
+	int auth;             /* keyed: authenticated and sealed (AEAD), "NAME+aead" */
 };
 static struct link_def links[MAX_LINKS] = {
-	{ "shm", "shm:/xport-{pid}", NULL, NULL, NULL, 0 },
-	{ "dpdk-memif", "memif:/tmp/xport-{pid}.sock", NULL, "dpdk", NULL, 0 },
+	{ "shm", "shm:/xport-{pid}", NULL, NULL, NULL, 0, 0 },
+	{ "dpdk-memif", "memif:/tmp/xport-{pid}.sock", NULL, "dpdk", NULL, 0, 0 },
 	{ "dpdk-af_packet", "dpdk:af_packet?iface={va}", "dpdk:af_packet?iface={vb}&peer={maca}",
-	  "dpdk", NULL, 1 },
+	  "dpdk", NULL, 1, 0 },
 	{ "dpdk-af_xdp", "dpdk:af_xdp?iface={va}", "dpdk:af_xdp?iface={vb}&peer={maca}", "dpdk",
-	  NULL, 1 },
-	{ "udp", "udp://127.0.0.1:{port}", NULL, NULL, NULL, 0 },
-	{ "udp-veth", "udp://{ipa}:{port}", NULL, NULL, NULL, 1 },
-	{ "udp-64k", "udp://127.0.0.1:{port}?mtu=65000", NULL, NULL, NULL, 0 },
-	{ "tcp", "tcp://127.0.0.1:{port}", NULL, NULL, NULL, 0 },
+	  NULL, 1, 0 },
+	{ "udp", "udp://127.0.0.1:{port}", NULL, NULL, NULL, 0, 0 },
+	{ "udp-veth", "udp://{ipa}:{port}", NULL, NULL, NULL, 1, 0 },
+	{ "udp-64k", "udp://127.0.0.1:{port}?mtu=65000", NULL, NULL, NULL, 0, 0 },
+	{ "tcp", "tcp://127.0.0.1:{port}", NULL, NULL, NULL, 0, 0 },
 };
 static int n_links = 8;
 
@@ -90,7 +92,23 @@ struct result {
 	size_t size;
 	double p50, p99, p999;
 	int ok;
+	char aead[20];        /* the link's AEAD ("none" when unauthenticated) */
 };
+
+/* The two sides' keys, made before any fork. Plain links run unauthenticated (--insecure:
+ * the veth rows reach another address); "+aead" links with these keys. */
+static struct spa_key cloud_key, edge_key;
+
+static void side_opts(struct spa_link_opts *o, int auth, int cloud)
+{
+	memset(o, 0, sizeof *o);
+	if (!auth)
+		o->insecure = true;
+	else if (cloud)
+		*o = (struct spa_link_opts){ .key = &cloud_key, .allow = edge_key.pk, .n_allow = 1 };
+	else
+		*o = (struct spa_link_opts){ .key = &edge_key, .peer_pub = cloud_key.pk };
+}
 
 /* What the two forked sides of one link hand back (a MAP_SHARED anonymous mapping). */
 struct shared {
@@ -349,11 +367,13 @@ static void uri_fill(char *out, size_t size, const char *tmpl, int port)
 }
 
 /* The echo peer: connect, send every message back until BYE. */
-static int echo_peer(const char *uri, size_t cap, char *err)
+static int echo_peer(const char *uri, int auth, size_t cap, char *err)
 {
 	struct spa_link *l;
 	struct spa_errbuf e = { "" };
-	if (spa_link_connect(&l, uri, NULL, 20 * SEC, &e)) {
+	struct spa_link_opts o;
+	side_opts(&o, auth, 0);
+	if (spa_link_connect(&l, uri, &o, 20 * SEC, &e)) {
 		snprintf(err, ERR_LEN, "echo peer: %s", e.msg);
 		return 1;
 	}
@@ -376,13 +396,15 @@ static int echo_peer(const char *uri, size_t cap, char *err)
 
 /* The cloud side: listen, then all sizes in one session. Fills res[n_sizes]; 0 or 1 with err
  * set. */
-static int cloud_side(const char *uri, const size_t *sizes, int n_sizes, int iters, int warm,
-		      size_t cap, struct result *res, char *err)
+static int cloud_side(const char *uri, int auth, const size_t *sizes, int n_sizes, int iters,
+		      int warm, size_t cap, struct result *res, char *err)
 {
 	struct spa_listener *lst = NULL;
 	struct spa_link *l = NULL;
 	struct spa_errbuf e = { "" };
-	int rc = spa_link_listen(&lst, uri, NULL, &e);
+	struct spa_link_opts o;
+	side_opts(&o, auth, 1);
+	int rc = spa_link_listen(&lst, uri, &o, &e);
 	if (!rc)
 		rc = spa_link_accept(lst, &l, 20 * SEC, &e);
 	if (rc) {
@@ -421,6 +443,7 @@ static int cloud_side(const char *uri, const size_t *sizes, int n_sizes, int ite
 			break;
 		}
 		res[s].size = sizes[s];
+		snprintf(res[s].aead, sizeof res[s].aead, "%s", spa_link_aead(l));
 		bu_sort(samples, (size_t)iters);
 		res[s].p50 = bu_percentile_sorted(samples, (size_t)iters, 50);
 		res[s].p99 = bu_percentile_sorted(samples, (size_t)iters, 99);
@@ -499,10 +522,11 @@ static int run_link(const struct link_def *d, int port, const size_t *sizes, int
 	signals_block(1, &old);
 	pid_t peer = fork_side(1, d, cpu1, sh->peer_err, &old);
 	if (peer == 0)
-		_exit(echo_peer(peer_uri, cap, sh->peer_err));
+		_exit(echo_peer(peer_uri, d->auth, cap, sh->peer_err));
 	pid_t cloud = peer > 0 ? fork_side(0, d, cpu0, sh->cloud_err, &old) : -1;
 	if (cloud == 0)
-		_exit(cloud_side(uri, sizes, n_sizes, iters, warm, cap, sh->res, sh->cloud_err));
+		_exit(cloud_side(uri, d->auth, sizes, n_sizes, iters, warm, cap, sh->res,
+				 sh->cloud_err));
 	if (peer < 0 || cloud < 0) {
 		snprintf(sh->cloud_err, ERR_LEN, "fork: %s", strerror(errno));
 		if (kids[1] > 0)
@@ -578,10 +602,14 @@ static void usage(void)
 	       "                   sides in this network namespace: adds a link, or replaces\n"
 	       "                   one's URI\n"
 	       "  --port N         first TCP/UDP port to use (default 17000 + pid %% 1000 x 8)\n"
+	       "  --aead MODE      off: the links as they are (unauthenticated); on: each link\n"
+	       "                   keyed, its frames sealed (AEAD), named NAME+aead; both (the\n"
+	       "                   default): each link twice, side by side\n"
 	       "  --json FILE      write {\"results\":[{\"link\",\"size\",\"p50_us\",\"p99_us\",\n"
 	       "                   \"p999_us\",\"ratio_vs_udp\"}],\"not_run\":[{\"link\",\"reason\"}]};\n"
 	       "                   ratio_vs_udp = udp p50 / this link's p50 at the same size\n"
-	       "                   (> 1: faster than kernel UDP); veth links add ratio_vs_udp_veth\n"
+	       "                   (> 1: faster than kernel UDP; +aead links against udp+aead);\n"
+	       "                   veth links add ratio_vs_udp_veth; each result names its \"aead\"\n"
 	       "dpdk-af_packet, dpdk-af_xdp and udp-veth need root: they run over a veth pair\n"
 	       "between two network namespaces made (and deleted) here, MTU 1500, addresses\n"
 	       "10.77.0.1/24 (cloud side) and 10.77.0.2/24 (peer) inside those namespaces only.\n");
@@ -608,7 +636,7 @@ int main(int argc, char **argv)
 	size_t sizes[MAX_SIZES] = { 64, 2048, 8192, 270 * 1024 };
 	int n_sizes = 4, iters = 2000, warm = 200, rounds = 3;
 	int port = 17000 + (int)(getpid() % 1000) * 8;
-	const char *json = NULL, *only = NULL;
+	const char *json = NULL, *only = NULL, *aead = "both";
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -658,6 +686,10 @@ int main(int argc, char **argv)
 			links[k].veth = 0;
 		} else if (!strcmp(a, "--json")) {
 			json = cli_value(argc, argv, &i);
+		} else if (!strcmp(a, "--aead")) {
+			aead = cli_value(argc, argv, &i);
+			if (strcmp(aead, "off") && strcmp(aead, "on") && strcmp(aead, "both"))
+				cli_die(2, "--aead: \"%s\" is not off, on or both", aead);
 		} else {
 			cli_die(2, "unknown option %s (try --help)", a);
 		}
@@ -677,6 +709,29 @@ int main(int argc, char **argv)
 			selected[k] = 1;
 		}
 		free(list);
+	}
+	/* --aead: the keyed twin of each selected link (after it in the table) */
+	if (strcmp(aead, "off")) {
+		if (spa_key_generate(&cloud_key) || spa_key_generate(&edge_key))
+			cli_die(1, "cannot make keys (libsodium)");
+		struct link_def all[MAX_LINKS];
+		int sel[MAX_LINKS], n = 0;
+		for (int k = 0; k < n_links; k++) {
+			if (n + 2 > MAX_LINKS)
+				cli_die(2, "too many links for --aead %s", aead);
+			int plain = !strcmp(aead, "both");
+			all[n] = links[k];
+			sel[n++] = selected[k] && plain;
+			all[n] = links[k];
+			all[n].auth = 1;
+			char name[64];
+			snprintf(name, sizeof name, "%s+aead", links[k].name);
+			all[n].name = strdup(name);
+			sel[n++] = selected[k];
+		}
+		memcpy(links, all, sizeof all[0] * (size_t)n);
+		memcpy(selected, sel, sizeof sel[0] * (size_t)n);
+		n_links = n;
 	}
 
 	char machine[512], load[64], where[128];
@@ -705,7 +760,8 @@ int main(int argc, char **argv)
 	char (*why)[ERR_LEN] = calloc(MAX_LINKS, sizeof *why);
 	if (!res || !rr || !why)
 		cli_die(1, "out of memory");
-	int udp_k = -1, veth_k = -1;
+	/* the UDP rows each link is compared with (plain, and +aead) */
+	int udp_k[2] = { -1, -1 }, veth_k[2] = { -1, -1 };
 	/* the hypervisor's steal per round: a round that a busy host slowed says so */
 	double steal[MAX_ROUNDS];
 	for (int r = 0; r < rounds; r++) {
@@ -723,20 +779,20 @@ int main(int argc, char **argv)
 			else if (d->veth && veth_setup())
 				snprintf(why[k], ERR_LEN, "skipped: %.480s", vp.reason);
 			if (why[k][0]) {
-				printf("%-15s %s\n", d->name, why[k]);
+				printf("%-20s %s\n", d->name, why[k]);
 				continue;
 			}
-			printf("%-15s ...\n", d->name);
+			printf("%-20s ...\n", d->name);
 			char msg[ERR_LEN];
 			if (run_link(d, port + k, sizes, n_sizes, iters, warm, cpu0, cpu1,
 				     rr + ((size_t)r * MAX_LINKS + k) * MAX_SIZES, msg)) {
 				snprintf(why[k], ERR_LEN, "failed%s: %.440s", r ? " in a later round" : "",
 					 msg);
-				printf("%-15s %s\n", d->name, why[k]);
-			} else if (!strcmp(d->name, "udp")) {
-				udp_k = k;
-			} else if (!strcmp(d->name, "udp-veth")) {
-				veth_k = k;
+				printf("%-20s %s\n", d->name, why[k]);
+			} else if (!strcmp(d->name, "udp") || !strcmp(d->name, "udp+aead")) {
+				udp_k[d->auth] = k;
+			} else if (!strcmp(d->name, "udp-veth") || !strcmp(d->name, "udp-veth+aead")) {
+				veth_k[d->auth] = k;
 			}
 		}
 		steal[r] = bu_steal_pct(t0, bu_cpu_ticks());
@@ -758,10 +814,11 @@ int main(int argc, char **argv)
 					continue;
 				res[k * MAX_SIZES + s] = *x;
 				p50[n] = x->p50, p99[n] = x->p99, p999[n] = x->p999, n++;
-				const struct result *u = udp_k >= 0 && !why[udp_k][0]
-					? &rr[((size_t)r * MAX_LINKS + udp_k) * MAX_SIZES + s] : NULL;
-				const struct result *v = veth_k >= 0 && !why[veth_k][0] && links[k].veth
-					? &rr[((size_t)r * MAX_LINKS + veth_k) * MAX_SIZES + s] : NULL;
+				int uk = udp_k[links[k].auth], vk = veth_k[links[k].auth];
+				const struct result *u = uk >= 0 && !why[uk][0]
+					? &rr[((size_t)r * MAX_LINKS + uk) * MAX_SIZES + s] : NULL;
+				const struct result *v = vk >= 0 && !why[vk][0] && links[k].veth
+					? &rr[((size_t)r * MAX_LINKS + vk) * MAX_SIZES + s] : NULL;
 				if (u && u->ok)
 					ru[nu++] = u->p50 / x->p50;
 				if (v && v->ok)
@@ -778,7 +835,7 @@ int main(int argc, char **argv)
 			vratio[k * MAX_SIZES + s] = nv ? bu_percentile(rv, nv, 50) : 0.0 / 0.0;
 		}
 
-	printf("\n%-15s %9s %10s %10s %10s %11s %12s\n", "link", "size", "p50", "p99", "p99.9",
+	printf("\n%-20s %9s %10s %10s %10s %11s %12s\n", "link", "size", "p50", "p99", "p99.9",
 	       "vs udp p50", "vs udp-veth");
 	struct bu_json j;
 	int jrc = json ? bu_json_open(&j, json) : 0;
@@ -799,7 +856,7 @@ int main(int argc, char **argv)
 	}
 	for (int k = 0; k < n_links; k++) {
 		if (why[k][0]) {
-			printf("%-15s %9s %s\n", links[k].name, "-", why[k]);
+			printf("%-20s %9s %s\n", links[k].name, "-", why[k]);
 			continue;
 		}
 		for (int s = 0; s < n_sizes; s++) {
@@ -807,17 +864,18 @@ int main(int argc, char **argv)
 			if (!r->ok)
 				continue;
 			const double ru = ratio[k * MAX_SIZES + s], rv = vratio[k * MAX_SIZES + s];
-			const int has_v = veth_k >= 0 && links[k].veth;
+			const int has_v = veth_k[links[k].auth] >= 0 && links[k].veth;
 			char rs[32] = "-", vs[32] = "";
 			if (ru == ru)
 				snprintf(rs, sizeof rs, "%.2fx", ru);
 			if (rv == rv)
 				snprintf(vs, sizeof vs, "%.2fx", rv);
-			printf("%-15s %9zu %10.2f %10.2f %10.2f %11s %12s\n", r->link, r->size, r->p50,
+			printf("%-20s %9zu %10.2f %10.2f %10.2f %11s %12s\n", r->link, r->size, r->p50,
 			       r->p99, r->p999, rs, vs);
 			if (json) {
 				bu_json_obj_begin(&j, NULL);
 				bu_json_str(&j, "link", r->link);
+				bu_json_str(&j, "aead", r->aead);
 				bu_json_int(&j, "size", (int64_t)r->size);
 				bu_json_num(&j, "p50_us", r->p50);
 				bu_json_num(&j, "p99_us", r->p99);

@@ -1,7 +1,9 @@
 /* Helpers shared by the kernel-socket drivers: address resolution and waiting on a socket. */
 #include "sock.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -75,4 +77,27 @@ int spa_sock_wait(int fd, short events, int64_t deadline)
 		if (n < 0 && errno != EINTR)
 			return -errno;
 	}
+}
+
+int spa_sock_is_loopback(const struct sockaddr *a)
+{
+	if (a->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+	if (a->sa_family == AF_INET6) {
+		const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(v6))
+			return 1;
+		return IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127;
+	}
+	return 0;
+}
+
+int spa_sock_fd_local(int fd, int peer)
+{
+	struct sockaddr_storage a;
+	socklen_t al = sizeof a;
+	if ((peer ? getpeername(fd, (struct sockaddr *)&a, &al)
+		  : getsockname(fd, (struct sockaddr *)&a, &al)))
+		return 0;
+	return spa_sock_is_loopback((const struct sockaddr *)&a);
 }

@@ -17,4 +17,9 @@ int spa_sock_resolve(const char *scheme, const char *addr, int socktype, int pas
  * the deadline, or -errno. Not on the hot path's fast case: drivers spin first. */
 int spa_sock_wait(int fd, short events, int64_t deadline);
 
+/* Is a a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)? */
+int spa_sock_is_loopback(const struct sockaddr *a);
+/* Is fd's own (peer 0) or its peer's (peer 1) address a loopback one? 0 when unknown. */
+int spa_sock_fd_local(int fd, int peer);
+
 #endif

@@ -19,6 +19,8 @@ static const char *const msgs[SPA_E_END - SPA_EFORMAT] = {
 	[SPA_EUSAGE - SPA_EFORMAT] = "bad option or argument: see --help",
 	[SPA_EUNSUPPORTED - SPA_EFORMAT] = "not supported by this build or machine",
 	[SPA_ETOOBIG - SPA_EFORMAT] = "a size exceeds its limit",
+	[SPA_EAUTH - SPA_EFORMAT] = "authentication failed: a key or a frame's tag did not "
+				    "verify; check --key, --cloud-pub and --allow",
 };
 
 const char *spa_strerror(int err)

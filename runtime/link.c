@@ -1,18 +1,18 @@
-/* The link layer: URIs, framing, fragmentation, reassembly and checks over a frame driver
- * (include/spa/drv/link.h; spec: docs/wire-protocol.md).
+/* The link layer: URIs, messages, fragmentation, reassembly and checks over a connection
+ * (runtime/conn.c, which runs the handshake and numbers, checks and injects faults into
+ * frames over a driver of include/spa/drv/link.h; spec: docs/wire-protocol.md).
  *
- * The layer is transport-neutral: a driver moves frames of at most max_frame bytes, and
- * everything the protocol promises (CRC, sequence, session, fragment rules, delay emulation)
- * is checked here, once, for every driver. Send gathers header + payload slice with an iovec,
- * so the link never copies a payload on send; receive copies each fragment's payload once,
- * from the driver's frame (ring memory for shm) into the caller's buffer.
+ * The layer is transport-neutral: everything the protocol promises about messages (sequence,
+ * fragment rules, delay emulation) is checked here, once, for every driver. Send hands each
+ * fragment to the connection, which gathers header and payload slice with an iovec or writes
+ * them straight into the driver's memory, so the link never copies a payload on send; receive
+ * copies each fragment's payload once, from the driver's frame (ring memory for shm) into the
+ * caller's buffer, checking it in the same pass.
  *
- * Stream drivers (shm, tcp) deliver frames in order, and the receiver requires exactly that.
- * Datagram drivers (udp, SPA_DRV_DATAGRAM) may lose, repeat and reorder frames: there the
- * receiver places fragments wherever they belong (a bitmap of the fragments that arrived ahead
- * of the contiguous prefix), drops duplicates, and drops datagrams that are not frames at all.
- * The same tolerant receiver is used on any link whose fault injector is on (the seeded
- * injector below stands in for netem, which this kernel lacks). */
+ * Frames come up from the connection in order, each once: stream transports (shm, tcp) deliver
+ * them so, and over datagram transports (udp, dpdk but memif) or with the fault injector on,
+ * the connection retransmits what is lost and puts repeats and reordering right
+ * (runtime/rel.c). The receiver requires exactly the next fragment of the next message. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,51 +20,32 @@
 #include <string.h>
 
 #include "spa/clock.h"
+#include "spa/conn.h"
 #include "spa/drv/link.h"
 #include "spa/link.h"
-#include "spa/rng.h"
 
 #define HDR SPA_WIRE_HDR_SIZE
-/* Smallest fragment payload the tolerant receiver tracks: a udp frame at the smallest mtu
- * (576 - 48 for IPv6) less the header. Sizes the bitmap. */
-#define MIN_FRAG 472u
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
 struct spa_link {
-	struct spa_link_base *base;
+	struct spa_conn *conn;
 	const struct spa_link_driver *drv;
 	struct spa_link_opts opts;
-	size_t max_payload;          /* per frame: drv->max_frame - header */
+	size_t max_payload;          /* per frame: the agreed frame limit less the header */
 
 	uint32_t tx_seq, rx_seq;     /* next sequence number each way */
-	uint32_t session;            /* learnt from HELLO_OK (sent or received); 0: not yet */
-	int datagram;                /* driver is SPA_DRV_DATAGRAM: malformed datagrams are noise */
-	int tolerant;                /* reassemble out of order, drop duplicates (datagram or
-					faults on) */
+	int reliable;                /* the connection puts lost, repeated and reordered frames
+					right (datagram transport or faults on) */
 
 	/* reassembly of the message being received (survives a -ETIMEDOUT) */
 	int rx_active;
-	struct spa_wire_hdr rx_first; /* header of the first fragment that arrived */
+	struct spa_wire_hdr rx_first; /* header of the first fragment */
 	uint32_t rx_got;              /* payload bytes in place so far */
-	uint32_t rx_next;             /* end of the contiguous prefix [0, rx_next) in place */
-	uint32_t rx_ooo;              /* fragments in place beyond rx_next (tolerant only) */
-	uint32_t rx_frag;             /* the sender's fragment payload size (0: not known yet) */
-	int rx_final_wait;            /* the last fragment came before rx_frag was known */
-	uint32_t rx_final_off;        /* ... and starts here */
 	uint64_t rx_last_tx_ns;       /* latest tx_ns of the message's fragments (delay) */
 	void *rx_buf;                 /* buffer the partial message lies in */
-	uint64_t *rx_bits;            /* tolerant: fragment index -> in place beyond rx_next */
-	size_t rx_nbits;
 
-	/* fault injection (opts.faults; off unless a probability is > 0) */
-	int faulty;
-	struct spa_rng rng;
-	uint8_t *scratch;             /* max_payload bytes: a corrupted copy of a payload */
-	uint64_t copied_tx_link;      /* payload bytes the injector copied */
-
-	int failed;                   /* sticky error (0: healthy) */
 	struct spa_link_stats stats;
 	char uri[256];
 	struct spa_errbuf err;
@@ -75,16 +56,21 @@ struct spa_listener {
 	const struct spa_link_driver *drv;
 	struct spa_link_opts opts;
 	char uri[256];
+	struct spa_link_stats stats; /* handshakes that failed */
+	struct spa_errbuf err;
 };
 
-static int faults_on(const struct spa_link_faults *f)
-{
-	return f->drop > 0 || f->dup > 0 || f->reorder > 0 || f->corrupt > 0;
-}
+static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 struct spa_link_base *spa_link_driver_base(struct spa_link *l)
 {
-	return l->base;
+	return spa_conn_base(l->conn);
+}
+
+struct spa_conn *spa_link_conn(struct spa_link *l)
+{
+	return l->conn;
 }
 
 /* ---- URIs ------------------------------------------------------------------------------ */
@@ -212,6 +198,49 @@ static int query_parse(const char *uri, const char *q, int is_udp, struct spa_li
 	return 0;
 }
 
+/* A URI of a driver that checks its own addresses (dpdk:, memif:): the fault injector's keys
+ * (drop, dup, reorder, corrupt, seed) are taken out of its query, the rest is the driver's. */
+static int own_query(const char *uri, const char *q, char *addr, size_t addr_size,
+		     struct spa_link_faults *f, int *have_faults, struct spa_errbuf *err)
+{
+	size_t base = q ? (size_t)(q - uri) : strlen(uri), o = base;
+	memcpy(addr, uri, base);
+	addr[base] = 0;
+	if (!q)
+		return 0;
+	for (const char *p = q + 1; *p;) {
+		size_t k = strcspn(p, "&");
+		char kv[64];
+		int fault = 0;
+		static const char *const keys[] = { "drop=", "dup=", "reorder=", "corrupt=", "seed=" };
+		for (int i = 0; i < 5; i++)
+			fault |= !strncmp(p, keys[i], strlen(keys[i]));
+		if (fault) {
+			if (k >= sizeof kv)
+				return spa_err(err, -SPA_EUSAGE, "bad link URI \"%s\": overlong option",
+					       uri);
+			memcpy(kv, p, k);
+			kv[k] = 0;
+			unsigned long mtu;
+			int had;
+			int rc = query_parse(uri, kv, 0, f, &had, &mtu, err);
+			if (rc)
+				return rc;
+			*have_faults |= had;
+		} else {
+			if (o + k + 2 > addr_size)
+				return spa_err(err, -SPA_EUSAGE, "link URI \"%s\" is too long", uri);
+			char sep = o == base ? '?' : '&';
+			addr[o++] = sep;
+			memcpy(addr + o, p, k);
+			o += k;
+			addr[o] = 0;
+		}
+		p += k + (p[k] == '&');
+	}
+	return 0;
+}
+
 /* Split a URI into its driver, the address that driver gets (shm -> "NAME", tcp -> "HOST:PORT"
  * or "[V6]:PORT" as written, udp -> the same plus "?mtu=N" when given) and the fault
  * injection its query asks for (*have_faults: 1 when it named any). */
@@ -285,8 +314,7 @@ static int uri_parse(const char *uri, const struct spa_link_driver **drv, char *
 	for (size_t i = 0; own[i].prefix; i++)
 		if (!strncmp(uri, own[i].prefix, strlen(own[i].prefix))) {
 			*drv = own[i].drv;
-			memcpy(addr, uri, n + 1);
-			return 0;
+			return own_query(uri, q, addr, addr_size, faults, have_faults, err);
 		}
 #ifndef SPA_HAVE_DPDK
 	if (!strncmp(uri, "dpdk:", 5) || !strncmp(uri, "memif:", 6))
@@ -323,6 +351,20 @@ static int opts_fill(struct spa_link_opts *dst, const struct spa_link_opts *o,
 
 /* ---- control --------------------------------------------------------------------------- */
 
+/* A driver whose links share state (dpdk's ports) has one guard for them all: held around
+ * what touches that state outside a connection's own calls (spa_guard_enter). */
+static inline void drv_enter(const struct spa_link_driver *drv)
+{
+	if (drv->guard)
+		spa_guard_enter(drv->guard);
+}
+
+static inline void drv_leave(const struct spa_link_driver *drv)
+{
+	if (drv->guard)
+		spa_guard_leave(drv->guard);
+}
+
 int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa_link_opts *o,
 		    struct spa_errbuf *err)
 {
@@ -343,9 +385,31 @@ int spa_link_listen(struct spa_listener **out, const char *uri, const struct spa
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
 	if (drv->prepare && (rc = drv->prepare(&l->opts, err)))
 		goto err;
+	if (l->opts.key && !l->opts.n_allow) {
+		rc = spa_err(err, -SPA_EUSAGE, "%s: a cloud with a key accepts the edges whose public "
+			     "keys it is given: add --allow EDGE.pub[,...]", uri);
+		goto err;
+	}
+	if (!l->opts.key && (l->opts.n_allow || l->opts.peer_pub)) {
+		rc = spa_err(err, -SPA_EUSAGE, "%s: allowed keys without this side's own key: add "
+			     "--key CLOUD.key", uri);
+		goto err;
+	}
+	drv_enter(drv);
 	rc = drv->listen(&l->base, addr, err);
+	drv_leave(drv);
 	if (rc)
 		goto err;
+	if (!l->opts.key && !l->opts.insecure && !l->base->local) {
+		drv_enter(drv);
+		drv->listener_close(l->base);
+		drv_leave(drv);
+		rc = spa_err(err, -SPA_EAUTH, "%s: an unauthenticated listener on an address other "
+			     "hosts can reach: give keys (spa-keygen -o NAME; --key CLOUD.key "
+			     "--allow EDGE.pub), or --insecure, or listen on a loopback address",
+			     uri);
+		goto err;
+	}
 	*out = l;
 	return 0;
 err:
@@ -353,63 +417,58 @@ err:
 	return rc;
 }
 
-static int link_wrap(struct spa_link **out, struct spa_link_base *base,
-		     const struct spa_link_driver *drv, const struct spa_link_opts *o,
-		     const char *uri, struct spa_errbuf *err)
+static int link_new(struct spa_link **out, const struct spa_link_driver *drv,
+		    const struct spa_link_opts *o, const char *uri, struct spa_errbuf *err)
 {
 	struct spa_link *l = calloc(1, sizeof *l);
 	if (!l)
-		goto oom;
-	l->base = base;
+		return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 	l->drv = drv;
 	l->opts = *o;
-	size_t mf = drv->link_max_frame ? drv->link_max_frame(base) : drv->max_frame;
-	if (mf <= HDR || mf > drv->max_frame)
-		mf = drv->max_frame;
-	l->max_payload = mf - HDR;
-	l->datagram = !!(drv->flags & SPA_DRV_DATAGRAM);
-	l->faulty = faults_on(&o->faults);
-	l->tolerant = l->datagram || l->faulty;
-	if (l->tolerant) {
-		size_t min_frag = l->max_payload < MIN_FRAG ? l->max_payload : MIN_FRAG;
-		l->rx_nbits = o->max_msg / min_frag + 2;
-		l->rx_bits = calloc((l->rx_nbits + 63) / 64, sizeof *l->rx_bits);
-		if (!l->rx_bits)
-			goto oom;
-	}
-	if (l->faulty) {
-		spa_rng_seed(&l->rng, o->faults.seed);
-		l->scratch = malloc(l->max_payload ? l->max_payload : 1);
-		if (!l->scratch)
-			goto oom;
-	}
 	snprintf(l->uri, sizeof l->uri, "%s", uri);
 	*out = l;
 	return 0;
-oom:
-	drv->close(base);
-	if (l) {
-		free(l->rx_bits);
-		free(l);
-	}
-	return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 }
 
-int spa_link_accept(struct spa_listener *l, struct spa_link **out, int64_t timeout_ns,
+/* After the handshake: the frame limit. */
+static int link_ready(struct spa_link *l, struct spa_errbuf *err)
+{
+	(void)err;
+	l->max_payload = spa_conn_max_payload(l->conn);
+	l->reliable = spa_conn_tolerant(l->conn);
+	return 0;
+}
+
+int spa_link_accept(struct spa_listener *ls, struct spa_link **out, int64_t timeout_ns,
 		    struct spa_errbuf *err)
 {
-	struct spa_link_base *base;
-	int rc = l->drv->accept(l->base, &base, timeout_ns, err);
+	struct spa_link *l = NULL;
+	int rc = link_new(&l, ls->drv, &ls->opts, ls->uri, err);
 	if (rc)
 		return rc;
-	return link_wrap(out, base, l->drv, &l->opts, l->uri, err);
+	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
+				    .err = &l->err };
+	drv_enter(ls->drv);
+	rc = spa_conn_accept(&l->conn, ls->drv, ls->base, &cfg, timeout_ns);
+	drv_leave(ls->drv);
+	if (rc) {
+		spa_err(err, rc, "%s", l->err.msg);
+		free(l);
+		return rc;
+	}
+	if ((rc = link_ready(l, err)))
+		return rc;
+	*out = l;
+	return 0;
 }
 
 void spa_listener_destroy(struct spa_listener *l)
 {
 	if (!l)
 		return;
+	drv_enter(l->drv);
 	l->drv->listener_close(l->base);
+	drv_leave(l->drv);
 	free(l);
 }
 
@@ -429,20 +488,34 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 		return rc;
 	if (drv->prepare && (rc = drv->prepare(&opts, err)))
 		return rc;
-	struct spa_link_base *base;
-	rc = drv->connect(&base, addr, timeout_ns, err);
-	if (rc)
+	struct spa_link *l = NULL;
+	if ((rc = link_new(&l, drv, &opts, uri, err)))
 		return rc;
-	return link_wrap(out, base, drv, &opts, uri, err);
+	struct spa_conn_cfg cfg = { .opts = &l->opts, .uri = l->uri, .stats = &l->stats,
+				    .err = &l->err };
+	drv_enter(drv);
+	rc = spa_conn_connect(&l->conn, drv, addr, &cfg, timeout_ns);
+	drv_leave(drv);
+	if (rc) {
+		spa_err(err, rc, "%s", l->err.msg);
+		free(l);
+		return rc;
+	}
+	if ((rc = link_ready(l, err)))
+		return rc;
+	*out = l;
+	return 0;
 }
 
 void spa_link_destroy(struct spa_link *l)
 {
 	if (!l)
 		return;
-	l->drv->close(l->base);
-	free(l->rx_bits);
-	free(l->scratch);
+	/* (a connection's own guard needs no entering here: destroy takes it off the keeper's
+	 * list first) */
+	drv_enter(l->drv);
+	spa_conn_destroy(l->conn, 0);
+	drv_leave(l->drv);
 	free(l);
 }
 
@@ -450,7 +523,7 @@ const struct spa_link_stats *spa_link_stats(const struct spa_link *l)
 {
 	/* copied_tx: the injector's copies plus the driver's (read when asked, off the path) */
 	struct spa_link *m = (struct spa_link *)l;
-	m->stats.copied_tx = l->copied_tx_link + (l->drv->copied_tx ? l->drv->copied_tx(l->base) : 0);
+	m->stats.copied_tx = spa_conn_copied_tx(l->conn);
 	return &l->stats;
 }
 
@@ -469,10 +542,25 @@ const char *spa_link_scheme(const struct spa_link *l)
 	return l->drv->scheme;
 }
 
+uint64_t spa_link_conn_id(const struct spa_link *l)
+{
+	return spa_conn_id(l->conn);
+}
+
+const char *spa_link_aead(const struct spa_link *l)
+{
+	return spa_conn_aead(l->conn);
+}
+
+int spa_link_peer_key(const struct spa_link *l, uint8_t pk[SPA_KEY_SIZE])
+{
+	return spa_conn_peer_key(l->conn, pk);
+}
+
 /* ---- errors ---------------------------------------------------------------------------- */
 
-/* Record the first error: the link is unusable afterwards and every call returns it. */
-__attribute__((format(printf, 3, 4)))
+/* Record the first error: the link (its connection) is unusable afterwards and every call
+ * returns it. */
 static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
 {
 	va_list ap;
@@ -480,106 +568,22 @@ static int link_fail(struct spa_link *l, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	/* Prefix the URI so the message says which link failed; a long cause is cut. */
-	size_t u = strnlen(l->uri, 100);
-	memcpy(l->err.msg, l->uri, u);
-	l->err.msg[u] = ':';
-	l->err.msg[u + 1] = ' ';
-	size_t room = sizeof l->err.msg - u - 3, k = strnlen(msg, room);
-	memcpy(l->err.msg + u + 2, msg, k);
-	l->err.msg[u + 2 + k] = 0;
-	l->failed = code;
-	return code;
-}
-
-static int drv_error(struct spa_link *l, int rc, const char *what)
-{
-	if (rc == -SPA_ECLOSED)
-		return link_fail(l, rc, "the peer closed the link or went away (%s)", what);
-	return link_fail(l, rc, "transport error while %s: %s", what, spa_strerror(rc));
-}
-
-/* ---- fault injection ------------------------------------------------------------------ */
-
-/* A frame the injector held back, sent after the next frame of the same message. */
-struct held {
-	int on;
-	uint8_t hb[HDR];
-	const uint8_t *p;
-	size_t n;
-};
-
-static int send2(struct spa_link *l, const uint8_t *hb, const uint8_t *p, size_t n)
-{
-	struct iovec iov[2] = { { (void *)hb, HDR }, { (void *)p, n } };
-	return l->drv->send_frame(l->base, iov, n ? 2 : 1);
-}
-
-/* Send one frame through the injector: one uniform draw per frame picks at most one fault,
- * drop, dup, reorder, corrupt, in that order of the probability ranges. A reordered frame is
- * held and sent right after the next frame of its message (the last frame of a message is
- * never held: the injector reorders fragments, not messages, see docs/wire-protocol.md). */
-static int fault_send(struct spa_link *l, struct held *hd, const uint8_t *hb, const uint8_t *p,
-		      size_t n, int last)
-{
-	const struct spa_link_faults *f = &l->opts.faults;
-	double u = (double)(spa_rng_next(&l->rng) >> 11) * 0x1p-53;
-	enum { NONE, DROP, DUP, REORDER, CORRUPT } fault =
-		u < f->drop ? DROP : (u -= f->drop) < f->dup ? DUP :
-		(u -= f->dup) < f->reorder ? REORDER : (u -= f->reorder) < f->corrupt ? CORRUPT : NONE;
-	if (fault == REORDER && (last || hd->on))
-		fault = NONE; /* nothing of this message comes after it to swap with */
-	int rc = 0;
-	if (fault == DROP) {
-		l->stats.faults_injected++;
-	} else if (fault == DUP) {
-		l->stats.faults_injected++;
-		rc = send2(l, hb, p, n);
-		if (!rc)
-			rc = send2(l, hb, p, n);
-	} else if (fault == REORDER) {
-		l->stats.faults_injected++;
-		hd->on = 1;
-		memcpy(hd->hb, hb, HDR);
-		hd->p = p;
-		hd->n = n;
-		return 0;
-	} else if (fault == CORRUPT) {
-		/* flip one payload bit in a copy (the caller's payload stays intact); an empty
-		 * payload gets a bit of its header's tx_ns flipped instead (covered by the CRC) */
-		uint64_t r = spa_rng_next(&l->rng);
-		l->stats.faults_injected++;
-		if (n) {
-			memcpy(l->scratch, p, n);
-			l->copied_tx_link += n;
-			l->scratch[(r >> 3) % n] ^= (uint8_t)(1u << (r & 7));
-			rc = send2(l, hb, l->scratch, n);
-		} else {
-			uint8_t hc[HDR];
-			memcpy(hc, hb, HDR);
-			hc[40 + (r & 7)] ^= (uint8_t)(1u << ((r >> 3) & 7));
-			rc = send2(l, hc, NULL, 0);
-		}
-	} else {
-		rc = send2(l, hb, p, n);
-	}
-	if (!rc && hd->on) {
-		hd->on = 0;
-		rc = send2(l, hd->hb, hd->p, hd->n);
-	}
-	return rc;
+	return spa_conn_fail(l->conn, code, "%s", msg);
 }
 
 /* ---- fast path ------------------------------------------------------------------------- */
 
-int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
+static int link_send(struct spa_link *l, const struct spa_msg *m, const void *payload,
+		     size_t len)
 {
-	if (l->failed)
-		return l->failed;
-	if (m->type == 0 || m->type >= SPA_MSG_TYPE_END || m->dtype >= SPA_WIRE_DTYPE_END)
+	int rc = spa_conn_failed(l->conn);
+	if (rc)
+		return rc;
+	if (m->type == 0 || m->type >= SPA_MSG_TYPE_END || spa_wire_is_ctl(m->type) ||
+	    m->dtype >= SPA_WIRE_DTYPE_END)
 		return link_fail(l, -SPA_EUSAGE,
-				 "refusing to send a message of type %u, dtype %u: not defined by "
-				 "the protocol (a bug in the caller)",
+				 "refusing to send a message of type %u, dtype %u: not a message of "
+				 "the protocol's sessions (a bug in the caller)",
 				 m->type, m->dtype);
 	if (len > SPA_WIRE_MAX_MSG)
 		return link_fail(l, -SPA_ETOOBIG,
@@ -587,330 +591,131 @@ int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *paylo
 				 spa_msg_type_name(m->type), len, SPA_WIRE_MAX_MSG);
 
 	struct spa_wire_hdr h = {
-		.magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION, .type = m->type,
-		.dtype = m->dtype, .flags = 0, .session = m->session, .seq = l->tx_seq,
-		.pos = m->pos, .layer = m->layer, .n_rows = m->n_rows, .msg_len = (uint32_t)len,
-		.aux = m->aux, .reserved = 0,
+		.type = m->type, .dtype = m->dtype, .seq = l->tx_seq, .pos = m->pos,
+		.layer = m->layer, .n_rows = m->n_rows, .msg_len = (uint32_t)len, .aux = m->aux,
 	};
-	uint8_t hb[HDR];
-	struct iovec iov[2];
-	struct held hd = { 0 };
 	size_t off = 0;
 	do {
 		size_t chunk = len - off < l->max_payload ? len - off : l->max_payload;
-		const uint8_t *p = (const uint8_t *)payload + off;
-		h.payload_len = (uint32_t)chunk;
 		h.frag_off = (uint32_t)off;
-		h.tx_ns = (uint64_t)spa_clock_ns();
-		h.crc = 0;
-		spa_wire_hdr_encode(&h, hb);
-		int rc;
-		if (likely(!l->faulty) && l->drv->send_frame_crc) {
-			/* the driver copies the frame and computes its CRC in that same pass */
-			rc = l->drv->send_frame_crc(l->base, hb, p, chunk);
-		} else {
-			h.crc = spa_wire_frame_crc(hb, p, chunk); /* hb's crc field is 0 */
-			spa_wire_hdr_set_crc(hb, h.crc);
-			if (likely(!l->faulty)) {
-				iov[0] = (struct iovec){ hb, HDR };
-				iov[1] = (struct iovec){ (void *)p, chunk };
-				rc = l->drv->send_frame(l->base, iov, chunk ? 2 : 1);
-			} else {
-				rc = fault_send(l, &hd, hb, p, chunk, off + chunk >= len);
-			}
-		}
+		rc = spa_conn_send(l->conn, &h, (const uint8_t *)payload + off, chunk);
 		if (rc)
-			return drv_error(l, rc, "sending");
+			return rc;
 		l->stats.frames_tx++;
 		l->stats.bytes_tx += HDR + chunk;
 		off += chunk;
 	} while (off < len);
 	l->stats.msgs_tx++;
 	l->tx_seq++;
-	/* The cloud names the session in its HELLO_OK; from then on the peer must use it. */
-	if (m->type == SPA_MSG_HELLO_OK && m->session && !l->session)
-		l->session = m->session;
 	return 0;
 }
 
 /* Refuse a frame: counts it, and fails the link. */
 #define BAD(code, ...) (l->stats.bad_frames++, link_fail(l, (code), __VA_ARGS__))
-/* A datagram that is not a well-formed frame: on a datagram link it is noise from the network
- * (dropped and counted: 0, "more frames due"); on a stream link the stream is broken. */
-#define MALFORMED(code, ...) (l->datagram ? (l->stats.bad_frames++, 0) : BAD(code, __VA_ARGS__))
 
-static inline int bit_get(const uint64_t *b, uint32_t i)
-{
-	return (int)(b[i >> 6] >> (i & 63)) & 1;
-}
-
-/* A frame of a later message came while this one lacks bytes: with no retransmission (yet),
- * they are lost. Names the first hole. */
-static int lost_fragment(struct spa_link *l, const struct spa_wire_hdr *h)
-{
-	uint32_t len = l->rx_first.msg_len, x = l->rx_next, y = len, p = l->rx_frag;
-	if (p)
-		for (uint32_t j = x / p; (uint64_t)j * p < len && j < l->rx_nbits; j++)
-			if (bit_get(l->rx_bits, j)) {
-				y = j * p;
-				break;
-			}
-	if (l->rx_final_wait && l->rx_final_off < y)
-		y = l->rx_final_off;
-	return BAD(-SPA_EPROTO,
-		   "lost fragment: message %u is missing bytes %u..%u (of %u; a frame of message "
-		   "%u came after it): the link lost datagrams and spa does not retransmit yet",
-		   l->rx_seq, x, y, len, h->seq);
-}
-
-/* Tolerant receiver, a fragment that is not the next in order: place it, or recognise a
- * duplicate. Fragments sit at multiples of the sender's fragment size P (learnt from any
- * fragment but the last); the last one is shorter or equal. Returns 0 (place the payload),
- * 1 (an exact duplicate: drop it) or a negative code. */
-static int rx_place(struct spa_link *l, const struct spa_wire_hdr *h)
-{
-	uint32_t off = h->frag_off, n = h->payload_len, len = h->msg_len, p = l->rx_frag;
-	int last = off + n == len; /* no overflow: decode checked frag_off + payload_len */
-	if (!last) {
-		if (!p) {
-			p = l->rx_frag = n;
-			if (l->rx_final_wait) {
-				/* the last fragment came first: now it can be checked and placed */
-				uint32_t fo = l->rx_final_off;
-				if (fo % p || len - fo > p || fo / p >= l->rx_nbits)
-					return BAD(-SPA_EPROTO,
-						   "%s message seq %u: fragment at byte %u overlaps "
-						   "others (fragments are %u bytes)",
-						   spa_msg_type_name(h->type), h->seq, fo, p);
-				l->rx_bits[fo / p >> 6] |= 1ull << (fo / p & 63);
-				l->rx_final_wait = 0;
-			}
-		} else if (n != p) {
-			return BAD(-SPA_EPROTO,
-				   "%s message seq %u: fragment of %u bytes at byte %u overlaps "
-				   "others (fragments are %u bytes)",
-				   spa_msg_type_name(h->type), h->seq, n, off, p);
-		}
-	}
-	if (!p) {
-		/* only the last fragment (off > 0) has come so far: hold it until P is known */
-		if (l->rx_final_wait) {
-			if (off == l->rx_final_off) {
-				l->stats.dup_frames++;
-				return 1;
-			}
-			return BAD(-SPA_EPROTO, "%s message seq %u: two last fragments, at bytes %u "
-				   "and %u: they overlap", spa_msg_type_name(h->type), h->seq,
-				   l->rx_final_off, off);
-		}
-		l->rx_final_wait = 1;
-		l->rx_final_off = off;
-		l->rx_ooo++;
-		return 0;
-	}
-	if (off % p || (last && n > p))
-		return BAD(-SPA_EPROTO,
-			   "%s message seq %u: fragment at byte %u overlaps others (fragments "
-			   "are %u bytes)",
-			   spa_msg_type_name(h->type), h->seq, off, p);
-	uint32_t idx = off / p;
-	if (idx >= l->rx_nbits)
-		return BAD(-SPA_EPROTO,
-			   "%s message seq %u: fragments of %u bytes are too small for this link "
-			   "(at least %u bytes)",
-			   spa_msg_type_name(h->type), h->seq, p, MIN_FRAG);
-	if (off < l->rx_next || bit_get(l->rx_bits, idx)) {
-		l->stats.dup_frames++;
-		return 1;
-	}
-	if (off == l->rx_next) {
-		/* fills the hole at the prefix: take in the fragments that came ahead of it */
-		l->rx_next += n;
-		while (l->rx_next < len) {
-			uint32_t j = l->rx_next / p;
-			if (!bit_get(l->rx_bits, j))
-				break;
-			l->rx_bits[j >> 6] &= ~(1ull << (j & 63));
-			l->rx_ooo--;
-			l->rx_next += len - l->rx_next < p ? len - l->rx_next : p;
-		}
-	} else {
-		l->rx_bits[idx >> 6] |= 1ull << (idx & 63);
-		l->rx_ooo++;
-	}
-	return 0;
-}
-
-/* rx_frame's refusals: a frame failing its CRC, and (stream links, whose CRC is checked
- * late) a header refusal that is reported as a CRC failure when the frame is corrupt. */
-#define CRC_FAIL(computed)                                                                     \
-	BAD(-SPA_ECRC,                                                                         \
-	    "%s frame (seq %u, bytes %u..%u of %u) failed its CRC32C check (0x%08x, computed "   \
-	    "0x%08x): the link corrupts data",                                                 \
-	    spa_msg_type_name(h.type), h.seq, h.frag_off, h.frag_off + h.payload_len,           \
-	    h.msg_len, h.crc, (computed))
+/* A frame the link refuses on its header: when it is damaged, that is what is reported (or,
+ * on a link that recovers lost frames, it is dropped and comes again); else the refusal. */
 #define BAD_HDR(code, ...)                                                                     \
-	(!l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc               \
-		 ? CRC_FAIL(crc)                                                               \
-		 : BAD(code, __VA_ARGS__))
+	((rc = spa_conn_check(l->conn, fr)) ? (rc < 0 ? rc : 0) : BAD(code, __VA_ARGS__))
 
-/* Check one frame and copy its payload into place. Returns 1 when the message is complete,
- * 0 when more fragments are due (or the frame was dropped as noise or a duplicate), or a
- * negative code (the link has failed). */
-static int rx_frame(struct spa_link *l, const uint8_t *f, size_t flen, void *buf, size_t cap)
+/* Check one frame and copy its payload into place. The connection hands frames up in order,
+ * each once (a reliable one has put lost, repeated and reordered ones right); the reassembly
+ * state changes only once the payload is in place and checked. Returns 1 when the message is
+ * complete, 0 when more fragments are due (or the frame failed its check and was dropped, to
+ * come again), or a negative code (the link has failed). */
+static int rx_frame(struct spa_link *l, struct spa_frame *fr, void *buf, size_t cap)
 {
-	struct spa_wire_hdr h;
-	struct spa_errbuf e;
-	if (flen < HDR)
-		return MALFORMED(-SPA_EPROTO,
-				 "truncated frame: %zu bytes, shorter than the %d-byte header", flen,
-				 HDR);
-	int rc = spa_wire_hdr_decode(f, &h, l->max_payload, &e);
-	if (rc)
-		return MALFORMED(rc, "%s", e.msg);
-	if (flen != HDR + (size_t)h.payload_len)
-		return MALFORMED(-SPA_EPROTO,
-				 "truncated or padded %s frame: %zu bytes, but its header says %d + %u",
-				 spa_msg_type_name(h.type), flen, HDR, h.payload_len);
-	/* The CRC covers header and payload. Datagram (tolerant) links check it first, as
-	 * before anything is trusted. Stream links check it while the payload is copied into
-	 * place (spa_crc32c_copy: one pass over the frame instead of two), and a frame refused
-	 * on its header checks before that is first checked against its CRC, so a corrupted
-	 * frame is reported as such (ECRC) either way. A frame failing its CRC is never
-	 * delivered: the link fails. */
-	uint32_t hcrc = spa_wire_hdr_crc(f), crc;
-	if (l->tolerant && (crc = spa_crc32c(hcrc, f + HDR, h.payload_len)) != h.crc)
-		return CRC_FAIL(crc);
-	if (l->tolerant && h.seq != l->rx_seq) {
-		if ((int32_t)(h.seq - l->rx_seq) < 0) {
-			l->stats.dup_frames++; /* of a message already delivered */
-			return 0;
-		}
-		if (l->rx_active)
-			return lost_fragment(l, &h);
-		/* falls through to the sequence check below: a whole message was lost */
-	}
-	if (l->session) {
-		if (h.session != l->session)
-			return BAD_HDR(-SPA_EPROTO, "%s frame for session %u on session %u",
-				   spa_msg_type_name(h.type), h.session, l->session);
-	} else if (h.session && h.type != SPA_MSG_HELLO_OK && h.type != SPA_MSG_ERROR) {
-		/* Before HELLO_OK only the cloud's answers to HELLO may name a session: the
-		 * HELLO_OK that sets it, or the ERROR that refuses it. */
-		return BAD_HDR(-SPA_EPROTO,
-			   "%s frame names session %u before the cloud's HELLO_OK set one",
-			   spa_msg_type_name(h.type), h.session);
-	}
-	if (h.seq != l->rx_seq)
+	const struct spa_wire_hdr *h = &fr->h;
+	int rc, first = !l->rx_active;
+	if (h->seq != l->rx_seq)
 		return BAD_HDR(-SPA_EPROTO,
 			   "%s frame has sequence number %u, expected %u: %s",
-			   spa_msg_type_name(h.type), h.seq, l->rx_seq,
+			   spa_msg_type_name(h->type), h->seq, l->rx_seq,
 			   l->rx_active ? "the rest of a fragmented message was lost"
 					: "messages were lost, repeated or reordered");
-
-	if (!l->rx_active) {
-		if (h.msg_len > l->opts.max_msg)
+	if (first) {
+		if (h->msg_len > l->opts.max_msg)
 			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes exceeds this side's limit of %zu bytes",
-				   spa_msg_type_name(h.type), h.msg_len, l->opts.max_msg);
-		if (h.msg_len > cap)
+				   spa_msg_type_name(h->type), h->msg_len, l->opts.max_msg);
+		if (h->msg_len > cap)
 			return BAD_HDR(-SPA_ETOOBIG,
 				   "%s message of %u bytes does not fit the %zu-byte receive buffer",
-				   spa_msg_type_name(h.type), h.msg_len, cap);
-		if (h.frag_off != 0 && !l->tolerant)
+				   spa_msg_type_name(h->type), h->msg_len, cap);
+		if (h->frag_off != 0)
 			return BAD_HDR(-SPA_EPROTO,
 				   "%s message (seq %u) starts at byte %u: its first fragment was lost",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off);
-		l->rx_first = h;
+				   spa_msg_type_name(h->type), h->seq, h->frag_off);
+	} else {
+		const struct spa_wire_hdr *a = &l->rx_first;
+		if (h->msg_len != a->msg_len || h->type != a->type || h->dtype != a->dtype ||
+		    h->pos != a->pos || h->layer != a->layer || h->n_rows != a->n_rows ||
+		    h->aux != a->aux)
+			return BAD_HDR(-SPA_EPROTO,
+				   "fragment of %s message seq %u disagrees with the first one "
+				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux differ)",
+				   spa_msg_type_name(a->type), h->seq, spa_msg_type_name(h->type),
+				   h->msg_len, a->msg_len);
+		if (h->frag_off > l->rx_got)
+			return BAD_HDR(-SPA_EPROTO,
+				   "%s message seq %u: gap, fragment at byte %u but only %u received",
+				   spa_msg_type_name(h->type), h->seq, h->frag_off, l->rx_got);
+		if (h->frag_off < l->rx_got)
+			return BAD_HDR(-SPA_EPROTO,
+				   "%s message seq %u: fragment at byte %u overlaps the %u bytes "
+				   "received", spa_msg_type_name(h->type), h->seq, h->frag_off,
+				   l->rx_got);
+	}
+	if (h->payload_len == 0 && h->msg_len != 0)
+		return BAD_HDR(-SPA_EPROTO, "%s message seq %u: empty fragment",
+			   spa_msg_type_name(h->type), h->seq);
+	void *dst = (uint8_t *)(first ? buf : l->rx_buf) + h->frag_off;
+	if ((rc = spa_conn_take(l->conn, fr, dst)))
+		return rc < 0 ? rc : 0;
+	if (first) {
+		l->rx_first = *h;
 		l->rx_got = 0;
-		l->rx_next = 0;
-		l->rx_ooo = 0;
-		l->rx_frag = 0;
-		l->rx_final_wait = 0;
 		l->rx_last_tx_ns = 0;
 		l->rx_active = 1;
 		l->rx_buf = buf;
-	} else {
-		const struct spa_wire_hdr *a = &l->rx_first;
-		if (h.msg_len != a->msg_len || h.type != a->type || h.dtype != a->dtype ||
-		    h.pos != a->pos || h.layer != a->layer || h.n_rows != a->n_rows ||
-		    h.aux != a->aux || h.session != a->session)
-			return BAD_HDR(-SPA_EPROTO,
-				   "fragment of %s message seq %u disagrees with the first one "
-				   "(type %s, msg_len %u vs %u, or pos/layer/rows/aux/session differ)",
-				   spa_msg_type_name(a->type), h.seq, spa_msg_type_name(h.type),
-				   h.msg_len, a->msg_len);
 	}
-	if (h.payload_len == 0 && h.msg_len != 0)
-		return BAD_HDR(-SPA_EPROTO, "%s message seq %u: empty fragment",
-			   spa_msg_type_name(h.type), h.seq);
-
-	if (likely(h.frag_off == l->rx_next && !l->rx_ooo)) {
-		/* in order: the common case on every link */
-		if (!l->rx_frag)
-			l->rx_frag = h.payload_len;
-		l->rx_next += h.payload_len;
-	} else if (!l->tolerant) {
-		if (h.frag_off > l->rx_got)
-			return BAD_HDR(-SPA_EPROTO,
-				   "%s message seq %u: gap, fragment at byte %u but only %u received",
-				   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-		return BAD_HDR(-SPA_EPROTO,
-			   "%s message seq %u: fragment at byte %u overlaps the %u bytes received",
-			   spa_msg_type_name(h.type), h.seq, h.frag_off, l->rx_got);
-	} else {
-		rc = rx_place(l, &h);
-		if (rc)
-			return rc < 0 ? rc : 0;
-	}
-	if (l->tolerant) {
-		memcpy((uint8_t *)l->rx_buf + h.frag_off, f + HDR, h.payload_len);
-	} else {
-		crc = spa_crc32c_copy(hcrc, (uint8_t *)l->rx_buf + h.frag_off, f + HDR,
-				      h.payload_len);
-		if (crc != h.crc)
-			return CRC_FAIL(crc);
-	}
-	l->stats.copied_rx += h.payload_len;
+	l->stats.copied_rx += h->payload_len;
 	l->stats.frames_rx++;
-	l->stats.bytes_rx += flen;
-	l->rx_got += h.payload_len;
-	if (h.tx_ns > l->rx_last_tx_ns)
-		l->rx_last_tx_ns = h.tx_ns;
-	return l->rx_got == h.msg_len;
+	l->stats.bytes_rx += HDR + h->payload_len;
+	l->rx_got += h->payload_len;
+	if (h->tx_ns > l->rx_last_tx_ns)
+		l->rx_last_tx_ns = h->tx_ns;
+	return l->rx_got == h->msg_len;
 }
 
 #undef BAD_HDR
-#undef CRC_FAIL
 
-int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
-		  int64_t timeout_ns)
+static int link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
+		     int64_t timeout_ns)
 {
-	if (l->failed)
-		return l->failed;
+	int rc = spa_conn_failed(l->conn);
+	if (rc)
+		return rc;
 	if (l->rx_active && (buf != l->rx_buf || cap < l->rx_first.msg_len))
 		return link_fail(l, -SPA_EUSAGE,
 				 "receive resumed with another buffer after a timeout in the middle "
 				 "of a fragmented message: pass the same buffer again");
 	/* A first try with a deadline already past (0) reads no clock: a frame that is there
 	 * (or comes within the driver's first spins) needs none. Only then is the real
-	 * deadline computed (one clock read, ~30 ns here, off the common path). Datagram
-	 * (kernel socket) links compute it at once: there a failed try costs a system call. */
-	int64_t deadline = timeout_ns < 0 ? -1 : l->datagram ? spa_clock_ns() + timeout_ns : 0;
+	 * deadline computed (one clock read, ~30 ns here, off the common path). Reliable
+	 * links compute it at once: their timers read the clock anyway. */
+	int64_t deadline = timeout_ns < 0 ? -1 : l->reliable ? spa_clock_ns() + timeout_ns : 0;
 	for (;;) {
-		const uint8_t *f;
-		size_t flen;
-		int rc = l->drv->recv_frame(l->base, &f, &flen, deadline);
+		struct spa_frame fr;
+		rc = spa_conn_recv(l->conn, &fr, deadline);
 		if (rc == -ETIMEDOUT && deadline == 0 && timeout_ns > 0) {
 			deadline = spa_clock_ns() + timeout_ns;
 			continue;
 		}
-		if (rc == -ETIMEDOUT)
-			return rc; /* partial reassembly state is kept for the next call */
 		if (rc)
-			return drv_error(l, rc, "receiving");
-		rc = rx_frame(l, f, flen, buf, cap);
-		l->drv->release_frame(l->base);
+			return rc; /* -ETIMEDOUT: partial reassembly state is kept for the next call */
+		rc = rx_frame(l, &fr, buf, cap);
+		spa_conn_release(l->conn, &fr);
 		if (rc < 0)
 			return rc;
 		if (rc == 1)
@@ -926,11 +731,8 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 		while (spa_clock_ns() < due)
 			__builtin_ia32_pause();
 	}
-	if (h->type == SPA_MSG_HELLO_OK && !l->session)
-		l->session = h->session;
 	m->type = h->type;
 	m->dtype = h->dtype;
-	m->session = h->session;
 	m->seq = h->seq;
 	m->pos = h->pos;
 	m->layer = h->layer;
@@ -943,4 +745,22 @@ int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
 	l->rx_seq++;
 	l->stats.msgs_rx++;
 	return 0;
+}
+
+/* The application's calls: inside the connection's guard (the keeper stays out meanwhile). */
+int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len)
+{
+	spa_conn_enter(l->conn);
+	int rc = link_send(l, m, payload, len);
+	spa_conn_leave(l->conn);
+	return rc;
+}
+
+int spa_link_recv(struct spa_link *l, struct spa_msg *m, void *buf, size_t cap,
+		  int64_t timeout_ns)
+{
+	spa_conn_enter(l->conn);
+	int rc = link_recv(l, m, buf, cap, timeout_ns);
+	spa_conn_leave(l->conn);
+	return rc;
 }

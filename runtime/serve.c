@@ -76,7 +76,7 @@ static int link_call(void *ctx, enum spa_msg_type req, uint32_t layer, uint32_t 
 		     uint64_t *edge_ns)
 {
 	struct link_xchg *lx = ctx;
-	struct spa_msg m = {.type = (uint8_t)req, .dtype = SPA_WIRE_F32, .session = lx->session,
+	struct spa_msg m = {.type = (uint8_t)req, .dtype = SPA_WIRE_F32,
 			    .pos = pos, .layer = (uint16_t)layer, .n_rows = (uint16_t)n_rows};
 	int rc = spa_link_send(lx->l, &m, out, n_out * sizeof(float));
 	if (rc < 0)
@@ -111,7 +111,8 @@ static int link_call(void *ctx, enum spa_msg_type req, uint32_t layer, uint32_t 
 
 static void send_error(struct spa_link *l, uint32_t session, int code, const char *msg)
 {
-	struct spa_msg m = {.type = SPA_MSG_ERROR, .dtype = SPA_WIRE_BYTES, .session = session,
+	(void)session; /* the link carries the connection's id */
+	struct spa_msg m = {.type = SPA_MSG_ERROR, .dtype = SPA_WIRE_BYTES,
 			    .aux = (uint32_t)(code < 0 ? -code : code)};
 	spa_link_send(l, &m, msg, strlen(msg));
 }
@@ -191,7 +192,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 	memcpy(hok.base_fp, m->fingerprint, 17);
 	uint8_t ok[SPA_PAYLOAD_HELLO_OK_SIZE];
 	spa_payload_encode_hello_ok(&hok, ok);
-	struct spa_msg om = {.type = SPA_MSG_HELLO_OK, .session = s->sid};
+	struct spa_msg om = {.type = SPA_MSG_HELLO_OK};
 	if ((rc = spa_link_send(s->l, &om, ok, sizeof ok)) < 0)
 		return spa_err(err, rc, "sending HELLO_OK: %s", spa_link_error(s->l));
 	s->accepted = true;
@@ -279,7 +280,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 		gs.n_side += st.sigma;
 		/* TOKEN is streamed: the cloud never waits for the edge here. */
 		struct spa_msg tm = {.type = SPA_MSG_TOKEN, .dtype = SPA_WIRE_I32,
-				     .session = s->sid, .pos = n_prompt + i};
+				     .pos = n_prompt + i};
 		uint64_t b0 = ls->bytes_tx;
 		if ((rc = spa_link_send(s->l, &tm, &tok, sizeof tok)) < 0)
 			return spa_err(err, rc, "sending TOKEN: %s", spa_link_error(s->l));
@@ -302,7 +303,7 @@ static int cloud_session(struct cloud_sess *s, struct spa_errbuf *err)
 		return spa_err(err, -ENOMEM, "no memory for DONE");
 	s->buf = d;
 	spa_payload_encode_done(&gs, d);
-	struct spa_msg dm = {.type = SPA_MSG_DONE, .session = s->sid};
+	struct spa_msg dm = {.type = SPA_MSG_DONE};
 	if ((rc = spa_link_send(s->l, &dm, d, dlen)) < 0)
 		return spa_err(err, rc, "sending DONE: %s", spa_link_error(s->l));
 	rc = recv_ctl(s->l, &msg, small, sizeof small, SPA_MSG_BYE, s->o->timeout_ns, err);
@@ -326,15 +327,16 @@ int spa_cloud_serve(const struct spa_model *m, struct spa_backend *be,
 		serve_log(o, "serving %s (L=%u H=%u V=%u, fingerprint %s) on %s",
 			  m->gguf ? m->gguf->path : "model", m->hp.n_layers, m->hp.n_embd,
 			  m->hp.n_vocab, m->fingerprint, o->uri);
-	uint32_t sid = 0;
 	for (uint32_t n = 0; o->max_sessions == 0 || n < o->max_sessions; n++) {
-		struct cloud_sess s = {.m = m, .be = be, .o = o, .sid = ++sid};
+		struct cloud_sess s = {.m = m, .be = be, .o = o};
 		struct spa_errbuf aerr;
 		rc = spa_link_accept(lis, &s.l, -1, &aerr);
 		if (rc < 0) {
 			spa_err(err, rc, "accept on %s: %s", o->uri, aerr.msg);
 			break;
 		}
+		/* The session is named by its connection's random id (its low 32 bits). */
+		s.sid = (uint32_t)spa_link_conn_id(s.l);
 		struct spa_errbuf serr = {{0}};
 		rc = cloud_session(&s, &serr);
 		if (rc < 0) {
@@ -401,7 +403,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 	res->session = sid;
 	if (ok.n_layers != p->n_layers || ok.n_embd != p->n_embd ||
 	    ok.kv_dim != p->kv_dim || max_batch == 0 || max_batch > 4096 ||
-	    memcmp(ok.base_fp, p->base_fingerprint, 16) != 0 || sid != r.session) {
+	    memcmp(ok.base_fp, p->base_fingerprint, 16) != 0) {
 		rc = spa_err(err, -SPA_EPROTO, "HELLO_OK does not match this plugin's base");
 		goto out;
 	}
@@ -409,7 +411,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 		size_t up_size;
 		if ((rc = spa_plugin_write_cloud_part(p, cfg->split, &up, &up_size, err)) < 0)
 			goto out;
-		m = (struct spa_msg){.type = SPA_MSG_UPLOAD, .session = sid};
+		m = (struct spa_msg){.type = SPA_MSG_UPLOAD};
 		if ((rc = spa_link_send(l, &m, up, up_size)) < 0) {
 			spa_err(err, rc, "sending UPLOAD: %s", spa_link_error(l));
 			goto out;
@@ -433,7 +435,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 	struct spa_prompt pr = {.n_prompt = n_prompt, .n_gen = o->n_gen, .sp = cfg->sp,
 				.ids = prompt};
 	spa_payload_encode_prompt(&pr, tx);
-	m = (struct spa_msg){.type = SPA_MSG_PROMPT, .session = sid};
+	m = (struct spa_msg){.type = SPA_MSG_PROMPT};
 	uint64_t t0 = spa_clock_ns();
 	if ((rc = spa_link_send(l, &m, tx, plen)) < 0) {
 		spa_err(err, rc, "sending PROMPT: %s", spa_link_error(l));
@@ -493,7 +495,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 			goto out;
 		}
 		res->edge_compute_ns += c;
-		m = (struct spa_msg){.type = (uint8_t)reply, .dtype = SPA_WIRE_F32, .session = sid,
+		m = (struct spa_msg){.type = (uint8_t)reply, .dtype = SPA_WIRE_F32,
 				     .pos = r.pos, .layer = r.layer, .n_rows = r.n_rows,
 				     .aux = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c};
 		if ((rc = spa_link_send(l, &m, tx, n_out * sizeof(float))) < 0) {
@@ -519,7 +521,7 @@ int spa_edge_run(const struct spa_plugin *p, const int32_t *prompt, uint32_t n_p
 	}
 	memcpy(gs->step_ns, (const uint8_t *)r.payload + SPA_PAYLOAD_DONE_HDR,
 	       8ull * gs->n_tokens);
-	m = (struct spa_msg){.type = SPA_MSG_BYE, .session = sid};
+	m = (struct spa_msg){.type = SPA_MSG_BYE};
 	spa_link_send(l, &m, NULL, 0);
 	res->link = *spa_link_stats(l);
 	rc = 0;

@@ -21,7 +21,9 @@ static const char *const type_names[SPA_MSG_TYPE_END] = {
 	[SPA_MSG_TOKEN] = "TOKEN",         [SPA_MSG_HEARTBEAT] = "HEARTBEAT",
 	[SPA_MSG_ERROR] = "ERROR",         [SPA_MSG_BYE] = "BYE",
 	[SPA_MSG_RESID] = "RESID",         [SPA_MSG_SIDE_G] = "SIDE_G",
-	[SPA_MSG_DONE] = "DONE",
+	[SPA_MSG_DONE] = "DONE",           [SPA_MSG_CONNECT] = "CONNECT",
+	[SPA_MSG_ACCEPT] = "ACCEPT",       [SPA_MSG_ACK] = "ACK",
+	[SPA_MSG_CLOSE] = "CLOSE",
 };
 
 const char *spa_msg_type_name(unsigned type)
@@ -471,18 +473,19 @@ void spa_wire_hdr_encode(const struct spa_wire_hdr *h, uint8_t out[SPA_WIRE_HDR_
 	out[5] = h->type;
 	out[6] = h->dtype;
 	out[7] = h->flags;
-	put32(out + 8, h->session);
-	put32(out + 12, h->seq);
-	put32(out + 16, h->pos);
-	put16(out + 20, h->layer);
-	put16(out + 22, h->n_rows);
-	put32(out + 24, h->payload_len);
-	put32(out + 28, h->frag_off);
-	put32(out + 32, h->msg_len);
-	put32(out + 36, h->aux);
-	put64(out + 40, h->tx_ns);
-	put32(out + 48, h->crc);
-	put32(out + 52, h->reserved);
+	put64(out + 8, h->conn);
+	put32(out + 16, h->pkt);
+	put32(out + 20, h->ack);
+	put32(out + 24, h->seq);
+	put32(out + 28, h->pos);
+	put16(out + 32, h->layer);
+	put16(out + 34, h->n_rows);
+	put32(out + 36, h->payload_len);
+	put32(out + 40, h->frag_off);
+	put32(out + 44, h->msg_len);
+	put32(out + 48, h->aux);
+	put32(out + 52, h->crc);
+	put64(out + 56, h->tx_ns);
 }
 
 int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr *h,
@@ -493,18 +496,19 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 	h->type = in[5];
 	h->dtype = in[6];
 	h->flags = in[7];
-	h->session = get32(in + 8);
-	h->seq = get32(in + 12);
-	h->pos = get32(in + 16);
-	h->layer = get16(in + 20);
-	h->n_rows = get16(in + 22);
-	h->payload_len = get32(in + 24);
-	h->frag_off = get32(in + 28);
-	h->msg_len = get32(in + 32);
-	h->aux = get32(in + 36);
-	h->tx_ns = get64(in + 40);
-	h->crc = get32(in + 48);
-	h->reserved = get32(in + 52);
+	h->conn = get64(in + 8);
+	h->pkt = get32(in + 16);
+	h->ack = get32(in + 20);
+	h->seq = get32(in + 24);
+	h->pos = get32(in + 28);
+	h->layer = get16(in + 32);
+	h->n_rows = get16(in + 34);
+	h->payload_len = get32(in + 36);
+	h->frag_off = get32(in + 40);
+	h->msg_len = get32(in + 44);
+	h->aux = get32(in + 48);
+	h->crc = get32(in + 52);
+	h->tx_ns = get64(in + 56);
 
 	if (h->magic != SPA_WIRE_MAGIC)
 		return spa_err(err, -SPA_EPROTO,
@@ -525,14 +529,17 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 		return spa_err(err, -SPA_EPROTO,
 			       "%s frame has unknown payload dtype %u (known: 0..%u)",
 			       spa_msg_type_name(h->type), h->dtype, SPA_WIRE_DTYPE_END - 1);
-	if (h->flags != 0)
+	if ((h->flags & ~(SPA_WIRE_SEALED | SPA_WIRE_TAG32)) ||
+	    (h->flags & (SPA_WIRE_SEALED | SPA_WIRE_TAG32)) == SPA_WIRE_TAG32)
 		return spa_err(err, -SPA_EPROTO,
-			       "%s frame has flags 0x%02x; this version defines none (must be 0)",
-			       spa_msg_type_name(h->type), h->flags);
-	if (h->reserved != 0)
+			       "%s frame has flags 0x%02x; this version defines only 0x%02x (sealed) "
+			       "and, with it, 0x%02x (a 32-byte tag)",
+			       spa_msg_type_name(h->type), h->flags, SPA_WIRE_SEALED, SPA_WIRE_TAG32);
+	if ((h->flags & SPA_WIRE_SEALED) && h->crc != 0)
 		return spa_err(err, -SPA_EPROTO,
-			       "%s frame has reserved field 0x%08x; it must be 0",
-			       spa_msg_type_name(h->type), h->reserved);
+			       "sealed %s frame has crc 0x%08x; a sealed frame carries a tag instead "
+			       "and its crc field must be 0",
+			       spa_msg_type_name(h->type), h->crc);
 	if (h->payload_len > max_frame_payload)
 		return spa_err(err, -SPA_EPROTO,
 			       "%s frame claims %u payload bytes, more than the %zu a frame of this "
@@ -547,6 +554,12 @@ int spa_wire_hdr_decode(const uint8_t in[SPA_WIRE_HDR_SIZE], struct spa_wire_hdr
 		return spa_err(err, -SPA_EPROTO,
 			       "%s frame fragment [%u, +%u) lies outside its %u-byte message",
 			       spa_msg_type_name(h->type), h->frag_off, h->payload_len, h->msg_len);
+	if (spa_wire_is_ctl(h->type) && h->payload_len != h->msg_len)
+		return spa_err(err, -SPA_EPROTO,
+			       "%s control frame is a fragment (bytes %u..%u of %u): control frames "
+			       "travel in one piece",
+			       spa_msg_type_name(h->type), h->frag_off, h->frag_off + h->payload_len,
+			       h->msg_len);
 	return 0;
 }
 
@@ -568,4 +581,17 @@ uint32_t spa_wire_frame_crc(const uint8_t hdr[SPA_WIRE_HDR_SIZE], const void *pa
 			    size_t payload_len)
 {
 	return spa_crc32c(spa_wire_hdr_crc(hdr), payload, payload_len);
+}
+
+int spa_wire_is_connect(const uint8_t *f, size_t len, uint64_t *conn)
+{
+	struct spa_wire_hdr h;
+	if (len < SPA_WIRE_HDR_SIZE || spa_wire_hdr_decode(f, &h, len - SPA_WIRE_HDR_SIZE, NULL))
+		return 0;
+	if (h.type != SPA_MSG_CONNECT || (h.flags & SPA_WIRE_SEALED) || !h.conn ||
+	    len != spa_wire_frame_size(&h) ||
+	    spa_wire_frame_crc(f, f + SPA_WIRE_HDR_SIZE, h.payload_len) != h.crc)
+		return 0;
+	*conn = h.conn;
+	return 1;
 }

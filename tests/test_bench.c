@@ -134,21 +134,24 @@ Test(bench, xport_rtt_times_every_link_and_size_in_rounds)
 	char *js = run_bench(dir, "xport", cmd);
 	cr_assert_eq(jnum(js, "rounds", 0), 2);
 	cr_assert_eq(jnum(js, "evict_bytes", 0), 256 << 10);
-	cr_assert_eq(jcount(js, "link"), 6, "3 links x 2 sizes");
+	/* each link as it is and keyed (AEAD), side by side */
+	cr_assert_eq(jcount(js, "link"), 12, "3 links x 2 (AEAD off, on) x 2 sizes");
 	cr_assert_eq(jcount(js, "reason"), 0, "nothing skipped or failed");
-	const char *links[] = { "shm", "udp", "tcp" };
+	const char *links[] = { "shm", "shm+aead", "udp", "udp+aead", "tcp", "tcp+aead" };
 	const double sizes[] = { 64, 2048 };
-	for (int i = 0; i < 6; i++) {
-		char l[32];
+	for (int i = 0; i < 12; i++) {
+		char l[32], a[32];
 		jstr(js, "link", i, l, sizeof l);
+		jstr(js, "aead", i, a, sizeof a);
 		cr_assert_str_eq(l, links[i / 2]);
+		cr_assert_eq(!strcmp(a, "none"), !strstr(l, "+aead"), "%s: aead %s", l, a);
 		cr_assert_eq(jnum(js, "size", i), sizes[i % 2]);
 		const double p50 = jnum(js, "p50_us", i), p99 = jnum(js, "p99_us", i);
 		cr_assert(p50 > 0 && p50 <= p99 && p99 <= jnum(js, "p999_us", i), "%s: %g %g", l,
 			  p50, p99);
 		const double r = jnum(js, "ratio_vs_udp", i);
-		if (!strcmp(l, "udp"))
-			cr_assert_eq(r, 1);
+		if (!strncmp(l, "udp", 3))
+			cr_assert_eq(r, 1, "%s is its own reference", l);
 		else
 			cr_assert(r > 0, "%s: ratio %g", l, r);
 	}

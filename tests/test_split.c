@@ -35,14 +35,18 @@ static void make_uri(char *uri, size_t size, const char *link)
 	static int n;
 	if (!strcmp(link, "shm"))
 		snprintf(uri, size, "shm:/spa-test-%d-%d", (int)getpid(), n++);
-	else if (!strcmp(link, "udp"))
+	else if (!strcmp(link, "udp") || !strcmp(link, "udp-keys"))
 		snprintf(uri, size, "udp://127.0.0.1:%d", next_port());
+	else if (!strcmp(link, "udp-faults40"))
+		/* the target: 10 % of every fault at once, on both sides */
+		snprintf(uri, size, "'udp://127.0.0.1:%d?drop=0.1&dup=0.1&reorder=0.1&corrupt=0.1"
+			 "&seed=%d'", next_port(), (int)getpid());
 	else if (!strcmp(link, "udp-faults"))
 		/* both ends get the query: each side's sends are duplicated and reordered. The
 		 * URI goes into the programs' shell command lines: quoted for the '&'. */
 		snprintf(uri, size, "'udp://127.0.0.1:%d?dup=0.05&reorder=0.1&seed=%d'",
 			 next_port(), (int)getpid());
-	else
+	else /* tcp, tcp-keys */
 		snprintf(uri, size, "tcp://127.0.0.1:%d", next_port());
 }
 
@@ -155,19 +159,36 @@ static double json_num(const char *js, const char *key)
 	return strtod(p + strlen(pat), NULL);
 }
 
+/* "-keys" links: keys made with spa-keygen, given to both programs (authenticated, sealed). */
+static void keys_for(const char *link, char *cloud_opt, char *edge_opt, size_t cap)
+{
+	cloud_opt[0] = edge_opt[0] = 0;
+	if (!strstr(link, "-keys"))
+		return;
+	const char *d = tu_tmpdir();
+	char cmd[2048], out[512];
+	snprintf(cmd, sizeof cmd, "rm -f %s/sc.* %s/se.*; %s -o %s/sc && %s -o %s/se", d, d,
+		 tu_program("spa-keygen"), d, tu_program("spa-keygen"), d);
+	cr_assert_eq(tu_run(cmd, out, sizeof out, 1), 0, "spa-keygen: %s", out);
+	snprintf(cloud_opt, cap, "--key %s/sc.key --allow %s/se.pub", d, d);
+	snprintf(edge_opt, cap, "--key %s/se.key --cloud-pub %s/sc.pub", d, d);
+}
+
 static void check_method(const char *method, const char *link)
 {
 	struct spa_hparams hp;
 	cr_assert_eq(spa_gen_shape("tiny", &hp), 0);
 	const char *splits[2] = {"cloud-linear", "edge-all"};
-	char uri[128];
+	char uri[128], ckeys[1024], ekeys[1024];
 	make_uri(uri, sizeof uri, link);
-	pid_t cloud = start_cloud(uri, 4, NULL);
+	keys_for(link, ckeys, ekeys, sizeof ckeys);
+	pid_t cloud = start_cloud(uri, 4, ckeys);
 	for (int s = 0; s < 2; s++)
 		for (int k = 0; k < 2; k++) {
-			char want[4096], got[4096], js[4096], err[4096];
+			char want[4096], got[4096], js[4096], err[4096], eopt[2048];
 			run_local(method, splits[s], "add", sampling[k], want, sizeof want);
-			int rc = run_edge(uri, method, splits[s], "add", sampling[k], NULL, got,
+			snprintf(eopt, sizeof eopt, "%s %s", sampling[k], ekeys);
+			int rc = run_edge(uri, method, splits[s], "add", eopt, NULL, got,
 					  sizeof got, js, sizeof js, err, sizeof err);
 			cr_assert_eq(rc, 0, "spa-edge %s %s over %s failed: %s", method, splits[s],
 				     link, err);
@@ -190,12 +211,17 @@ static void check_method(const char *method, const char *link)
 				cr_assert(M < 1.0, "spa M = %g is not below 1", M);
 			} else
 				cr_assert_eq(M, 0.0);
+			if (!strcmp(link, "udp-faults40"))
+				/* the faults happened (and were made up for: the tokens) */
+				cr_assert(json_num(js, "link_faults_injected") > 0, "%s", js);
 		}
 	cr_assert_eq(wait_cloud(cloud, 30), 0, "spa-cloud did not end cleanly");
 }
 
 Test(split, lora_shm) { check_method("lora", "shm"); }
 Test(split, lora_tcp) { check_method("lora", "tcp"); }
+Test(split, lora_tcp_with_keys) { check_method("lora", "tcp-keys"); }
+Test(split, spa_udp_with_keys) { check_method("spa", "udp-keys"); }
 Test(split, adapter_shm) { check_method("adapter", "shm"); }
 Test(split, adapter_tcp) { check_method("adapter", "tcp"); }
 Test(split, lst_shm) { check_method("lst", "shm"); }
@@ -208,6 +234,15 @@ Test(split, adapter_udp) { check_method("adapter", "udp"); }
 Test(split, lst_udp) { check_method("lst", "udp"); }
 Test(split, spa_udp) { check_method("spa", "udp"); }
 Test(split, spa_udp_with_duplicated_and_reordered_frames) { check_method("spa", "udp-faults"); }
+/* 10 % of frames dropped, 10 % duplicated, 10 % reordered and 10 % corrupted, on both sides:
+ * retransmission makes up for all of it; the tokens are spa-run's. */
+Test(split, lora_udp_losing_a_tenth_of_frames_each_way) { check_method("lora", "udp-faults40"); }
+Test(split, adapter_udp_losing_a_tenth_of_frames_each_way)
+{
+	check_method("adapter", "udp-faults40");
+}
+Test(split, lst_udp_losing_a_tenth_of_frames_each_way) { check_method("lst", "udp-faults40"); }
+Test(split, spa_udp_losing_a_tenth_of_frames_each_way) { check_method("spa", "udp-faults40"); }
 
 Test(split, replace_merge_and_both_splits_agree)
 {

@@ -8,6 +8,8 @@
 #include "spa/rng.h"
 #include "spa/wire.h"
 
+#define HDR_BYTES 64u
+
 static struct spa_rng rng;
 static uint64_t rnd(void)
 {
@@ -23,6 +25,11 @@ static uint32_t le32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static uint64_t le64(const uint8_t *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
 static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
 {
 	struct spa_wire_hdr h = {
@@ -30,7 +37,9 @@ static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
 		.version = SPA_WIRE_VERSION,
 		.type = (uint8_t)(1 + rnd_below(SPA_MSG_TYPE_END - 1)),
 		.dtype = (uint8_t)rnd_below(SPA_WIRE_DTYPE_END),
-		.session = (uint32_t)rnd(),
+		.conn = rnd(),
+		.pkt = (uint32_t)rnd(),
+		.ack = (uint32_t)rnd(),
 		.seq = (uint32_t)rnd(),
 		.pos = (uint32_t)rnd(),
 		.layer = (uint16_t)rnd(),
@@ -42,6 +51,14 @@ static struct spa_wire_hdr random_valid_hdr(size_t max_payload)
 	h.msg_len = rnd_below((uint64_t)SPA_WIRE_MAX_MSG + 1);
 	h.payload_len = rnd_below((h.msg_len < max_payload ? h.msg_len : max_payload) + 1);
 	h.frag_off = rnd_below((uint64_t)h.msg_len - h.payload_len + 1);
+	if (spa_wire_is_ctl(h.type)) { /* control frames travel in one piece */
+		h.msg_len = h.payload_len;
+		h.frag_off = 0;
+	}
+	if (rnd() & 1) { /* sealed: a tag instead of the crc, 16 or 32 bytes */
+		h.flags = SPA_WIRE_SEALED | (rnd() & 1 ? SPA_WIRE_TAG32 : 0);
+		h.crc = 0;
+	}
 	return h;
 }
 
@@ -52,6 +69,7 @@ Test(wire, header_round_trips_random_fields_in_documented_layout)
 	for (int it = 0; it < 5000; it++) {
 		struct spa_wire_hdr h = random_valid_hdr(maxp), d;
 		uint8_t b[SPA_WIRE_HDR_SIZE];
+		cr_assert_eq(sizeof b, 64);
 		memset(b, 0xa5, sizeof b);
 		spa_wire_hdr_encode(&h, b);
 		/* the byte layout wire.h documents */
@@ -59,22 +77,27 @@ Test(wire, header_round_trips_random_fields_in_documented_layout)
 		cr_assert_eq(b[1], 0x50);
 		cr_assert_eq(b[2], 0x41);
 		cr_assert_eq(b[3], 0x31);
+		cr_assert_eq(b[4], 2);
 		cr_assert_eq(b[4], h.version);
 		cr_assert_eq(b[5], h.type);
 		cr_assert_eq(b[6], h.dtype);
-		cr_assert_eq(b[7], 0);
-		cr_assert_eq(le32(b + 8), h.session);
-		cr_assert_eq(le32(b + 12), h.seq);
-		cr_assert_eq(le32(b + 16), h.pos);
-		cr_assert_eq(b[20] | b[21] << 8, h.layer);
-		cr_assert_eq(b[22] | b[23] << 8, h.n_rows);
-		cr_assert_eq(le32(b + 24), h.payload_len);
-		cr_assert_eq(le32(b + 28), h.frag_off);
-		cr_assert_eq(le32(b + 32), h.msg_len);
-		cr_assert_eq(le32(b + 36), h.aux);
-		cr_assert_eq(le32(b + 40) | (uint64_t)le32(b + 44) << 32, h.tx_ns);
-		cr_assert_eq(le32(b + 48), h.crc);
-		cr_assert_eq(le32(b + 52), 0);
+		cr_assert_eq(b[7], h.flags);
+		cr_assert_eq(le64(b + 8), h.conn);
+		cr_assert_eq(le32(b + 16), h.pkt);
+		cr_assert_eq(le32(b + 20), h.ack);
+		cr_assert_eq(le32(b + 24), h.seq);
+		cr_assert_eq(le32(b + 28), h.pos);
+		cr_assert_eq(b[32] | b[33] << 8, h.layer);
+		cr_assert_eq(b[34] | b[35] << 8, h.n_rows);
+		cr_assert_eq(le32(b + 36), h.payload_len);
+		cr_assert_eq(le32(b + 40), h.frag_off);
+		cr_assert_eq(le32(b + 44), h.msg_len);
+		cr_assert_eq(le32(b + 48), h.aux);
+		cr_assert_eq(le32(b + 52), h.crc);
+		cr_assert_eq(le64(b + 56), h.tx_ns);
+		cr_assert_eq(spa_wire_frame_size(&h),
+			     HDR_BYTES + h.payload_len + (h.flags & SPA_WIRE_TAG32 ? 32u : h.flags ? 16u
+											       : 0u));
 
 		struct spa_errbuf e = { "" };
 		cr_assert_eq(spa_wire_hdr_decode(b, &d, maxp, &e), 0, "%s", e.msg);
@@ -128,10 +151,15 @@ Test(wire, each_invalid_field_is_refused_with_a_message)
 		expect_refused(h, maxp, "type");
 		h = g; h.dtype = (uint8_t)(SPA_WIRE_DTYPE_END + rnd_below(256 - SPA_WIRE_DTYPE_END));
 		expect_refused(h, maxp, "dtype");
-		h = g; h.flags = (uint8_t)(1 + rnd_below(255));
+		h = g; h.flags = (uint8_t)(4 + rnd_below(252));
 		expect_refused(h, maxp, "flags");
-		h = g; h.reserved = (uint32_t)rnd() | 0x100;
-		expect_refused(h, maxp, "reserved");
+		h = g; h.flags = SPA_WIRE_TAG32; /* a tag length without a tag */
+		expect_refused(h, maxp, "flags");
+		h = g; h.flags = SPA_WIRE_SEALED; h.crc = (uint32_t)rnd() | 1;
+		expect_refused(h, maxp, "sealed");
+		h = g; h.type = (uint8_t)(SPA_MSG_CONNECT + rnd_below(4)); h.msg_len = 300;
+		h.payload_len = 100; h.frag_off = rnd_below(2) * 100;
+		expect_refused(h, maxp, "one piece");
 		h = g; h.payload_len = (uint32_t)(maxp + 1 + rnd_below(1u << 30)); h.msg_len = SPA_WIRE_MAX_MSG; h.frag_off = 0;
 		expect_refused(h, maxp, "payload bytes");
 		h = g; h.msg_len = SPA_WIRE_MAX_MSG + 1 + rnd_below(1u << 30);
@@ -148,17 +176,25 @@ Test(wire, each_invalid_field_is_refused_with_a_message)
 Test(wire, boundary_values_are_accepted)
 {
 	struct spa_wire_hdr h = { .magic = SPA_WIRE_MAGIC, .version = SPA_WIRE_VERSION,
-				  .type = SPA_MSG_TYPE_END - 1, .dtype = SPA_WIRE_DTYPE_END - 1 };
+				  .type = SPA_MSG_DONE, .dtype = SPA_WIRE_DTYPE_END - 1 };
 	h.msg_len = SPA_WIRE_MAX_MSG;
 	h.payload_len = 777;
 	h.frag_off = SPA_WIRE_MAX_MSG - 777;
 	expect_ok(h, 777);
+	/* the last type, a control frame, in one piece */
+	h.type = SPA_MSG_TYPE_END - 1;
+	h.msg_len = 777;
+	h.frag_off = 0;
+	h.flags = SPA_WIRE_SEALED;
+	expect_ok(h, 777);
+	h.flags = 0;
+	h.type = SPA_MSG_DONE;
 	h.type = 1;
 	h.msg_len = h.payload_len = h.frag_off = 0;
 	expect_ok(h, 0);
 	h.layer = h.n_rows = 0xffff;
-	h.session = h.seq = h.pos = h.aux = h.crc = 0xffffffffu;
-	h.tx_ns = ~0ull;
+	h.pkt = h.ack = h.seq = h.pos = h.aux = h.crc = 0xffffffffu;
+	h.tx_ns = h.conn = ~0ull;
 	expect_ok(h, 0);
 }
 
@@ -267,7 +303,7 @@ Test(wire, frame_crc_covers_header_with_crc_zeroed_and_payload)
 		spa_wire_hdr_encode(&h, b);
 		size_t n = h.payload_len;
 		memcpy(z, b, SPA_WIRE_HDR_SIZE);
-		memset(z + 48, 0, 4);
+		memset(z + 52, 0, 4); /* the crc field, at 52 in version 2 */
 		memcpy(z + SPA_WIRE_HDR_SIZE, payload, n);
 		uint32_t want = spa_crc32c(0, z, SPA_WIRE_HDR_SIZE + n);
 		cr_assert_eq(spa_wire_frame_crc(b, payload, n), want);
@@ -277,7 +313,7 @@ Test(wire, frame_crc_covers_header_with_crc_zeroed_and_payload)
 		cr_assert_eq(spa_wire_frame_crc(b, payload, n), want);
 		/* any other header byte does */
 		int k = (int)rnd_below(SPA_WIRE_HDR_SIZE - 4);
-		if (k >= 48)
+		if (k >= 52)
 			k += 4;
 		b[k] ^= 0x10;
 		cr_assert_neq(spa_wire_frame_crc(b, payload, n), want);

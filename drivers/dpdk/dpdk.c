@@ -10,10 +10,13 @@
  *                            role=server|client (memif); every other key goes to the PMD as
  *                            a device argument (iface=veth0, socket=/path, ...).
  *
- * Frame on the wire: Ethernet [+ IPv4 + UDP] + 8-byte shim (magic, version, kind, session
- * `conn`) + the link layer's frame. The shim carries the driver's own session handshake
- * (HELLO / HELLO_ACK / BYE, drivers/dpdk/dpdk.h) so that one port serves sessions one after
- * another, and frames of a finished session still in flight are dropped, not delivered.
+ * Frame on the wire: Ethernet [+ IPv4 + UDP] + the frame the connection layer built (64-byte
+ * spa header, payload). The driver recognises spa frames by EtherType (or UDP port) and the
+ * header's magic and version, and sorts them by their connection id (bind_conn): several links
+ * share a port (used from one thread), each with a queue of the frames that arrived for it while
+ * another polled; a CONNECT of an id no link has yet waits in the port's accept queue for the
+ * listener. The handshake, and the CLOSE that ends a connection, are the connection layer's
+ * (runtime/conn.c), as on every transport.
  *
  * EAL starts once per process, at the first listen or connect (rte_eal_init), with the
  * arguments given through the prepare slot (spa_link_opts.eal) or, when none were given,
@@ -78,18 +81,18 @@
 #include "spa/clock.h"
 #include "spa/drv/link.h"
 #include "spa/pin.h"
-#include "spa/rng.h"
 #include "dpdk.h"
 
 #define ETH_LEN 14u
 #define IPUDP_LEN 28u
-#define SHIM SPA_DPDK_SHIM_SIZE
-#define MAX_HDR (ETH_LEN + IPUDP_LEN + SHIM)
+#define MAX_HDR (ETH_LEN + IPUDP_LEN)
+/* bytes of the spa header classify needs contiguous: magic, version, connection id */
+#define SPA_HDR_PEEK (SPA_WIRE_CONN_OFF + 8)
 #define STATIC_MTU 1500u
 #define MAX_MTU 9702u
 /* The vtable's max_frame: the largest frame of any dpdk link (MTU 9702, Ethernet framing);
  * link_max_frame gives each link its port's own, never larger. */
-#define STATIC_MAX_FRAME (MAX_MTU - SHIM)
+#define STATIC_MAX_FRAME MAX_MTU
 #define MEMIF_MTU 9000u
 #define MEMIF_BSIZE 9216u /* one memif buffer holds a whole 9000-byte-MTU frame */
 #define RX_BURST 32
@@ -97,11 +100,11 @@
 #define N_EXT 255u
 #define N_DESC 1024
 #define CHECK_NS 1000000 /* link status checks while polling, ~1 ms apart */
-#define HELLO_EVERY_NS 20000000
 #define MAX_PORTS 8
+#define MAX_LINKS 32  /* links open on one port at once */
+#define QLEN 256      /* frames waiting for a link (or the listener) that is not polling */
+#define LINGER_NS 200000000ll /* memif client: longest wait for the peer's CLOSE at close */
 #define QUIET_NS 500000000ll  /* memif server: longest wait for a client's hang-up */
-#define BYE_WAIT_NS 200000000ll
-#define N_DONE 64 /* finished sessions remembered per port (their late HELLOs ignored) */
 
 struct dp_opts {
 	char dev[128];      /* af_packet | af_xdp | memif | PCI address | ethdev name */
@@ -116,6 +119,14 @@ struct dp_opts {
 	unsigned mtu;       /* 0: the port's (memif: MEMIF_MTU) */
 };
 
+/* Frames sorted to a link (or the listener) while another polled the port. */
+struct dp_queue {
+	struct rte_mbuf *m[QLEN];
+	uint16_t head, tail;
+};
+
+struct dp_link;
+
 /* A port, made once per process and shared by the listener and the links on it. */
 struct dp_port {
 	struct rte_mbuf *rx[RX_BURST] __rte_cache_aligned;
@@ -127,15 +138,16 @@ struct dp_port {
 	unsigned mtu;
 	struct rte_ether_addr mac;
 	struct rte_mempool *pool, *ext_pool;
-	int busy;             /* a link is open on it */
 	int stopped;          /* memif client whose start found no server: connect retries */
-	int64_t quiet_until;  /* memif server: no rx polling until the peer's hang-up is done */
+	int listening;        /* a listener takes CONNECTs of new connections */
+	struct dp_link *links[MAX_LINKS];
+	int n_links;
+	struct dp_queue acceptq;
+	int64_t quiet_until;  /* memif server: no rx polling until the client's hang-up is done */
 	rte_spinlock_t *ring_lock; /* memif: the PMD's lock its disconnect takes before it
 				      unmaps the rings (memif_ring_lock); NULL: not found */
 	char no_lock[96];     /* memif without ring_lock: why */
 	int warned;           /* ... said once */
-	uint32_t done[N_DONE];
-	unsigned n_done;
 	struct spa_dpdk_stats drops; /* drop_* counters */
 	char key[700];        /* what identifies it for reuse */
 	char name[128];       /* ethdev name */
@@ -148,21 +160,24 @@ struct dp_link {
 	struct spa_link_base base;
 	struct dp_port *port;
 	struct dp_opts o;
-	uint32_t conn;
+	uint64_t conn;         /* the connection it carries (bind_conn) */
+	int bound;
 	int is_listener_side;
 	struct rte_ether_addr peer;
 	uint32_t peer_ip;
-	uint8_t tmpl[MAX_HDR]; /* encapsulation of a DATA frame of this session */
+	uint8_t tmpl[MAX_HDR]; /* encapsulation of a frame to the peer */
 	unsigned hdr_len;
 	size_t max_frame;
 	int peer_closed;
 	struct rte_mbuf *cur;  /* frame handed out by recv_frame */
 	struct rte_mbuf *tx_h, *tx_x; /* memif: the head and external mbufs every frame reuses
 					 (send_reuse) */
+	struct rte_mbuf *tx_res; /* the frame being written in place (frame_reserve) */
 	uint8_t *lin;          /* linearisation buffer, max_frame bytes */
 	struct rte_mbuf_ext_shared_info shinfo;
 	volatile int ext_out;  /* external buffers the PMD still holds */
 	struct spa_dpdk_stats st;
+	struct dp_queue q;     /* its frames taken off the port by another link */
 };
 
 struct dp_listener {
@@ -973,9 +988,9 @@ static void place(struct dp_port *p, const char *uri)
 
 /* ---- frames ---------------------------------------------------------------------------- */
 
-/* Encapsulation for kind/conn to dst/dst_ip into h; returns its length. */
-static unsigned encap(const struct dp_port *p, const struct dp_opts *o, uint8_t *h, int kind,
-		      uint32_t conn, const struct rte_ether_addr *dst, uint32_t dst_ip)
+/* Encapsulation of a frame to dst/dst_ip into h; returns its length. */
+static unsigned encap(const struct dp_port *p, const struct dp_opts *o, uint8_t *h,
+		      const struct rte_ether_addr *dst, uint32_t dst_ip)
 {
 	struct rte_ether_hdr *e = (struct rte_ether_hdr *)h;
 	rte_ether_addr_copy(dst, &e->dst_addr);
@@ -998,13 +1013,7 @@ static unsigned encap(const struct dp_port *p, const struct dp_opts *o, uint8_t 
 	} else {
 		e->ether_type = rte_cpu_to_be_16(o->ethertype);
 	}
-	h[n] = SPA_DPDK_SHIM_MAGIC >> 8;
-	h[n + 1] = SPA_DPDK_SHIM_MAGIC & 0xff;
-	h[n + 2] = SPA_DPDK_SHIM_VERSION;
-	h[n + 3] = (uint8_t)kind;
-	uint32_t c = rte_cpu_to_be_32(conn);
-	memcpy(h + n + 4, &c, 4);
-	return n + SHIM;
+	return n;
 }
 
 /* Fill in the IPv4/UDP lengths and checksum for a frame of total length len. */
@@ -1020,43 +1029,21 @@ static inline void encap_fix(const struct dp_opts *o, uint8_t *h, size_t len)
 	u->dgram_len = rte_cpu_to_be_16((uint16_t)(len - ETH_LEN - 20));
 }
 
-/* Send a control frame (no payload). */
-static int send_ctl(struct dp_port *p, const struct dp_opts *o, int kind, uint32_t conn,
-		    const struct rte_ether_addr *dst, uint32_t dst_ip)
-{
-	struct rte_mbuf *m = rte_pktmbuf_alloc(p->pool);
-	if (!m)
-		return -ENOBUFS;
-	uint8_t h[MAX_HDR];
-	unsigned n = encap(p, o, h, kind, conn, dst, dst_ip);
-	/* pad to the Ethernet minimum: some PMDs and switches drop runts */
-	unsigned len = n < 60 ? 60 : n;
-	uint8_t *d = (uint8_t *)rte_pktmbuf_append(m, (uint16_t)len);
-	memset(d, 0, len);
-	memcpy(d, h, n);
-	encap_fix(o, d, len);
-	for (int i = 0; i < 1000; i++)
-		if (port_tx(p, &m, 1) == 1)
-			return 0;
-	rte_pktmbuf_free(m);
-	return -EAGAIN;
-}
-
 struct rx_info {
-	int kind;
-	uint32_t conn;
-	const uint8_t *frame; /* after the shim (in the first segment when contiguous) */
-	size_t len;           /* bytes after the shim */
+	uint64_t conn;        /* the frame's connection id */
+	const uint8_t *frame; /* the spa frame (in the first segment when contiguous) */
+	size_t len;           /* its bytes */
 	struct rte_ether_addr src;
 	uint32_t src_ip;
 };
 
-/* Classify one received mbuf: 0 ours (info filled), or -1 dropped and counted. */
+/* Classify one received mbuf: 0 ours (an spa frame of this wire version, info filled), or -1
+ * dropped and counted. */
 static int classify(struct dp_port *p, const struct dp_opts *o, struct rte_mbuf *m,
 		    struct rx_info *ri)
 {
 	uint32_t plen = rte_pktmbuf_pkt_len(m), dl = rte_pktmbuf_data_len(m);
-	unsigned need = ETH_LEN + (o->udp ? IPUDP_LEN : 0) + SHIM;
+	unsigned need = ETH_LEN + (o->udp ? IPUDP_LEN : 0) + SPA_HDR_PEEK;
 	if (plen < ETH_LEN) {
 		p->drops.drop_short++;
 		return -1;
@@ -1093,7 +1080,7 @@ static int classify(struct dp_port *p, const struct dp_opts *o, struct rte_mbuf 
 			return -1;
 		}
 		uint32_t tl = rte_be_to_cpu_16(ip->total_length);
-		if (tl < IPUDP_LEN + SHIM || ETH_LEN + tl > plen ||
+		if (tl < IPUDP_LEN + SPA_HDR_PEEK || ETH_LEN + tl > plen ||
 		    rte_be_to_cpu_16(u->dgram_len) != tl - 20) {
 			p->drops.drop_short++;
 			return -1;
@@ -1105,13 +1092,14 @@ static int classify(struct dp_port *p, const struct dp_opts *o, struct rte_mbuf 
 		p->drops.drop_foreign++;
 		return -1;
 	}
-	if (plen < off + SHIM) {
+	if (plen < off + SPA_HDR_PEEK) {
 		p->drops.drop_short++;
 		return -1;
 	}
 	const uint8_t *s = d + off;
-	if (s[0] != SPA_DPDK_SHIM_MAGIC >> 8 || s[1] != (SPA_DPDK_SHIM_MAGIC & 0xff) ||
-	    s[2] != SPA_DPDK_SHIM_VERSION || s[3] < SPA_DPDK_DATA || s[3] > SPA_DPDK_BYE) {
+	uint32_t magic;
+	memcpy(&magic, s, 4);
+	if (magic != SPA_WIRE_MAGIC || s[4] != SPA_WIRE_VERSION) {
 		p->drops.drop_foreign++;
 		return -1;
 	}
@@ -1120,12 +1108,9 @@ static int classify(struct dp_port *p, const struct dp_opts *o, struct rte_mbuf 
 		p->drops.drop_mac++;
 		return -1;
 	}
-	uint32_t c;
-	memcpy(&c, s + 4, 4);
-	ri->kind = s[3];
-	ri->conn = rte_be_to_cpu_32(c);
-	ri->frame = s + SHIM;
-	ri->len = plen - off - SHIM;
+	memcpy(&ri->conn, s + SPA_WIRE_CONN_OFF, 8); /* little-endian, as this host */
+	ri->frame = s;
+	ri->len = plen - off;
 	rte_ether_addr_copy(&e->src_addr, &ri->src);
 	return 0;
 }
@@ -1134,9 +1119,10 @@ static int classify(struct dp_port *p, const struct dp_opts *o, struct rte_mbuf 
 static inline struct rte_mbuf *port_next(struct dp_port *p)
 {
 	if (unlikely(p->quiet_until)) {
-		/* The 22.11 memif PMD unmaps its rings in the interrupt thread when the peer
-		 * disconnects, under a concurrent rx_burst: after a session ends, poll again only
-		 * once the link is down (the PMD then returns before touching the rings). */
+		/* The 22.11 memif PMD handles a client's hang-up in its interrupt thread and has
+		 * crashed (EAL panic, "Error adding fd ... epoll_ctl") when the server kept
+		 * polling meanwhile and the client process exited at once: after the last link
+		 * of a memif server port closes, poll again only once the link is down. */
 		if (port_link_up(p) && spa_clock_ns() < p->quiet_until)
 			return NULL;
 		p->quiet_until = 0;
@@ -1155,11 +1141,59 @@ static inline struct rte_mbuf *port_next(struct dp_port *p)
 	return p->rx[p->rx_i++];
 }
 
-static int conn_done(const struct dp_port *p, uint32_t conn)
+/* ---- several links on a port: frames sorted by connection id ---------------------------- */
+
+static inline int q_push(struct dp_queue *q, struct rte_mbuf *m)
 {
-	for (unsigned i = 0; i < N_DONE && i < p->n_done; i++)
-		if (p->done[i] == conn)
-			return 1;
+	if ((uint16_t)(q->tail - q->head) == QLEN)
+		return -1;
+	q->m[q->tail++ & (QLEN - 1)] = m;
+	return 0;
+}
+
+static inline struct rte_mbuf *q_pop(struct dp_queue *q)
+{
+	if (q->head == q->tail)
+		return NULL;
+	return q->m[q->head++ & (QLEN - 1)];
+}
+
+static void q_free(struct dp_queue *q)
+{
+	struct rte_mbuf *m;
+	while ((m = q_pop(q)))
+		rte_pktmbuf_free(m);
+}
+
+static struct dp_link *link_of(const struct dp_port *p, uint64_t conn)
+{
+	for (int i = 0; i < p->n_links; i++)
+		if (p->links[i]->conn == conn && p->links[i]->bound)
+			return p->links[i];
+	return NULL;
+}
+
+/* Put a frame that is not the caller's where it belongs: the queue of the link of its
+ * connection, or the listener's (a CONNECT of a new connection), or nowhere (dropped as
+ * stale: a connection that has closed, or none). Returns 1 when m is me's, else 0. */
+static int route(struct dp_port *p, const struct dp_link *me, struct rte_mbuf *m,
+		 const struct rx_info *ri)
+{
+	if (me && me->bound && ri->conn == me->conn)
+		return 1;
+	struct dp_link *o = link_of(p, ri->conn);
+	if (o) {
+		if (q_push(&o->q, m))
+			goto drop;
+		return 0;
+	}
+	uint64_t id;
+	if (p->listening && spa_wire_is_connect(ri->frame, ri->len, &id) &&
+	    !q_push(&p->acceptq, m))
+		return 0;
+drop:
+	p->drops.drop_stale++;
+	rte_pktmbuf_free(m);
 	return 0;
 }
 
@@ -1278,6 +1312,7 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 	int zc = p->zc;
 	if (!zc)
 		inl = len; /* everything into the head: counted as copied below */
+	/* (a frame is never shorter than Ethernet's minimum: 14 + 64 header bytes at least) */
 	uint8_t *d = (uint8_t *)rte_pktmbuf_append(h, (uint16_t)(l->hdr_len + inl));
 	if (!d) {
 		rte_pktmbuf_free(h);
@@ -1344,6 +1379,68 @@ static int dp_send_frame(struct spa_link_base *b, const struct iovec *iov, int n
 	return 0;
 }
 
+/* A frame written in place (a sealed one): the head mbuf with room for our encapsulation and
+ * len bytes of frame, which the connection layer writes (seals) at *out; frame_commit sends
+ * it. No copy of the payload but that pass. */
+static int dp_frame_reserve(struct spa_link_base *b, size_t len, uint8_t **out)
+{
+	struct dp_link *l = (struct dp_link *)b;
+	if (l->peer_closed)
+		return -SPA_ECLOSED;
+	if (len > l->max_frame)
+		return -EMSGSIZE;
+	struct rte_mbuf *h = rte_pktmbuf_alloc(l->port->pool);
+	if (!h)
+		return -ENOBUFS;
+	uint8_t *d = (uint8_t *)rte_pktmbuf_append(h, (uint16_t)(l->hdr_len + len));
+	if (!d) {
+		rte_pktmbuf_free(h);
+		return -EMSGSIZE;
+	}
+	memcpy(d, l->tmpl, l->hdr_len);
+	encap_fix(&l->o, d, l->hdr_len + len);
+	l->tx_res = h;
+	*out = d + l->hdr_len;
+	return 0;
+}
+
+static int dp_frame_commit(struct spa_link_base *b)
+{
+	struct dp_link *l = (struct dp_link *)b;
+	struct rte_mbuf *h = l->tx_res;
+	l->tx_res = NULL;
+	if (tx_wait(l, &h) < 0) {
+		rte_pktmbuf_free(h);
+		return -SPA_ECLOSED;
+	}
+	l->st.tx_frames++;
+	return 0;
+}
+
+/* The frame in m (classified as ri) handed out: in place when contiguous, else linearised
+ * into the link's buffer. Returns 0, or -1 when it is too long (dropped). */
+static int hand_out(struct dp_link *l, struct rte_mbuf *m, const struct rx_info *ri,
+		    const uint8_t **frame, size_t *len)
+{
+	if (rte_pktmbuf_is_contiguous(m)) {
+		*frame = ri->frame;
+	} else {
+		size_t off = (size_t)(ri->frame - rte_pktmbuf_mtod(m, uint8_t *));
+		if (ri->len > l->max_frame) {
+			l->port->drops.drop_short++;
+			rte_pktmbuf_free(m);
+			return -1;
+		}
+		*frame = rte_pktmbuf_read(m, (uint32_t)off, (uint32_t)ri->len, l->lin);
+		if (*frame == l->lin)
+			l->st.rx_linearised += ri->len;
+	}
+	*len = ri->len;
+	l->cur = m;
+	l->st.rx_frames++;
+	return 0;
+}
+
 static int dp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t *len,
 			 int64_t deadline_ns)
 {
@@ -1358,52 +1455,22 @@ static int dp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t 
 	for (;;) {
 		if (l->peer_closed)
 			return -SPA_ECLOSED;
-		struct rte_mbuf *m = port_next(p);
+		struct rte_mbuf *m = q_pop(&l->q);
+		struct rx_info ri;
 		if (m) {
-			struct rx_info ri;
+			classify(p, &l->o, m, &ri); /* classified once already: cannot fail */
+			if (!hand_out(l, m, &ri, frame, len))
+				return 0;
+			continue;
+		}
+		m = port_next(p);
+		if (m) {
 			if (classify(p, &l->o, m, &ri)) {
 				rte_pktmbuf_free(m);
 				continue;
 			}
-			if (ri.conn != l->conn) {
-				p->drops.drop_stale++;
-				rte_pktmbuf_free(m);
-				continue;
-			}
-			if (ri.kind == SPA_DPDK_DATA) {
-				if (rte_pktmbuf_is_contiguous(m)) {
-					*frame = ri.frame;
-				} else {
-					size_t off = (size_t)(ri.frame - rte_pktmbuf_mtod(m, uint8_t *));
-					if (ri.len > l->max_frame) {
-						p->drops.drop_short++;
-						rte_pktmbuf_free(m);
-						continue;
-					}
-					*frame = rte_pktmbuf_read(m, (uint32_t)off, (uint32_t)ri.len,
-								  l->lin);
-					if (*frame == l->lin)
-						l->st.rx_linearised += ri.len;
-				}
-				*len = ri.len;
-				l->cur = m;
-				l->st.rx_frames++;
+			if (route(p, l, m, &ri) && !hand_out(l, m, &ri, frame, len))
 				return 0;
-			}
-			rte_pktmbuf_free(m);
-			if (ri.kind == SPA_DPDK_BYE) {
-				l->peer_closed = 1;
-				if (p->is_memif && l->is_listener_side) {
-					/* say BYE back: the client hangs up only after it, while we
-					 * stay off the rings (port_next) */
-					send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);
-					p->quiet_until = spa_clock_ns() + QUIET_NS;
-				}
-				return -SPA_ECLOSED;
-			}
-			if (ri.kind == SPA_DPDK_HELLO && l->is_listener_side)
-				/* our HELLO_ACK was lost: say it again */
-				send_ctl(p, &l->o, SPA_DPDK_HELLO_ACK, l->conn, &l->peer, l->peer_ip);
 			continue;
 		}
 		rte_pause();
@@ -1442,32 +1509,66 @@ static uint64_t dp_copied_tx(struct spa_link_base *b)
 	return ((struct dp_link *)b)->st.tx_copied;
 }
 
+static void dp_bind_conn(struct spa_link_base *b, uint64_t conn)
+{
+	struct dp_link *l = (struct dp_link *)b;
+	l->conn = conn;
+	l->bound = 1;
+}
+
 /* ---- control --------------------------------------------------------------------------- */
 
 static int link_make(struct dp_link **out, struct dp_port *p, const struct dp_opts *o,
-		     uint32_t conn, const struct rte_ether_addr *peer, uint32_t peer_ip,
-		     int listener_side, const char *uri, struct spa_errbuf *err)
+		     const struct rte_ether_addr *peer, uint32_t peer_ip, int listener_side,
+		     const char *uri, struct spa_errbuf *err)
 {
+	if (p->n_links == MAX_LINKS)
+		return spa_err(err, -EMFILE, "%s: %d links are open on port %s, the most one port "
+			       "carries", uri, MAX_LINKS, p->name);
 	struct dp_link *l = rte_zmalloc("spa-link", sizeof *l, RTE_CACHE_LINE_SIZE);
 	if (!l)
 		return spa_err(err, -ENOMEM, "%s: out of DPDK memory", uri);
 	l->base.drv = &spa_drv_dpdk;
+	l->base.local = p->is_memif;
+	l->base.datagram = !p->is_memif; /* a wire (or its emulation) may lose frames */
 	l->port = p;
 	l->o = *o;
-	l->conn = conn;
 	l->peer = *peer;
 	l->peer_ip = peer_ip;
 	l->is_listener_side = listener_side;
-	l->hdr_len = encap(p, o, l->tmpl, SPA_DPDK_DATA, conn, peer, peer_ip);
-	l->max_frame = p->mtu - (o->udp ? IPUDP_LEN : 0) - SHIM;
+	l->hdr_len = encap(p, o, l->tmpl, peer, peer_ip);
+	l->max_frame = p->mtu - (o->udp ? IPUDP_LEN : 0);
 	l->lin = malloc(l->max_frame);
 	if (!l->lin) {
 		rte_free(l);
 		return spa_err(err, -ENOMEM, "%s: out of memory", uri);
 	}
-	p->busy = 1;
+	p->links[p->n_links++] = l;
 	*out = l;
 	return 0;
+}
+
+/* memif client, its last link closing: stopping the port tears the rings down at once, and
+ * frames still in them (the session's BYE, the connection's CLOSE) would never reach the peer.
+ * Wait (at most LINGER_NS) for the peer's CLOSE of this connection, which it sends once it
+ * has read ours, or for the link to go down. */
+static void linger(struct dp_link *l)
+{
+	struct dp_port *p = l->port;
+	int64_t end = spa_clock_ns() + LINGER_NS;
+	while (spa_clock_ns() < end && port_link_up(p)) {
+		struct rte_mbuf *m = port_next(p);
+		if (!m) {
+			rte_pause();
+			continue;
+		}
+		struct rx_info ri;
+		int ours = !classify(p, &l->o, m, &ri) && ri.conn == l->conn && l->bound;
+		int close = ours && ri.len >= SPA_WIRE_HDR_SIZE && ri.frame[5] == SPA_MSG_CLOSE;
+		rte_pktmbuf_free(m);
+		if (close)
+			return;
+	}
 }
 
 static void dp_close(struct spa_link_base *b)
@@ -1477,6 +1578,8 @@ static void dp_close(struct spa_link_base *b)
 		return;
 	if (l->cur)
 		rte_pktmbuf_free(l->cur);
+	rte_pktmbuf_free(l->tx_res);
+	q_free(&l->q);
 	if (l->tx_h) {
 		/* back to one reference each; x's free runs the shared info's callback once */
 		rte_mbuf_refcnt_set(l->tx_h, 1);
@@ -1490,38 +1593,29 @@ static void dp_close(struct spa_link_base *b)
 		l->ext_out = 0;
 	}
 	struct dp_port *p = l->port;
-	if (!l->peer_closed && port_link_up(p)) {
-		send_ctl(p, &l->o, SPA_DPDK_BYE, l->conn, &l->peer, l->peer_ip);
-		if (p->is_memif && l->is_listener_side)
-			p->quiet_until = spa_clock_ns() + QUIET_NS; /* the client hangs up next */
-		if (p->is_memif && !l->is_listener_side) {
-			/* wait for the server's BYE: it then keeps off the rings while we hang up */
-			int64_t end = spa_clock_ns() + BYE_WAIT_NS;
-			while (spa_clock_ns() < end && port_link_up(p)) {
-				struct rte_mbuf *m = port_next(p);
-				if (!m)
-					continue;
-				struct rx_info ri;
-				int ours = !classify(p, &l->o, m, &ri);
-				rte_pktmbuf_free(m);
-				if (ours && ri.kind == SPA_DPDK_BYE && ri.conn == l->conn)
-					break;
-			}
+	if (p->is_memif && !l->is_listener_side && !p->stopped && p->n_links == 1 && l->bound &&
+	    !l->peer_closed)
+		linger(l);
+	for (int i = 0; i < p->n_links; i++)
+		if (p->links[i] == l) {
+			p->links[i] = p->links[--p->n_links];
+			break;
 		}
-	}
-	if (p->is_memif && l->is_listener_side) {
-		/* Let the client hang up before this process may exit (an exit is a hang-up too,
-		 * under the client's rx polling). Its state only: no rx polling meanwhile. */
+	if (p->is_memif && l->is_listener_side && !p->n_links) {
+		/* The client hangs up once its last link is closed (it waits for our CLOSE):
+		 * let it, without polling the rings meanwhile (port_next), before this process
+		 * may exit or accept the next (an exit is a hang-up too, under the client's rx
+		 * polling). */
 		int64_t end = spa_clock_ns() + QUIET_NS;
 		while (port_link_up(p) && spa_clock_ns() < end)
 			rte_pause();
+		if (port_link_up(p))
+			p->quiet_until = end;
 	}
-	p->done[p->n_done++ % N_DONE] = l->conn;
-	p->busy = 0;
-	if (p->is_memif && !l->is_listener_side && !p->stopped) {
+	if (p->is_memif && !l->is_listener_side && !p->stopped && !p->n_links) {
 		/* A memif client leaves the server cleanly (DISCONNECT message) rather than by
-		 * its process exiting (an abrupt hang-up can crash a 22.11 server). The next
-		 * connect starts the port again. */
+		 * its process exiting, once its last link is closed. The next connect starts the
+		 * port again. */
 		rte_eth_dev_stop(p->port_id);
 		p->stopped = 1;
 	}
@@ -1548,6 +1642,13 @@ static int dp_listen(struct spa_listener_base **out, const char *uri, struct spa
 	pthread_mutex_unlock(&g.lock);
 	if (rc)
 		goto err;
+	if (l->port->listening) {
+		rc = spa_err(err, -EADDRINUSE, "%s: port %s already has a listener in this process",
+			     uri, l->port->name);
+		goto err;
+	}
+	l->port->listening = 1;
+	l->base.local = l->port->is_memif;
 	place(l->port, uri);
 	*out = &l->base;
 	return 0;
@@ -1561,31 +1662,41 @@ static int dp_accept(struct spa_listener_base *b, struct spa_link_base **out, in
 {
 	struct dp_listener *L = (struct dp_listener *)b;
 	struct dp_port *p = L->port;
-	if (p->busy)
-		return spa_err(err, -EBUSY,
-			       "%s: a session is still open on port %s; close it before accepting "
-			       "the next (one session at a time per port)",
-			       L->uri, p->name);
 	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	unsigned spins = 0;
 	for (;;) {
-		struct rte_mbuf *m = port_next(p);
-		if (m) {
-			struct rx_info ri;
-			int ours = !classify(p, &L->o, m, &ri);
-			rte_pktmbuf_free(m);
-			if (!ours)
+		struct rte_mbuf *m = q_pop(&p->acceptq);
+		struct rx_info ri;
+		if (!m) {
+			m = port_next(p);
+			if (m && classify(p, &L->o, m, &ri)) {
+				rte_pktmbuf_free(m);
 				continue;
-			if (ri.kind != SPA_DPDK_HELLO || !ri.conn || conn_done(p, ri.conn) ||
+			}
+			if (m && !route(p, NULL, m, &ri))
+				continue;
+		}
+		if (m) {
+			classify(p, &L->o, m, &ri);
+			uint64_t id;
+			struct dp_link *o = link_of(p, ri.conn);
+			if (o || !spa_wire_is_connect(ri.frame, ri.len, &id) ||
 			    (L->o.have_peer && !rte_is_same_ether_addr(&ri.src, &L->o.peer))) {
-				p->drops.drop_stale++;
+				/* a repeated CONNECT of a connection made meanwhile goes to it */
+				if (!o || q_push(&o->q, m)) {
+					p->drops.drop_stale++;
+					rte_pktmbuf_free(m);
+				}
 				continue;
 			}
 			struct dp_link *l;
-			int rc = link_make(&l, p, &L->o, ri.conn, &ri.src, ri.src_ip, 1, L->uri, err);
-			if (rc)
+			int rc = link_make(&l, p, &L->o, &ri.src, ri.src_ip, 1, L->uri, err);
+			if (rc) {
+				rte_pktmbuf_free(m);
 				return rc;
-			send_ctl(p, &l->o, SPA_DPDK_HELLO_ACK, l->conn, &l->peer, l->peer_ip);
+			}
+			dp_bind_conn(&l->base, ri.conn);
+			q_push(&l->q, m); /* its first frame, for the connection layer */
 			*out = &l->base;
 			return 0;
 		}
@@ -1598,15 +1709,12 @@ static int dp_accept(struct spa_listener_base *b, struct spa_link_base **out, in
 static void dp_listener_close(struct spa_listener_base *b)
 {
 	/* The port stays for the process's later sessions (EAL cannot restart anyway). */
+	struct dp_listener *L = (struct dp_listener *)b;
+	if (!L)
+		return;
+	L->port->listening = 0;
+	q_free(&L->port->acceptq);
 	free(b);
-}
-
-static uint32_t conn_new(void)
-{
-	struct spa_rng r;
-	spa_rng_seed(&r, (uint64_t)spa_clock_ns() ^ ((uint64_t)getpid() << 32));
-	uint32_t c = (uint32_t)spa_rng_next(&r);
-	return c ? c : 1;
 }
 
 static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeout_ns,
@@ -1634,9 +1742,6 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 	pthread_mutex_unlock(&g.lock);
 	if (rc)
 		return rc;
-	if (p->busy)
-		return spa_err(err, -EBUSY, "%s: port %s already carries a session in this process",
-			       uri, p->name);
 	place(p, uri);
 	int64_t start = spa_clock_ns();
 	int64_t deadline = timeout_ns < 0 ? -1 : start + timeout_ns;
@@ -1645,61 +1750,37 @@ static int dp_connect(struct spa_link_base **out, const char *uri, int64_t timeo
 		dst = o.peer;
 	else
 		memset(&dst, 0xff, sizeof dst); /* memif is point to point: broadcast reaches it */
-	uint32_t conn = conn_new();
-	int64_t next_hello = 0, down_since = -1;
-	unsigned spins = 0;
+	int64_t down_since = -1;
+	/* memif: the client connects once, at start; retry while the server is not there yet.
+	 * The handshake is the connection layer's, once the port is up. */
 	for (;;) {
 		int64_t now = spa_clock_ns();
+		if (!p->stopped && port_link_up(p))
+			break;
 		if (deadline >= 0 && now >= deadline)
 			return spa_err(err, -ETIMEDOUT,
-				       "%s: no answer from a listener in time%s", uri,
+				       "%s: the port did not come up in time%s", uri,
 				       memif ? " (is spa-cloud listening on this memif socket?)"
-					     : " (check peer=, the interface and that the cloud "
-					       "listens)");
-		if (p->stopped || !port_link_up(p)) {
-			/* memif: the client connects once, at start; retry while the server is
-			 * not there yet */
-			if (down_since < 0)
-				down_since = now;
-			if (memif && (p->stopped || now - down_since > 50000000) &&
-			    memif_server_there(&o)) {
-				if (!p->stopped)
-					rte_eth_dev_stop(p->port_id);
-				p->stopped = rte_eth_dev_start(p->port_id) != 0;
-				port_find_ring_lock(p, &o, 2);
-				down_since = now;
-			}
-			rte_delay_us_sleep(1000);
-			continue;
+					     : " (check the interface)");
+		if (down_since < 0)
+			down_since = now;
+		if (memif && (p->stopped || now - down_since > 50000000) &&
+		    memif_server_there(&o)) {
+			if (!p->stopped)
+				rte_eth_dev_stop(p->port_id);
+			p->stopped = rte_eth_dev_start(p->port_id) != 0;
+			port_find_ring_lock(p, &o, 2);
+			down_since = now;
 		}
-		down_since = -1;
-		if (now >= next_hello) {
-			send_ctl(p, &o, SPA_DPDK_HELLO, conn, &dst, o.peer_ip);
-			next_hello = now + HELLO_EVERY_NS;
-		}
-		struct rte_mbuf *m = port_next(p);
-		if (!m) {
-			rte_pause();
-			(void)spins;
-			continue;
-		}
-		struct rx_info ri;
-		int ours = !classify(p, &o, m, &ri);
-		rte_pktmbuf_free(m);
-		if (!ours)
-			continue;
-		if (ri.kind != SPA_DPDK_HELLO_ACK || ri.conn != conn) {
-			p->drops.drop_stale++;
-			continue;
-		}
-		struct dp_link *l;
-		warn_no_lock(p, uri);
-		rc = link_make(&l, p, &o, conn, &ri.src, o.peer_ip, 0, uri, err);
-		if (rc)
-			return rc;
-		*out = &l->base;
-		return 0;
+		rte_delay_us_sleep(1000);
 	}
+	warn_no_lock(p, uri);
+	struct dp_link *l;
+	rc = link_make(&l, p, &o, &dst, o.peer_ip, 0, uri, err);
+	if (rc)
+		return rc;
+	*out = &l->base;
+	return 0;
 }
 
 /* ---- test hooks (dpdk.h) --------------------------------------------------------------- */
@@ -1749,9 +1830,14 @@ int spa_dpdk_link_encap(struct spa_link_base *b, uint8_t *hdr, size_t cap)
 	return (int)l->hdr_len;
 }
 
+/* Links share ports, and a port is used from one thread at a time: one guard for them all
+ * (the connection layer's keeper thread takes it only when the application is in none). */
+static struct spa_guard dpdk_guard;
+
 const struct spa_link_driver spa_drv_dpdk = {
 	.scheme = "dpdk",
 	.max_frame = STATIC_MAX_FRAME,
+	.guard = &dpdk_guard,
 	.listen = dp_listen,
 	.accept = dp_accept,
 	.listener_close = dp_listener_close,
@@ -1763,4 +1849,7 @@ const struct spa_link_driver spa_drv_dpdk = {
 	.prepare = dp_prepare,
 	.link_max_frame = dp_link_max_frame,
 	.copied_tx = dp_copied_tx,
+	.frame_reserve = dp_frame_reserve,
+	.frame_commit = dp_frame_commit,
+	.bind_conn = dp_bind_conn,
 };

@@ -2,8 +2,8 @@
  * Plain C types only, so that a caller needs no DPDK header. Not on the hot path unless said.
  *
  * On the wire (docs/dpdk.md): Ethernet header, then optionally IPv4 (20 bytes, no options) +
- * UDP, then this driver's 8-byte shim, then the link layer's frame (56-byte spa header +
- * payload). Without UDP the EtherType is SPA_DPDK_ETHERTYPE unless the URI names another. */
+ * UDP, then the spa frame (64-byte header + payload). Without UDP the EtherType is
+ * SPA_DPDK_ETHERTYPE unless the URI names another. */
 #ifndef SPA_DRV_DPDK_H
 #define SPA_DRV_DPDK_H
 
@@ -16,17 +16,6 @@
 #define SPA_DPDK_ETHERTYPE 0x88B5
 #define SPA_DPDK_UDP_PORT 4789u /* no default: shown in examples only */
 
-/* The 8-byte shim after the Ethernet (or UDP) header, all fields big-endian. */
-#define SPA_DPDK_SHIM_MAGIC 0x5350 /* "SP" */
-#define SPA_DPDK_SHIM_VERSION 1
-#define SPA_DPDK_SHIM_SIZE 8
-enum spa_dpdk_kind {
-	SPA_DPDK_DATA = 1,      /* a link-layer frame follows */
-	SPA_DPDK_HELLO = 2,     /* connector -> listener: open session `conn` */
-	SPA_DPDK_HELLO_ACK = 3, /* listener -> connector: session `conn` accepted */
-	SPA_DPDK_BYE = 4,       /* either way: session `conn` closed */
-};
-
 /* Per-link counters of the driver (the link layer's own are in spa_link_stats). */
 struct spa_dpdk_stats {
 	uint64_t tx_frames, rx_frames;   /* DATA frames sent / handed to the link layer */
@@ -36,9 +25,11 @@ struct spa_dpdk_stats {
 	/* frames taken off the port and dropped, never handed to the link layer (counted on
 	 * the port: they may have arrived while another session or the listener polled) */
 	uint64_t drop_short;             /* shorter than the headers they claim */
-	uint64_t drop_foreign;           /* other EtherType / IP protocol / UDP port / shim magic */
+	uint64_t drop_foreign;           /* other EtherType / IP protocol / UDP port / spa magic
+					    or wire version */
 	uint64_t drop_mac;               /* destination MAC neither ours nor broadcast */
-	uint64_t drop_stale;             /* our format, but another or a finished session */
+	uint64_t drop_stale;             /* our format, but no open connection's (nor a CONNECT
+					    for the listener), or its link's queue was full */
 };
 
 /* Fill st with l's counters; l must be a dpdk link. Returns 0 or -EINVAL. */
@@ -46,8 +37,7 @@ int spa_dpdk_link_stats(struct spa_link_base *l, struct spa_dpdk_stats *st);
 /* Put frame[len] on l's port as it is (a whole Ethernet frame, copied into an mbuf): for tests
  * that inject foreign, truncated or garbage frames. Returns 0, -EINVAL, -ENOBUFS, -EAGAIN. */
 int spa_dpdk_send_raw(struct spa_link_base *l, const void *frame, size_t len);
-/* The encapsulation l puts before each link-layer frame (Ethernet [+ IPv4 + UDP] + shim of a
- * DATA frame of this session) into hdr[cap]; returns its length or -ENOSPC. For tests that
+/* The encapsulation l puts before each spa frame (Ethernet [+ IPv4 + UDP]) into hdr[cap]; returns its length or -ENOSPC. For tests that
  * build near-miss frames. */
 int spa_dpdk_link_encap(struct spa_link_base *l, uint8_t *hdr, size_t cap);
 

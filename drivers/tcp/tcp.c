@@ -1,11 +1,13 @@
-/* tcp: a link over one kernel TCP connection ("tcp://HOST:PORT"), the baseline and fallback.
+/* tcp: links over kernel TCP connections ("tcp://HOST:PORT"), the baseline and fallback. The
+ * listener accepts any number of connections, one TCP connection each.
  *
- * Frames follow each other on the byte stream with nothing in between: the 56-byte header says
- * how many payload bytes follow (payload_len), so the receiver reads the header exactly, decodes
- * it with spa_wire_hdr_decode to learn payload_len, then reads exactly that much into a
- * per-link buffer of MAX_FRAME bytes, which recv_frame hands out. A header that does not decode
- * means the stream has lost its framing: the driver hands those 56 bytes up as a (short) frame
- * so that the link layer reports precisely what is wrong, and refuses everything after.
+ * Frames follow each other on the byte stream with nothing in between: the receiver reads the
+ * 64-byte header exactly, decodes it with spa_wire_hdr_decode to learn the frame's size
+ * (spa_wire_frame_size: payload_len, and the tag of a sealed frame), then reads exactly that
+ * much into a per-link buffer of MAX_FRAME bytes, which recv_frame hands out. A header that
+ * does not decode means the stream has lost its framing: the driver hands those 64 bytes up as
+ * a (short) frame so that the link layer reports precisely what is wrong, and refuses
+ * everything after.
  *
  * The socket is non-blocking. Receive spins on recv(MSG_DONTWAIT) for up to SPIN_NS without
  * data, then sleeps in ppoll until data or the deadline, keeping a partly read frame for the
@@ -22,6 +24,7 @@
  * Nagle wait for the ACK of the previous one). */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +46,9 @@
 #define MAX_IOV 8
 #define ATTEMPT_NS 500000000ll /* longest wait for one connect attempt */
 #define BACKLOG 16
+#define CLOSE_WAIT_NS 2000000000ll /* close: wait this long at most for the peer to have it all */
+#define CLOSE_STALL_NS 50000000ll  /* ... and this long for any progress */
+#define USER_TIMEOUT_MIN_MS 5000u  /* a dead peer host: given up on after this at the least */
 #define SPIN_NS 1000000ll      /* spin this long without data before sleeping in ppoll */
 #define READ_AHEAD 65536u      /* read at most this much past the current frame */
 
@@ -84,6 +91,7 @@ static int link_make(struct spa_link_base **out, int fd)
 		return -ENOMEM;
 	}
 	l->base.drv = &spa_drv_tcp;
+	l->base.local = spa_sock_fd_local(fd, 1);
 	l->fd = fd;
 	l->need = HDR;
 	*out = &l->base;
@@ -120,7 +128,8 @@ static int tcp_send_frame(struct spa_link_base *b, const struct iovec *iov_in, i
 					return rc;
 				continue;
 			}
-			if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
+			if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN ||
+			    errno == ETIMEDOUT)
 				return -SPA_ECLOSED;
 			return -errno;
 		}
@@ -166,8 +175,8 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 			}
 			if (errno == EINTR)
 				continue;
-			if (errno == ECONNRESET)
-				return -SPA_ECLOSED;
+			if (errno == ECONNRESET || errno == ETIMEDOUT)
+				return -SPA_ECLOSED; /* reset, or unacknowledged too long (set_dead) */
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -errno;
 			/* Spin while data is likely to come soon, then sleep until it comes. */
@@ -188,13 +197,14 @@ static int tcp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 		}
 		if (l->need == HDR) {
 			struct spa_wire_hdr h;
-			if (spa_wire_hdr_decode(l->buf + l->start, &h, MAX_FRAME - HDR, NULL)) {
+			if (spa_wire_hdr_decode(l->buf + l->start, &h, MAX_FRAME - HDR, NULL) ||
+			    spa_wire_frame_size(&h) > MAX_FRAME) {
 				/* Lost framing: let the link layer decode and report it. */
 				l->broken = 1;
 				l->handed = 1;
 				break;
 			}
-			l->need = HDR + h.payload_len;
+			l->need = spa_wire_frame_size(&h);
 			if (l->have < l->need)
 				continue;
 		}
@@ -252,6 +262,7 @@ static int tcp_listen(struct spa_listener_base **out, const char *addr, struct s
 		return spa_err(err, -ENOMEM, "tcp://%s: out of memory", addr);
 	}
 	l->base.drv = &spa_drv_tcp;
+	l->base.local = spa_sock_fd_local(fd, 0);
 	l->fd = fd;
 	snprintf(l->addr, sizeof l->addr, "%s", addr);
 	*out = &l->base;
@@ -386,14 +397,55 @@ static void tcp_close(struct spa_link_base *b)
 	struct tcp_link *l = (struct tcp_link *)b;
 	if (!l)
 		return;
+	/* A graceful end: FIN after our data, and the socket stays open until the peer's
+	 * kernel has all of it (SIOCOUTQ 0; at most CLOSE_WAIT_NS), reading and dropping what
+	 * the peer sends meanwhile (its HEARTBEATs). A socket closed with data unread, or that
+	 * receives data once closed, resets the connection (RST), and a reset throws away what
+	 * we sent last and the peer has not got yet. */
+	shutdown(l->fd, SHUT_WR);
+	int64_t now = spa_clock_ns(), end = now + CLOSE_WAIT_NS, moved = now;
+	int last = -1;
+	for (;;) {
+		uint8_t junk[4096];
+		ssize_t k;
+		while ((k = recv(l->fd, junk, sizeof junk, MSG_DONTWAIT)) > 0)
+			;
+		int outq = 0;
+		now = spa_clock_ns();
+		if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+		    ioctl(l->fd, SIOCOUTQ, &outq) || outq <= 0 || now >= end)
+			break; /* the peer closed or reset, or has everything, or time is up */
+		if (outq != last) {
+			last = outq;
+			moved = now;
+		} else if (now - moved >= CLOSE_STALL_NS) {
+			break; /* the peer does not read now (nor, likely, send) */
+		}
+		struct pollfd p = { .fd = l->fd, .events = POLLIN };
+		poll(&p, 1, 1);
+	}
 	close(l->fd);
 	free(l->buf);
 	free(l);
 }
 
+/* TCP_USER_TIMEOUT: the kernel gives up on the connection when what we sent stays
+ * unacknowledged this long. Linux applies it to zero-window probes too, so a peer that only
+ * reads slowly (it computes) would be given up on: never less than USER_TIMEOUT_MIN_MS. */
+static void tcp_set_dead(struct spa_link_base *b, int64_t dead_ns)
+{
+	struct tcp_link *l = (struct tcp_link *)b;
+	unsigned ms = (unsigned)(dead_ns / 1000000);
+	if (ms < USER_TIMEOUT_MIN_MS)
+		ms = USER_TIMEOUT_MIN_MS;
+	setsockopt(l->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+}
+
 const struct spa_link_driver spa_drv_tcp = {
 	.scheme = "tcp",
 	.max_frame = MAX_FRAME,
+	.flags = SPA_DRV_KERNEL_ACKS,
+	.set_dead = tcp_set_dead,
 	.listen = tcp_listen,
 	.accept = tcp_accept,
 	.listener_close = tcp_listener_close,

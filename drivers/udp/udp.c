@@ -1,28 +1,31 @@
-/* udp: a link over kernel UDP sockets ("udp://HOST:PORT[?mtu=N]"), the baseline the DPDK path
+/* udp: links over kernel UDP sockets ("udp://HOST:PORT[?mtu=N]"), the baseline the DPDK path
  * is measured against and the fallback for networks without DPDK.
  *
- * One frame per datagram, exactly as built by runtime/link.c (56-byte header + payload), at
- * most max_frame = mtu - 28 bytes (IPv4: 20-byte IP + 8-byte UDP header; IPv6: mtu - 48), so
- * that a datagram is never fragmented by IP: the link layer fragments large messages instead.
- * mtu is 1500 unless the address says ?mtu=N (576..65535, e.g. 9000 for jumbo frames or 65000
- * on loopback). The driver is SPA_DRV_DATAGRAM: the link layer copes with loss, duplicates,
- * reordering and noise (docs/wire-protocol.md).
+ * One frame per datagram, exactly as built by the connection layer (64-byte header + payload
+ * [+ tag]), at most max_frame = mtu - 28 bytes (IPv4: 20-byte IP + 8-byte UDP header; IPv6:
+ * mtu - 48), so that a datagram is never fragmented by IP: the link layer fragments large
+ * messages instead. mtu is 1500 unless the address says ?mtu=N (576..65535, e.g. 9000 for
+ * jumbo frames or 65000 on loopback); the two sides use the smaller of their limits (the
+ * handshake says which). The driver is SPA_DRV_DATAGRAM: the layers above cope with loss,
+ * duplicates, reordering and noise (docs/wire-protocol.md).
  *
- * Control datagrams are 8 bytes, so never a frame (a frame has at least 56): a 4-byte tag and
- * a little-endian u32 (the sender's max_frame):
- *   "SPAK" knock: edge -> cloud, asks for a session (repeated until answered)
- *   "SPAA" ack:   cloud -> edge, the session is accepted
- *   "SPAN" nak:   cloud -> edge, refused: the two sides' max_frame differ (the u32 says the
- *                 cloud's), so frames would not fit
- *   "SPAC" close: either way, best effort, sent when a side closes its link
- * UDP has no connection, so "SPAC" is only a courtesy: a peer that vanished without it is
- * noticed by the session's timeout, or by an ICMP port-unreachable (ECONNREFUSED) after a send.
+ * Connections: the listener binds one socket (SO_REUSEADDR). Its accept waits for a CONNECT
+ * frame (spa_wire_is_connect) from a peer it does not serve yet, then opens a socket of its
+ * own for that peer, bound to the same local address and port (the datagram's destination,
+ * IP_PKTINFO, when the listener is bound to a wildcard) and connect()ed to the peer: the
+ * kernel delivers a datagram to the socket that matches it most closely, so from then on that
+ * peer's datagrams reach its connection's socket and nobody else's do, while new peers still
+ * reach the listener's. Any number of connections may be open at once; the CONNECT is handed
+ * to the connection layer as the new link's first frame. The handshake itself (ids, ACCEPT,
+ * CLOSE) is the connection layer's, as on every transport. A CONNECT repeated before the
+ * connected socket existed can still reach the listener's: connections it made are
+ * remembered by peer and id until they close, and such a repeat is dropped there.
  *
- * The cloud binds one socket. Accept waits for a knock (or a first valid frame of session 0)
- * from a new peer, then connect()s the socket to that peer so that the kernel drops anyone
- * else's datagrams, and answers with an ack. The link shares the listener's socket (the two are
- * reference counted); closing the link disconnects it (AF_UNSPEC) so that the next accept sees
- * new peers: sessions one after another, as on shm and tcp.
+ * UDP has no connection of its own: a peer that vanishes is noticed by the connection layer's
+ * heartbeats, by its CLOSE, or as -SPA_ECLOSED once an ICMP port-unreachable comes back for
+ * something sent to it (ECONNREFUSED on the connected socket). Before the peer's first frame,
+ * ECONNREFUSED only means that nobody listens there yet: it is -ECONNREFUSED, and the
+ * connecting side keeps trying.
  *
  * Fast path: the socket is non-blocking. Receive spins on recv(MSG_DONTWAIT) for up to 1 ms
  * without data, then sleeps in ppoll until data or the deadline, so that an idle wait does not
@@ -54,31 +57,41 @@
 #define MAX_IOV 8
 #define SOCK_BUF (4 << 20)
 #define SPIN_NS 1000000ll       /* spin this long without data before sleeping in ppoll */
-#define KNOCK_NS 50000000ll     /* resend a knock after this long without an answer */
-#define CTL_SIZE 8
+#define MAX_CONNS 256           /* connections of one listener remembered at once */
 
-enum { CTL_KNOCK, CTL_ACK, CTL_NAK, CTL_CLOSE, CTL_N };
-static const char ctl_tag[CTL_N][4] = { "SPAK", "SPAA", "SPAN", "SPAC" };
+struct peer_key {
+	struct sockaddr_storage addr;
+	socklen_t len;
+	uint64_t conn;
+};
 
-/* The cloud's socket, shared by its listener and the link of the session in progress. */
+/* The listener's socket and what it remembers of the connections it made. The links hold a
+ * reference (one thread uses a listener and its links). */
 struct udp_listener {
 	struct spa_listener_base base;
 	int fd;
-	int refs;          /* the listener itself + an open link (one thread uses both) */
-	int busy;          /* a session's link is open */
+	int refs;            /* the listener itself + each open link */
 	int family;
+	int wildcard;        /* bound to 0.0.0.0 or ::: each connection binds the datagram's
+				destination address */
+	struct sockaddr_storage local;
+	socklen_t local_len;
 	size_t max_frame;
 	char addr[256];
+	struct peer_key conns[MAX_CONNS];
+	int n_conns;
 	uint8_t buf[MAX_FRAME + 1];
 };
 
 struct udp_link {
 	struct spa_link_base base;
 	int fd;
-	struct udp_listener *lst;   /* cloud: the socket's owner; edge: NULL (own socket) */
+	struct udp_listener *lst;   /* cloud: the listener (its table); edge: NULL */
+	struct peer_key key;        /* cloud: this connection's entry in the table */
 	size_t max_frame;
-	int closed;                 /* the peer said "SPAC" or its port is closed */
-	size_t pending;             /* a frame already in buf (taken by accept) */
+	int closed;                 /* the peer's port is closed */
+	int heard;                  /* a datagram came from the peer */
+	size_t pending;             /* a frame already in buf (the CONNECT taken by accept) */
 	size_t len;                 /* length of the frame handed out */
 	uint8_t *buf;               /* max_frame + 1 bytes: one more shows an oversized datagram */
 };
@@ -112,41 +125,21 @@ static size_t frame_for(unsigned mtu, int family)
 	return mtu - (family == AF_INET6 ? 48u : 28u);
 }
 
-static int sock_open(int family)
+static int sock_open(int family, int reuse)
 {
 	int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	/* Big buffers absorb a burst of fragments: UDP has no flow control, and a datagram that
 	 * finds the receive buffer full is dropped. Privileged processes may exceed rmem_max. */
-	int sz = SOCK_BUF;
+	int sz = SOCK_BUF, one = 1;
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof sz))
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
 	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof sz))
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+	if (reuse)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	return fd;
-}
-
-static void ctl_make(uint8_t out[CTL_SIZE], int kind, size_t max_frame)
-{
-	uint32_t v = (uint32_t)max_frame;
-	memcpy(out, ctl_tag[kind], 4);
-	for (int i = 0; i < 4; i++)
-		out[4 + i] = (uint8_t)(v >> (8 * i));
-}
-
-/* The control datagram kind of p[n], or -1 when it is not one. */
-static int ctl_kind(const uint8_t *p, size_t n, uint32_t *val)
-{
-	if (n != CTL_SIZE)
-		return -1;
-	for (int k = 0; k < CTL_N; k++)
-		if (!memcmp(p, ctl_tag[k], 4)) {
-			*val = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
-			       (uint32_t)p[7] << 24;
-			return k;
-		}
-	return -1;
 }
 
 static int link_make(struct spa_link_base **out, int fd, struct udp_listener *lst,
@@ -161,6 +154,7 @@ static int link_make(struct spa_link_base **out, int fd, struct udp_listener *ls
 		return -ENOMEM;
 	}
 	l->base.drv = &spa_drv_udp;
+	l->base.local = spa_sock_fd_local(fd, 1);
 	l->fd = fd;
 	l->lst = lst;
 	l->max_frame = max_frame;
@@ -196,7 +190,10 @@ static int udp_send_frame(struct spa_link_base *b, const struct iovec *iov, int 
 			continue;
 		}
 		if (errno == ECONNREFUSED) {
-			/* an ICMP port-unreachable from an earlier datagram: the peer is gone */
+			/* an ICMP port-unreachable from an earlier datagram: the peer is gone (or,
+			 * before it answered at all, not there yet) */
+			if (!l->heard)
+				return -ECONNREFUSED;
 			l->closed = 1;
 			return -SPA_ECLOSED;
 		}
@@ -221,18 +218,9 @@ static int udp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 	for (;;) {
 		ssize_t k = recv(l->fd, l->buf, l->max_frame + 1, MSG_DONTWAIT | MSG_TRUNC);
 		if (k >= 0) {
-			uint32_t v;
-			switch (ctl_kind(l->buf, (size_t)k, &v)) {
-			case CTL_CLOSE:
-				l->closed = 1;
-				return -SPA_ECLOSED;
-			case CTL_KNOCK: /* a repeated knock, or an ack the edge got twice */
-			case CTL_ACK:
-			case CTL_NAK:
-				continue;
-			}
+			l->heard = 1;
 			/* An oversized datagram is handed up cut at max_frame + 1 bytes: its
-			 * length then disagrees with any header, and the link layer drops it. */
+			 * length then disagrees with any header, and the layers above drop it. */
 			l->len = (size_t)k <= l->max_frame ? (size_t)k : l->max_frame + 1;
 			*frame = l->buf;
 			*len = l->len;
@@ -241,6 +229,8 @@ static int udp_recv_frame(struct spa_link_base *b, const uint8_t **frame, size_t
 		if (errno == EINTR)
 			continue;
 		if (errno == ECONNREFUSED) {
+			if (!l->heard)
+				return -ECONNREFUSED;
 			l->closed = 1;
 			return -SPA_ECLOSED;
 		}
@@ -275,6 +265,15 @@ static size_t udp_link_max_frame(struct spa_link_base *b)
 
 /* ---- control --------------------------------------------------------------------------- */
 
+static int is_wildcard(const struct sockaddr *a)
+{
+	if (a->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (a->sa_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr);
+	return 0;
+}
+
 static int udp_listen(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err)
 {
 	struct addrinfo *res;
@@ -283,7 +282,7 @@ static int udp_listen(struct spa_listener_base **out, const char *addr, struct s
 	if (rc)
 		return rc;
 	for (struct addrinfo *a = res; a; a = a->ai_next) {
-		fd = sock_open(a->ai_family);
+		fd = sock_open(a->ai_family, 1);
 		if (fd < 0) {
 			e = -fd;
 			continue;
@@ -309,6 +308,18 @@ static int udp_listen(struct spa_listener_base **out, const char *addr, struct s
 	l->fd = fd;
 	l->refs = 1;
 	l->family = family;
+	l->local_len = sizeof l->local;
+	getsockname(fd, (struct sockaddr *)&l->local, &l->local_len);
+	l->base.local = spa_sock_is_loopback((struct sockaddr *)&l->local);
+	l->wildcard = is_wildcard((struct sockaddr *)&l->local);
+	if (l->wildcard) {
+		/* learn each datagram's destination address, to bind its connection there */
+		int one = 1;
+		if (family == AF_INET)
+			setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+		else
+			setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+	}
 	l->max_frame = frame_for(mtu, family);
 	snprintf(l->addr, sizeof l->addr, "%s", addr);
 	*out = &l->base;
@@ -323,33 +334,58 @@ static void listener_unref(struct udp_listener *l)
 	}
 }
 
-/* Is f[n] a valid first frame of a session (session 0, seq 0, first fragment, CRC)? */
-static int is_first_frame(const uint8_t *f, size_t n, size_t max_frame)
+static int known(const struct udp_listener *l, const struct sockaddr_storage *a, socklen_t al,
+		 uint64_t conn)
 {
-	struct spa_wire_hdr h;
-	if (n < HDR || spa_wire_hdr_decode(f, &h, max_frame - HDR, NULL))
-		return 0;
-	return n == HDR + (size_t)h.payload_len && h.session == 0 && h.seq == 0 &&
-	       h.frag_off == 0 && spa_wire_frame_crc(f, f + HDR, h.payload_len) == h.crc;
+	for (int i = 0; i < l->n_conns; i++)
+		if (l->conns[i].conn == conn && l->conns[i].len == al &&
+		    !memcmp(&l->conns[i].addr, a, al))
+			return 1;
+	return 0;
+}
+
+/* The local address a datagram was sent to (wildcard listener: from IP_PKTINFO), with the
+ * listener's port, into *to. */
+static void dest_addr(const struct udp_listener *l, struct msghdr *mh, struct sockaddr_storage *to,
+		      socklen_t *tl)
+{
+	memcpy(to, &l->local, l->local_len);
+	*tl = l->local_len;
+	if (!l->wildcard)
+		return;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+		if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+			struct in_pktinfo pi;
+			memcpy(&pi, CMSG_DATA(c), sizeof pi);
+			((struct sockaddr_in *)to)->sin_addr = pi.ipi_addr;
+		} else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+			struct in6_pktinfo pi;
+			memcpy(&pi, CMSG_DATA(c), sizeof pi);
+			((struct sockaddr_in6 *)to)->sin6_addr = pi.ipi6_addr;
+		}
+	}
 }
 
 static int udp_accept(struct spa_listener_base *b, struct spa_link_base **out,
 		      int64_t timeout_ns, struct spa_errbuf *err)
 {
 	struct udp_listener *l = (struct udp_listener *)b;
-	if (l->busy)
-		return spa_err(err, -EBUSY, "udp://%s: the previous session's link is still open: "
-			       "close it before accepting the next edge", l->addr);
 	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
-	uint8_t ctl[CTL_SIZE];
 	for (;;) {
-		struct sockaddr_storage peer;
-		socklen_t pl = sizeof peer;
-		ssize_t k = recvfrom(l->fd, l->buf, sizeof l->buf, MSG_DONTWAIT | MSG_TRUNC,
-				     (struct sockaddr *)&peer, &pl);
+		struct sockaddr_storage peer, to;
+		socklen_t tl;
+		union {
+			struct cmsghdr align;
+			uint8_t b[256];
+		} cbuf;
+		struct iovec iov = { l->buf, sizeof l->buf };
+		struct msghdr mh = { .msg_name = &peer, .msg_namelen = sizeof peer, .msg_iov = &iov,
+				     .msg_iovlen = 1, .msg_control = cbuf.b,
+				     .msg_controllen = sizeof cbuf.b };
+		ssize_t k = recvmsg(l->fd, &mh, MSG_DONTWAIT | MSG_TRUNC);
 		if (k < 0) {
 			if (errno == EINTR || errno == ECONNREFUSED)
-				continue; /* ECONNREFUSED: an ICMP left over from an old session */
+				continue; /* ECONNREFUSED: an ICMP left over from an old peer */
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return spa_err(err, -errno, "udp://%s: receive failed: %s", l->addr,
 					       strerror(errno));
@@ -358,44 +394,45 @@ static int udp_accept(struct spa_listener_base *b, struct spa_link_base **out,
 				return spa_err(err, rc, "udp://%s: poll failed: %s", l->addr,
 					       strerror(-rc));
 			if (rc == 0)
-				return spa_err(err, -ETIMEDOUT, "udp://%s: no edge knocked in time",
+				return spa_err(err, -ETIMEDOUT, "udp://%s: no edge connected in time",
 					       l->addr);
 			continue;
 		}
-		/* Anything else on the port (strays, garbage, frames of an old session) is
-		 * dropped here: it is not for a session. */
-		uint32_t v;
-		size_t pending = 0;
-		int kind = ctl_kind(l->buf, (size_t)k, &v);
-		if (kind == CTL_KNOCK && v != l->max_frame) {
-			ctl_make(ctl, CTL_NAK, l->max_frame);
-			sendto(l->fd, ctl, sizeof ctl, MSG_DONTWAIT, (struct sockaddr *)&peer, pl);
+		/* Anything but a new connection's CONNECT (strays, garbage, frames of a
+		 * connection that has closed, a repeated CONNECT) is dropped here. */
+		uint64_t conn;
+		if ((size_t)k > l->max_frame || !spa_wire_is_connect(l->buf, (size_t)k, &conn) ||
+		    known(l, &peer, mh.msg_namelen, conn))
 			continue;
+		if (l->n_conns == MAX_CONNS)
+			return spa_err(err, -EMFILE, "udp://%s: %d connections are open on this "
+				       "listener, the most it serves at once", l->addr, MAX_CONNS);
+		dest_addr(l, &mh, &to, &tl);
+		int fd = sock_open(l->family, 1);
+		if (fd < 0)
+			return spa_err(err, fd, "udp://%s: cannot open a socket: %s", l->addr,
+				       strerror(-fd));
+		if (bind(fd, (struct sockaddr *)&to, tl) ||
+		    connect(fd, (struct sockaddr *)&peer, mh.msg_namelen)) {
+			int e = errno;
+			close(fd);
+			return spa_err(err, -e, "udp://%s: cannot make the edge's socket: %s", l->addr,
+				       strerror(e));
 		}
-		if (kind != CTL_KNOCK) {
-			if ((size_t)k > l->max_frame || !is_first_frame(l->buf, (size_t)k, l->max_frame))
-				continue;
-			pending = (size_t)k;
-		}
-		if (connect(l->fd, (struct sockaddr *)&peer, pl))
-			return spa_err(err, -errno, "udp://%s: cannot connect to the edge: %s",
-				       l->addr, strerror(errno));
 		struct spa_link_base *lb;
-		int rc = link_make(&lb, l->fd, l, l->max_frame);
+		int rc = link_make(&lb, fd, l, l->max_frame);
 		if (rc) {
-			struct sockaddr un = { .sa_family = AF_UNSPEC };
-			connect(l->fd, &un, sizeof un);
+			close(fd);
 			return spa_err(err, rc, "udp://%s: out of memory", l->addr);
 		}
 		struct udp_link *ul = (struct udp_link *)lb;
-		if (pending) {
-			memcpy(ul->buf, l->buf, pending);
-			ul->pending = pending;
-		}
-		ctl_make(ctl, CTL_ACK, l->max_frame);
-		send(l->fd, ctl, sizeof ctl, MSG_DONTWAIT | MSG_NOSIGNAL);
+		memcpy(ul->buf, l->buf, (size_t)k);
+		ul->pending = (size_t)k;
+		ul->heard = 1;
+		ul->key = (struct peer_key){ .len = mh.msg_namelen, .conn = conn };
+		memcpy(&ul->key.addr, &peer, mh.msg_namelen);
+		l->conns[l->n_conns++] = ul->key;
 		l->refs++;
-		l->busy = 1;
 		*out = lb;
 		return 0;
 	}
@@ -404,72 +441,9 @@ static int udp_accept(struct spa_listener_base *b, struct spa_link_base **out,
 static void udp_listener_close(struct spa_listener_base *b)
 {
 	struct udp_listener *l = (struct udp_listener *)b;
-	if (l)
-		listener_unref(l);
-}
-
-/* One edge socket connected to a, knocking until an ack, a nak or the attempt's end. fd >= 0,
- * or -errno (-SPA_EUSAGE with err filled on a nak). */
-static int try_connect(const struct addrinfo *a, unsigned mtu, int64_t deadline, size_t *mf,
-		       const char *addr, struct spa_errbuf *err)
-{
-	int fd = sock_open(a->ai_family);
-	if (fd < 0)
-		return fd;
-	if (connect(fd, a->ai_addr, a->ai_addrlen)) {
-		int e = errno;
-		close(fd);
-		return -e;
-	}
-	*mf = frame_for(mtu, a->ai_family);
-	uint8_t ctl[CTL_SIZE], in[64];
-	int64_t end = spa_clock_ns() + 4 * KNOCK_NS;
-	if (deadline >= 0 && deadline < end)
-		end = deadline;
-	int last = -ETIMEDOUT;
-	do {
-		ctl_make(ctl, CTL_KNOCK, *mf);
-		if (send(fd, ctl, sizeof ctl, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-		    errno != ECONNREFUSED && errno != EAGAIN) {
-			last = -errno;
-			break;
-		}
-		int64_t until = spa_clock_ns() + KNOCK_NS;
-		if (until > end)
-			until = end;
-		for (;;) {
-			int rc = spa_sock_wait(fd, POLLIN, until);
-			if (rc <= 0) {
-				if (rc < 0)
-					last = rc;
-				break;
-			}
-			ssize_t k = recv(fd, in, sizeof in, MSG_DONTWAIT);
-			if (k < 0) {
-				if (errno == ECONNREFUSED) { /* nobody there yet */
-					last = -ECONNREFUSED;
-					/* wait out the rest of this knock's slot */
-					struct timespec ts = { 0, 5000000 };
-					nanosleep(&ts, NULL);
-					break;
-				}
-				continue;
-			}
-			uint32_t v;
-			int kind = ctl_kind(in, (size_t)k, &v);
-			if (kind == CTL_ACK)
-				return fd;
-			if (kind == CTL_NAK) {
-				close(fd);
-				return spa_err(err, -SPA_EUSAGE,
-					       "udp://%s: the cloud refused the session: its frames "
-					       "are %u bytes and ours %zu: give both sides the same "
-					       "?mtu=", addr, v, *mf);
-			}
-		}
-	} while (spa_clock_ns() < end);
-	close(fd);
-	return last;
+	if (!l)
+		return;
+	listener_unref(l);
 }
 
 static int udp_connect(struct spa_link_base **out, const char *addr, int64_t timeout_ns,
@@ -478,41 +452,38 @@ static int udp_connect(struct spa_link_base **out, const char *addr, int64_t tim
 	int64_t deadline = timeout_ns < 0 ? -1 : spa_clock_ns() + timeout_ns;
 	struct addrinfo *res = NULL;
 	unsigned mtu = DEFAULT_MTU;
-	int rc, last = -ECONNREFUSED;
-	/* The cloud may start after the edge: knock until the deadline. */
+	int rc;
+	/* A name that does not resolve yet may later: retry until the deadline. The first
+	 * address (the resolver's order of preference) is the one used. */
 	for (;;) {
-		if (!res) {
-			rc = resolve(addr, 0, &res, &mtu, err);
-			if (rc && rc != -EAGAIN)
-				return rc;
-			if (rc)
-				last = rc;
-		}
-		for (struct addrinfo *a = res; a; a = a->ai_next) {
-			size_t mf = 0;
-			int fd = try_connect(a, mtu, deadline, &mf, addr, err);
-			if (fd == -SPA_EUSAGE) {
-				freeaddrinfo(res);
-				return fd;
-			}
-			if (fd >= 0) {
-				freeaddrinfo(res);
-				rc = link_make(out, fd, NULL, mf);
-				if (rc) {
-					close(fd);
-					return spa_err(err, rc, "udp://%s: out of memory", addr);
-				}
-				return 0;
-			}
-			last = fd;
-		}
-		if (deadline >= 0 && spa_clock_ns() >= deadline)
+		rc = resolve(addr, 0, &res, &mtu, err);
+		if (!rc)
 			break;
+		if (rc != -EAGAIN || (deadline >= 0 && spa_clock_ns() >= deadline))
+			return rc;
+		struct timespec ts = { 0, 50000000 };
+		nanosleep(&ts, NULL);
 	}
-	if (res)
+	const struct addrinfo *a = res;
+	int fd = sock_open(a->ai_family, 0);
+	if (fd < 0) {
 		freeaddrinfo(res);
-	return spa_err(err, -ETIMEDOUT, "udp://%s: no answer to our knock in time (last error: "
-		       "%s): is the cloud running and listening there?", addr, strerror(-last));
+		return spa_err(err, fd, "udp://%s: cannot open a socket: %s", addr, strerror(-fd));
+	}
+	if (connect(fd, a->ai_addr, a->ai_addrlen)) {
+		int e = errno;
+		close(fd);
+		freeaddrinfo(res);
+		return spa_err(err, -e, "udp://%s: cannot connect: %s", addr, strerror(e));
+	}
+	size_t mf = frame_for(mtu, a->ai_family);
+	freeaddrinfo(res);
+	rc = link_make(out, fd, NULL, mf);
+	if (rc) {
+		close(fd);
+		return spa_err(err, rc, "udp://%s: out of memory", addr);
+	}
+	return 0;
 }
 
 static void udp_close(struct spa_link_base *b)
@@ -520,19 +491,17 @@ static void udp_close(struct spa_link_base *b)
 	struct udp_link *l = (struct udp_link *)b;
 	if (!l)
 		return;
-	uint8_t ctl[CTL_SIZE];
-	if (!l->closed) {
-		ctl_make(ctl, CTL_CLOSE, l->max_frame);
-		send(l->fd, ctl, sizeof ctl, MSG_DONTWAIT | MSG_NOSIGNAL);
-	}
-	if (l->lst) {
-		/* Hand the socket back to the listener: anyone may knock again. */
-		struct sockaddr un = { .sa_family = AF_UNSPEC };
-		connect(l->fd, &un, sizeof un);
-		l->lst->busy = 0;
-		listener_unref(l->lst);
-	} else {
-		close(l->fd);
+	close(l->fd);
+	struct udp_listener *lst = l->lst;
+	if (lst) {
+		/* Forget the connection: the same peer may connect again. */
+		for (int i = 0; i < lst->n_conns; i++)
+			if (lst->conns[i].conn == l->key.conn && lst->conns[i].len == l->key.len &&
+			    !memcmp(&lst->conns[i].addr, &l->key.addr, l->key.len)) {
+				lst->conns[i] = lst->conns[--lst->n_conns];
+				break;
+			}
+		listener_unref(lst);
 	}
 	free(l->buf);
 	free(l);

@@ -20,6 +20,7 @@ enum {
 	SPA_EUSAGE,         /* bad option or argument */
 	SPA_EUNSUPPORTED,   /* valid request this build or machine cannot serve */
 	SPA_ETOOBIG,        /* a size exceeds a configured limit */
+	SPA_EAUTH,          /* authentication failed: a key or a frame's tag did not verify */
 	SPA_E_END
 };
 

@@ -13,10 +13,12 @@
 #ifndef SPA_LINK_H
 #define SPA_LINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
+#include "keys.h"
 #include "wire.h"
 
 struct spa_link;
@@ -34,12 +36,36 @@ struct spa_link_faults {
 	uint64_t seed;
 };
 
+/* AEAD of a keyed link's frames (spa_link_opts.aead). By default the first both sides take of:
+ * AEGIS-128L (when the libsodium of both builds has it, 1.0.19 on, and the CPUs have AES-NI),
+ * AES-256-GCM (AES-NI and PCLMUL), ChaCha20-Poly1305 (IETF; always). A side may insist on one. */
+enum spa_aead { SPA_AEAD_AUTO = 0, SPA_AEAD_AES256GCM = 1, SPA_AEAD_CHACHA20POLY1305 = 2,
+		SPA_AEAD_AEGIS128L = 3 };
+
 struct spa_link_opts {
 	int64_t delay_ns;   /* emulated one-way delay added by the receiver: a frame is handed
 			       over no earlier than its tx_ns + delay_ns (same-host clocks) */
 	size_t max_msg;     /* largest message this side will accept (0: SPA_WIRE_MAX_MSG) */
 	const char *eal;    /* dpdk: EAL arguments (DPDK's conventions); NULL: built from the URI */
 	struct spa_link_faults faults;
+	/* Liveness (docs/wire-protocol.md, "Liveness"): a peer heard from not at all for this
+	 * long while this side waits for it is dead (-SPA_ECLOSED). 0: 90 ms, or 1 s when the
+	 * peer is on this host (its transport says when it dies); < 0: off. Each side sends a
+	 * HEARTBEAT after an eighth of it (11.25 ms at most) without sending, from its own
+	 * waits or, while the application is away from the link, from the keeper thread. */
+	int64_t dead_ns;
+	/* Authentication (docs/wire-protocol.md, "Keys"). key: this side's static key pair
+	 * (include/spa/keys.h); the connecting side also pins the listener's public key
+	 * (peer_pub, 32 bytes), the listener accepts the connecting sides whose public keys are
+	 * among allow (n_allow x 32 bytes). Borrowed: they must outlive the listener / link.
+	 * Without keys a link is unauthenticated and unencrypted: allowed only where the peer
+	 * is on this host (shm, memif, loopback addresses), else refused unless insecure. */
+	const struct spa_key *key;
+	const uint8_t *peer_pub;
+	const uint8_t *allow;
+	size_t n_allow;
+	bool insecure;
+	enum spa_aead aead;
 };
 
 struct spa_link_stats {
@@ -51,12 +77,20 @@ struct spa_link_stats {
 	uint64_t copied_tx;            /* payload bytes copied on send (0 on zero-copy paths) */
 	uint64_t dup_frames;           /* duplicate frames suppressed */
 	uint64_t faults_injected;      /* frames the fault injector dropped/duplicated/... */
+	uint64_t auth_failed;          /* frames whose AEAD tag did not verify: dropped */
+	/* reliable links (datagram transports, faults injected; docs/wire-protocol.md) */
+	uint64_t retransmits;          /* data frames sent again (NACKed or timed out) */
+	uint64_t timeouts;             /* ... of them after the retransmission timer */
+	uint64_t acks_tx;              /* ACK frames sent */
+	uint64_t nacks_tx, nacks_rx;   /* ... that reported gaps (sent, received) */
+	uint64_t probes_tx;            /* ... that a waiting receiver sent (PROBE) */
+	uint64_t heartbeats_tx;        /* HEARTBEAT frames sent (liveness) */
 };
 
 /* One received message. payload points into the caller's buffer. */
 struct spa_msg {
 	uint8_t type, dtype;
-	uint32_t session, seq, pos;
+	uint32_t seq, pos;
 	uint16_t layer, n_rows;
 	uint32_t aux;
 	uint64_t tx_ns;
@@ -77,8 +111,9 @@ int spa_link_connect(struct spa_link **out, const char *uri, const struct spa_li
 /* Close (the peer sees -SPA_ECLOSED on its next receive) and free. NULL: nothing. */
 void spa_link_destroy(struct spa_link *l);
 
-/* Send a message: hdr fields type, dtype, session, pos, layer, n_rows, aux are taken from m
- * (m->len and m->payload ignored); seq and tx_ns are filled by the link. Blocks only while the
+/* Send a message: hdr fields type, dtype, pos, layer, n_rows, aux are taken from m (m->len and
+ * m->payload ignored); seq and tx_ns are filled by the link. type is a session's message (not
+ * a connection-layer control frame: -SPA_EUSAGE). Blocks only while the
  * peer's ring is full or the socket buffer is. Returns 0 or a negative code. */
 int spa_link_send(struct spa_link *l, const struct spa_msg *m, const void *payload, size_t len);
 /* Receive the next message into buf[cap] (reassembling fragments). Waits up to timeout_ns
@@ -95,5 +130,13 @@ const char *spa_link_scheme(const struct spa_link *l);
 /* Payload bytes one frame of this link carries (its frame limit less the 56-byte header): a
  * message of n bytes travels as max(1, ceil(n / this)) frames. Thread-safe, constant. */
 size_t spa_link_max_payload(const struct spa_link *l);
+/* The AEAD sealing the link's frames: "aegis128l", "aes256gcm", "chacha20poly1305", or "none" (an
+ * unauthenticated link). Thread-safe, constant. */
+const char *spa_link_aead(const struct spa_link *l);
+/* The peer's static public key (authenticated links): 0 and pk, or -ENOENT. */
+int spa_link_peer_key(const struct spa_link *l, uint8_t pk[SPA_KEY_SIZE]);
+/* The link's connection id: random, 64 bits, chosen by the connecting side at the handshake
+ * (docs/wire-protocol.md). Thread-safe, constant. */
+uint64_t spa_link_conn_id(const struct spa_link *l);
 
 #endif

@@ -185,7 +185,9 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 		"\"tok_s\": %.2f, \"edge_wall_ms\": %.3f, \"link_bytes_tx\": %llu, "
 		"\"link_bytes_rx\": %llu, \"cloud_copied_tx_per_msg\": %.1f, "
 		"\"cloud_copied_rx_per_msg\": %.1f, \"edge_copied_tx_per_msg\": %.1f, "
-		"\"edge_copied_rx_per_msg\": %.1f}\n",
+		"\"edge_copied_rx_per_msg\": %.1f, \"link_faults_injected\": %llu, "
+		"\"link_retransmits\": %llu, \"link_dup_frames\": %llu, \"link_bad_frames\": %llu, "
+		"\"link_auth_failed\": %llu}\n",
 		spa_method_name(g->cfg.method), spa_split_name(g->cfg.split),
 		spa_merge_name(g->cfg.merge), link_name, s->n_layers, s->n_tokens, s->n_prompt, pct,
 		M, s->n_xchg, s->n_side, infer, (s->wall_ns - s->xchg_ns) / 1e6, s->edge_ns / 1e6,
@@ -196,7 +198,12 @@ int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t 
 		per_msg(s->cloud_copied_tx, s->cloud_msgs_tx),
 		per_msg(s->cloud_copied_rx, s->cloud_msgs_rx),
 		link ? per_msg(link->copied_tx, link->msgs_tx) : 0,
-		link ? per_msg(link->copied_rx, link->msgs_rx) : 0);
+		link ? per_msg(link->copied_rx, link->msgs_rx) : 0,
+		(unsigned long long)(link ? link->faults_injected : 0),
+		(unsigned long long)(link ? link->retransmits : 0),
+		(unsigned long long)(link ? link->dup_frames : 0),
+		(unsigned long long)(link ? link->bad_frames : 0),
+		(unsigned long long)(link ? link->auth_failed : 0));
 	fclose(f);
 	return 0;
 }
@@ -211,4 +218,79 @@ struct spa_backend *cli_backend(const char *name, struct spa_pool *pool)
 	if (spa_backend_create(&be, kind, pool, &err) < 0)
 		cli_die(1, "--backend %s: %s", spa_backend_kind_name(kind), err.msg);
 	return be;
+}
+
+/* ---- keys (spa-cloud, spa-edge) ---------------------------------------------------------- */
+
+#include "spa/keys.h"
+
+const char cli_auth_help_cloud[] =
+	"  --key FILE            this cloud's secret key (spa-keygen -o NAME makes NAME.key and\n"
+	"                        NAME.pub): links are authenticated and encrypted\n"
+	"  --allow LIST          the edges' public keys it accepts: .pub files, comma-separated\n"
+	"                        (a file may hold several key lines)\n"
+	"  --insecure            allow an unauthenticated listener on an address other hosts can\n"
+	"                        reach (without keys, only shm, memif and loopback are allowed)\n"
+	"  --aead NAME           aegis128l, aes256gcm or chacha20poly1305 (default: the first\n"
+	"                        both sides take: AEGIS-128L with libsodium 1.0.19 on and\n"
+	"                        AES-NI, AES-256-GCM with AES-NI, else ChaCha20-Poly1305)\n";
+
+const char cli_auth_help_edge[] =
+	"  --key FILE            this edge's secret key (spa-keygen -o NAME)\n"
+	"  --cloud-pub FILE      the cloud's public key (its NAME.pub): the link is refused\n"
+	"                        unless the cloud proves it holds that key\n"
+	"  --insecure            allow an unauthenticated link to another host (without keys,\n"
+	"                        only shm, memif and loopback are allowed)\n"
+	"  --aead NAME           aegis128l, aes256gcm or chacha20poly1305 (default: the\n"
+	"                        cloud's choice)\n";
+
+bool cli_auth_option(struct cli_auth *a, int argc, char **argv, int *i)
+{
+	const char *o = argv[*i];
+	if (!strcmp(o, "--key"))
+		a->key_path = cli_value(argc, argv, i);
+	else if (!strcmp(o, "--cloud-pub"))
+		a->cloud_pub = cli_value(argc, argv, i);
+	else if (!strcmp(o, "--allow"))
+		a->allow = cli_value(argc, argv, i);
+	else if (!strcmp(o, "--insecure"))
+		a->insecure = true;
+	else if (!strcmp(o, "--aead"))
+		a->aead = cli_value(argc, argv, i);
+	else
+		return false;
+	return true;
+}
+
+void cli_auth_apply(struct cli_auth *a, struct spa_link_opts *o, bool cloud)
+{
+	struct spa_errbuf err = {{0}};
+	if (cloud && a->cloud_pub)
+		cli_die(2, "--cloud-pub is the edge's option (the cloud gives --allow)");
+	if (!cloud && a->allow)
+		cli_die(2, "--allow is the cloud's option (the edge gives --cloud-pub)");
+	if (a->key_path && cloud && !a->allow)
+		cli_die(2, "--key needs --allow EDGE.pub[,...]: the edges' public keys");
+	if (a->key_path && !cloud && !a->cloud_pub)
+		cli_die(2, "--key needs --cloud-pub CLOUD.pub: the cloud's public key");
+	if (!a->key_path && (a->allow || a->cloud_pub))
+		cli_die(2, "%s needs --key FILE: this side's own secret key (spa-keygen -o NAME)",
+			a->allow ? "--allow" : "--cloud-pub");
+	if (a->key_path && spa_key_load(&a->key, a->key_path, &err) < 0)
+		cli_die(2, "%s", err.msg);
+	if (a->cloud_pub && spa_pub_load(a->pub, a->cloud_pub, &err) < 0)
+		cli_die(2, "%s", err.msg);
+	if (a->allow && spa_pub_load_list(&a->allow_keys, &a->n_allow, a->allow, &err) < 0)
+		cli_die(2, "%s", err.msg);
+	if (a->aead && strcmp(a->aead, "aes256gcm") && strcmp(a->aead, "chacha20poly1305") &&
+	    strcmp(a->aead, "aegis128l"))
+		cli_die(2, "--aead: '%s' is not aegis128l, aes256gcm or chacha20poly1305", a->aead);
+	o->key = a->key_path ? &a->key : NULL;
+	o->peer_pub = a->cloud_pub ? a->pub : NULL;
+	o->allow = a->allow_keys;
+	o->n_allow = a->n_allow;
+	o->insecure = a->insecure;
+	o->aead = !a->aead ? SPA_AEAD_AUTO
+		  : !strcmp(a->aead, "aes256gcm") ? SPA_AEAD_AES256GCM
+		  : !strcmp(a->aead, "aegis128l") ? SPA_AEAD_AEGIS128L : SPA_AEAD_CHACHA20POLY1305;
 }

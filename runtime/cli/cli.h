@@ -60,4 +60,21 @@ void cli_print_token(void *ctx, int32_t id);
 /* Print the summary line(s) to stderr and, when path is set, the JSON summary. */
 int cli_report(const struct cli_gen *g, const struct spa_gen_stats *s, uint64_t edge_wall_ns,
 	       const struct spa_link_stats *link, const char *link_name, const char *path);
+
+/* The key options of spa-cloud and spa-edge: --key, --cloud-pub (edge), --allow (cloud),
+ * --insecure, --aead. */
+struct cli_auth {
+	const char *key_path, *cloud_pub, *allow, *aead;
+	bool insecure;
+	struct spa_key key;
+	uint8_t pub[SPA_KEY_SIZE];
+	uint8_t *allow_keys;
+	size_t n_allow;
+};
+extern const char cli_auth_help_cloud[], cli_auth_help_edge[];
+/* If argv[*i] is one of them: take it (advancing *i) and return true. */
+bool cli_auth_option(struct cli_auth *a, int argc, char **argv, int *i);
+/* Check the combination, load the key files (dies with the file's error) and set o's key
+ * fields (a must outlive o's links). */
+void cli_auth_apply(struct cli_auth *a, struct spa_link_opts *o, bool cloud);
 #endif

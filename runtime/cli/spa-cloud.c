@@ -22,10 +22,15 @@ static void usage(void)
 	       "                        0: all in memory; leave a core for the reads with -t)\n"
 	       CLI_BACKEND_HELP
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --dead-ms MS          a peer heard from not at all for MS while waiting for it is\n"
+	       "                        dead: the session ends (default 90, so that a dead peer\n"
+	       "                        is noticed within 100 ms; 1000 on this host, where the\n"
+	       "                        link itself says when the peer dies; 0: off)\n"
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for an edge message in a session (default 30)\n"
 	       "  --batch N             prompt prefill batch (default 64)\n"
-	       "  -q, --quiet           no per-session lines\n");
+	       "  -q, --quiet           no per-session lines\n"
+	       "%s", cli_auth_help_cloud);
 }
 
 /* The serve loop's lines, after this program's name. */
@@ -42,8 +47,11 @@ int main(int argc, char **argv)
 	struct spa_cloud_opts o = {.timeout_ns = 30000000000ll};
 	int threads = 0, n_cpus = 0, cpus[256];
 	uint64_t mem_budget = 0;
+	struct cli_auth auth = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		if (cli_auth_option(&auth, argc, argv, &i))
+			continue;
 		if (!strcmp(a, "-m") || !strcmp(a, "--model"))
 			model_path = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--link"))
@@ -64,6 +72,10 @@ int main(int argc, char **argv)
 			o.link.eal = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--net-delay-us"))
 			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
+		else if (!strcmp(a, "--dead-ms")) {
+			int64_t ms = cli_int(a, cli_value(argc, argv, &i), 0, 3600000);
+			o.link.dead_ns = ms ? ms * 1000000 : -1;
+		}
 		else if (!strcmp(a, "--timeout"))
 			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
 						 1e9);
@@ -89,6 +101,7 @@ int main(int argc, char **argv)
 		cli_die(2, "--threads %d but --cpu lists %d CPUs", threads, n_cpus);
 	if (n_cpus)
 		threads = n_cpus;
+	cli_auth_apply(&auth, &o.link, true);
 
 	struct spa_errbuf err = {{0}};
 	struct spa_model *m = NULL;

@@ -17,10 +17,14 @@ static void usage(void)
 	       "  --cpu N               pin the edge's compute thread to CPU N (hwloc; default: the\n"
 	       "                        last CPU)\n"
 	       "  --net-delay-us US     emulated one-way link delay added to every message received\n"
+	       "  --dead-ms MS          a peer heard from not at all for MS while waiting for it is\n"
+	       "                        dead: the session ends (default 90, so that a dead peer\n"
+	       "                        is noticed within 100 ms; 1000 on this host, where the\n"
+	       "                        link itself says when the peer dies; 0: off)\n"
 	       "  --eal \"ARGS\"         DPDK EAL arguments for a dpdk: link (DPDK's conventions)\n"
 	       "  --timeout S           longest wait for the cloud (connect and each message; "
 	       "default 60)\n"
-	       "%s", cli_gen_help);
+	       "%s%s", cli_gen_help, cli_auth_help_edge);
 }
 
 int main(int argc, char **argv)
@@ -31,9 +35,10 @@ int main(int argc, char **argv)
 	struct spa_edge_opts o = {.timeout_ns = 60000000000ll};
 	const char *plugin_path = NULL;
 	int cpu = -1;
+	struct cli_auth auth = {0};
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (cli_gen_option(&g, argc, argv, &i))
+		if (cli_gen_option(&g, argc, argv, &i) || cli_auth_option(&auth, argc, argv, &i))
 			continue;
 		if (!strcmp(a, "--link"))
 			o.uri = cli_value(argc, argv, &i);
@@ -45,6 +50,10 @@ int main(int argc, char **argv)
 			o.link.eal = cli_value(argc, argv, &i);
 		else if (!strcmp(a, "--net-delay-us"))
 			o.link.delay_ns = cli_int(a, cli_value(argc, argv, &i), 0, 10000000) * 1000;
+		else if (!strcmp(a, "--dead-ms")) {
+			int64_t ms = cli_int(a, cli_value(argc, argv, &i), 0, 3600000);
+			o.link.dead_ns = ms ? ms * 1000000 : -1;
+		}
 		else if (!strcmp(a, "--timeout"))
 			o.timeout_ns = (int64_t)(cli_float(a, cli_value(argc, argv, &i), 0.001, 86400) *
 						 1e9);
@@ -58,6 +67,7 @@ int main(int argc, char **argv)
 		cli_die(2, "no link: give --link shm:/NAME or --link tcp://HOST:PORT");
 	if (!plugin_path)
 		cli_die(2, "no plugin: give --plugin PLUGIN.gguf (make one with spa-gen plugin)");
+	cli_auth_apply(&auth, &o.link, false);
 
 	struct spa_errbuf err = {{0}};
 	struct spa_plugin *p = NULL;

@@ -16,23 +16,49 @@
 
 struct spa_link_driver;
 
-/* Every driver's link and listener begin with these (the driver's own state follows). */
+/* Every driver's link and listener begin with these (the driver's own state follows). local:
+ * set by the driver when the peers it reaches share this host (shm, memif, loopback
+ * addresses): there a link may run unauthenticated (docs/wire-protocol.md, "Keys"). datagram:
+ * set by a driver whose links differ (dpdk: memif is a stream, af_packet, af_xdp and NICs are
+ * datagram transports), as SPA_DRV_DATAGRAM says for all of a driver's links. */
 struct spa_link_base {
 	const struct spa_link_driver *drv;
+	int local;
+	int datagram;
 };
 struct spa_listener_base {
 	const struct spa_link_driver *drv;
+	int local;
 };
 
 /* spa_link_driver.flags */
 enum {
 	/* Frames are datagrams: they may be lost, duplicated or reordered on the way, and
-	 * anyone may send one to the port. The link layer then reassembles fragments in any
-	 * order, drops duplicates (stats.dup_frames), and drops a datagram that is not a
-	 * well-formed frame (short, bad header, length not matching its header) as noise
-	 * (stats.bad_frames) instead of ending the session. Checked frames that fail (CRC,
-	 * session, sequence gap, lost fragment) still end it. docs/wire-protocol.md. */
+	 * anyone may send one to the port. The connection layer then retransmits what is lost,
+	 * drops repeats (stats.dup_frames) and puts the order right, and drops a datagram that
+	 * is not a well-formed frame of the connection (short, bad header, length not matching
+	 * its header, failing its CRC or tag) as noise instead of ending the session
+	 * (docs/wire-protocol.md, "Retransmission"). */
 	SPA_DRV_DATAGRAM = 1u << 0,
+	/* The driver copies every frame anyway (shm: into its ring): frame_reserve is the way
+	 * to send plain frames too, with the CRC computed in the copy's pass. Without it
+	 * frame_reserve serves only sealed frames (encrypted straight into the driver's
+	 * memory), and plain ones go by send_frame (dpdk: the payload attached, not copied). */
+	SPA_DRV_COPIES = 1u << 1,
+	/* The peer's kernel acknowledges what we send and ends the connection when the peer
+	 * process dies (tcp). Liveness then rests on it: a waiting side sends HEARTBEATs, and
+	 * the driver gives up when they stay unacknowledged for the silence limit (set_dead),
+	 * but nothing speaks for an application that is away (no keeper): data that reaches a
+	 * socket its peer closed resets the connection, which can throw away the peer's last
+	 * frames on their way to us. */
+	SPA_DRV_KERNEL_ACKS = 1u << 2,
+};
+
+/* Who is inside a connection: its application thread (through the link) or the process's
+ * keeper thread, which sends HEARTBEATs, ACKs and retransmissions while the application is
+ * away (runtime/conn.c, spa_guard_enter). Zero-initialised. */
+struct spa_guard {
+	_Atomic int app_in, keeper_in;
 };
 
 struct spa_link_driver {
@@ -40,6 +66,12 @@ struct spa_link_driver {
 	size_t max_frame;     /* largest frame (header + payload) the driver moves (a link may
 				 have a smaller one: link_max_frame below) */
 	unsigned flags;       /* SPA_DRV_* */
+	/* NULL: the driver's links are independent of one another (each may be used from its
+	 * own thread), and each connection has a guard of its own. Else the one guard of all of
+	 * the driver's links and listeners in the process (dpdk: links share ports, which are
+	 * used from one thread at a time): link.c holds it around connect, accept, listen and
+	 * close too. */
+	struct spa_guard *guard;
 
 	/* control */
 	int (*listen)(struct spa_listener_base **out, const char *addr, struct spa_errbuf *err);
@@ -71,15 +103,21 @@ struct spa_link_driver {
 	/* Payload bytes the driver copied on send on this link so far (link.c adds them to
 	 * spa_link_stats.copied_tx; 0 on a zero-copy path). Cheap; any thread of the link. */
 	uint64_t (*copied_tx)(struct spa_link_base *l);
-	/* Send one frame made of hdr (SPA_WIRE_HDR_SIZE bytes, its crc field zero) and len
-	 * payload bytes (total <= max_frame), writing the frame's CRC32C (docs/wire-protocol.md)
-	 * into the crc field of the copy the driver sends. For drivers that copy every frame
-	 * anyway (shm: into its ring): the CRC is computed in that copy's pass
-	 * (spa_crc32c_copy), the link layer making none of its own. link.c uses it instead of
-	 * send_frame when set (and no fault is being injected). Hot path; returns as
-	 * send_frame. */
-	int (*send_frame_crc)(struct spa_link_base *l, const uint8_t *hdr, const void *payload,
-			      size_t len);
+	/* Write a frame straight into the driver's memory (shm: its ring; dpdk: an mbuf):
+	 * frame_reserve gives room for len bytes (<= max_frame) at *out, frame_commit sends what
+	 * was written there. The connection layer then seals the payload, or computes its CRC
+	 * (SPA_DRV_COPIES), in that copy's pass instead of a pass of its own. Nothing else is
+	 * sent on the link between the two. Hot path; return as send_frame. */
+	int (*frame_reserve)(struct spa_link_base *l, size_t len, uint8_t **out);
+	int (*frame_commit)(struct spa_link_base *l);
+	/* The connection id l carries, once the connection layer knows it (the connecting
+	 * side: before its CONNECT; the accepting side: from the CONNECT). For drivers that
+	 * sort the frames of several links on one port by id (dpdk). Not on the hot path. */
+	void (*bind_conn)(struct spa_link_base *l, uint64_t conn);
+	/* SPA_DRV_KERNEL_ACKS: the connection is dead when what we sent stays unacknowledged
+	 * for about dead_ns (tcp: TCP_USER_TIMEOUT, 5 s at the least); the driver then returns
+	 * -SPA_ECLOSED. */
+	void (*set_dead)(struct spa_link_base *l, int64_t dead_ns);
 };
 
 extern const struct spa_link_driver spa_drv_shm;

@@ -710,38 +710,7 @@ static int bbig_before(const struct bbig *a, const struct bbig *b)
 	return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
 }
 
-static void bheap_push(struct bbig *h, uint32_t *n, struct bbig x)
-{
-	uint32_t i = (*n)++;
-	while (i > 0) {
-		uint32_t p = (i - 1) / 2;
-		if (!bbig_before(&x, &h[p]))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = x;
-}
-
-static struct bbig bheap_pop(struct bbig *h, uint32_t *n)
-{
-	struct bbig top = h[0], last = h[--*n];
-	uint32_t i = 0;
-	for (;;) {
-		uint32_t c = 2 * i + 1;
-		if (c >= *n)
-			break;
-		if (c + 1 < *n && bbig_before(&h[c + 1], &h[c]))
-			c++;
-		if (!bbig_before(&h[c], &last))
-			break;
-		h[i] = h[c];
-		i = c;
-	}
-	if (*n)
-		h[i] = last;
-	return top;
-}
+TOK_HEAP_DEFINE(bheap, struct bbig, bbig_before)
 
 struct enc_ctx {
 	const struct spa_tokenizer *t;

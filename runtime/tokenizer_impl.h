@@ -136,4 +136,40 @@ uint32_t bpe_byte_cpt(uint8_t b);
 /* Append the UTF-8 of codepoint c (<= 0x10FFFF) to dst; returns the bytes written (1..4). */
 size_t tok_utf8_put(char *dst, uint32_t c);
 
+/* A binary min-heap of TYPE (the merges' candidate pairs, SentencePiece's and BPE's) ordered by
+ * BEFORE(a, b) (a comes out first): NAME_push(h, &n, x) and NAME_pop(h, &n) (n > 0) on an
+ * array the caller sizes. */
+#define TOK_HEAP_DEFINE(name, type, before)                                              \
+	static void name##_push(type *h, uint32_t *n, type x)                              \
+	{                                                                                  \
+		uint32_t i = (*n)++;                                                       \
+		while (i > 0) {                                                            \
+			uint32_t p = (i - 1) / 2;                                          \
+			if (!before(&x, &h[p]))                                            \
+				break;                                                     \
+			h[i] = h[p];                                                       \
+			i = p;                                                             \
+		}                                                                          \
+		h[i] = x;                                                                  \
+	}                                                                                  \
+	static type name##_pop(type *h, uint32_t *n)                                       \
+	{                                                                                  \
+		type top = h[0], last = h[--*n];                                           \
+		uint32_t i = 0;                                                            \
+		for (;;) {                                                                 \
+			uint32_t c = 2 * i + 1;                                            \
+			if (c >= *n)                                                       \
+				break;                                                     \
+			if (c + 1 < *n && before(&h[c + 1], &h[c]))                       \
+				c++;                                                       \
+			if (!before(&h[c], &last))                                         \
+				break;                                                     \
+			h[i] = h[c];                                                       \
+			i = c;                                                             \
+		}                                                                          \
+		if (*n)                                                                    \
+			h[i] = last;                                                       \
+		return top;                                                                \
+	}
+
 #endif

@@ -168,38 +168,7 @@ static int bigram_before(const struct bigram *a, const struct bigram *b)
 	return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
-static void heap_push(struct bigram *h, uint32_t *n, struct bigram b)
-{
-	uint32_t i = (*n)++;
-	while (i > 0) {
-		uint32_t p = (i - 1) / 2;
-		if (!bigram_before(&b, &h[p]))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = b;
-}
-
-static struct bigram heap_pop(struct bigram *h, uint32_t *n)
-{
-	struct bigram top = h[0], last = h[--*n];
-	uint32_t i = 0;
-	for (;;) {
-		uint32_t c = 2 * i + 1;
-		if (c >= *n)
-			break;
-		if (c + 1 < *n && bigram_before(&h[c + 1], &h[c]))
-			c++;
-		if (!bigram_before(&h[c], &last))
-			break;
-		h[i] = h[c];
-		i = c;
-	}
-	if (*n)
-		h[i] = last;
-	return top;
-}
+TOK_HEAP_DEFINE(heap, struct bigram, bigram_before)
 
 static void try_bigram(const struct spa_tokenizer *t, const char *norm, const struct sym *sym,
 		       int32_t l, int32_t r, struct bigram *heap, uint32_t *n_heap)
